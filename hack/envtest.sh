@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# Provide the pinned Kubernetes control-plane binaries for the k8s test tier:
+# etcd, kube-apiserver, kube-controller-manager, kubectl and helm.
+#
+# Nothing is downloaded from release pages: every binary is compiled from Go
+# modules fetched through the Go module proxy (hack/envtest/go.mod pins them and
+# hack/envtest/go.sum makes the fetch reproducible). The result is cached under
+# ${PULSE_ENVTEST_HOME:-$HOME/.cache/pulse-envtest}/<kubernetes-version>/, next
+# to the Go build and module caches, so only the first run pays for the build.
+# See docs/envtest.md for the figures and the design.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+Usage: hack/envtest.sh [COMMAND]
+
+Provide etcd, kube-apiserver, kube-controller-manager, kubectl and helm for the
+k8s test tier, building them from Go modules on first use.
+
+Commands:
+  use        (default) find the binaries or build them, then print
+             `export KUBEBUILDER_ASSETS=<dir>` on stdout, so that
+             `eval "$(hack/envtest.sh)"` sets up the current shell
+  find       print the directory of already provided binaries; exit 1 if
+             there is none (never builds; the pytest fixtures use this)
+  build      rebuild the binaries even if they are cached
+  versions   print the pinned versions
+  clean      delete the cached binaries of the pinned version (the Go build
+             and module caches are kept, so a rebuild takes a few minutes)
+  -h, --help show this help
+
+Environment:
+  KUBEBUILDER_ASSETS  a directory that already holds etcd, kube-apiserver and
+                      kubectl (controller-runtime's envtest convention); when
+                      set and complete, `use` and `find` return it and build
+                      nothing. kube-controller-manager and helm are optional
+                      there; tests that need them fail or skip without them.
+  PULSE_ENVTEST_HOME  cache root (default: $HOME/.cache/pulse-envtest)
+
+Progress goes to stderr; stdout carries only the result.
+EOF
+}
+
+# Pins. The Kubernetes and etcd versions live in hack/envtest/go.mod; these
+# constants must agree with it (checked below) and give the version ldflags.
+readonly K8S_VERSION="v1.35.8"
+# Commit and date of the v1.35.8 tag, as reported by the Go module proxy's
+# .info; upstream release builds stamp the same values.
+readonly K8S_GIT_COMMIT="1c2e10a409eb1b03f2f28f401ce935312e20d9fb"
+readonly K8S_BUILD_DATE="2026-08-20T15:16:14Z"
+readonly HELM_MODULE="helm.sh/helm/v4"
+readonly HELM_VERSION="v4.3.1"
+
+readonly REQUIRED_BINARIES=(etcd kube-apiserver kubectl)
+readonly ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kubectl helm)
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly MODULE_DIR="${script_dir}/envtest"
+readonly CACHE_HOME="${PULSE_ENVTEST_HOME:-${HOME}/.cache/pulse-envtest}"
+readonly ASSETS_DIR="${CACHE_HOME}/${K8S_VERSION}"
+
+log() { printf 'envtest: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Identifies what a cached build was made from: rebuild when a pin changes.
+fingerprint() {
+  {
+    cat "${MODULE_DIR}/go.mod" "${MODULE_DIR}/go.sum"
+    printf 'helm=%s@%s\nk8s-ldflags=%s\n' "${HELM_MODULE}" "${HELM_VERSION}" "$(k8s_ldflags)"
+  } | sha256sum | cut -d' ' -f1
+}
+
+# The version stamps upstream's hack/lib/version.sh sets, so that
+# `kubectl version` and the API server's /version report the real release
+# instead of v0.0.0-master.
+k8s_ldflags() {
+  local minor="${K8S_VERSION#v1.}"
+  minor="${minor%%.*}"
+  local flags="-s -w" pkg
+  for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    flags+=" -X ${pkg}.gitVersion=${K8S_VERSION}"
+    flags+=" -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
+    flags+=" -X ${pkg}.gitCommit=${K8S_GIT_COMMIT} -X ${pkg}.gitTreeState=clean"
+    flags+=" -X ${pkg}.buildDate=${K8S_BUILD_DATE}"
+  done
+  printf '%s' "${flags}"
+}
+
+has_binaries() {
+  local dir="$1" name
+  shift
+  for name in "$@"; do
+    [[ -x "${dir}/${name}" ]] || return 1
+  done
+}
+
+# Prints the directory to use, or returns 1 when nothing usable is there.
+find_assets() {
+  if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
+    if has_binaries "${KUBEBUILDER_ASSETS}" "${REQUIRED_BINARIES[@]}"; then
+      has_binaries "${KUBEBUILDER_ASSETS}" "${ALL_BINARIES[@]}" \
+        || log "KUBEBUILDER_ASSETS=${KUBEBUILDER_ASSETS} lacks kube-controller-manager or helm; tests that need them will not run"
+      printf '%s\n' "${KUBEBUILDER_ASSETS}"
+      return 0
+    fi
+    log "KUBEBUILDER_ASSETS=${KUBEBUILDER_ASSETS} lacks one of: ${REQUIRED_BINARIES[*]}; ignoring it"
+  fi
+  if has_binaries "${ASSETS_DIR}" "${ALL_BINARIES[@]}" \
+    && [[ "$(cat "${ASSETS_DIR}/.fingerprint" 2>/dev/null)" == "$(fingerprint)" ]]; then
+    printf '%s\n' "${ASSETS_DIR}"
+    return 0
+  fi
+  return 1
+}
+
+check_pins() {
+  grep -Eq "^\s*(require )?k8s\.io/kubernetes ${K8S_VERSION}( |\$)" "${MODULE_DIR}/go.mod" \
+    || die "hack/envtest/go.mod does not require k8s.io/kubernetes ${K8S_VERSION}"
+  # Each staging module must be replaced by its v0.X.Y twin of v1.X.Y.
+  local staging="v0.${K8S_VERSION#v1.}"
+  if grep -E '^\s+k8s\.io/[a-z-]+ => ' "${MODULE_DIR}/go.mod" | grep -v " ${staging}\$" >&2; then
+    die "the replace lines above do not point at ${staging}"
+  fi
+  command -v go >/dev/null || die "go is not on PATH (hack/envtest/go.mod says which version it needs)"
+}
+
+# build [force]: without "force", a build another process finished while we
+# waited for the lock is reused.
+build() {
+  check_pins
+  mkdir -p "${CACHE_HOME}"
+  # One build at a time per cache, whoever starts it (CI step, developer).
+  exec 9>"${CACHE_HOME}/.lock"
+  flock 9
+  if [[ "${1:-}" != force ]] && KUBEBUILDER_ASSETS="" find_assets >/dev/null; then
+    return 0
+  fi
+
+  local stage="${CACHE_HOME}/.stage-${K8S_VERSION}"
+  rm -rf "${stage}"
+  mkdir -p "${stage}"
+
+  # Go's caches live in the cache home so a warm run reuses compiled packages;
+  # -modcacherw keeps the module cache deletable with plain rm -rf. CGO is off
+  # as in upstream release builds of these binaries (static, no libc needed).
+  # GOTOOLCHAIN=local: use the installed Go, never download another one.
+  export GOCACHE="${CACHE_HOME}/go-build"
+  export GOMODCACHE="${CACHE_HOME}/go-mod"
+  export CGO_ENABLED=0 GOTOOLCHAIN=local
+  export GOFLAGS="-trimpath -modcacherw -buildvcs=false"
+
+  log "building Kubernetes ${K8S_VERSION} (kube-apiserver, kube-controller-manager, kubectl) and etcd with $(go env GOVERSION); the first build takes a while"
+  # -mod=readonly: the committed go.sum must already cover every module.
+  (cd "${MODULE_DIR}" && go build -mod=readonly -ldflags "$(k8s_ldflags)" -o "${stage}/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kubectl)
+  # Built on its own because `go build -o dir/` would name it "server".
+  (cd "${MODULE_DIR}" && go build -mod=readonly -ldflags "-s -w" -o "${stage}/etcd" go.etcd.io/etcd/server/v3)
+
+  log "building helm ${HELM_VERSION}"
+  # `go install pkg@version` uses helm's own go.mod and checks its modules
+  # against the checksum database, so this is pinned and verified too.
+  GOBIN="${stage}" go install \
+    -ldflags "-s -w -X ${HELM_MODULE}/internal/version.version=${HELM_VERSION}" \
+    "${HELM_MODULE}/cmd/helm@${HELM_VERSION}"
+
+  {
+    printf 'go: %s\n' "$(go env GOVERSION)"
+    printf 'kube-apiserver: %s\n' "$("${stage}/kube-apiserver" --version)"
+    printf 'kube-controller-manager: %s\n' "$("${stage}/kube-controller-manager" --version)"
+    printf 'kubectl: %s\n' "$("${stage}/kubectl" version --client | head -n1)"
+    printf 'etcd: %s\n' "$("${stage}/etcd" --version | head -n1)"
+    printf 'helm: %s\n' "$("${stage}/helm" version --short)"
+  } >"${stage}/VERSIONS"
+  fingerprint >"${stage}/.fingerprint"
+
+  # Swap in the finished build in one rename, so a reader never sees half of it.
+  rm -rf "${ASSETS_DIR}"
+  mv "${stage}" "${ASSETS_DIR}"
+  sed 's/^/envtest:   /' "${ASSETS_DIR}/VERSIONS" >&2
+}
+
+main() {
+  local command="${1:-use}"
+  [[ $# -le 1 ]] || { usage >&2; exit 2; }
+  case "${command}" in
+    -h | --help) usage ;;
+    use)
+      local dir
+      if ! dir="$(find_assets)"; then
+        build
+        dir="${ASSETS_DIR}"
+      fi
+      printf 'export KUBEBUILDER_ASSETS=%q\n' "${dir}"
+      ;;
+    find)
+      find_assets || die "no binaries for ${K8S_VERSION} in ${ASSETS_DIR} and no complete KUBEBUILDER_ASSETS; run hack/envtest.sh"
+      ;;
+    build)
+      build force
+      printf 'export KUBEBUILDER_ASSETS=%q\n' "${ASSETS_DIR}"
+      ;;
+    versions)
+      printf 'kubernetes %s\netcd %s\nhelm %s\n' "${K8S_VERSION}" \
+        "$(grep -E '^\s+go\.etcd\.io/etcd/server/v3 ' "${MODULE_DIR}/go.mod" | awk '{print $2}')" \
+        "${HELM_VERSION}"
+      ;;
+    clean)
+      rm -rf "${ASSETS_DIR}"
+      log "removed ${ASSETS_DIR}"
+      ;;
+    *)
+      usage >&2
+      exit 2
+      ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,21 @@
+"""Names and numbers shared across the package."""
+
+from __future__ import annotations
+
+from typing import Final
+
+RESULTS_SCHEMA_VERSION: Final = 1
+STATE_SCHEMA_VERSION: Final = 1
+RESULTS_KIND: Final = "pulse.dev/TrainingResults"
+STATE_KIND: Final = "pulse.dev/TrainingState"
+
+DEFAULT_INPUT_DATA: Final = "builtin:synthetic"
+DEFAULT_RESULTS_FILE: Final = "results.json"
+DEFAULT_STATE_FILE: Final = "state.npz"
+DEFAULT_PREDICTIONS_FILE: Final = "predictions.parquet"
+
+CONFIDENCE_LEVEL: Final = 0.90
+"""Width of the credible interval reported for rule trust."""
+
+MODEL_RULE: Final = "model"
+INTERCEPT: Final = "const"

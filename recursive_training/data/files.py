@@ -1,0 +1,119 @@
+"""Local CSV and Parquet data: one file or a folder of files, wide or long.
+
+Wide files have a time column (``timestamp``, ``date``, ``time`` or ``datetime``; else the
+first column) and one column per variable. Long files have exactly a time column,
+``variable`` and ``value``. A folder may split the panel any way (one file per variable,
+per year, ...) as long as no two files hold the same variable at the same time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recursive_training.data.common import InMemorySource, validated_panel
+from recursive_training.exceptions import DataError
+
+TIME_COLUMNS = ("timestamp", "date", "time", "datetime")
+SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def file_format(path: Path, requested: str) -> str:
+    """The format to read ``path`` with: the requested one, or by extension."""
+    if requested != "auto":
+        return requested
+    try:
+        return SUFFIXES[path.suffix.lower()]
+    except KeyError:
+        raise DataError(
+            f"cannot tell the format from the extension {path.suffix!r}; "
+            f"use .csv or .parquet, or pass --input-format",
+            source=str(path),
+        ) from None
+
+
+def read_table(path: Path, fmt: str) -> pd.DataFrame:
+    """Read one file into a plain frame (index reset), translating reader errors."""
+    try:
+        if fmt == "csv":
+            return pd.read_csv(path)
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise DataError(f"cannot read as {fmt.upper()}: {e}", source=str(path)) from e
+    if isinstance(frame.index, pd.DatetimeIndex):
+        frame = frame.rename_axis(frame.index.name or "timestamp").reset_index()
+    return frame
+
+
+def panel_from_table(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Turn a wide or long table into a validated wide panel."""
+    if table.empty or len(table.columns) < 2:
+        raise DataError("has no data rows or only one column; expected a time column and values",
+                        source=source)
+    lowered = {str(c).lower(): c for c in table.columns}
+    time_column = next((lowered[n] for n in TIME_COLUMNS if n in lowered), table.columns[0])
+    stamps = pd.to_datetime(table[time_column], errors="coerce", utc=True).dt.tz_localize(None)
+    unparsed = stamps.isna() & table[time_column].notna()
+    if unparsed.any():
+        row = int(np.flatnonzero(unparsed.to_numpy())[0])
+        raise DataError(
+            f"column {time_column!r}, row {row + 1}: {table[time_column].iloc[row]!r} is not a date",
+            source=source,
+        )
+    values = table.drop(columns=[time_column]).set_index(pd.DatetimeIndex(stamps, name=None))
+    if {str(c).lower() for c in values.columns} == {"variable", "value"}:
+        values.columns = [str(c).lower() for c in values.columns]
+        values = _pivot_long(values, source)
+    return validated_panel(values, source)
+
+
+def _pivot_long(values: pd.DataFrame, source: str) -> pd.DataFrame:
+    keys = pd.MultiIndex.from_arrays([values.index, values["variable"].astype(str)])
+    if keys.duplicated().any():
+        stamp, name = keys[int(np.flatnonzero(keys.duplicated())[0])]
+        raise DataError(f"duplicate timestamp {stamp} for variable {name!r}", source=source)
+    if not values.index.is_monotonic_increasing:
+        position = int(np.flatnonzero(np.diff(values.index.asi8) < 0)[0])
+        raise DataError(
+            f"timestamps are not sorted: {values.index[position + 1]} (row {position + 2}) comes "
+            f"after {values.index[position]}; sort the file by time",
+            source=source,
+        )
+    return values.pivot(columns="variable", values="value").rename_axis(columns=None)
+
+
+def combine_panels(panels: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+    """Merge per-file panels, refusing any variable that two files hold at the same time."""
+    combined = panels[0][1]
+    owner = {c: panels[0][0] for c in combined.columns}
+    for name, panel in panels[1:]:
+        for column in panel.columns.intersection(combined.columns):
+            both = panel[column].dropna().index.intersection(combined[column].dropna().index)
+            if len(both):
+                raise DataError(
+                    f"{owner[column]} and {name} both hold variable {column!r} at {both[0]}",
+                    source=str(Path(name).parent),
+                )
+        combined = combined.combine_first(panel)
+        owner.update({c: name for c in panel.columns if c not in owner})
+    return combined.sort_index()
+
+
+class FileSource(InMemorySource):
+    """A local file or folder, read once per process and sliced per batch."""
+
+    def __init__(self, uri: str, input_format: str = "auto") -> None:
+        path = Path(uri.removeprefix("file://")).expanduser()
+        if not path.exists():
+            raise DataError("no such file or folder; check --input-data", source=uri)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
+            if not files:
+                raise DataError("the folder holds no .csv or .parquet files", source=uri)
+        else:
+            files = [path]
+        panels = [(str(f), panel_from_table(read_table(f, file_format(f, input_format)), str(f)))
+                  for f in files]
+        super().__init__(uri, combine_panels(panels))

@@ -1,0 +1,45 @@
+"""Samples of the retrodiction problem: lagged changes as features, h-step changes as targets.
+
+For an origin row t the features are ``[1, d_v(t), d_v(t-1), ..., d_v(t-L+1) for each v]``
+with ``d_v(t) = v(t) - v(t-1)``, and the targets are ``v(t+h) - v(t)``. A sample is known
+at its realization row t+h. Rows are steps of the series, whatever their spacing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from recursive_training.constants import INTERCEPT
+
+FloatArray = NDArray[np.float64]
+
+
+def feature_names(variables: Sequence[str], lags: int) -> list[str]:
+    """Names of the feature columns, variable-major: ``spx_close.change.lag0`` ..."""
+    return [INTERCEPT] + [f"{v}.change.lag{lag}" for v in variables for lag in range(lags)]
+
+
+def design(
+    levels: FloatArray, origins: NDArray[np.intp], lags: int, horizon: int
+) -> tuple[FloatArray, FloatArray]:
+    """Features X (n x (1 + m*lags)) and targets Y (n x m) for the given origin rows.
+
+    Every origin must have ``lags`` rows before it and ``horizon`` rows after it in
+    ``levels``; missing values propagate as NaN for the caller to drop.
+    """
+    changes = np.full_like(levels, np.nan)
+    changes[1:] = np.diff(levels, axis=0)
+    lagged = np.stack([changes[origins - lag] for lag in range(lags)], axis=2)  # (n, m, L)
+    features = np.empty((len(origins), 1 + lagged.shape[1] * lags))
+    features[:, 0] = 1.0
+    features[:, 1:] = lagged.reshape(len(origins), -1)
+    targets = levels[origins + horizon] - levels[origins]
+    return features, targets
+
+
+def complete_rows(features: FloatArray, targets: FloatArray) -> NDArray[np.bool_]:
+    """Samples with every feature and every target present."""
+    return np.isfinite(features).all(axis=1) & np.isfinite(targets).all(axis=1)

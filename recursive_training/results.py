@@ -1,0 +1,162 @@
+"""The results document, its files, and the short summary printed after a run.
+
+Files of one run, in ``output_dir``: ``predictions.parquet`` (every walk-forward
+prediction), ``state.npz`` (to resume from) and the results JSON, written last: its
+presence means the run finished and the other two belong to it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from recursive_training import __version__, storage
+from recursive_training.config import TrainingConfig
+from recursive_training.constants import (
+    DEFAULT_PREDICTIONS_FILE,
+    DEFAULT_STATE_FILE,
+    RESULTS_KIND,
+    RESULTS_SCHEMA_VERSION,
+)
+from recursive_training.exceptions import OutputError
+from recursive_training.metrics import ErrorSums
+from recursive_training.rules import beta_trust
+from recursive_training.stages.training_stages import TrainingResult
+
+
+def _mean(values: list[float | int | None]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def build_document(result: TrainingResult) -> dict[str, Any]:
+    """The versioned results JSON of a run (plain types only)."""
+    variables = result.variables
+    overall = result.errors.table(variables)
+    trust = beta_trust(np.array([r[2] for r in result.rule_table]), np.array([r[3] for r in result.rule_table]))
+    rules = [
+        {"rule": rule, "target": target, "hits": hits, "misses": misses,
+         "trust_mean": t.mean, "trust_lower": t.lower, "trust_upper": t.upper, "validated": t.validated}
+        for (rule, target, hits, misses), t in zip(result.rule_table, trust, strict=True)
+    ]
+    batches = []
+    for batch in result.batches:
+        stats = result.statistics[batch.batch_id]
+        evaluation = result.evaluations.get(batch.batch_id)
+        errors = evaluation.errors if evaluation else ErrorSums.zeros(len(variables))
+        batches.append({
+            "batch_id": batch.batch_id,
+            "start": batch.start.isoformat(),
+            "end": batch.end.isoformat(),
+            "samples_trained": stats.stats.n,
+            "samples_evaluated": int(errors.n[0]) if len(variables) else 0,
+            "evaluated": evaluation is not None,
+            "dropped_missing": stats.dropped_missing + (evaluation.dropped_missing if evaluation else 0),
+            "seconds": {"statistics": stats.seconds, "evaluation": evaluation.seconds if evaluation else 0.0},
+            "workers": {"statistics": stats.worker, "evaluation": evaluation.worker if evaluation else None},
+            "metrics": errors.table(variables),
+        })
+    headline = {
+        "mean_skill_vs_persistence": _mean([m["skill_vs_persistence"] for m in overall.values()]),
+        "mean_directional_accuracy": _mean([m["directional_accuracy"] for m in overall.values()]),
+        "rules_validated": sum(r["validated"] for r in rules),
+        "rules_total": len(rules),
+    }
+    return {
+        "kind": RESULTS_KIND,
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "run_id": result.run_id,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tool_version": __version__,
+        "config": result.config.model_dump(mode="json"),
+        "config_hash": result.config.training_fingerprint(),
+        "engine": result.engine,
+        "seconds": result.seconds,
+        "resumed_from": result.resumed_from,
+        "data": {
+            "source": result.source,
+            "variables": variables,
+            "start": result.start.isoformat(),
+            "end": result.end.isoformat(),
+            "rows": result.n_rows,
+            "batches": len(result.batches),
+            "samples_trained": sum(s.stats.n for s in result.statistics.values()),
+            "samples_evaluated": int(result.errors.n[0]) if variables else 0,
+            "samples_dropped_missing": sum(b["dropped_missing"] for b in batches),
+        },
+        "model": {
+            "features": result.features,
+            "ridge_alpha": result.config.ridge_alpha,
+            "half_life_days": result.config.half_life_days,
+            "samples": result.state.stats.n,
+            "coefficients": {v: result.coefficients[:, j].tolist() for j, v in enumerate(variables)},
+        },
+        "rules": rules,
+        "metrics": {"headline": headline, "overall": overall},
+        "batches": batches,
+        "files": {"state": DEFAULT_STATE_FILE, "predictions": DEFAULT_PREDICTIONS_FILE},
+    }
+
+
+def check_output_free(config: TrainingConfig) -> None:
+    """Refuse to replace an earlier run's results unless --overwrite was given."""
+    if not config.overwrite and storage.exists(config.results_path):
+        raise OutputError(
+            f"{config.results_path} already holds the results of an earlier run; "
+            "pass --overwrite to replace them or choose another --output-dir"
+        )
+
+
+def write_outputs(result: TrainingResult, config: TrainingConfig) -> dict[str, Any]:
+    """Write predictions, state, then results (each atomically); undo all on failure."""
+    document = build_document(result)
+    predictions = io.BytesIO()
+    result.predictions_frame().to_parquet(predictions, index=False)
+    files = [
+        (storage.join(config.output_dir, DEFAULT_PREDICTIONS_FILE), predictions.getvalue()),
+        (storage.join(config.output_dir, DEFAULT_STATE_FILE), result.state.to_bytes()),
+        (config.results_path, json.dumps(document, indent=2, allow_nan=False).encode()),
+    ]
+    written: list[str] = []
+    try:
+        for location, data in files:
+            storage.write_bytes(location, data)
+            written.append(location)
+    except (OSError, OutputError) as e:
+        for location in written:
+            storage.remove(location)
+        if isinstance(e, OutputError):
+            raise
+        raise OutputError(f"cannot write results to {config.output_dir}: {e}") from e
+    return document
+
+
+def summary(document: dict[str, Any]) -> str:
+    """A few lines for the terminal: what ran, how well, where the files are."""
+    data, headline = document["data"], document["metrics"]["headline"]
+    lines = [
+        f"Trained on {len(data['variables'])} variables, {data['start'][:10]} to {data['end'][:10]}: "
+        f"{data['samples_trained']} samples in {data['batches']} batches ({document['seconds']:.1f}s, "
+        f"{document['engine']})",
+        f"Walk-forward: {data['samples_evaluated']} samples evaluated, mean skill vs persistence "
+        f"{_fmt(headline['mean_skill_vs_persistence'])}, directional accuracy "
+        f"{_fmt(headline['mean_directional_accuracy'])}",
+        f"Rules validated: {headline['rules_validated']} of {headline['rules_total']}",
+        "",
+        f"{'variable':<24} {'n':>7} {'rmse':>11} {'skill':>7} {'dir.acc':>7}",
+    ]
+    for name, m in list(document["metrics"]["overall"].items())[:12]:
+        lines.append(f"{name:<24} {m['n']:>7} {_fmt(m['rmse'], 11)} {_fmt(m['skill_vs_persistence'], 7)} "
+                     f"{_fmt(m['directional_accuracy'], 7)}")
+    if len(document["metrics"]["overall"]) > 12:
+        lines.append(f"... and {len(document['metrics']['overall']) - 12} more in the results file")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, width: int = 0) -> str:
+    text = "n/a" if value is None else f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return text.rjust(width)

@@ -1,0 +1,207 @@
+"""Rules that predict the sign of a variable's next change, and their Beta trust.
+
+A rule abstains when its prediction or the realized change is zero (or missing). Trust
+in a rule is the Beta(1 + hits, 1 + misses) posterior of its hit rate; the rule is
+*validated* when the lower end of the credible interval is above one half.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import stats
+
+from recursive_training.constants import CONFIDENCE_LEVEL, MODEL_RULE
+from recursive_training.exceptions import ConfigError
+
+FloatArray = NDArray[np.float64]
+
+_WINDOWED = re.compile(r"^(momentum|mean_reversion)\((\d+)\)$")
+_PAIR = re.compile(r"^cross\(\s*([^()\s>-][^()>]*?)\s*->\s*([^()\s][^()]*?)\s*\)$")
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One parsed rule: ``kind`` with a window, or with a source -> target pair."""
+
+    kind: str
+    window: int = 0
+    source: str | None = None
+    target: str | None = None
+
+    @property
+    def history(self) -> int:
+        """Rows of history before the origin that the rule reads."""
+        return {"momentum": self.window, "mean_reversion": self.window - 1}.get(self.kind, 1)
+
+    def __str__(self) -> str:
+        if self.kind in ("momentum", "mean_reversion"):
+            return f"{self.kind}({self.window})"
+        if self.kind == "cross" and self.source is not None:
+            return f"cross({self.source}->{self.target})"
+        return self.kind
+
+
+def parse_rule(text: str) -> RuleSpec:
+    """Parse one rule spec such as ``momentum(5)`` or ``cross(spx_close->us_10y_yield)``."""
+    spec = text.strip()
+    if spec in ("cross", MODEL_RULE):
+        return RuleSpec(spec)
+    if match := _WINDOWED.match(spec):
+        window = int(match.group(2))
+        if window < 1 or (match.group(1) == "mean_reversion" and window < 2):
+            raise ConfigError(f"rule {spec!r}: the window must be at least "
+                              f"{2 if match.group(1) == 'mean_reversion' else 1}")
+        return RuleSpec(match.group(1), window=window)
+    if match := _PAIR.match(spec):
+        source, target = match.group(1), match.group(2)
+        if source == target:
+            raise ConfigError(f"rule {spec!r}: source and target must differ (use momentum(1))")
+        return RuleSpec("cross", source=source, target=target)
+    raise ConfigError(
+        f"unknown rule {spec!r}; known rules: momentum(W), mean_reversion(W), cross, "
+        f"cross(U->V), {MODEL_RULE}"
+    )
+
+
+def parse_rules(specs: Iterable[str]) -> tuple[RuleSpec, ...]:
+    """Parse rule specs, rejecting duplicates."""
+    parsed = tuple(parse_rule(s) for s in specs)
+    seen: set[str] = set()
+    for rule in parsed:
+        if str(rule) in seen:
+            raise ConfigError(f"rule {rule} is listed more than once")
+        seen.add(str(rule))
+    return parsed
+
+
+def fixed_rules(rules: Sequence[RuleSpec]) -> tuple[RuleSpec, ...]:
+    """The rules that do not learn (everything except ``model``)."""
+    return tuple(r for r in rules if r.kind != MODEL_RULE)
+
+
+def rule_history(rules: Sequence[RuleSpec]) -> int:
+    """Rows of history the fixed rules need before an origin."""
+    return max((r.history for r in fixed_rules(rules)), default=0)
+
+
+def check_rule_variables(rules: Sequence[RuleSpec], variables: Sequence[str]) -> None:
+    """Fail when a pair rule names a variable that is not modelled."""
+    for rule in rules:
+        for name in (rule.source, rule.target):
+            if name is not None and name not in variables:
+                raise ConfigError(
+                    f"rule {rule} names variable {name!r}, which is not among the modelled "
+                    f"variables ({', '.join(variables)})"
+                )
+
+
+def rule_entries(rules: Sequence[RuleSpec], variables: Sequence[str]) -> list[tuple[str, str]]:
+    """The (rule, target variable) pairs whose counts the fixed rules produce, in order."""
+    entries: list[tuple[str, str]] = []
+    for rule in fixed_rules(rules):
+        if rule.kind == "cross" and rule.source is None:
+            entries += [(f"cross({u}->{v})", v) for v in variables for u in variables if u != v]
+        elif rule.kind == "cross":
+            assert rule.target is not None
+            entries.append((str(rule), rule.target))
+        else:
+            entries += [(str(rule), v) for v in variables]
+    return entries
+
+
+def _rolling_mean(levels: FloatArray, origins: NDArray[np.intp], window: int) -> FloatArray:
+    cumulative = np.vstack([np.zeros((1, levels.shape[1])), np.cumsum(levels, axis=0)])
+    return (cumulative[origins + 1] - cumulative[origins + 1 - window]) / window
+
+
+def sign_hits_misses(
+    predicted: FloatArray, outcome: FloatArray, weights: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Weighted hit and miss counts per column; NaN and zero on either side abstain."""
+    up, down = predicted > 0, predicted < 0
+    rose, fell = outcome > 0, outcome < 0
+    w = weights[:, None]
+    hits = ((up & rose) | (down & fell)) * w
+    misses = ((up & fell) | (down & rose)) * w
+    return hits.sum(axis=0), misses.sum(axis=0)
+
+
+def fixed_rule_counts(
+    levels: FloatArray,
+    origins: NDArray[np.intp],
+    outcome: FloatArray,
+    weights: FloatArray,
+    rules: Sequence[RuleSpec],
+    variables: Sequence[str],
+) -> tuple[FloatArray, FloatArray]:
+    """Hits and misses of every fixed rule entry (see ``rule_entries``) on these samples.
+
+    ``levels`` are the loaded rows, ``origins`` the row of each sample's origin and
+    ``outcome`` its realized change per variable.
+    """
+    column = {v: j for j, v in enumerate(variables)}
+    now = levels[origins]
+    hits: list[FloatArray] = []
+    misses: list[FloatArray] = []
+    for rule in fixed_rules(rules):
+        if rule.kind == "momentum":
+            h, m = sign_hits_misses(now - levels[origins - rule.window], outcome, weights)
+        elif rule.kind == "mean_reversion":
+            h, m = sign_hits_misses(_rolling_mean(levels, origins, rule.window) - now, outcome, weights)
+        elif rule.source is not None:
+            assert rule.target is not None
+            src, dst = column[rule.source], column[rule.target]
+            change = now[:, [src]] - levels[origins - 1][:, [src]]
+            h, m = sign_hits_misses(change, outcome[:, [dst]], weights)
+        else:
+            h, m = _cross_all_pairs(now - levels[origins - 1], outcome, weights)
+        hits.append(h)
+        misses.append(m)
+    if not hits:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(hits), np.concatenate(misses)
+
+
+def _cross_all_pairs(
+    change: FloatArray, outcome: FloatArray, weights: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Counts of cross(u->v) for every ordered pair u != v, by matrix products.
+
+    Ordered target-major to match ``rule_entries``: for each v, every u != v.
+    """
+    up, down = (change > 0).astype(float), (change < 0).astype(float)
+    w = weights[:, None]
+    rose, fell = (outcome > 0) * w, (outcome < 0) * w
+    hits = up.T @ rose + down.T @ fell  # [u, v]
+    misses = up.T @ fell + down.T @ rose
+    off_diagonal = ~np.eye(change.shape[1], dtype=bool)
+    return hits.T[off_diagonal.T], misses.T[off_diagonal.T]
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Beta posterior summary of a rule's hit rate."""
+
+    mean: float
+    lower: float
+    upper: float
+
+    @property
+    def validated(self) -> bool:
+        """True when the rule is better than a coin flip with the chosen confidence."""
+        return self.lower > 0.5
+
+
+def beta_trust(hits: FloatArray, misses: FloatArray) -> list[Trust]:
+    """Beta(1 + hits, 1 + misses) mean and central credible interval for each rule."""
+    a, b = 1.0 + np.asarray(hits, float), 1.0 + np.asarray(misses, float)
+    tail = (1.0 - CONFIDENCE_LEVEL) / 2
+    lower = stats.beta.ppf(tail, a, b)
+    upper = stats.beta.ppf(1.0 - tail, a, b)
+    mean = a / (a + b)
+    return [Trust(float(m), float(lo), float(hi)) for m, lo, hi in zip(mean, lower, upper, strict=True)]

@@ -1,0 +1,215 @@
+"""Command line of the pipeline: ``pulse-train`` / ``python -m recursive_training.run_training``.
+
+Settings come from defaults < ``--config`` YAML < flags. Exit status is 0 on success and
+1 on any error a user can fix, which is reported in one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if __package__ in (None, ""):  # run as a file: put the project, not this folder, on sys.path
+    from pathlib import Path
+
+    _here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if p and str(Path(p).resolve()) != _here]
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from recursive_training import __version__, storage
+from recursive_training.config import TrainingConfig, load_config_file
+from recursive_training.exceptions import ConfigError, TrainingError
+from recursive_training.progress import ProgressBar
+from recursive_training.results import check_output_free, summary, write_outputs
+from recursive_training.stages import TrainingPipeline
+from recursive_training.state import TrainingState
+
+log = logging.getLogger("recursive_training")
+
+EPILOG = """\
+examples:
+  pulse-train --output-dir out                          # built-in synthetic data, serial
+  pulse-train --input-data builtin:macro --variables realgdp,cpi,unemp --batch-size-days 1825
+  pulse-train --input-data prices.parquet --start-date 2010-01-01 --end-date 2020-01-01 \\
+              --use-dask --max-workers 4 --report out/report
+  pulse-train --config run.yaml --resume-from out/state.npz --start-date 2020-01-01
+
+Exit status: 0 on success, 1 on a configuration, data or execution error.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors become ConfigError (exit 1, one line)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see --help)")
+
+
+def _field_help(name: str, extra: str = "") -> str:
+    field = TrainingConfig.model_fields[name]
+    default = field.default
+    shown = ",".join(default) if isinstance(default, tuple) else default
+    suffix = "" if default in (None, False) else f" (default: {shown})"
+    return f"{field.description}{extra}{suffix}"
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _rules(text: str) -> list[str]:
+    """Split a rule list on commas outside parentheses."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [p for p in [*parts, current.strip()] if p]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; every setting's help comes from TrainingConfig."""
+    parser = _Parser(
+        prog="pulse-train",
+        description="Retrodiction training: learn walk-forward ridge models and rule trust over "
+        "date-range batches of historical time series, serially or on Dask.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", metavar="YAML", help="YAML file of settings; flags override it.")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--input-data", metavar="URI", help=_field_help("input_data"))
+    data.add_argument("--input-format", choices=["auto", "csv", "parquet"], help=_field_help("input_format"))
+    data.add_argument("--variables", type=_csv, metavar="A,B,...", help=_field_help("variables"))
+    data.add_argument("--start-date", metavar="DATE", help=_field_help("start_date"))
+    data.add_argument("--end-date", metavar="DATE", help=_field_help("end_date"))
+    data.add_argument("--batch-size-days", type=int, metavar="DAYS", help=_field_help("batch_size_days"))
+    data.add_argument("--fill-limit", type=int, metavar="ROWS", help=_field_help("fill_limit"))
+
+    model = parser.add_argument_group("model and rules")
+    model.add_argument("--horizon", type=int, metavar="STEPS", help=_field_help("horizon"))
+    model.add_argument("--lags", type=int, metavar="L", help=_field_help("lags"))
+    model.add_argument("--ridge-alpha", type=float, metavar="ALPHA", help=_field_help("ridge_alpha"))
+    model.add_argument("--half-life-days", type=float, metavar="DAYS", help=_field_help("half_life_days"))
+    model.add_argument("--min-train-samples", type=int, metavar="N", help=_field_help("min_train_samples"))
+    model.add_argument("--rules", type=_rules, metavar="R1,R2,...", help=_field_help("rules"))
+
+    execution = parser.add_argument_group("execution")
+    execution.add_argument("--use-dask", action="store_true", help=_field_help("use_dask"))
+    execution.add_argument("--max-workers", type=int, metavar="N", help=_field_help("max_workers"))
+    execution.add_argument(
+        "--dask-scheduler-address", metavar="ADDRESS",
+        help=_field_help("dask_scheduler_address", "; also read from DASK_SCHEDULER_ADDRESS"),
+    )
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--output-dir", metavar="DIR", help=_field_help("output_dir"))
+    output.add_argument("--output-file", metavar="NAME", help=_field_help("output_file"))
+    output.add_argument("--overwrite", action="store_true", help=_field_help("overwrite"))
+    output.add_argument("--report", dest="report_dir", metavar="DIR", help=_field_help("report_dir"))
+    output.add_argument("--resume-from", metavar="STATE", help=_field_help("resume_from"))
+
+    logs = parser.add_argument_group("logging")
+    logs.add_argument("--log-level", metavar="LEVEL", help=_field_help("log_level"))
+    logs.add_argument("--log-dir", metavar="DIR", help=_field_help("log_dir"))
+    logs.add_argument("--progress", action=argparse.BooleanOptionalAction, help=_field_help("progress"))
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse command-line flags; only the flags given appear in the namespace."""
+    return build_parser().parse_args(argv)
+
+
+def create_config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    """Merge defaults, the YAML file and the flags into one validated TrainingConfig."""
+    given: dict[str, Any] = dict(vars(args))
+    fields = load_config_file(given.pop("config")) if "config" in given else {}
+    if "dask_scheduler_address" not in given and os.environ.get("DASK_SCHEDULER_ADDRESS"):
+        given["dask_scheduler_address"] = os.environ["DASK_SCHEDULER_ADDRESS"]
+    fields.update(given)
+    return TrainingConfig.build(**fields)
+
+
+def setup_logging(level: str = "INFO", log_dir: str | None = None) -> Path | None:
+    """Log to stderr at ``level`` and, with ``log_dir``, everything at DEBUG to a file there."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(level)
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    root.addHandler(console)
+    root.setLevel(logging.DEBUG if log_dir else level)
+    if not log_dir:
+        return None
+    path = Path(log_dir) / f"pulse-train-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot write a log file in --log-dir {log_dir}: {e.strerror or e}") from e
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root.addHandler(file_handler)
+    return path
+
+
+def run(config: TrainingConfig) -> dict[str, Any]:
+    """Run training with ``config``, write its files, and return the results document."""
+    check_output_free(config)
+    state = None
+    if config.resume_from:
+        state = TrainingState.from_bytes(storage.read_bytes(config.resume_from), config.resume_from)
+    with ProgressBar(config.progress) as progress:
+        result = TrainingPipeline(progress=progress).execute(config, state)
+    document = write_outputs(result, config)
+    log.info("Wrote %s", config.results_path)
+    if config.report_dir:
+        from recursive_training.report import render_report
+
+        pages = render_report(document, result.predictions_frame(), config.report_dir)
+        log.info("Report: %s", pages[-1])
+    return document
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: 0 on success, 1 on a user-fixable error (one line, no traceback)."""
+    try:
+        config = create_config_from_args(parse_args(argv))
+        setup_logging(config.log_level, config.log_dir)
+        document = run(config)
+    except SystemExit as e:  # --help and --version
+        return int(e.code or 0)
+    except TrainingError as e:
+        if not logging.getLogger().handlers:
+            setup_logging()
+        log.error("%s", e)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted; no results were written")
+        return 1
+    print(summary(document))
+    return 0
+
+
+def cli() -> NoReturn:
+    """Console-script wrapper."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

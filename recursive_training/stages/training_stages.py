@@ -1,0 +1,364 @@
+"""The retrodiction pipeline: map (batch statistics), scan (prefix models), map
+(walk-forward evaluation), reduce (final model, rule trust, metrics).
+
+The two map stages are pure module-level functions of (batch, config, ...) so they can
+run on any engine; the scan and reduce are cheap and run in the driver, which only ever
+holds statistics (features x features), never the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from recursive_training import features as feats
+from recursive_training.config import TrainingConfig
+from recursive_training.constants import MODEL_RULE
+from recursive_training.data import DataSource, open_source
+from recursive_training.exceptions import DataError, StateError
+from recursive_training.metrics import ErrorSums
+from recursive_training.parallel_trainer import (
+    Engine,
+    ProgressCallback,
+    TrainingBatch,
+    check_batch_size,
+    create_engine,
+    current_worker,
+    plan_batches,
+)
+from recursive_training.rules import (
+    RuleSpec,
+    check_rule_variables,
+    fixed_rule_counts,
+    parse_rules,
+    rule_entries,
+    rule_history,
+    sign_hits_misses,
+)
+from recursive_training.state import TrainingState
+from recursive_training.statistics import (
+    SufficientStats,
+    decay_factor,
+    forgetting_weights,
+    solve_ridge,
+)
+
+log = logging.getLogger(__name__)
+FloatArray = NDArray[np.float64]
+
+
+# --- per-batch tasks (run on workers) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchStatistics:
+    """Map-stage output: the batch's training statistics, referenced at the batch end."""
+
+    batch_id: int
+    stats: SufficientStats
+    dropped_missing: int
+    seconds: float
+    worker: str
+
+
+@dataclass(frozen=True)
+class BatchEvaluation:
+    """Evaluation output: error sums, model-rule counts and the predictions themselves."""
+
+    batch_id: int
+    errors: ErrorSums
+    model_hits: FloatArray
+    model_misses: FloatArray
+    predictions: pd.DataFrame
+    dropped_missing: int
+    seconds: float
+    worker: str
+
+
+def load_window(batch: TrainingBatch, config: TrainingConfig) -> FloatArray:
+    """The batch's rows (levels, rows x variables), forward-filled up to the limit."""
+    source = open_source(config.input_data, config.input_format)
+    frame = source.load(batch.variables, batch.window_first, batch.window_last)
+    expected = batch.window_rows[1] - batch.window_rows[0]
+    if len(frame) != expected:
+        raise DataError(
+            f"{batch}: expected {expected} rows between {batch.window_first} and "
+            f"{batch.window_last} but the source returned {len(frame)}; did the data change "
+            "while the run was planned?",
+            source=source.uri,
+        )
+    if config.fill_limit:
+        frame = frame.ffill(limit=config.fill_limit)
+    return frame.to_numpy(dtype=np.float64)
+
+
+def _timestamps(batch: TrainingBatch, config: TrainingConfig) -> NDArray[np.datetime64]:
+    stamps = open_source(config.input_data, config.input_format).timestamps()
+    return stamps[batch.window_rows[0]:batch.window_rows[1]].to_numpy()
+
+
+def compute_batch_statistics(batch: TrainingBatch, config: TrainingConfig) -> BatchStatistics:
+    """Ridge sufficient statistics and fixed-rule counts of the samples realized in the batch."""
+    began = time.perf_counter()
+    rules = parse_rules(config.rules)
+    n_features = 1 + len(batch.variables) * config.lags
+    n_entries = len(rule_entries(rules, batch.variables))
+    first, stop = batch.train_rows
+    if first >= stop:
+        empty = SufficientStats.zeros(n_features, len(batch.variables), n_entries)
+        return BatchStatistics(batch.batch_id, empty, 0, time.perf_counter() - began, current_worker())
+    levels = load_window(batch, config)
+    offset = batch.window_rows[0]
+    origins = np.arange(first, stop) - config.horizon - offset
+    x, y = feats.design(levels, origins, config.lags, config.horizon)
+    complete = feats.complete_rows(x, y)
+    stamps = _timestamps(batch, config)
+    weights = forgetting_weights(stamps[origins + config.horizon][complete], batch.end, config.half_life_days)
+    hits, misses = fixed_rule_counts(levels, origins[complete], y[complete], weights, rules, batch.variables)
+    stats = SufficientStats.from_samples(x[complete], y[complete], weights, hits, misses)
+    return BatchStatistics(
+        batch.batch_id, stats, int((~complete).sum()), time.perf_counter() - began, current_worker()
+    )
+
+
+def evaluate_batch(batch: TrainingBatch, config: TrainingConfig, coefficients: FloatArray) -> BatchEvaluation:
+    """Predict the samples whose origin is in the batch with the model known at its start."""
+    began = time.perf_counter()
+    levels = load_window(batch, config)
+    offset = batch.window_rows[0]
+    origins = np.arange(*batch.eval_rows) - offset
+    x, y = feats.design(levels, origins, config.lags, config.horizon)
+    complete = feats.complete_rows(x, y)
+    origins, x, y = origins[complete], x[complete], y[complete]
+    predicted = x @ coefficients
+    stamps = _timestamps(batch, config)
+    realized = stamps[origins + config.horizon]
+    weights = forgetting_weights(realized, batch.end, config.half_life_days)
+    variables = list(batch.variables)
+    hits, misses = sign_hits_misses(predicted, y, weights)  # the model as a sign rule
+    predictions = pd.DataFrame({
+        "origin": np.repeat(stamps[origins], len(variables)),
+        "realized": np.repeat(realized, len(variables)),
+        "batch_id": np.int32(batch.batch_id),
+        "variable": pd.Categorical(np.tile(variables, len(origins)), categories=variables),
+        "predicted": predicted.ravel(),
+        "actual": y.ravel(),
+    })
+    return BatchEvaluation(
+        batch.batch_id, ErrorSums.from_predictions(predicted, y), hits, misses, predictions,
+        int((~complete).sum()), time.perf_counter() - began, current_worker(),
+    )
+
+
+# --- the pipeline (runs in the driver) ---------------------------------------------------
+
+
+@dataclass
+class TrainingResult:
+    """What a run learned and measured; ``results.build_document`` turns it into JSON."""
+
+    run_id: str
+    config: TrainingConfig
+    source: str
+    variables: list[str]
+    features: list[str]
+    start: pd.Timestamp
+    end: pd.Timestamp
+    n_rows: int
+    batches: list[TrainingBatch]
+    statistics: dict[int, BatchStatistics]
+    evaluations: dict[int, BatchEvaluation]
+    coefficients: FloatArray
+    rule_table: list[tuple[str, str, float, float]]
+    errors: ErrorSums
+    state: TrainingState
+    resumed_from: str | None
+    engine: str
+    seconds: float
+    predictions: list[pd.DataFrame] = field(default_factory=list)
+
+    def predictions_frame(self) -> pd.DataFrame:
+        """Every walk-forward prediction, sorted by origin then variable."""
+        if not self.predictions:
+            return pd.DataFrame(columns=["origin", "realized", "batch_id", "variable", "predicted", "actual"])
+        frame = pd.concat(self.predictions, ignore_index=True)
+        return frame.sort_values(["origin", "variable"], kind="stable", ignore_index=True)
+
+
+def resolve_range(
+    config: TrainingConfig, timestamps: pd.DatetimeIndex, state: TrainingState | None, source: str
+) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The run's ``[start, end)``: from the config, else the resume state, else the data."""
+    if len(timestamps) == 0:
+        raise DataError("holds no rows", source=source)
+    if config.start_date is not None:
+        start = pd.Timestamp(config.start_date)
+    else:
+        start = state.end if state is not None else timestamps[0]
+    end = pd.Timestamp(config.end_date) if config.end_date is not None else (timestamps[-1] + pd.Timedelta(days=1)).normalize()
+    if start >= end:
+        raise DataError(f"the range starts at {start} but ends at {end}; pass --end-date after the start")
+    inside = timestamps[(timestamps >= start) & (timestamps < end)]
+    if len(inside) == 0:
+        raise DataError(
+            f"no rows between {start:%Y-%m-%d} and {end:%Y-%m-%d}; the data covers "
+            f"{timestamps[0]:%Y-%m-%d} to {timestamps[-1]:%Y-%m-%d}",
+            source=source,
+        )
+    if state is not None and start < state.end:
+        raise StateError(
+            f"the resume state already learned from samples realized before {state.end:%Y-%m-%d}; "
+            f"start this run at or after that date (--start-date {state.end:%Y-%m-%d})"
+        )
+    if state is not None and start > state.end:
+        log.warning("Samples realized between %s and %s are learned by neither run", state.end, start)
+    return start, end
+
+
+class TrainingPipeline:
+    """Runs the stages of a training run on an engine, reporting progress per batch."""
+
+    def __init__(self, progress: ProgressCallback | None = None, engine: Engine | None = None) -> None:
+        self.progress = progress
+        self.engine = engine
+
+    def execute(self, config: TrainingConfig, resume_state: TrainingState | None = None) -> TrainingResult:
+        """Plan, map, scan, map, reduce; raises a TrainingError subclass on bad input."""
+        began = time.perf_counter()
+        source = open_source(config.input_data, config.input_format)
+        variables = list(config.variables or source.variables())
+        source.check_variables(variables)
+        rules = parse_rules(config.rules)
+        check_rule_variables(rules, variables)
+        features = feats.feature_names(variables, config.lags)
+        if resume_state is not None:
+            resume_state.check_compatible(
+                config.resume_from or "the resume state", tuple(variables), config.lags,
+                config.horizon, config.half_life_days, tuple(config.rules),
+            )
+        timestamps = source.timestamps()
+        start, end = resolve_range(config, timestamps, resume_state, source.uri)
+        check_batch_size(timestamps[(timestamps >= start) & (timestamps < end)], config.batch_size_days)
+        batches = plan_batches(
+            timestamps, start, end, config.batch_size_days, variables,
+            history=max(config.lags, rule_history(rules)), horizon=config.horizon,
+            fill_limit=config.fill_limit,
+        )
+        _require_samples(batches, source, config)
+        log.info("Planned %d batches of %d days over [%s, %s) for %d variables",
+                 len(batches), config.batch_size_days, f"{start:%Y-%m-%d}", f"{end:%Y-%m-%d}", len(variables))
+
+        engine = self.engine or create_engine(config.use_dask, config.max_workers, config.dask_scheduler_address)
+        with engine:
+            log.info("Running on %s", engine.description)
+            statistics = self._collect(
+                "statistics", engine, compute_batch_statistics, [(b, config) for b in batches]
+            )
+            initial = _initial_prefix(resume_state, start, config, len(features), variables, rules)
+            models, final = scan_prefix_models(batches, statistics, initial, config)
+            evaluations = self._collect(
+                "evaluation", engine, evaluate_batch,
+                [(b, config, models[b.batch_id]) for b in batches
+                 if b.batch_id in models and b.eval_rows[0] < b.eval_rows[1]],
+            )
+        model_hits, model_misses = _model_rule_counts(resume_state, batches, evaluations, end, config)
+        entries = rule_entries(rules, variables)
+        rule_table = [(rule, target, float(h), float(m))
+                      for (rule, target), h, m in zip(entries, final.rule_hits, final.rule_misses, strict=True)]
+        if any(r.kind == MODEL_RULE for r in rules):
+            rule_table += [(MODEL_RULE, v, float(h), float(m))
+                           for v, h, m in zip(variables, model_hits, model_misses, strict=True)]
+        errors = sum((e.errors for e in evaluations.values()), ErrorSums.zeros(len(variables)))
+        run_id = uuid.uuid4().hex[:12]
+        state = TrainingState(
+            end=end, variables=tuple(variables), features=tuple(features), lags=config.lags,
+            horizon=config.horizon, half_life_days=config.half_life_days, rules=tuple(config.rules),
+            stats=final, model_hits=model_hits, model_misses=model_misses, run_id=run_id,
+        )
+        return TrainingResult(
+            run_id=run_id, config=config, source=source.uri, variables=variables, features=features,
+            start=start, end=end, n_rows=int(((timestamps >= start) & (timestamps < end)).sum()),
+            batches=batches, statistics=statistics, evaluations=evaluations,
+            coefficients=solve_ridge(final.xtx, final.xty, config.ridge_alpha),
+            rule_table=rule_table, errors=errors, state=state, resumed_from=config.resume_from,
+            engine=engine.description, seconds=time.perf_counter() - began,
+            predictions=[evaluations[k].predictions for k in sorted(evaluations)],
+        )
+
+    def _collect(self, stage: str, engine: Engine, task: object, arguments: Sequence[tuple[object, ...]]) -> dict:  # type: ignore[type-arg]
+        """Run a map stage, keyed by batch id, reporting progress as batches finish."""
+        results = {}
+        total = len(arguments)
+        if self.progress:
+            self.progress(stage, 0, total)
+        for done, result in enumerate(engine.map_unordered(task, arguments), start=1):  # type: ignore[arg-type]
+            results[result.batch_id] = result
+            if self.progress:
+                self.progress(stage, done, total)
+        return results
+
+
+def _require_samples(batches: Sequence[TrainingBatch], source: DataSource, config: TrainingConfig) -> None:
+    if not any(b.train_rows[0] < b.train_rows[1] for b in batches):
+        raise DataError(
+            f"the range holds no complete sample: each needs {config.lags} earlier rows for its "
+            f"lags (or the longest rule window) and {config.horizon} later row(s) for its target; "
+            "widen the date range or lower --lags/--horizon",
+            source=source.uri,
+        )
+
+
+def _initial_prefix(
+    state: TrainingState | None, start: pd.Timestamp, config: TrainingConfig,
+    n_features: int, variables: Sequence[str], rules: Sequence[RuleSpec],
+) -> SufficientStats:
+    """The statistics known before the first batch: the resume state, aged to ``start``."""
+    if state is None:
+        return SufficientStats.zeros(n_features, len(variables), len(rule_entries(rules, variables)))
+    return state.stats.decayed(decay_factor(state.end, start, config.half_life_days))
+
+
+def scan_prefix_models(
+    batches: Sequence[TrainingBatch],
+    statistics: dict[int, BatchStatistics],
+    initial: SufficientStats,
+    config: TrainingConfig,
+) -> tuple[dict[int, FloatArray], SufficientStats]:
+    """Walk-forward models: batch k's model is fitted on samples realized before it starts.
+
+    Returns the models of the batches with at least ``min_train_samples`` known samples,
+    and the statistics of everything (referenced at the end of the last batch).
+    """
+    prefix = initial
+    models: dict[int, FloatArray] = {}
+    for batch in batches:
+        if prefix.n >= config.min_train_samples:
+            models[batch.batch_id] = solve_ridge(prefix.xtx, prefix.xty, config.ridge_alpha)
+        decay = decay_factor(batch.start, batch.end, config.half_life_days)
+        prefix = prefix.decayed(decay) + statistics[batch.batch_id].stats
+    return models, prefix
+
+
+def _model_rule_counts(
+    state: TrainingState | None, batches: Sequence[TrainingBatch], evaluations: dict[int, BatchEvaluation],
+    end: pd.Timestamp, config: TrainingConfig,
+) -> tuple[FloatArray, FloatArray]:
+    """Walk-forward hits and misses of the model, aged to ``end`` like every other count."""
+    n = len(batches[0].variables)
+    hits, misses = np.zeros(n), np.zeros(n)
+    if state is not None:
+        factor = decay_factor(state.end, end, config.half_life_days)
+        hits, misses = state.model_hits * factor, state.model_misses * factor
+    for batch in batches:
+        if batch.batch_id in evaluations:
+            factor = decay_factor(batch.end, end, config.half_life_days)
+            hits = hits + evaluations[batch.batch_id].model_hits * factor
+            misses = misses + evaluations[batch.batch_id].model_misses * factor
+    return hits, misses

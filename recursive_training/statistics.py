@@ -1,0 +1,140 @@
+"""Sufficient statistics of weighted ridge regression, and the solve.
+
+Everything the pipeline learns is a sum over samples, so batch statistics can be computed
+anywhere and added in any grouping. Exponential forgetting stays exact under that
+re-association because each batch weighs its samples relative to its own end and the
+scan decays whole prefixes: ``decay(a -> c) = decay(a -> b) * decay(b -> c)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+SECONDS_PER_DAY = 86_400.0
+
+
+def forgetting_weights(
+    realized: NDArray[np.datetime64], reference: pd.Timestamp, half_life_days: float | None
+) -> FloatArray:
+    """w = 0.5 ** ((reference - realized) / half_life), or ones without forgetting."""
+    if half_life_days is None:
+        return np.ones(len(realized))
+    age_days = (reference.to_datetime64() - realized) / np.timedelta64(1, "s") / SECONDS_PER_DAY
+    return np.power(0.5, age_days.astype(float) / half_life_days)
+
+
+def decay_factor(start: pd.Timestamp, end: pd.Timestamp, half_life_days: float | None) -> float:
+    """How much statistics referenced at ``start`` shrink when re-referenced at ``end``."""
+    if half_life_days is None:
+        return 1.0
+    return float(0.5 ** ((end - start).total_seconds() / SECONDS_PER_DAY / half_life_days))
+
+
+@dataclass(frozen=True)
+class SufficientStats:
+    """Weighted sums over samples: X'WX, X'WY, Y'WY diagonal, sample count, rule counts."""
+
+    xtx: FloatArray
+    xty: FloatArray
+    yty: FloatArray
+    n: int
+    rule_hits: FloatArray
+    rule_misses: FloatArray
+
+    @classmethod
+    def zeros(cls, n_features: int, n_targets: int, n_rule_entries: int) -> SufficientStats:
+        """The statistics of no samples at all."""
+        return cls(
+            xtx=np.zeros((n_features, n_features)),
+            xty=np.zeros((n_features, n_targets)),
+            yty=np.zeros(n_targets),
+            n=0,
+            rule_hits=np.zeros(n_rule_entries),
+            rule_misses=np.zeros(n_rule_entries),
+        )
+
+    @classmethod
+    def from_samples(
+        cls,
+        features: FloatArray,
+        targets: FloatArray,
+        weights: FloatArray,
+        rule_hits: FloatArray,
+        rule_misses: FloatArray,
+    ) -> SufficientStats:
+        """Statistics of complete samples; one GEMM serves every target."""
+        weighted = features * weights[:, None]
+        return cls(
+            xtx=weighted.T @ features,
+            xty=weighted.T @ targets,
+            yty=np.einsum("i,ij,ij->j", weights, targets, targets),
+            n=len(features),
+            rule_hits=rule_hits,
+            rule_misses=rule_misses,
+        )
+
+    def __add__(self, other: SufficientStats) -> SufficientStats:
+        return SufficientStats(
+            xtx=self.xtx + other.xtx,
+            xty=self.xty + other.xty,
+            yty=self.yty + other.yty,
+            n=self.n + other.n,
+            rule_hits=self.rule_hits + other.rule_hits,
+            rule_misses=self.rule_misses + other.rule_misses,
+        )
+
+    def decayed(self, factor: float) -> SufficientStats:
+        """Every weighted sum times ``factor`` (the count of samples stays)."""
+        if factor == 1.0:
+            return self
+        return replace(
+            self,
+            xtx=self.xtx * factor,
+            xty=self.xty * factor,
+            yty=self.yty * factor,
+            rule_hits=self.rule_hits * factor,
+            rule_misses=self.rule_misses * factor,
+        )
+
+
+def ridge_penalty(xtx: FloatArray, alpha: float) -> FloatArray:
+    """Per-feature penalty alpha * sum(w) * var_j: ridge on standardized features.
+
+    Minimizing ``sum w (y - x b)^2 + sum_j alpha * sum(w) * var_j * b_j^2`` is ridge with
+    penalty ``alpha`` on z-scored features and a mean loss, so alpha is scale-free (0.01
+    shrinks a lone standardized coefficient by about 1%). The intercept is not penalized.
+    """
+    total_weight = xtx[0, 0]
+    if total_weight <= 0:
+        return np.zeros(len(xtx))
+    mean = xtx[0, 1:] / total_weight
+    variance = np.clip(np.diag(xtx)[1:] / total_weight - mean**2, 0.0, None)
+    return np.concatenate([[0.0], alpha * total_weight * variance])
+
+
+def solve_ridge(xtx: FloatArray, xty: FloatArray, alpha: float) -> FloatArray:
+    """Coefficients (features x targets) of weighted ridge from its sufficient statistics.
+
+    Jacobi-scaled for conditioning (variables may differ by orders of magnitude); falls
+    back to the minimum-norm least-squares solution when the system is singular or
+    numerically so (a constant feature with alpha = 0).
+    """
+    system = xtx + np.diag(ridge_penalty(xtx, alpha))
+    diagonal = np.diag(system)
+    scale = np.sqrt(np.where(diagonal > 0, diagonal, 1.0))
+    scaled = system / np.outer(scale, scale)
+    rhs = xty / scale[:, None]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
+            solution = scipy.linalg.solve(scaled, rhs, assume_a="pos", check_finite=False)
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgWarning, ValueError):
+        solution = np.linalg.lstsq(scaled, rhs, rcond=None)[0]
+    return solution / scale[:, None]
