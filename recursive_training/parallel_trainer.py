@@ -66,15 +66,18 @@ def plan_batches(
     end: pd.Timestamp,
     batch_size_days: int,
     variables: Sequence[str],
-    history: int,
+    lags: int,
     horizon: int,
+    history: int,
     fill_limit: int,
 ) -> list[TrainingBatch]:
     """Cut ``[start, end)`` into batches; every sample lands in exactly one batch per role.
 
-    A sample with origin row o is usable when ``o >= history`` (its lags exist) and its
-    realization row ``o + horizon`` is before ``end``. It trains the batch holding its
-    realization and is evaluated by the batch holding its origin.
+    A sample with origin row o is usable when ``o >= lags`` (its lagged changes exist) and
+    its realization row ``o + horizon`` is before ``end``. It trains the batch holding its
+    realization and is evaluated by the batch holding its origin. Windows also load
+    ``history`` rows (the longest rule window) and ``fill_limit`` rows before the first
+    origin, so forward-filling and rules see the same values in every batching.
     """
     rows = int(timestamps.searchsorted(end))
     edges = batch_boundaries(start, end, batch_size_days)
@@ -82,9 +85,9 @@ def plan_batches(
     positions[-1] = rows
     batches = []
     for k, (lo, hi) in enumerate(zip(positions[:-1], positions[1:], strict=True)):
-        train = (max(lo, history + horizon), hi)
-        evaluate = (max(lo, history), min(hi, rows - horizon))
-        first = max(0, min(train[0] - horizon, evaluate[0]) - history - fill_limit)
+        train = (max(lo, lags + horizon), hi)
+        evaluate = (max(lo, lags), min(hi, rows - horizon))
+        first = max(0, min(train[0] - horizon, evaluate[0]) - max(lags, history) - fill_limit)
         last = min(rows, max(train[1], evaluate[1] + horizon))
         window = (first, max(first, last))
         batches.append(

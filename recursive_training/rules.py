@@ -115,8 +115,15 @@ def rule_entries(rules: Sequence[RuleSpec], variables: Sequence[str]) -> list[tu
 
 
 def _rolling_mean(levels: FloatArray, origins: NDArray[np.intp], window: int) -> FloatArray:
-    cumulative = np.vstack([np.zeros((1, levels.shape[1])), np.cumsum(levels, axis=0)])
-    return (cumulative[origins + 1] - cumulative[origins + 1 - window]) / window
+    """Mean of the ``window`` levels ending at each origin; NaN if any is missing or unloaded.
+
+    Gathered per origin rather than by cumulative sums, which one missing value would
+    poison for every later row of the window.
+    """
+    rows = origins[:, None] + np.arange(1 - window, 1)[None, :]
+    mean = levels[np.maximum(rows, 0)].mean(axis=1)
+    mean[rows[:, 0] < 0] = np.nan
+    return mean
 
 
 def sign_hits_misses(
@@ -146,20 +153,27 @@ def fixed_rule_counts(
     """
     column = {v: j for j, v in enumerate(variables)}
     now = levels[origins]
+
+    def back(rows: int) -> FloatArray:
+        """Levels ``rows`` before each origin; NaN (abstain) before the first loaded row."""
+        earlier = levels[np.maximum(origins - rows, 0)]
+        earlier[origins < rows] = np.nan
+        return earlier
+
     hits: list[FloatArray] = []
     misses: list[FloatArray] = []
     for rule in fixed_rules(rules):
         if rule.kind == "momentum":
-            h, m = sign_hits_misses(now - levels[origins - rule.window], outcome, weights)
+            h, m = sign_hits_misses(now - back(rule.window), outcome, weights)
         elif rule.kind == "mean_reversion":
             h, m = sign_hits_misses(_rolling_mean(levels, origins, rule.window) - now, outcome, weights)
         elif rule.source is not None:
             assert rule.target is not None
             src, dst = column[rule.source], column[rule.target]
-            change = now[:, [src]] - levels[origins - 1][:, [src]]
+            change = now[:, [src]] - back(1)[:, [src]]
             h, m = sign_hits_misses(change, outcome[:, [dst]], weights)
         else:
-            h, m = _cross_all_pairs(now - levels[origins - 1], outcome, weights)
+            h, m = _cross_all_pairs(now - back(1), outcome, weights)
         hits.append(h)
         misses.append(m)
     if not hits:

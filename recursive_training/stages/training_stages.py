@@ -248,7 +248,7 @@ class TrainingPipeline:
         check_batch_size(timestamps[(timestamps >= start) & (timestamps < end)], config.batch_size_days)
         batches = plan_batches(
             timestamps, start, end, config.batch_size_days, variables,
-            history=max(config.lags, rule_history(rules)), horizon=config.horizon,
+            lags=config.lags, horizon=config.horizon, history=rule_history(rules),
             fill_limit=config.fill_limit,
         )
         _require_samples(batches, source, config)

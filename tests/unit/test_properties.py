@@ -1,0 +1,109 @@
+"""Invariants over random data (hypothesis): batching invariance, no look-ahead, resume
+equals one long run. Each example writes its panel to a Parquet file the pipeline reads."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recursive_training.config import TrainingConfig
+from recursive_training.stages import TrainingPipeline, TrainingResult
+from recursive_training.state import TrainingState
+
+EXAMPLES = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def random_panel(seed: int, n_variables: int, rows: int, missing: float) -> pd.DataFrame:
+    """Random walks on an irregular daily calendar with scattered missing values."""
+    rng = np.random.default_rng(seed)
+    days = np.cumsum(rng.integers(1, 4, rows))
+    index = pd.Timestamp("2001-01-01") + pd.to_timedelta(days, unit="D")
+    levels = np.cumsum(rng.standard_normal((rows, n_variables)) * rng.uniform(0.1, 10, n_variables), axis=0)
+    levels[rng.random(levels.shape) < missing] = np.nan
+    return pd.DataFrame(levels, index=index, columns=[f"v{j}" for j in range(n_variables)])
+
+
+def write(panel: pd.DataFrame) -> str:
+    """Save the panel where the pipeline can read it; the folder lives for the session."""
+    path = Path(tempfile.mkdtemp(prefix="pulse-prop-")) / "panel.parquet"
+    panel.rename_axis("timestamp").to_parquet(path)
+    return str(path)
+
+
+def run(path: str, **fields: object) -> TrainingResult:
+    """Serial run on the file with small, test-friendly defaults."""
+    settings_ = {"lags": 2, "rules": ["momentum(3)", "mean_reversion(5)", "cross", "model"],
+                 "min_train_samples": 10, "fill_limit": 2, **fields}
+    return TrainingPipeline().execute(TrainingConfig.build(input_data=path, **settings_))
+
+
+panels = st.builds(
+    random_panel,
+    seed=st.integers(0, 2**32 - 1),
+    n_variables=st.integers(1, 4),
+    rows=st.integers(60, 200),
+    missing=st.sampled_from([0.0, 0.02, 0.1]),
+)
+
+
+@EXAMPLES
+@given(panel=panels, sizes=st.lists(st.integers(2, 400), min_size=2, max_size=3, unique=True),
+       half_life=st.sampled_from([None, 45.0]))
+def test_final_model_and_rule_trust_do_not_depend_on_batch_size(
+    panel: pd.DataFrame, sizes: list[int], half_life: float | None
+) -> None:
+    path = write(panel)
+    runs = [run(path, batch_size_days=size, half_life_days=half_life) for size in sizes]
+    first = runs[0]
+    for other in runs[1:]:
+        np.testing.assert_allclose(other.coefficients, first.coefficients, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(other.state.stats.rule_hits, first.state.stats.rule_hits, rtol=1e-9)
+        np.testing.assert_allclose(other.state.stats.rule_misses, first.state.stats.rule_misses, rtol=1e-9)
+        assert other.state.stats.n == first.state.stats.n
+
+
+@EXAMPLES
+@given(panel=panels, size=st.integers(5, 90), cut=st.floats(0.5, 0.9), horizon=st.integers(1, 3))
+def test_changing_the_future_changes_no_earlier_prediction(
+    panel: pd.DataFrame, size: int, cut: float, horizon: int
+) -> None:
+    cutoff = panel.index[int(len(panel) * cut)]
+    future = panel.copy()
+    future.loc[future.index >= cutoff] += 1000.0 * np.sign(np.sin(np.arange((future.index >= cutoff).sum())))[:, None]
+    before = run(write(panel), batch_size_days=size, horizon=horizon).predictions_frame()
+    after = run(write(future), batch_size_days=size, horizon=horizon).predictions_frame()
+    # A prediction made at origin t may use everything known at t, so "no look-ahead" is:
+    # nothing from T on changes a prediction made before T (whatever batch it is in).
+    early = before[before["origin"] < cutoff].set_index(["origin", "variable"])["predicted"]
+    unchanged = after.set_index(["origin", "variable"])["predicted"]
+    assert not early.empty or before.empty
+    pd.testing.assert_series_equal(unchanged.loc[early.index], early, rtol=0, atol=0)
+
+
+@EXAMPLES
+@given(panel=panels, size=st.integers(5, 120), split=st.floats(0.2, 0.8),
+       half_life=st.sampled_from([None, 30.0]))
+def test_resuming_from_state_equals_one_long_run(
+    panel: pd.DataFrame, size: int, split: float, half_life: float | None
+) -> None:
+    path = write(panel)
+    middle = panel.index[int(len(panel) * split)]
+    end = panel.index[-1] + pd.Timedelta(days=1)
+    whole = run(path, batch_size_days=size, half_life_days=half_life, end_date=end)
+    first = run(path, batch_size_days=size, half_life_days=half_life, end_date=middle)
+    state = TrainingState.from_bytes(first.state.to_bytes(), "memory")
+    second = TrainingPipeline().execute(
+        TrainingConfig.build(input_data=path, lags=2, rules=["momentum(3)", "mean_reversion(5)", "cross", "model"],
+                             min_train_samples=10, fill_limit=2, batch_size_days=size,
+                             half_life_days=half_life, end_date=end, resume_from="memory"),
+        state,
+    )
+    assert second.start == middle
+    np.testing.assert_allclose(second.coefficients, whole.coefficients, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(second.state.stats.rule_hits, whole.state.stats.rule_hits, rtol=1e-9)
+    assert second.state.stats.n == whole.state.stats.n
