@@ -62,10 +62,12 @@ readonly ASSETS_DIR="${CACHE_HOME}/${K8S_VERSION}"
 log() { printf 'envtest: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# Identifies what a cached build was made from: rebuild when a pin changes.
+# Identifies what a cached build was made from: rebuild when a pin changes
+# (comments in go.mod are left out, so editing them costs no rebuild).
 fingerprint() {
   {
-    cat "${MODULE_DIR}/go.mod" "${MODULE_DIR}/go.sum"
+    grep -v '^[[:space:]]*//' "${MODULE_DIR}/go.mod"
+    cat "${MODULE_DIR}/go.sum"
     printf 'helm=%s@%s\nk8s-ldflags=%s\n' "${HELM_MODULE}" "${HELM_VERSION}" "$(k8s_ldflags)"
   } | sha256sum | cut -d' ' -f1
 }

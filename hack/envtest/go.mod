@@ -5,9 +5,9 @@
 // requires every staging module (k8s.io/api, k8s.io/client-go, ...) at v0.0.0
 // and replaces them with ./staging paths that only exist in its own checkout.
 // A consumer must therefore replace each of them with the published v0.X.Y
-// release that matches v1.X.Y (kubernetes/kubernetes#79384). The list below is
-// the replace block of k8s.io/kubernetes v1.35.8's go.mod minus the sample-*
-// modules, which that go.mod does not require.
+// release that matches v1.X.Y (kubernetes/kubernetes#79384). The replace block
+// at the end of this file is the one of k8s.io/kubernetes v1.35.8's go.mod,
+// minus the sample-* modules, which that go.mod does not require.
 module pulse.dev/hack/envtest
 
 go 1.25.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -38,7 +38,11 @@ def unavailable(reason: str) -> NoReturn:
 def _find_assets() -> Path | None:
     """The assets dir `hack/envtest.sh find` reports (it honours KUBEBUILDER_ASSETS), or None."""
     result = subprocess.run(
-        ["bash", str(ENVTEST_SCRIPT), "find"], capture_output=True, text=True, check=False, timeout=60
+        ["bash", str(ENVTEST_SCRIPT), "find"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
     if result.returncode != 0:
         return None
@@ -50,7 +54,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     """A running etcd + kube-apiserver + kube-controller-manager, shared by the session."""
     assets = _find_assets()
     if assets is None:
-        unavailable("no Kubernetes control-plane binaries: run `eval \"$(hack/envtest.sh)\"` first")
+        unavailable('no Kubernetes control-plane binaries: run `eval "$(hack/envtest.sh)"` first')
     # Kept after the run (pytest keeps the last basetemps), so logs survive a failure.
     with ControlPlane(assets, tmp_path_factory.mktemp("control-plane")) as plane:
         yield plane
@@ -60,7 +64,9 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 def controller_manager(control_plane: ControlPlane) -> ControlPlane:
     """The control plane, provided it runs kube-controller-manager (GC, Job controller, ...)."""
     if not control_plane.has_controller_manager:
-        unavailable(f"{control_plane.assets_dir} has no kube-controller-manager: build it with hack/envtest.sh")
+        unavailable(
+            f"no kube-controller-manager in {control_plane.assets_dir}: run hack/envtest.sh"
+        )
     return control_plane
 
 
@@ -71,16 +77,20 @@ def namespace(control_plane: ControlPlane) -> Iterator[str]:
     control_plane.kubectl("create", "namespace", name)
     if control_plane.has_controller_manager:
         # Pods are admitted only once the ServiceAccount controller made "default".
-        control_plane.kubectl("wait", "--for=create", "serviceaccount/default", f"--namespace={name}", "--timeout=60s")
+        control_plane.kubectl(
+            "wait", "--for=create", "serviceaccount/default", f"--namespace={name}", "--timeout=60s"
+        )
     yield name
     control_plane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach the tails of the control-plane logs to the report of a failed test that used it."""
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
+    report = yield
     plane = getattr(item, "funcargs", {}).get("control_plane")
     if report.failed and isinstance(plane, ControlPlane):
         report.sections.append(("control plane logs", plane.log_tails()))
+    return report

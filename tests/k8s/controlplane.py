@@ -22,10 +22,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Final
+from typing import IO, Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -95,7 +95,7 @@ class _Pki:
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
         self._ca_key = self._new_key()
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self._not_before = now - datetime.timedelta(minutes=5)
         self._not_after = now + datetime.timedelta(days=1)
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pulse-envtest-ca")])
@@ -104,9 +104,15 @@ class _Pki:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -164,11 +170,15 @@ class _Pki:
     def issue(
         self, name: str, common_name: str, organizations: tuple[str, ...] = (), server: bool = False
     ) -> tuple[Path, Path]:
-        """Sign a client (or, with `server`, a 127.0.0.1 serving) certificate; return (cert, key)."""
+        """Sign a client (or, with `server`, a loopback serving) certificate; return its files."""
         key = self._new_key()
         attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
         attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-        usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
+        usage = (
+            x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
+            if server
+            else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
+        )
         builder = (
             self._builder(x509.Name(attributes), self._ca_cert.subject, key)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -226,7 +236,7 @@ class ControlPlane:
         self.stop()
 
     def start(self) -> None:
-        """Start etcd, then kube-apiserver, then kube-controller-manager; wait until each is usable."""
+        """Start etcd, kube-apiserver, kube-controller-manager in turn; wait until each works."""
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._pki = _Pki(self.work_dir / "pki")
@@ -239,7 +249,7 @@ class ControlPlane:
             raise
 
     def stop(self) -> None:
-        """Stop every started process by its own PID, newest first; keep the logs, drop etcd's data."""
+        """Stop each started process by its own PID, newest first; keep logs, drop etcd data."""
         for name, process in reversed(list(self._processes.items())):
             if process.poll() is None:
                 process.terminate()
@@ -270,7 +280,7 @@ class ControlPlane:
         kubeconfig: Path | None = None,
         check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
-        """Run the assets' kubectl (admin kubeconfig unless given another); raise KubectlError if `check`."""
+        """Run the assets' kubectl (as admin by default); raise KubectlError if `check`."""
         command = [
             str(self.assets_dir / "kubectl"),
             f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
@@ -283,26 +293,44 @@ class ControlPlane:
             raise KubectlError(list(args), result.returncode, result.stderr)
         return result
 
-    def kubectl_json(self, *args: str, kubeconfig: Path | None = None) -> dict[str, object]:
-        """Run kubectl with `-o json` and return the decoded object."""
-        output = self.kubectl(*args, "-o", "json", kubeconfig=kubeconfig).stdout
-        decoded: dict[str, object] = json.loads(output)
+    def kubectl_json(self, *args: str, kubeconfig: Path | None = None) -> dict[str, Any]:
+        """Run kubectl with `--output=json` and return the decoded object."""
+        output = self.kubectl(*args, "--output=json", kubeconfig=kubeconfig).stdout
+        decoded: dict[str, Any] = json.loads(output)
         return decoded
 
-    def apply(self, manifest: dict[str, object], kubeconfig: Path | None = None) -> dict[str, object]:
-        """Server-side apply one object given as a dict; return the object the server stored."""
+    def apply(self, manifest: Mapping[str, Any], kubeconfig: Path | None = None) -> dict[str, Any]:
+        """Server-side apply one object; return the object as the server stored it."""
         output = self.kubectl(
-            "apply", "--server-side", "--field-manager=pulse-tests", "-f", "-", "-o", "json",
-            stdin=json.dumps(manifest), kubeconfig=kubeconfig,
+            "apply",
+            "--server-side",
+            "--field-manager=pulse-tests",
+            "--filename=-",
+            "--output=json",
+            stdin=json.dumps(manifest),
+            kubeconfig=kubeconfig,
         ).stdout
-        decoded: dict[str, object] = json.loads(output)
+        decoded: dict[str, Any] = json.loads(output)
         return decoded
 
-    def kubeconfig_for_service_account(self, namespace: str, name: str, duration: str = "1h") -> Path:
-        """Mint a token for the ServiceAccount (TokenRequest API) and write a kubeconfig that uses it."""
-        token = self.kubectl("create", "token", name, "--namespace", namespace, "--duration", duration).stdout.strip()
+    def create(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Create one object (a plain POST, as a client library does); return it as stored."""
+        output = self.kubectl(
+            "create", "--filename=-", "--output=json", stdin=json.dumps(manifest)
+        ).stdout
+        decoded: dict[str, Any] = json.loads(output)
+        return decoded
+
+    def kubeconfig_for_service_account(
+        self, namespace: str, name: str, duration: str = "1h"
+    ) -> Path:
+        """Mint a ServiceAccount token (TokenRequest API); return a kubeconfig that uses it."""
+        token = self.kubectl(
+            "create", "token", name, f"--namespace={namespace}", f"--duration={duration}"
+        ).stdout.strip()
         path = self.work_dir / "kubeconfigs" / f"{namespace}.{name}.kubeconfig"
-        self._write_kubeconfig(path, f"system:serviceaccount:{namespace}:{name}", {"token": token}, namespace)
+        user = f"system:serviceaccount:{namespace}:{name}"
+        self._write_kubeconfig(path, user, {"token": token}, namespace)
         return path
 
     def _write_kubeconfig(
@@ -310,14 +338,14 @@ class ControlPlane:
     ) -> None:
         """Write a kubeconfig (JSON, which is valid YAML) for this API server."""
         assert self._pki is not None
+        cluster = {"server": self.server, "certificate-authority": str(self._pki.ca_cert)}
+        context = {"cluster": "envtest", "user": user, "namespace": namespace}
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [
-                {"name": "envtest", "cluster": {"server": self.server, "certificate-authority": str(self._pki.ca_cert)}}
-            ],
+            "clusters": [{"name": "envtest", "cluster": cluster}],
             "users": [{"name": user, "user": credentials}],
-            "contexts": [{"name": user, "context": {"cluster": "envtest", "user": user, "namespace": namespace}}],
+            "contexts": [{"name": user, "context": context}],
             "current-context": user,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -325,11 +353,12 @@ class ControlPlane:
         path.chmod(0o600)
 
     def _client_kubeconfig(self, name: str, user: str, groups: tuple[str, ...] = ()) -> Path:
-        """Write a kubeconfig authenticating with a fresh client certificate for `user` in `groups`."""
+        """Write a kubeconfig with a fresh client certificate for `user` in `groups`."""
         assert self._pki is not None
         cert, key = self._pki.issue(name, user, groups)
         path = self.work_dir / f"{name}.kubeconfig"
-        self._write_kubeconfig(path, user, {"client-certificate": str(cert), "client-key": str(key)})
+        credentials = {"client-certificate": str(cert), "client-key": str(key)}
+        self._write_kubeconfig(path, user, credentials)
         return path
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -353,11 +382,15 @@ class ControlPlane:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise ControlPlaneError(f"{name} exited with {process.returncode}\n{self.log_tails()}")
+                raise ControlPlaneError(
+                    f"{name} exited with {process.returncode}\n{self.log_tails()}"
+                )
             if ready():
                 return
             time.sleep(0.2)
-        raise ControlPlaneError(f"{name}: {what} not reached in {START_TIMEOUT_S:.0f}s\n{self.log_tails()}")
+        raise ControlPlaneError(
+            f"{name}: {what} not reached in {START_TIMEOUT_S:.0f}s\n{self.log_tails()}"
+        )
 
     def _start_etcd(self) -> str:
         """Start a single-member etcd on loopback; return its client URL."""
@@ -382,11 +415,12 @@ class ControlPlane:
         return client
 
     def _start_apiserver(self, etcd_url: str) -> None:
-        """Start kube-apiserver with TLS, client-certificate auth, service-account tokens and RBAC."""
+        """Start kube-apiserver: TLS, client certificates, service-account tokens, RBAC."""
         assert self._pki is not None
         pki = self._pki
         port = free_port()
         serving_cert, serving_key = pki.issue("apiserver", "kube-apiserver", server=True)
+        proxy_cert, proxy_key = pki.issue("front-proxy-client", "front-proxy-client")
         self.server = f"https://127.0.0.1:{port}"
         self._spawn(
             "kube-apiserver",
@@ -398,6 +432,15 @@ class ControlPlane:
                 f"--tls-cert-file={serving_cert}",
                 f"--tls-private-key-file={serving_key}",
                 f"--client-ca-file={pki.ca_cert}",
+                # Front-proxy (aggregation) authentication, as kubeadm sets it up; the
+                # controller manager's delegated authentication reads this CA too.
+                f"--requestheader-client-ca-file={pki.ca_cert}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={proxy_cert}",
+                f"--proxy-client-key-file={proxy_key}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki.sa_pub}",
                 f"--service-account-signing-key-file={pki.sa_key}",
@@ -405,6 +448,9 @@ class ControlPlane:
                 "--authorization-mode=RBAC",
                 f"--enable-admission-plugins={','.join(ADMISSION_PLUGINS)}",
                 "--allow-privileged=true",
+                # The "kubernetes" Service cannot get endpoints on loopback (the API
+                # rejects 127.0.0.1 there), and no pod runs here to use them.
+                "--endpoint-reconciler-type=none",
                 "--profiling=false",
             ],
         )
@@ -416,10 +462,12 @@ class ControlPlane:
         self._client_kubeconfig("admin", "pulse-envtest-admin", ("system:masters",))
 
     def _start_controller_manager(self) -> None:
-        """Start kube-controller-manager under its bootstrap RBAC identity, one SA per controller."""
+        """Start kube-controller-manager under its bootstrap RBAC identity."""
         assert self._pki is not None
         pki = self._pki
-        kubeconfig = self._client_kubeconfig("kube-controller-manager", "system:kube-controller-manager")
+        kubeconfig = self._client_kubeconfig(
+            "kube-controller-manager", "system:kube-controller-manager"
+        )
         self._spawn(
             "kube-controller-manager",
             [
@@ -444,7 +492,7 @@ class ControlPlane:
         # proves the controllers run and can write through RBAC.
         self._wait(
             "kube-controller-manager",
-            lambda: self.kubectl("get", "serviceaccount", "default", "--namespace=default", check=False).returncode == 0,
+            lambda: self.kubectl("get", "serviceaccount/default", check=False).returncode == 0,
             "the default ServiceAccount",
         )
 
