@@ -1,0 +1,533 @@
+"""The run's report: charts to look at instead of numbers to read, on one HTML page.
+
+``render_report`` draws PNGs from the results document and the walk-forward predictions:
+one per shown variable (predicted against actual change, calibration, cumulative skill
+against persistence), a skill heatmap of variables x batches, the skill of each batch
+across variables, and the trust of every rule. It then writes ``index.html`` with every
+PNG embedded, so the page can be copied alone. Figures are drawn on
+``matplotlib.figure.Figure`` (Agg canvas, no pyplot), so no global matplotlib state is
+touched, and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from numpy.typing import NDArray
+
+from recursive_training import storage
+from recursive_training.constants import CONFIDENCE_LEVEL
+from recursive_training.exceptions import OutputError
+
+MAX_VARIABLE_CHARTS: Final = 12
+"""Variables drawn one chart each (in data order); the tables list every variable."""
+MAX_HEATMAP_ROWS: Final = 40
+"""Variables in the skill heatmap; beyond this, the best and worst half of it."""
+MAX_RULE_BARS: Final = 40
+"""Rules in the trust chart; beyond this, the most and least trusted half of it."""
+DPI: Final = 100
+SKILL_LIMITS: Final = (0.1, 0.2, 0.5, 1.0)
+"""Heatmap colours saturate at the first of these that covers 90% of the cells (the last if
+none does): a tiny batch can score -900, and typical skills of 0.05 would all look white."""
+ACTUAL, PREDICTED, VALIDATED, OTHER = "#7f7f7f", "#1f77b4", "#2a9d8f", "#c4c4c4"
+NOT_EVALUATED: Final = "No batch was evaluated (see the walk-forward predictions above)."
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Section:
+    """One chart of the page, or the reason it could not be drawn (``path`` is None)."""
+
+    title: str
+    caption: str
+    path: Path | None = None
+
+
+def render_report(document: dict[str, Any], predictions: pd.DataFrame, out_dir: str) -> list[Path]:
+    """Write the charts and ``index.html`` into ``out_dir``; return their paths, the page last."""
+    folder = _prepare_folder(out_dir)
+    sections = {
+        "Walk-forward predictions": _variable_sections(document, predictions, folder),
+        "Skill against persistence by batch": [
+            _skill_heatmap(document, folder),
+            _skill_by_batch(document, folder),
+        ],
+        "Rule trust": [_rule_trust(document, folder)],
+    }
+    page = folder / "index.html"
+    _write(page, _page(document, sections).encode())
+    charts = [s.path for group in sections.values() for s in group if s.path is not None]
+    return [*charts, page]
+
+
+def _prepare_folder(out_dir: str) -> Path:
+    """The report folder, created if missing; OutputError when that is impossible."""
+    if "://" in out_dir:
+        raise OutputError(f"the report is written to a local folder, not to {out_dir}; "
+                          "pass a local path to --report")
+    folder = Path(out_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the report folder {folder}: {e.strerror or e}") from e
+    return folder
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically; OutputError naming the path on failure."""
+    try:
+        storage.write_bytes(str(path), data)
+    except OSError as e:
+        raise OutputError(f"cannot write the report file {path}: {e.strerror or e}") from e
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    """Render ``figure`` as a PNG at ``path`` (atomically) and return the path."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    _write(path, buffer.getvalue())
+    return path
+
+
+def _text(value: str) -> str:
+    """``value`` as literal figure text: a ``$`` would otherwise start mathtext."""
+    return value.replace("$", r"\$")
+
+
+def _number(value: float | int | None) -> str:
+    """A metric for people: four significant digits, ``n/a`` when there were no samples."""
+    if value is None:
+        return "n/a"
+    return str(value) if isinstance(value, int) else f"{value:.4g}"
+
+
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless n is 1 (English ``-s``/``-es`` only)."""
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun}{'es' if noun.endswith(('s', 'ch')) else 's'}"
+
+
+def _ends(items: Sequence[T], limit: int) -> tuple[list[T], int]:
+    """``items`` if they fit in ``limit``, else its first and last halves; and how many left out."""
+    if len(items) <= limit:
+        return list(items), 0
+    half = limit // 2
+    return [*items[:half], *items[-half:]], len(items) - 2 * half
+
+
+def _date_axis(axes: Axes) -> None:
+    """Concise date ticks that do not overlap, whatever the span."""
+    # matplotlib.dates leaves these two constructors unannotated
+    locator = AutoDateLocator(maxticks=8)  # type: ignore[no-untyped-call]
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+
+
+# --- per-variable charts ---------------------------------------------------------------
+
+
+def _variable_sections(
+    document: dict[str, Any], predictions: pd.DataFrame, folder: Path
+) -> list[Section]:
+    """One chart per shown variable, or why there are none."""
+    variables: list[str] = document["data"]["variables"]
+    if predictions.empty:
+        return [Section("No walk-forward predictions", _why_not_evaluated(document))]
+    shown = variables[:MAX_VARIABLE_CHARTS]
+    sections = []
+    for index, name in enumerate(shown, start=1):
+        frame = predictions[predictions["variable"] == name]
+        if frame.empty:
+            sections.append(Section(name, "No walk-forward prediction of this variable."))
+            continue
+        path = folder / f"variable_{index:02d}_{_slug(name)}.png"
+        metrics = document["metrics"]["overall"].get(name, {})
+        sections.append(Section(
+            name,
+            f"Skill vs persistence {_number(metrics.get('skill_vs_persistence'))}, directional "
+            f"accuracy {_number(metrics.get('directional_accuracy'))}, "
+            f"RMSE {_number(metrics.get('rmse'))} over {_number(metrics.get('n'))} predictions.",
+            _variable_chart(name, frame, int(document["config"]["horizon"]), path),
+        ))
+    if len(variables) > len(shown):
+        sections.append(Section(
+            f"{_count(len(variables) - len(shown), 'more variable')} not drawn",
+            f"Only the first {len(shown)} variables (in data order) get a chart; the table above "
+            "lists them all. Choose which with --variables.",
+        ))
+    return sections
+
+
+def _why_not_evaluated(document: dict[str, Any]) -> str:
+    """The page's explanation when no batch produced walk-forward predictions."""
+    return (
+        "No batch was evaluated, so there is nothing to compare against the actual changes. "
+        "A batch is evaluated only once --min-train-samples "
+        f"({document['config']['min_train_samples']}) samples were learned before it, so the "
+        f"first batch never is; this run had {_count(document['data']['batches'], 'batch')}. "
+        "Train on a longer range or with smaller --batch-size-days."
+    )
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe version of a variable name (the page shows the real name)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")[:40] or "variable"
+
+
+def _variable_chart(name: str, frame: pd.DataFrame, horizon: int, path: Path) -> Path:
+    """Predicted vs actual change over time, as a scatter, and cumulative skill over time.
+
+    The cumulative panel is the running squared-error gain over persistence (Goyal-Welch),
+    scaled so that it ends at the whole-run skill: rising stretches are where the model helps.
+    """
+    realized = frame["realized"].to_numpy()
+    predicted = frame["predicted"].to_numpy(dtype=np.float64)
+    actual = frame["actual"].to_numpy(dtype=np.float64)
+    change = f"{horizon}-step change"
+    figure = Figure(figsize=(15, 3.8), layout="constrained")
+    series, scatter, cumulative = figure.subplots(1, 3, width_ratios=[2.2, 1, 1.4])
+    figure.suptitle(f"{_text(name)}: walk-forward {change}", fontweight="bold")
+
+    dense = len(frame) > 400
+    series.plot(realized, actual, color=ACTUAL, lw=0.6 if dense else 1.0, label="actual",
+                marker=None if dense else ".")
+    series.plot(realized, predicted, color=PREDICTED, lw=0.8 if dense else 1.2, label="predicted",
+                marker=None if dense else ".")
+    series.axhline(0.0, color="black", lw=0.5)
+    series.set(title="Predicted and actual change", xlabel="realized date",
+               ylabel=f"{change} (units of the variable)")
+    series.legend(loc="upper left", fontsize=8)
+    _date_axis(series)
+
+    _calibration(scatter, predicted, actual)
+    scatter.set(xlabel=f"predicted {change}", ylabel=f"actual {change}")
+
+    persistence = float(np.sum(actual**2))
+    gain = np.cumsum(actual**2 - (predicted - actual) ** 2) / (persistence or 1.0)
+    cumulative.plot(realized, gain, color=PREDICTED)
+    cumulative.axhline(0.0, color="black", lw=0.5)
+    cumulative.set(title="Cumulative skill vs persistence", xlabel="realized date",
+                   ylabel="running ΔSSE / total SSE(persistence)")
+    _date_axis(cumulative)
+    return _save(figure, path)
+
+
+def _calibration(axes: Axes, predicted: NDArray[np.float64], actual: NDArray[np.float64]) -> None:
+    """Scatter of actual against predicted change, the diagonal, and the fitted slope."""
+    axes.scatter(predicted, actual, s=5, alpha=0.35 if len(actual) > 400 else 0.7,
+                 color=PREDICTED, edgecolors="none")
+    low, high = float(predicted.min()), float(predicted.max())
+    axes.plot([low, high], [low, high], color="black", lw=0.8, ls="--", label="actual = predicted")
+    if len(actual) > 1 and high > low:
+        slope, intercept = np.polyfit(predicted, actual, 1)
+        axes.plot([low, high], [intercept + slope * low, intercept + slope * high], color="#d62728",
+                  lw=1.2, label=f"fit: slope {slope:.2f}")
+    axes.axhline(0.0, color="black", lw=0.4)
+    axes.axvline(0.0, color="black", lw=0.4)
+    axes.set_title(f"Calibration ({len(actual)} predictions)")
+    axes.legend(loc="upper left", fontsize=8)
+
+
+# --- skill by batch ----------------------------------------------------------------------
+
+
+def _evaluated_batches(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The batches that were evaluated walk-forward (the first ones only train)."""
+    return [b for b in document["batches"] if b["evaluated"]]
+
+
+def _skill(metrics: dict[str, Any]) -> float:
+    """Skill vs persistence of a metrics entry, NaN when it is undefined."""
+    value = metrics.get("skill_vs_persistence")
+    return np.nan if value is None else float(value)
+
+
+def _batch_label(batch: dict[str, Any]) -> str:
+    """A batch as its start date (the ids mean nothing to a reader)."""
+    return str(batch["start"])[:10]
+
+
+def _skill_heatmap(document: dict[str, Any], folder: Path) -> Section:
+    """Skill of each variable in each evaluated batch, with the whole run as the last column."""
+    title = "Skill by variable and batch"
+    batches = _evaluated_batches(document)
+    if not batches:
+        return Section(title, NOT_EVALUATED)
+    overall = document["metrics"]["overall"]
+    ranked = sorted(overall, key=lambda v: -np.nan_to_num(_skill(overall[v]), nan=-np.inf))
+    rows, left_out = _ends(ranked, MAX_HEATMAP_ROWS)
+    values = np.array(
+        [[_skill(b["metrics"][v]) for b in batches] + [_skill(overall[v])] for v in rows]
+    )
+    columns = [f"{_batch_label(b)}, n={b['samples_evaluated']}" for b in batches]
+    columns.append(f"whole run, n={document['data']['samples_evaluated']}")
+
+    figure = Figure(figsize=(max(8.0, 3.0 + 0.5 * len(columns)), max(3.5, 1.8 + 0.3 * len(rows))),
+                    layout="constrained")
+    axes = figure.subplots()
+    limit = _colour_limit(values)
+    colours = matplotlib.colormaps["RdBu"].with_extremes(bad="#e6e6e6")
+    image = axes.imshow(np.ma.masked_invalid(values), cmap=colours, vmin=-limit, vmax=limit,
+                        aspect="auto", interpolation="nearest")
+    colourbar = figure.colorbar(image, ax=axes, extend="both", shrink=0.9)
+    colourbar.set_label(f"skill (colour clipped to ±{limit:g})")
+    if values.size <= 600:
+        _annotate(axes, values, limit)
+    axes.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=8)
+    axes.set_yticks(range(len(rows)), [_text(v) for v in rows], fontsize=8)
+    axes.axvline(len(columns) - 1.5, color="black", lw=1.5)
+    if left_out:
+        axes.axhline(len(rows) / 2 - 0.5, color="black", lw=1.5, ls="--")
+    axes.set(xlabel="batch start date, samples evaluated", ylabel="variable")
+    axes.set_title("Skill vs persistence (1 - SSE/SSE of no change), by batch", fontweight="bold")
+    path = _save(figure, folder / "skill_heatmap.png")
+    caption = (
+        "Blue beats persistence (predicting no change), red is worse; grey means undefined. "
+        "Rows are sorted by skill over the whole run (last column). Batches with few samples "
+        "(often the last, partial one) give noisy skill."
+    )
+    if left_out:
+        caption += f" Showing the best and worst {len(rows) // 2}; left out in between: "
+        caption += f"{_count(left_out, 'variable')} (the table above lists them all)."
+    return Section(title, caption, path)
+
+
+def _colour_limit(values: NDArray[np.float64]) -> float:
+    """The heatmap's symmetric colour range: the smallest of SKILL_LIMITS covering most cells."""
+    magnitudes = np.abs(values[~np.isnan(values)])
+    typical = float(np.percentile(magnitudes, 90)) if magnitudes.size else 0.0
+    return next((limit for limit in SKILL_LIMITS if typical <= limit), SKILL_LIMITS[-1])
+
+
+def _annotate(axes: Axes, values: NDArray[np.float64], limit: float) -> None:
+    """Write each heatmap cell's value on it, readable on both dark and light colours."""
+    for (row, column), value in np.ndenumerate(values):
+        if np.isnan(value):
+            continue
+        text = f"{value:.0f}" if abs(value) >= 10 else f"{value:.2f}"
+        colour = "white" if abs(value) > 0.6 * limit else "black"
+        axes.text(column, row, text, ha="center", va="center", fontsize=7, color=colour)
+
+
+def _skill_by_batch(document: dict[str, Any], folder: Path) -> Section:
+    """Median and spread of skill across variables per batch, over the samples evaluated."""
+    title = "Skill across variables by batch"
+    batches = _evaluated_batches(document)
+    if not batches:
+        return Section(title, NOT_EVALUATED)
+    variables: list[str] = document["data"]["variables"]
+    skills = np.array([[_skill(b["metrics"][v]) for v in variables] for b in batches])
+    defined = ~np.isnan(skills).all(axis=1)
+    quartiles = np.full((len(batches), 3), np.nan)
+    quartiles[defined] = np.nanpercentile(skills[defined], [25, 50, 75], axis=1).T
+    positions = np.arange(len(batches))
+    headline = document["metrics"]["headline"]["mean_skill_vs_persistence"]
+
+    figure = Figure(figsize=(max(8.0, 2.0 + 0.45 * len(batches)), 5.5), layout="constrained")
+    skill, samples = figure.subplots(2, 1, sharex=True, height_ratios=[2.5, 1])
+    skill.fill_between(positions, quartiles[:, 0], quartiles[:, 2], color=PREDICTED, alpha=0.2,
+                       label="interquartile range across variables")
+    skill.plot(positions, quartiles[:, 1], color=PREDICTED, marker="o",
+               label="median across variables")
+    if headline is not None:
+        skill.axhline(headline, color="#d62728", ls="--", lw=1,
+                      label=f"whole run, mean over variables ({headline:.3g})")
+    skill.axhline(0.0, color="black", lw=0.6)
+    skill.set(ylabel="skill vs persistence")
+    skill.set_title("Skill vs persistence by batch", fontweight="bold")
+    skill.legend(fontsize=8, loc="best")
+    samples.bar(positions, [b["samples_evaluated"] for b in batches], color=ACTUAL)
+    samples.set(ylabel="samples evaluated", xlabel="batch start date")
+    samples.set_xticks(positions, [_batch_label(b) for b in batches], rotation=45, ha="right",
+                       fontsize=8)
+    path = _save(figure, folder / "skill_by_batch.png")
+    return Section(title, "Above zero the model beats predicting no change. Batches with few "
+                   "samples (often the last, partial one) give noisy skill.", path)
+
+
+# --- rule trust -----------------------------------------------------------------------------
+
+
+def _rule_label(rule: dict[str, Any]) -> str:
+    """A rule and its target, without repeating a target the rule name already holds."""
+    name, target = str(rule["rule"]), str(rule["target"])
+    return name if name.endswith(f"->{target})") else f"{name} on {target}"
+
+
+def _rule_trust(document: dict[str, Any], folder: Path) -> Section:
+    """Trust of each rule with its credible interval, bars growing from a coin flip (0.5)."""
+    title = "Rule trust"
+    rules = sorted(document["rules"], key=lambda r: -float(r["trust_mean"]))
+    if not rules:
+        return Section(title, "The run learned no rules (--rules was empty).")
+    shown, left_out = _ends(rules, MAX_RULE_BARS)
+    means = np.array([r["trust_mean"] for r in shown], dtype=np.float64)
+    lower = np.array([r["trust_lower"] for r in shown], dtype=np.float64)
+    upper = np.array([r["trust_upper"] for r in shown], dtype=np.float64)
+    positions = np.arange(len(shown))[::-1]
+    level = f"{CONFIDENCE_LEVEL:.0%}"
+
+    figure = Figure(figsize=(10, max(3.0, 1.6 + 0.26 * len(shown))), layout="constrained")
+    axes = figure.subplots()
+    axes.barh(positions, means - 0.5, left=0.5, height=0.7,
+              color=[VALIDATED if r["validated"] else OTHER for r in shown])
+    axes.errorbar(means, positions, xerr=[means - lower, upper - means], fmt="none",
+                  ecolor="black", elinewidth=0.9, capsize=2)
+    axes.axvline(0.5, color="#d62728", lw=1, ls="--")
+    axes.set_yticks(positions, [_text(_rule_label(r)) for r in shown], fontsize=8)
+    axes.set_ylim(-0.7, len(shown) - 0.3)
+    margin = 0.05 * max(float(upper.max() - lower.min()), 0.02)
+    axes.set_xlim(min(float(lower.min()), 0.5) - margin, max(float(upper.max()), 0.5) + margin)
+    if left_out:
+        axes.axhline(len(shown) / 2 - 0.5, color="black", lw=1.2, ls=":")
+    axes.set_xlabel(f"trust: posterior mean hit rate, with {level} credible interval")
+    heading = "Rule trust"
+    if left_out:
+        heading += f": the {len(shown) // 2} most and least trusted of {len(rules)} rules"
+    axes.set_title(heading, fontweight="bold")
+    axes.legend(handles=_trust_legend(level), fontsize=8, loc="lower right")
+    path = _save(figure, folder / "rule_trust.png")
+    headline = document["metrics"]["headline"]
+    caption = (
+        f"{headline['rules_validated']} of {headline['rules_total']} rules are validated: the "
+        f"lower end of their {level} interval is above 0.5, a coin flip (dashed line)."
+    )
+    if left_out:
+        caption += f" Left out of the chart, in the middle: {_count(left_out, 'rule')}; the "
+        caption += "table below lists them all."
+    return Section(title, caption, path)
+
+
+def _trust_legend(level: str) -> list[Artist]:
+    """Legend entries for the trust chart's bar colours and the coin-flip line."""
+    return [
+        Patch(color=VALIDATED, label=f"validated ({level} interval above 0.5)"),
+        Patch(color=OTHER, label="not validated"),
+        Line2D([], [], color="#d62728", ls="--", label="coin flip (0.5)"),
+    ]
+
+
+# --- the page --------------------------------------------------------------------------------
+
+STYLE: Final = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1.5em; max-width: 1500px;
+       color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f2f2f2; }
+td.worse { color: #b2182b; }
+figure { margin: 0 0 2em; }
+img { max-width: 100%; box-sizing: border-box; border: 1px solid #eee; }
+figcaption, .note { color: #555; font-size: 0.9em; }
+.meta { color: #555; }
+"""
+
+
+def _e(value: object) -> str:
+    """``value`` as HTML-escaped text."""
+    return html.escape(str(value), quote=True)
+
+
+def _page(document: dict[str, Any], sections: dict[str, list[Section]]) -> str:
+    """The self-contained HTML page: run facts, tables, then every chart embedded."""
+    data = document["data"]
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>Training report {_e(document['run_id'])}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>Training report: run {_e(document['run_id'])}</h1>",
+        f"<p class=\"meta\">{_e(data['source'])}, {_e(str(data['start'])[:10])} to "
+        f"{_e(str(data['end'])[:10])}: {_count(len(data['variables']), 'variable')}, "
+        f"{_count(data['batches'], 'batch')} of {_e(document['config']['batch_size_days'])} days "
+        f"({len(_evaluated_batches(document))} evaluated walk-forward). Created "
+        f"{_e(document['created'])}.</p>",
+        _headline_table(document),
+        "<h2>Per variable (whole run)</h2>",
+        _variable_table(document),
+    ]
+    for heading, group in sections.items():
+        parts.append(f"<h2>{_e(heading)}</h2>")
+        parts.extend(_section(s) for s in group)
+    parts.extend([_rule_table(document), "</body></html>"])
+    return "\n".join(parts) + "\n"
+
+
+def _headline_table(document: dict[str, Any]) -> str:
+    """The run's headline numbers as a two-column table."""
+    headline, data, config = document["metrics"]["headline"], document["data"], document["config"]
+    rows = [
+        ("Mean skill vs persistence", _number(headline["mean_skill_vs_persistence"])),
+        ("Mean directional accuracy", _number(headline["mean_directional_accuracy"])),
+        ("Rules validated", f"{headline['rules_validated']} of {headline['rules_total']}"),
+        ("Samples trained / evaluated", f"{data['samples_trained']} / {data['samples_evaluated']}"),
+        ("Horizon, lags", f"{config['horizon']} step(s), {config['lags']} lag(s)"),
+    ]
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<h2>Headline</h2><table>{body}</table>"
+
+
+def _variable_table(document: dict[str, Any]) -> str:
+    """Every variable's whole-run metrics, negative skill marked."""
+    head = "".join(f"<th>{h}</th>" for h in
+                   ("variable", "n", "MAE", "RMSE", "directional accuracy", "skill vs persistence"))
+    rows = []
+    for name, m in document["metrics"]["overall"].items():
+        skill = m["skill_vs_persistence"]
+        worse = ' class="worse"' if skill is not None and skill < 0 else ""
+        rows.append(
+            f"<tr><td>{_e(name)}</td><td>{_e(_number(m['n']))}</td><td>{_e(_number(m['mae']))}</td>"
+            f"<td>{_e(_number(m['rmse']))}</td><td>{_e(_number(m['directional_accuracy']))}</td>"
+            f"<td{worse}>{_e(_number(skill))}</td></tr>"
+        )
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _rule_table(document: dict[str, Any]) -> str:
+    """Every rule's counts and trust, most trusted first, folded away (there can be thousands)."""
+    rules = sorted(document["rules"], key=lambda r: -float(r["trust_mean"]))
+    if not rules:
+        return ""
+    level = f"{CONFIDENCE_LEVEL:.0%}"
+    head = "".join(f"<th>{_e(h)}</th>" for h in
+                   ("rule", "target", "hits", "misses", "trust", f"{level} interval", "validated"))
+    rows = "".join(
+        f"<tr><td>{_e(r['rule'])}</td><td>{_e(r['target'])}</td><td>{_e(_number(r['hits']))}</td>"
+        f"<td>{_e(_number(r['misses']))}</td><td>{_e(_number(r['trust_mean']))}</td>"
+        f"<td>{_e(_number(r['trust_lower']))} to {_e(_number(r['trust_upper']))}</td>"
+        f"<td>{'yes' if r['validated'] else 'no'}</td></tr>"
+        for r in rules
+    )
+    return (f"<details><summary>All {len(rules)} rules</summary>"
+            f"<table><tr>{head}</tr>{rows}</table></details>")
+
+
+def _section(section: Section) -> str:
+    """A chart embedded as a data URI with its caption, or the note saying why it is missing."""
+    if section.path is None:
+        return f'<h3>{_e(section.title)}</h3><p class="note">{_e(section.caption)}</p>'
+    encoded = base64.b64encode(section.path.read_bytes()).decode("ascii")
+    return (
+        f"<figure><img src=\"data:image/png;base64,{encoded}\" alt=\"{_e(section.title)}\">"
+        f"<figcaption><strong>{_e(section.title)}</strong>: {_e(section.caption)}</figcaption>"
+        "</figure>"
+    )
