@@ -1,0 +1,193 @@
+"""The CLI as a user runs it: a subprocess, its exit status, its one-line errors, its files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[2]
+SMALL = "builtin:synthetic?n_variables=3&years=3&seed=5"
+
+
+def pulse_train(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m recursive_training.run_training ARGS`` and capture its output."""
+    env = {**os.environ, "PYTHONWARNINGS": "error::DeprecationWarning:recursive_training"}
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "recursive_training.run_training", *args],
+        capture_output=True, text=True, timeout=300, cwd=cwd, env=env, check=False,
+    )
+
+
+@pytest.fixture
+def panel() -> pd.DataFrame:
+    """A small valid wide panel."""
+    index = pd.bdate_range("2015-01-01", periods=400)
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(np.cumsum(rng.standard_normal((400, 2)), axis=0) + 50, index=index,
+                        columns=["spx_close", "us_10y_yield"]).rename_axis("date")
+
+
+def test_default_run_writes_results_state_and_predictions(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = pulse_train("--output-dir", str(out), "--input-data", SMALL, "--log-dir", str(tmp_path / "logs"))
+    assert done.returncode == 0, done.stderr
+    document = json.loads((out / "results.json").read_text())
+    assert document["kind"] == "pulse.dev/TrainingResults" and document["schema_version"] == 1
+    assert document["data"]["variables"] == ["spx_close", "us_10y_yield", "gdp_growth"]
+    assert (out / "state.npz").is_file() and (out / "predictions.parquet").is_file()
+    assert "mean skill vs persistence" in done.stdout
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    (log_file,) = (tmp_path / "logs").iterdir()
+    assert "Planned" in log_file.read_text()
+
+
+def test_runs_as_a_script_a_module_and_a_console_command(tmp_path: Path) -> None:
+    script = [sys.executable, str(PROJECT / "recursive_training" / "run_training.py"), "--help"]
+    command = shutil.which("pulse-train", path=str(Path(sys.executable).parent))
+    assert command is not None, "the console script is not installed (pip install -e .)"
+    for argv in (script, [sys.executable, "-m", "recursive_training.run_training", "--help"], [command, "--help"]):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "--batch-size-days" in done.stdout and "examples:" in done.stdout
+    done = subprocess.run([*script[:2], "--input-data", SMALL, "--output-dir", str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_yaml_config_is_overridden_by_flags(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(f"input_data: '{SMALL}'\nlags: 4\nbatch-size-days: 200\nhorizon: 2\n")
+    done = pulse_train("--config", str(config), "--lags", "2", "--output-dir", str(tmp_path / "o"))
+    assert done.returncode == 0, done.stderr
+    echoed = json.loads((tmp_path / "o" / "results.json").read_text())["config"]
+    assert (echoed["lags"], echoed["batch_size_days"], echoed["horizon"]) == (2, 200, 2)
+
+
+def test_refuses_to_overwrite_results_without_the_flag(tmp_path: Path) -> None:
+    assert pulse_train("--input-data", SMALL, "--output-dir", str(tmp_path)).returncode == 0
+    before = (tmp_path / "results.json").read_bytes()
+    done = pulse_train("--input-data", SMALL, "--output-dir", str(tmp_path))
+    assert done.returncode == 1 and "--overwrite" in done.stderr
+    assert (tmp_path / "results.json").read_bytes() == before
+    assert pulse_train("--input-data", SMALL, "--output-dir", str(tmp_path), "--overwrite").returncode == 0
+
+
+def write_csv(path: Path, text: str) -> str:
+    """Write a CSV file and return its path."""
+    path.write_text(text)
+    return str(path)
+
+
+BAD_FILES = {
+    "duplicate": ("date,a\n2020-01-01,1\n2020-01-02,2\n2020-01-02,3\n", "duplicate timestamp 2020-01-02"),
+    "unsorted": ("date,a\n2020-01-01,1\n2020-01-03,2\n2020-01-02,3\n", "not sorted"),
+    "non_numeric": ("date,a\n2020-01-01,1\n2020-01-02,abc\n2020-01-03,3\n", "non-numeric value 'abc'"),
+    "bad_date": ("date,a\n2020-01-01,1\nyesterday,2\n", "'yesterday' is not a date"),
+    "one_column": ("date\n2020-01-01\n", "only one column"),
+    "long_duplicate": ("timestamp,variable,value\n2020-01-01,a,1\n2020-01-01,a,2\n", "duplicate timestamp"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_files_fail_with_a_clear_line_naming_the_file(tmp_path: Path, case: str) -> None:
+    text, message = BAD_FILES[case]
+    path = write_csv(tmp_path / f"{case}.csv", text)
+    assert_clean_failure(tmp_path, [message, path], "--input-data", path)
+
+
+def assert_clean_failure(tmp_path: Path, fragments: list[str], *args: str) -> None:
+    """Exit 1, the fragments in one error line, no traceback, no results left behind."""
+    out = tmp_path / "results-out"
+    done = pulse_train(*args, "--output-dir", str(out), cwd=tmp_path)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line or line.startswith("error")]
+    assert len(errors) == 1, done.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--lags", "0"], ["lags (--lags)", "greater than or equal to 1"]),
+        (["--batch-size-days", "-3"], ["batch_size_days", "greater than 0"]),
+        (["--ridge-alpha", "lots"], ["--ridge-alpha", "invalid float value"]),
+        (["--no-such-flag"], ["unrecognized arguments: --no-such-flag"]),
+        (["--rules", "momentum(5),astrology"], ["unknown rule 'astrology'"]),
+        (["--rules", "cross(spx_close->nope)"], ["names variable 'nope'"]),
+        (["--max-workers", "2"], ["max_workers needs use_dask"]),
+        (["--start-date", "2010-01-01", "--end-date", "2009-01-01"], ["must be before end_date"]),
+        (["--start-date", "someday"], ["start_date (--start-date)"]),
+        (["--variables", "spx_close,gold"], ["unknown variable 'gold'", "the data has: spx_close"]),
+        (["--start-date", "1990-01-01", "--end-date", "1991-01-01"], ["no rows between 1990-01-01 and 1991-01-01"]),
+        (["--input-data", "builtin:macro", "--batch-size-days", "30"], ["shorter than the spacing", "--batch-size-days 9"]),
+        (["--input-data", "missing.csv"], ["missing.csv", "no such file"]),
+        (["--input-data", "builtin:nonsense"], ["unknown builtin data set"]),
+        (["--input-data", "builtin:synthetic?years=abc"], ["years='abc' is not a number"]),
+        (["--resume-from", "nowhere.npz"], ["nowhere.npz does not exist"]),
+        (["--config", "absent.yaml"], ["cannot read config file absent.yaml"]),
+        (["--lags", "400", "--end-date", "2001-01-01"], ["holds no complete sample"]),
+    ],
+)
+def test_bad_flags_fail_with_a_clear_line(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
+    assert_clean_failure(tmp_path, fragments, "--input-data", SMALL, *args)
+
+
+def test_bad_config_file_names_the_setting(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("lags: 3\nbatch_sise_days: 30\n")
+    assert_clean_failure(tmp_path, ["run.yaml", "unknown setting(s) batch_sise_days"], "--config", str(config))
+    config.write_text("lags: [3\n")
+    assert_clean_failure(tmp_path, ["not valid YAML"], "--config", str(config))
+
+
+def test_unreadable_parquet_names_the_file(tmp_path: Path) -> None:
+    broken = tmp_path / "prices.parquet"
+    broken.write_bytes(b"PAR1 this is not parquet")
+    assert_clean_failure(tmp_path, [str(broken), "cannot read as PARQUET"], "--input-data", str(broken))
+
+
+def test_resume_state_of_another_layout_is_refused(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    assert pulse_train("--input-data", SMALL, "--output-dir", str(first), "--end-date", "2001-06-01").returncode == 0
+    assert_clean_failure(tmp_path, ["cannot resume", "lags=5", "lags=3"],
+                         "--input-data", SMALL, "--resume-from", str(first / "state.npz"), "--lags", "3")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    assert_clean_failure(tmp_path, ["junk.npz is not a Pulse training state file"],
+                         "--input-data", SMALL, "--resume-from", str(tmp_path / "junk.npz"))
+
+
+def test_wide_long_and_folder_layouts_give_the_same_model(tmp_path: Path, panel: pd.DataFrame) -> None:
+    panel.to_csv(tmp_path / "wide.csv")
+    long = panel.stack().rename("value").rename_axis(["timestamp", "variable"]).reset_index()
+    long.to_parquet(tmp_path / "long.parquet", index=False)
+    folder = tmp_path / "by_variable"
+    folder.mkdir()
+    for name in panel.columns:
+        panel[[name]].to_parquet(folder / f"{name}.parquet")
+    coefficients = []
+    for source in ("wide.csv", "long.parquet", "by_variable"):
+        out = tmp_path / f"out-{source}"
+        done = pulse_train("--input-data", str(tmp_path / source), "--output-dir", str(out), "--batch-size-days", "90")
+        assert done.returncode == 0, done.stderr
+        coefficients.append(json.loads((out / "results.json").read_text())["model"]["coefficients"])
+    assert coefficients[0] == coefficients[1] == coefficients[2]
+
+
+def test_macro_data_runs_offline(tmp_path: Path) -> None:
+    done = pulse_train("--input-data", "builtin:macro", "--variables", "realgdp,cpi,unemp",
+                       "--batch-size-days", "1825", "--lags", "2", "--output-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    data = json.loads((tmp_path / "results.json").read_text())["data"]
+    assert data["start"].startswith("1959-01-01") and data["rows"] == 203
