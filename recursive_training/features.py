@@ -42,4 +42,4 @@ def design(
 
 def complete_rows(features: FloatArray, targets: FloatArray) -> NDArray[np.bool_]:
     """Samples with every feature and every target present."""
-    return np.isfinite(features).all(axis=1) & np.isfinite(targets).all(axis=1)
+    return np.asarray(np.isfinite(features).all(axis=1) & np.isfinite(targets).all(axis=1))

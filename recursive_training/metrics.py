@@ -68,7 +68,9 @@ class ErrorSums:
             "mae": _ratio(self.abs_error[j], n),
             "rmse": None if n == 0 else float(np.sqrt(self.sq_error[j] / n)),
             "directional_accuracy": _ratio(self.hits[j], called),
-            "skill_vs_persistence": None if self.sq_actual[j] == 0 else float(1.0 - self.sq_error[j] / self.sq_actual[j]),
+            "skill_vs_persistence": None
+            if self.sq_actual[j] == 0
+            else float(1.0 - self.sq_error[j] / self.sq_actual[j]),
         }
 
 

@@ -181,7 +181,7 @@ def _why_not_evaluated(document: dict[str, Any]) -> str:
     return (
         "No batch was evaluated, so there is nothing to compare against the actual changes. "
         "A batch is evaluated only once --min-train-samples "
-        f"({document['config']['min_train_samples']}) samples were learned before it, so the "
+        f"({document['model']['min_train_samples']}) samples were learned before it, so the "
         f"first batch never is; this run had {_count(document['data']['batches'], 'batch')}. "
         "Train on a longer range or with smaller --batch-size-days."
     )

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from recursive_training import __version__, storage
 from recursive_training.config import TrainingConfig
@@ -26,6 +32,8 @@ from recursive_training.exceptions import OutputError
 from recursive_training.metrics import ErrorSums
 from recursive_training.rules import beta_trust
 from recursive_training.stages.training_stages import TrainingResult
+
+log = logging.getLogger(__name__)
 
 
 def _mean(values: list[float | int | None]) -> float | None:
@@ -93,6 +101,7 @@ def build_document(result: TrainingResult) -> dict[str, Any]:
             "ridge_alpha": result.config.ridge_alpha,
             "half_life_days": result.config.half_life_days,
             "samples": result.state.stats.n,
+            "min_train_samples": result.config.evaluation_threshold(len(result.features)),
             "coefficients": {v: result.coefficients[:, j].tolist() for j, v in enumerate(variables)},
         },
         "rules": rules,
@@ -104,35 +113,99 @@ def build_document(result: TrainingResult) -> dict[str, Any]:
 
 def check_output_free(config: TrainingConfig) -> None:
     """Refuse to replace an earlier run's results unless --overwrite was given."""
-    if not config.overwrite and storage.exists(config.results_path):
+    if not config.overwrite and storage.exists(config.results_path, config.s3_settings):
         raise OutputError(
             f"{config.results_path} already holds the results of an earlier run; "
             "pass --overwrite to replace them or choose another --output-dir"
         )
 
 
-def write_outputs(result: TrainingResult, config: TrainingConfig) -> dict[str, Any]:
-    """Write predictions, state, then results (each atomically); undo all on failure."""
+class PredictionsSpool:
+    """Collects walk-forward predictions batch by batch in a temporary Parquet file.
+
+    Used as the pipeline's ``predictions_sink`` so the driver keeps no prediction in memory;
+    ``write_outputs`` then copies the file to the output location.
+    """
+
+    def __init__(self) -> None:
+        self._folder = tempfile.TemporaryDirectory(prefix="pulse-predictions-")
+        self.path = Path(self._folder.name) / DEFAULT_PREDICTIONS_FILE
+        self._writer: pq.ParquetWriter | None = None
+
+    def __call__(self, predictions: pd.DataFrame) -> None:
+        """Append one batch's predictions."""
+        table = pa.Table.from_pandas(predictions, preserve_index=False)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        self._writer.write_table(table)
+
+    def finish(self, empty: pd.DataFrame) -> Path:
+        """Close the file (writing ``empty``'s schema if no batch was evaluated)."""
+        if self._writer is None:
+            empty.to_parquet(self.path, index=False)
+        else:
+            self._writer.close()
+            self._writer = None
+        return self.path
+
+    def read(self) -> pd.DataFrame:
+        """All predictions, sorted by origin then variable (for the report)."""
+        frame = pd.read_parquet(self.path)
+        return frame.sort_values(["origin", "variable"], kind="stable", ignore_index=True)
+
+    def __enter__(self) -> PredictionsSpool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._folder.cleanup()
+
+
+def write_outputs(
+    result: TrainingResult, config: TrainingConfig, predictions: Path | None = None
+) -> dict[str, Any]:
+    """Write predictions, state, then results (each atomically); undo all on failure.
+
+    ``predictions`` is the spooled Parquet file when the run used a PredictionsSpool;
+    otherwise the predictions the result holds are written.
+    """
     document = build_document(result)
-    predictions = io.BytesIO()
-    result.predictions_frame().to_parquet(predictions, index=False)
-    files = [
-        (storage.join(config.output_dir, DEFAULT_PREDICTIONS_FILE), predictions.getvalue()),
-        (storage.join(config.output_dir, DEFAULT_STATE_FILE), result.state.to_bytes()),
-        (config.results_path, json.dumps(document, indent=2, allow_nan=False).encode()),
+    if predictions is None:
+        buffer = io.BytesIO()
+        result.predictions_frame().to_parquet(buffer, index=False)
+    files: list[tuple[str, bytes | Path, str]] = [
+        (storage.join(config.output_dir, DEFAULT_PREDICTIONS_FILE),
+         buffer.getvalue() if predictions is None else predictions,
+         "application/vnd.apache.parquet"),
+        (storage.join(config.output_dir, DEFAULT_STATE_FILE), result.state.to_bytes(),
+         "application/octet-stream"),
+        (config.results_path, json.dumps(document, indent=2, allow_nan=False).encode(),
+         "application/json"),
     ]
+    # stored with S3 objects, so a reader can match the three files of one run
+    metadata = {"run-id": result.run_id, "config-hash": document["config_hash"]}
     written: list[str] = []
     try:
-        for location, data in files:
-            storage.write_bytes(location, data)
+        for location, data, content_type in files:
+            storage.write_bytes(location, data, config.s3_settings,
+                                content_type=content_type, metadata=metadata)
             written.append(location)
     except (OSError, OutputError) as e:
         for location in written:
-            storage.remove(location)
+            _remove_partial(location, config)
         if isinstance(e, OutputError):
             raise
         raise OutputError(f"cannot write results to {config.output_dir}: {e}") from e
     return document
+
+
+def _remove_partial(location: str, config: TrainingConfig) -> None:
+    """Delete a file of a failed run; if that fails too, say so and keep the first error."""
+    try:
+        storage.remove(location, config.s3_settings)
+    except (OSError, OutputError) as e:
+        log.warning("could not remove %s of the failed run (%s); delete it by hand", location, e)
 
 
 def summary(document: dict[str, Any]) -> str:

@@ -54,8 +54,10 @@ def parse_rule(text: str) -> RuleSpec:
     if match := _WINDOWED.match(spec):
         window = int(match.group(2))
         if window < 1 or (match.group(1) == "mean_reversion" and window < 2):
-            raise ConfigError(f"rule {spec!r}: the window must be at least "
-                              f"{2 if match.group(1) == 'mean_reversion' else 1}")
+            raise ConfigError(
+                f"rule {spec!r}: the window must be at least "
+                f"{2 if match.group(1) == 'mean_reversion' else 1}"
+            )
         return RuleSpec(match.group(1), window=window)
     if match := _PAIR.match(spec):
         source, target = match.group(1), match.group(2)
@@ -121,7 +123,7 @@ def _rolling_mean(levels: FloatArray, origins: NDArray[np.intp], window: int) ->
     poison for every later row of the window.
     """
     rows = origins[:, None] + np.arange(1 - window, 1)[None, :]
-    mean = levels[np.maximum(rows, 0)].mean(axis=1)
+    mean: FloatArray = levels[np.maximum(rows, 0)].mean(axis=1)
     mean[rows[:, 0] < 0] = np.nan
     return mean
 
@@ -166,7 +168,9 @@ def fixed_rule_counts(
         if rule.kind == "momentum":
             h, m = sign_hits_misses(now - back(rule.window), outcome, weights)
         elif rule.kind == "mean_reversion":
-            h, m = sign_hits_misses(_rolling_mean(levels, origins, rule.window) - now, outcome, weights)
+            h, m = sign_hits_misses(
+                _rolling_mean(levels, origins, rule.window) - now, outcome, weights
+            )
         elif rule.source is not None:
             assert rule.target is not None
             src, dst = column[rule.source], column[rule.target]
@@ -218,4 +222,6 @@ def beta_trust(hits: FloatArray, misses: FloatArray) -> list[Trust]:
     lower = stats.beta.ppf(tail, a, b)
     upper = stats.beta.ppf(1.0 - tail, a, b)
     mean = a / (a + b)
-    return [Trust(float(m), float(lo), float(hi)) for m, lo, hi in zip(mean, lower, upper, strict=True)]
+    return [
+        Trust(float(m), float(lo), float(hi)) for m, lo, hi in zip(mean, lower, upper, strict=True)
+    ]

@@ -26,8 +26,13 @@ from typing import Any, NoReturn
 from recursive_training import __version__, storage
 from recursive_training.config import TrainingConfig, load_config_file
 from recursive_training.exceptions import ConfigError, TrainingError
-from recursive_training.progress import ProgressBar
-from recursive_training.results import check_output_free, summary, write_outputs
+from recursive_training.progress import ProgressBar, ProgressFile
+from recursive_training.results import (
+    PredictionsSpool,
+    check_output_free,
+    summary,
+    write_outputs,
+)
 from recursive_training.stages import TrainingPipeline
 from recursive_training.state import TrainingState
 
@@ -40,6 +45,8 @@ examples:
   pulse-train --input-data prices.parquet --start-date 2010-01-01 --end-date 2020-01-01 \\
               --use-dask --max-workers 4 --report out/report
   pulse-train --config run.yaml --resume-from out/state.npz --start-date 2020-01-01
+  pulse-train --input-data s3://prices/daily/ --output-dir s3://results/run-42 \\
+              --s3-endpoint-url http://minio:9000         # MinIO; credentials from AWS_*
 
 Exit status: 0 on success, 1 on a configuration, data or execution error.
 """
@@ -53,11 +60,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _field_help(name: str, extra: str = "") -> str:
+    """A flag's help: the config field's description, ``extra``, and its default."""
     field = TrainingConfig.model_fields[name]
     default = field.default
     shown = ",".join(default) if isinstance(default, tuple) else default
     suffix = "" if default in (None, False) else f" (default: {shown})"
-    return f"{field.description}{extra}{suffix}"
+    description = str(field.description)
+    return f"{description.rstrip('.') + extra + '.' if extra else description}{suffix}"
 
 
 def _csv(text: str) -> list[str]:
@@ -114,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dask-scheduler-address", metavar="ADDRESS",
         help=_field_help("dask_scheduler_address", "; also read from DASK_SCHEDULER_ADDRESS"),
     )
+    for flag in ("--dask-connect-timeout", "--batch-timeout", "--run-timeout"):
+        execution.add_argument(
+            flag, type=float, metavar="SECONDS", help=_field_help(flag[2:].replace("-", "_"))
+        )
+    execution.add_argument("--checkpoint-dir", metavar="DIR", help=_field_help("checkpoint_dir"))
 
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", metavar="DIR", help=_field_help("output_dir"))
@@ -122,10 +136,32 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--report", dest="report_dir", metavar="DIR", help=_field_help("report_dir"))
     output.add_argument("--resume-from", metavar="STATE", help=_field_help("resume_from"))
 
+    s3 = parser.add_argument_group(
+        "s3", "Credentials come from the AWS chain: environment, AWS_PROFILE, IRSA, instance role."
+    )
+    s3.add_argument("--s3-endpoint-url", metavar="URL", help=_field_help("s3_endpoint_url"))
+    s3.add_argument("--s3-region", metavar="REGION", help=_field_help("s3_region"))
+    s3.add_argument("--s3-data-bucket", metavar="BUCKET", help=_field_help("s3_data_bucket"))
+    s3.add_argument("--s3-data-prefix", metavar="KEY", help=_field_help("s3_data_prefix"))
+    s3.add_argument("--s3-results-bucket", metavar="BUCKET", help=_field_help("s3_results_bucket"))
+    s3.add_argument("--s3-results-prefix", metavar="PREFIX", help=_field_help("s3_results_prefix"))
+    s3.add_argument("--s3-output-file", metavar="S3_URI", help=_field_help("s3_output_file"))
+    s3.add_argument("--s3-max-attempts", type=int, metavar="N", help=_field_help("s3_max_attempts"))
+    for flag in ("--s3-connect-timeout", "--s3-read-timeout"):
+        s3.add_argument(
+            flag, type=float, metavar="SECONDS", help=_field_help(flag[2:].replace("-", "_"))
+        )
+
     logs = parser.add_argument_group("logging")
     logs.add_argument("--log-level", metavar="LEVEL", help=_field_help("log_level"))
     logs.add_argument("--log-dir", metavar="DIR", help=_field_help("log_dir"))
     logs.add_argument("--progress", action=argparse.BooleanOptionalAction, help=_field_help("progress"))
+    logs.add_argument(
+        "--progress-file",
+        metavar="PATH",
+        help="Append progress and the results' headline as JSON lines to this file (read by the "
+        "Kubernetes driver); not a setting of the run.",
+    )
     return parser
 
 
@@ -137,6 +173,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def create_config_from_args(args: argparse.Namespace) -> TrainingConfig:
     """Merge defaults, the YAML file and the flags into one validated TrainingConfig."""
     given: dict[str, Any] = dict(vars(args))
+    given.pop("progress_file", None)  # where progress goes, not how the run trains
     fields = load_config_file(given.pop("config")) if "config" in given else {}
     if "dask_scheduler_address" not in given and os.environ.get("DASK_SCHEDULER_ADDRESS"):
         given["dask_scheduler_address"] = os.environ["DASK_SCHEDULER_ADDRESS"]
@@ -155,6 +192,9 @@ def setup_logging(level: str = "INFO", log_dir: str | None = None) -> Path | Non
     console.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
     root.addHandler(console)
     root.setLevel(logging.DEBUG if log_dir else level)
+    # botocore's DEBUG lines carry request headers, session tokens included: keep them out
+    for library in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(library).setLevel(logging.INFO)
     if not log_dir:
         return None
     path = Path(log_dir) / f"pulse-train-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
@@ -168,30 +208,50 @@ def setup_logging(level: str = "INFO", log_dir: str | None = None) -> Path | Non
     return path
 
 
-def run(config: TrainingConfig) -> dict[str, Any]:
-    """Run training with ``config``, write its files, and return the results document."""
+def run(config: TrainingConfig, progress_file: str | None = None) -> dict[str, Any]:
+    """Run training with ``config``, write its files, and return the results document.
+
+    With ``progress_file``, progress and the results' location and headline metrics are
+    also appended there as JSON lines (see ``ProgressFile``).
+    """
     check_output_free(config)
     state = None
     if config.resume_from:
-        state = TrainingState.from_bytes(storage.read_bytes(config.resume_from), config.resume_from)
-    with ProgressBar(config.progress) as progress:
-        result = TrainingPipeline(progress=progress).execute(config, state)
-    document = write_outputs(result, config)
-    log.info("Wrote %s", config.results_path)
-    if config.report_dir:
-        from recursive_training.report import render_report
+        data = storage.read_bytes(config.resume_from, config.s3_settings)
+        state = TrainingState.from_bytes(data, config.resume_from)
+    reporter = ProgressFile(progress_file) if progress_file else None
+    try:
+        with ProgressBar(config.progress) as bar, PredictionsSpool() as spool:
 
-        pages = render_report(document, result.predictions_frame(), config.report_dir)
-        log.info("Report: %s", pages[-1])
+            def progress(stage: str, done: int, total: int) -> None:
+                bar(stage, done, total)
+                if reporter is not None:
+                    reporter(stage, done, total)
+
+            pipeline = TrainingPipeline(progress=progress, predictions_sink=spool)
+            result = pipeline.execute(config, state)
+            document = write_outputs(result, config, spool.finish(result.predictions_frame()))
+            log.info("Wrote %s", config.results_path)
+            if reporter is not None:
+                reporter.results(config.results_path, document["metrics"]["headline"])
+            if config.report_dir:
+                from recursive_training.report import render_report
+
+                pages = render_report(document, spool.read(), config.report_dir)
+                log.info("Report: %s", pages[-1])
+    finally:
+        if reporter is not None:
+            reporter.close()
     return document
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: 0 on success, 1 on a user-fixable error (one line, no traceback)."""
     try:
-        config = create_config_from_args(parse_args(argv))
+        args = parse_args(argv)
+        config = create_config_from_args(args)
         setup_logging(config.log_level, config.log_dir)
-        document = run(config)
+        document = run(config, getattr(args, "progress_file", None))
     except SystemExit as e:  # --help and --version
         return int(e.code or 0)
     except TrainingError as e:

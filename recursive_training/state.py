@@ -80,16 +80,21 @@ class TrainingState:
             with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
                 header = json.loads(str(arrays["header"]))
                 stats = SufficientStats(
-                    xtx=arrays["xtx"], xty=arrays["xty"], yty=arrays["yty"], n=int(header["n_samples"]),
-                    rule_hits=arrays["rule_hits"], rule_misses=arrays["rule_misses"],
+                    xtx=arrays["xtx"],
+                    xty=arrays["xty"],
+                    yty=arrays["yty"],
+                    n=int(header["n_samples"]),
+                    rule_hits=arrays["rule_hits"],
+                    rule_misses=arrays["rule_misses"],
                 )
                 model_hits, model_misses = arrays["model_hits"], arrays["model_misses"]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
             raise StateError(f"{source} is not a Pulse training state file ({e})") from e
         if header.get("kind") != STATE_KIND or header.get("schema_version") != STATE_SCHEMA_VERSION:
             raise StateError(
-                f"{source} has kind {header.get('kind')!r} version {header.get('schema_version')!r}; "
-                f"this version reads {STATE_KIND} version {STATE_SCHEMA_VERSION}"
+                f"{source} has kind {header.get('kind')!r} version "
+                f"{header.get('schema_version')!r}; this version reads {STATE_KIND} "
+                f"version {STATE_SCHEMA_VERSION}"
             )
         return cls(
             end=pd.Timestamp(header["end"]),
@@ -106,19 +111,35 @@ class TrainingState:
         )
 
     def check_compatible(
-        self, source: str, variables: tuple[str, ...], lags: int, horizon: int,
-        half_life_days: float | None, rules: tuple[str, ...],
+        self,
+        source: str,
+        variables: tuple[str, ...],
+        lags: int,
+        horizon: int,
+        half_life_days: float | None,
+        rules: tuple[str, ...],
     ) -> None:
         """Refuse to resume into a run that would learn a different model layout."""
-        wanted = {"variables": variables, "lags": lags, "horizon": horizon,
-                  "half_life_days": half_life_days, "rules": rules}
-        saved = {"variables": self.variables, "lags": self.lags, "horizon": self.horizon,
-                 "half_life_days": self.half_life_days, "rules": self.rules}
+        wanted = {
+            "variables": variables,
+            "lags": lags,
+            "horizon": horizon,
+            "half_life_days": half_life_days,
+            "rules": rules,
+        }
+        saved = {
+            "variables": self.variables,
+            "lags": self.lags,
+            "horizon": self.horizon,
+            "half_life_days": self.half_life_days,
+            "rules": self.rules,
+        }
         for field, value in wanted.items():
             if saved[field] != value:
                 raise StateError(
-                    f"cannot resume from {source}: it was trained with {field}={_show(saved[field])} "
-                    f"but this run has {field}={_show(value)}; use the same setting or start afresh"
+                    f"cannot resume from {source}: it was trained with "
+                    f"{field}={_show(saved[field])} but this run has {field}={_show(value)}; "
+                    "use the same setting or start afresh"
                 )
 
 

@@ -90,6 +90,11 @@ class SufficientStats:
             rule_misses=self.rule_misses + other.rule_misses,
         )
 
+    def count_only(self) -> SufficientStats:
+        """The sample count alone, its sums dropped (once they are folded into a prefix)."""
+        empty = np.zeros(0)
+        return SufficientStats(empty, empty, empty, self.n, empty, empty)
+
     def decayed(self, factor: float) -> SufficientStats:
         """Every weighted sum times ``factor`` (the count of samples stays)."""
         if factor == 1.0:
@@ -137,4 +142,5 @@ def solve_ridge(xtx: FloatArray, xty: FloatArray, alpha: float) -> FloatArray:
             solution = scipy.linalg.solve(scaled, rhs, assume_a="pos", check_finite=False)
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgWarning, ValueError):
         solution = np.linalg.lstsq(scaled, rhs, rcond=None)[0]
-    return solution / scale[:, None]
+    coefficients: FloatArray = solution / scale[:, None]
+    return coefficients

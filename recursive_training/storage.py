@@ -1,16 +1,23 @@
-"""Reading and atomically writing the run's files at a location (a local path for now).
+"""Reading and atomically writing the run's files at a location: a local path or ``s3://``.
 
-Every write goes to a temporary name in the destination folder and is renamed into
-place, so a reader never sees a partial file and a failed run leaves nothing behind.
+A local write goes to a temporary name in the destination folder and is renamed into
+place; an S3 write is one PUT, which S3 makes visible whole or not at all. Either way a
+reader never sees a partial file, and the caller removes what a failed run wrote.
+Content type and metadata are stored with S3 objects; local files have no place for them.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
+from recursive_training import s3
 from recursive_training.exceptions import OutputError, StateError
+from recursive_training.s3 import S3Location, S3Settings
+
+DEFAULT_S3 = S3Settings()
 
 
 def join(base: str, name: str) -> str:
@@ -18,13 +25,18 @@ def join(base: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}"
 
 
-def exists(location: str) -> bool:
-    """True when a file is at ``location``."""
+def exists(location: str, settings: S3Settings = DEFAULT_S3) -> bool:
+    """True when a file is at ``location`` (for S3 a missing bucket is an OutputError)."""
+    if s3.is_s3_uri(location):
+        return s3.exists(S3Location.parse(location), settings, OutputError)
     return Path(location).is_file()
 
 
-def read_bytes(location: str) -> bytes:
+def read_bytes(location: str, settings: S3Settings = DEFAULT_S3) -> bytes:
     """The content of a state file (the only thing a run reads back)."""
+    if s3.is_s3_uri(location):
+        return s3.get_bytes(S3Location.parse(location), settings, StateError,
+                            action="read resume state")
     try:
         return Path(location).read_bytes()
     except FileNotFoundError:
@@ -33,25 +45,58 @@ def read_bytes(location: str) -> bytes:
         raise StateError(f"cannot read resume state {location}: {e.strerror or e}") from e
 
 
-def write_bytes(location: str, data: bytes) -> None:
-    """Write ``data`` to ``location`` atomically (temporary file, fsync, rename)."""
+def write_bytes(
+    location: str,
+    data: bytes | Path,
+    settings: S3Settings = DEFAULT_S3,
+    *,
+    content_type: str = "application/octet-stream",
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write ``data`` (bytes, or a local file's content) to ``location`` atomically.
+
+    One PUT for S3; a temporary file in the destination folder, fsync and rename locally.
+    """
+    if s3.is_s3_uri(location):
+        content = data if isinstance(data, bytes) else data.read_bytes()
+        s3.put_bytes(S3Location.parse(location), content, settings,
+                     content_type=content_type, metadata=metadata or {})
+        return
     path = Path(location)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+        )
     except OSError as e:
         raise OutputError(f"cannot write into {path.parent}: {e.strerror or e}") from e
     try:
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+            if isinstance(data, bytes):
+                stream.write(data)
+            else:
+                with data.open("rb") as source:
+                    shutil.copyfileobj(source, stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        # mkstemp creates 0600; results are meant to be shared like any file the user writes
+        Path(temporary).chmod(0o666 & ~_umask())
+        Path(temporary).replace(path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
-def remove(location: str) -> None:
+def remove(location: str, settings: S3Settings = DEFAULT_S3) -> None:
     """Delete the file at ``location`` if it is there (undoing a partial set of outputs)."""
+    if s3.is_s3_uri(location):
+        s3.delete(S3Location.parse(location), settings)
+        return
     Path(location).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it, so set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 
 
-def design_frame(levels: pd.DataFrame, lags: int, horizon: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+def design_frame(
+    levels: pd.DataFrame, lags: int, horizon: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
     """Features, targets and realization time of every origin row, via pandas shifts."""
     changes = levels.diff()
     columns = {"const": pd.Series(1.0, index=levels.index)}
@@ -24,7 +26,9 @@ def design_frame(levels: pd.DataFrame, lags: int, horizon: int) -> tuple[pd.Data
     return features[keep], targets[keep], realized[keep]
 
 
-def ridge_lstsq(features: pd.DataFrame, targets: pd.DataFrame, alpha: float, weights: np.ndarray | None = None) -> np.ndarray:
+def ridge_lstsq(
+    features: pd.DataFrame, targets: pd.DataFrame, alpha: float, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Weighted ridge with penalty alpha * sum(w) * var_j on each non-intercept column,
     solved by least squares on the augmented system [sqrt(w) X; sqrt(P)] b = [sqrt(w) Y; 0]."""
     x, y = features.to_numpy(), targets.to_numpy()

@@ -32,18 +32,29 @@ def main() -> None:
 
     metrics = pd.DataFrame(document["metrics"]["overall"]).T.astype({"n": int})
     print("Walk-forward metrics (each batch predicted by a model fitted on earlier data only):")
-    print(metrics[["n", "rmse", "skill_vs_persistence", "directional_accuracy"]].to_string(float_format="%.3f"))
+    print(
+        metrics[["n", "rmse", "skill_vs_persistence", "directional_accuracy"]].to_string(
+            float_format="%.3f"
+        )
+    )
 
     rules = pd.DataFrame(document["rules"]).sort_values("trust_lower", ascending=False)
     print("\nMost trusted rules (Beta posterior, 90% interval):")
-    print(rules.head(8)[["rule", "target", "hits", "misses", "trust_mean", "trust_lower", "validated"]]
-          .to_string(index=False, float_format="%.3f"))
+    print(
+        rules.head(8)[
+            ["rule", "target", "hits", "misses", "trust_mean", "trust_lower", "validated"]
+        ].to_string(index=False, float_format="%.3f")
+    )
 
-    coefficients = pd.DataFrame(document["model"]["coefficients"], index=document["model"]["features"])
+    coefficients = pd.DataFrame(
+        document["model"]["coefficients"], index=document["model"]["features"]
+    )
     print("\nFinal model, largest coefficients per target:")
     for target in coefficients.columns:
         strongest = coefficients[target].drop("const").abs().nlargest(3).index
-        print(f"  {target}: " + ", ".join(f"{f}={coefficients.at[f, target]:+.3g}" for f in strongest))
+        print(
+            f"  {target}: " + ", ".join(f"{f}={coefficients.at[f, target]:+.3g}" for f in strongest)
+        )
 
 
 if __name__ == "__main__":

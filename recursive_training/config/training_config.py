@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from recursive_training.constants import DEFAULT_INPUT_DATA, DEFAULT_RESULTS_FILE
 from recursive_training.exceptions import ConfigError
 from recursive_training.rules import parse_rules
+from recursive_training.s3 import S3Location, S3Settings, is_s3_uri
 
 DEFAULT_RULES: tuple[str, ...] = ("momentum(5)", "mean_reversion(20)", "model")
 
@@ -33,7 +34,8 @@ class TrainingConfig(BaseModel):
     input_data: str = Field(
         DEFAULT_INPUT_DATA,
         description="Data source: builtin:synthetic[?n_variables=N&years=Y&seed=S], "
-        "builtin:macro, or a local CSV/Parquet file or folder.",
+        "builtin:macro, a local CSV/Parquet file or folder, or s3://bucket/key (an object or "
+        "a folder of objects).",
     )
     input_format: Literal["auto", "csv", "parquet"] = Field(
         "auto", description="File format of local data; auto uses the file extension."
@@ -63,8 +65,11 @@ class TrainingConfig(BaseModel):
     half_life_days: float | None = Field(
         None, gt=0, description="Exponential forgetting half-life in days; default: no forgetting."
     )
-    min_train_samples: int = Field(
-        30, ge=1, description="A batch is evaluated only once this many samples were known before it."
+    min_train_samples: int | None = Field(
+        None,
+        ge=1,
+        description="A batch is evaluated only once this many samples were known before it; "
+        "default: twice the number of features, at least 30.",
     )
     rules: tuple[str, ...] = Field(
         DEFAULT_RULES,
@@ -80,6 +85,23 @@ class TrainingConfig(BaseModel):
     dask_scheduler_address: str | None = Field(
         None, description="Address of an existing Dask scheduler (tcp://host:8786)."
     )
+    dask_connect_timeout: float = Field(
+        30.0, gt=0, description="Seconds to wait for the Dask scheduler to answer before failing."
+    )
+    batch_timeout: float | None = Field(
+        3600.0,
+        gt=0,
+        description="Fail the run when one batch runs longer than this many seconds, or when "
+        "no batch starts for that long (no workers).",
+    )
+    run_timeout: float | None = Field(
+        None, gt=0, description="Fail the run when it takes longer than this many seconds."
+    )
+    checkpoint_dir: str | None = Field(
+        None,
+        description="Folder (local or s3://) where finished batches are saved so a restarted "
+        "run with the same settings skips them.",
+    )
 
     # --- output -----------------------------------------------------------------------
     output_dir: str = Field("training_results", description="Folder for results, state and predictions.")
@@ -92,12 +114,88 @@ class TrainingConfig(BaseModel):
         None, description="State file of an earlier run to continue learning from."
     )
 
+    # --- s3 ---------------------------------------------------------------------------
+    # Credentials are never settings: they come from the AWS chain (environment, profile,
+    # IRSA web identity, instance metadata), so no secret is ever echoed in the results.
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="S3-compatible endpoint (MinIO, R2, ...) for every s3:// location; "
+        "default: AWS, or the AWS_ENDPOINT_URL environment variable.",
+    )
+    s3_region: str | None = Field(
+        None, description="Region of the S3 buckets; default: from the AWS chain (AWS_REGION)."
+    )
+    s3_data_bucket: str | None = Field(
+        None, description="Read the data from this bucket: input_data = s3://BUCKET/PREFIX."
+    )
+    s3_data_prefix: str | None = Field(
+        None, description="Object key or folder prefix in s3_data_bucket; default: the bucket root."
+    )
+    s3_results_bucket: str | None = Field(
+        None, description="Write results, state and predictions to this bucket: "
+        "output_dir = s3://BUCKET/PREFIX."
+    )
+    s3_results_prefix: str | None = Field(
+        None, description="Folder prefix in s3_results_bucket; default: training_results."
+    )
+    s3_output_file: str | None = Field(
+        None, description="Write the results JSON to this s3://bucket/key (sets output_file)."
+    )
+    s3_max_attempts: int = Field(
+        4, ge=1, description="Attempts per S3 request (retries with backoff) before failing."
+    )
+    s3_connect_timeout: float = Field(
+        5.0, gt=0, description="Seconds to wait for an S3 connection."
+    )
+    s3_read_timeout: float = Field(30.0, gt=0, description="Seconds to wait for an S3 response.")
+
     # --- logging ----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Console log level.")
     log_dir: str | None = Field(None, description="Also write a log file into this folder.")
     progress: bool | None = Field(
         None, description="Show a progress bar; default: only when stderr is a terminal."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_s3_shorthands(cls, data: Any) -> Any:
+        """Turn the s3_*_bucket/prefix/file shorthands into input_data, output_dir, output_file."""
+        if not isinstance(data, dict):
+            return data
+        fields = dict(data)
+        expanded: dict[str, str] = {}
+        if fields.get("s3_data_bucket"):
+            expanded["input_data"] = _s3_uri(fields["s3_data_bucket"], fields.get("s3_data_prefix"))
+        elif fields.get("s3_data_prefix") is not None:
+            raise ValueError(
+                "s3_data_prefix (--s3-data-prefix) needs s3_data_bucket (--s3-data-bucket)"
+            )
+        if fields.get("s3_results_bucket"):
+            prefix = fields.get("s3_results_prefix") or cls.model_fields["output_dir"].default
+            expanded["output_dir"] = _s3_uri(fields["s3_results_bucket"], prefix)
+        elif fields.get("s3_results_prefix") is not None:
+            raise ValueError(
+                "s3_results_prefix (--s3-results-prefix) needs s3_results_bucket "
+                "(--s3-results-bucket)"
+            )
+        if fields.get("s3_output_file"):
+            if not str(fields["s3_output_file"]).startswith("s3://"):
+                raise ValueError(
+                    f"s3_output_file (--s3-output-file) must be an s3://bucket/key URI, got "
+                    f"{fields['s3_output_file']!r}; use --output-file for a local name"
+                )
+            expanded["output_file"] = str(fields["s3_output_file"])
+        shorthands = {"input_data": "s3_data_bucket", "output_dir": "s3_results_bucket",
+                      "output_file": "s3_output_file"}
+        for name, value in expanded.items():
+            given = fields.get(name)
+            if given is not None and given != value:
+                raise ValueError(
+                    f"{shorthands[name]} (--{_flag(shorthands[name])}) sets {name} to {value} but "
+                    f"{name} (--{_flag(name)}) is {given}; give only one of them"
+                )
+            fields[name] = value
+        return fields
 
     @field_validator("variables")
     @classmethod
@@ -133,7 +231,35 @@ class TrainingConfig(BaseModel):
             raise ValueError("max_workers needs use_dask (--use-dask)")
         if self.use_dask and self.dask_scheduler_address:
             raise ValueError("use_dask starts a local cluster; drop it when giving dask_scheduler_address")
+        for name in ("input_data", "output_dir", "output_file", "resume_from"):
+            value = getattr(self, name)
+            if value is not None and is_s3_uri(value):
+                try:
+                    S3Location.parse(value)
+                except ValueError as e:
+                    raise ValueError(f"{name} (--{_flag(name)}): {e}") from None
+        for name in ("report_dir", "log_dir"):
+            if is_s3_uri(getattr(self, name) or ""):
+                raise ValueError(f"{name} (--{_flag(name)}) must be a local folder, not S3")
+        if self.s3_endpoint_url and not self.s3_endpoint_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"s3_endpoint_url (--s3-endpoint-url) must start with http:// or https://, "
+                f"got {self.s3_endpoint_url!r}"
+            )
         return self
+
+    @property
+    def s3_settings(self) -> S3Settings:
+        """How to reach S3: what the driver and every worker build their client from."""
+        return S3Settings(
+            endpoint_url=self.s3_endpoint_url, region=self.s3_region,
+            max_attempts=self.s3_max_attempts, connect_timeout=self.s3_connect_timeout,
+            read_timeout=self.s3_read_timeout,
+        )
+
+    def evaluation_threshold(self, n_features: int) -> int:
+        """Samples a batch's prefix needs before the batch is evaluated."""
+        return self.min_train_samples or max(30, 2 * n_features)
 
     @property
     def results_path(self) -> str:
@@ -158,6 +284,16 @@ class TrainingConfig(BaseModel):
             return cls(**fields)
         except ValidationError as e:
             raise ConfigError(describe_validation_error(e)) from e
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of a field, without the leading dashes."""
+    return name.replace("_", "-").replace("report-dir", "report")
+
+
+def _s3_uri(bucket: Any, prefix: Any) -> str:
+    """``s3://bucket/prefix`` from the shorthand fields."""
+    return f"s3://{str(bucket).strip('/')}/{str(prefix or '').lstrip('/')}"
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -1,8 +1,8 @@
-"""Data sources, opened by URI: ``builtin:...``, a local path, or (later) ``s3://...``.
+"""Data sources, opened by URI: ``builtin:...``, a local path, or ``s3://bucket/key``.
 
 Each source type lives in its own module and implements ``DataSource``
 (``data/common.py``). Sources are cached per process so the batches a worker runs share
-one parsed copy.
+one parsed copy (or, for S3, one listing and one fetch of each object).
 """
 
 from __future__ import annotations
@@ -12,13 +12,17 @@ from functools import lru_cache
 from recursive_training.data.builtin import open_builtin
 from recursive_training.data.common import DataSource
 from recursive_training.data.files import FileSource
+from recursive_training.data.s3 import S3Source
+from recursive_training.s3 import S3Settings, is_s3_uri
 
 __all__ = ["DataSource", "open_source"]
 
 
 @lru_cache(maxsize=4)
-def open_source(uri: str, input_format: str = "auto") -> DataSource:
-    """Open the data source named by ``uri`` (cached per process)."""
+def open_source(uri: str, input_format: str = "auto", s3: S3Settings | None = None) -> DataSource:
+    """Open the data source named by ``uri`` (cached per process; ``s3`` is used for s3://)."""
     if uri.startswith("builtin:"):
         return open_builtin(uri)
+    if is_s3_uri(uri):
+        return S3Source(uri, input_format, s3 or S3Settings())
     return FileSource(uri, input_format)

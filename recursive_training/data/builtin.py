@@ -41,7 +41,9 @@ class SyntheticSpec:
         values: dict[str, int | float] = {}
         for key, raw in parse_qsl(query, keep_blank_values=True):
             if key not in types:
-                raise DataError(f"unknown option {key!r}; options are {', '.join(types)}", source=uri)
+                raise DataError(
+                    f"unknown option {key!r}; options are {', '.join(types)}", source=uri
+                )
             try:
                 values[key] = types[key](raw)
             except ValueError:
@@ -54,8 +56,10 @@ class SyntheticSpec:
     @property
     def names(self) -> list[str]:
         """Variable names: the four design examples first, then series_NNN."""
-        return [NAMED_SERIES[i] if i < len(NAMED_SERIES) else f"series_{i:03d}"
-                for i in range(self.n_variables)]
+        return [
+            NAMED_SERIES[i] if i < len(NAMED_SERIES) else f"series_{i:03d}"
+            for i in range(self.n_variables)
+        ]
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,9 @@ class VarProcess:
     """The ground-truth process in the variables' own units."""
 
     intercept: np.ndarray  # (m,)
-    coefficients: np.ndarray  # (TRUE_LAGS, m, m): coefficients[l][v, u] = effect of change u at lag l on v
+    coefficients: (
+        np.ndarray
+    )  # (TRUE_LAGS, m, m): coefficients[l][v, u] = effect of change u at lag l on v
     scale: np.ndarray  # (m,) noise standard deviation of each variable's change
 
 
@@ -128,10 +134,11 @@ def macro_frame() -> pd.DataFrame:
     from statsmodels.datasets import macrodata
 
     data = macrodata.load_pandas().data
-    index = pd.PeriodIndex.from_fields(
-        year=data["year"].astype(int), quarter=data["quarter"].astype(int), freq="Q"
-    ).to_timestamp()
-    return data.drop(columns=["year", "quarter"]).set_index(index)
+    quarter_start = pd.DataFrame(
+        {"year": data["year"].astype(int), "month": 3 * data["quarter"].astype(int) - 2, "day": 1}
+    )
+    frame: pd.DataFrame = data.drop(columns=["year", "quarter"])
+    return frame.set_index(pd.DatetimeIndex(pd.to_datetime(quarter_start)))
 
 
 def open_builtin(uri: str) -> DataSource:

@@ -32,7 +32,9 @@ class DataSource(ABC):
         """The names of all variables the source holds."""
 
     @abstractmethod
-    def load(self, variables: Sequence[str], first: pd.Timestamp, last: pd.Timestamp) -> pd.DataFrame:
+    def load(
+        self, variables: Sequence[str], first: pd.Timestamp, last: pd.Timestamp
+    ) -> pd.DataFrame:
         """Rows with ``first <= timestamp <= last`` of ``variables``, as float64 columns."""
 
     def check_variables(self, variables: Sequence[str]) -> None:
@@ -42,8 +44,8 @@ class DataSource(ABC):
         if missing:
             shown = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "")
             raise DataError(
-                f"unknown variable{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}; "
-                f"the data has: {shown}",
+                f"unknown variable{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(map(repr, missing))}; the data has: {shown}",
                 source=self.uri,
             )
 
@@ -64,9 +66,23 @@ class InMemorySource(DataSource):
     def variables(self) -> tuple[str, ...]:
         return tuple(self._frame.columns)
 
-    def load(self, variables: Sequence[str], first: pd.Timestamp, last: pd.Timestamp) -> pd.DataFrame:
+    def load(
+        self, variables: Sequence[str], first: pd.Timestamp, last: pd.Timestamp
+    ) -> pd.DataFrame:
         self.check_variables(variables)
         return self._frame.loc[first:last, list(variables)]
+
+
+def check_sorted(index: pd.Index, source: str) -> None:
+    """Fail at the first timestamp that comes before its predecessor."""
+    if index.is_monotonic_increasing:
+        return
+    position = int(np.flatnonzero(index[1:] < index[:-1])[0])
+    raise DataError(
+        f"timestamps are not sorted: {index[position + 1]} (row {position + 2}) comes after "
+        f"{index[position]}; sort the file by time",
+        source=source,
+    )
 
 
 def validated_panel(frame: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -83,14 +99,10 @@ def validated_panel(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     duplicated = index.duplicated()
     if duplicated.any():
         stamp = index[int(np.flatnonzero(duplicated)[0])]
-        raise DataError(f"duplicate timestamp {stamp}; each timestamp must appear once", source=source)
-    if not index.is_monotonic_increasing:
-        position = int(np.flatnonzero(np.diff(index.asi8) < 0)[0])
         raise DataError(
-            f"timestamps are not sorted: {index[position + 1]} (row {position + 2}) comes after "
-            f"{index[position]}; sort the file by time",
-            source=source,
+            f"duplicate timestamp {stamp}; each timestamp must appear once", source=source
         )
+    check_sorted(index, source)
     columns = {}
     for name in frame.columns:
         column = frame[name]

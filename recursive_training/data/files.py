@@ -1,5 +1,7 @@
 """Local CSV and Parquet data: one file or a folder of files, wide or long.
 
+The table readers and panel builders here are shared with the S3 source (``data/s3.py``).
+
 Wide files have a time column (``timestamp``, ``date``, ``time`` or ``datetime``; else the
 first column) and one column per variable. Long files have exactly a time column,
 ``variable`` and ``value``. A folder may split the panel any way (one file per variable,
@@ -8,43 +10,57 @@ per year, ...) as long as no two files hold the same variable at the same time.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
 
-from recursive_training.data.common import InMemorySource, validated_panel
+from recursive_training.data.common import InMemorySource, check_sorted, validated_panel
 from recursive_training.exceptions import DataError
 
 TIME_COLUMNS = ("timestamp", "date", "time", "datetime")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
-def file_format(path: Path, requested: str) -> str:
-    """The format to read ``path`` with: the requested one, or by extension."""
+def file_format(name: str | Path, requested: str) -> str:
+    """The format to read the file or object ``name`` with: the requested one, or by extension."""
     if requested != "auto":
         return requested
+    suffix = Path(name).suffix
     try:
-        return SUFFIXES[path.suffix.lower()]
+        return SUFFIXES[suffix.lower()]
     except KeyError:
         raise DataError(
-            f"cannot tell the format from the extension {path.suffix!r}; "
+            f"cannot tell the format from the extension {suffix!r}; "
             f"use .csv or .parquet, or pass --input-format",
-            source=str(path),
+            source=str(name),
         ) from None
 
 
-def read_table(path: Path, fmt: str) -> pd.DataFrame:
+def read_table(file: Path | IO[bytes], fmt: str, source: str) -> pd.DataFrame:
     """Read one file into a plain frame (index reset), translating reader errors."""
     try:
         if fmt == "csv":
-            return pd.read_csv(path)
-        frame = pd.read_parquet(path)
+            return pd.read_csv(file)
+        frame = pd.read_parquet(file)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
-        raise DataError(f"cannot read as {fmt.upper()}: {e}", source=str(path)) from e
+        raise DataError(f"cannot read as {fmt.upper()}: {e}", source=source) from e
+    return index_as_column(frame)
+
+
+def index_as_column(frame: pd.DataFrame) -> pd.DataFrame:
+    """Move a timestamp index (as pandas restores it from Parquet) into the first column."""
     if isinstance(frame.index, pd.DatetimeIndex):
-        frame = frame.rename_axis(frame.index.name or "timestamp").reset_index()
+        frame = frame.rename_axis(str(frame.index.name or "timestamp")).reset_index()
     return frame
+
+
+def time_column(columns: Sequence[Hashable]) -> Hashable:
+    """The time column of a table: the first one named like a time, else the first one."""
+    lowered = {str(c).lower(): c for c in columns}
+    return next((lowered[n] for n in TIME_COLUMNS if n in lowered), columns[0])
 
 
 def panel_from_table(table: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -52,17 +68,17 @@ def panel_from_table(table: pd.DataFrame, source: str) -> pd.DataFrame:
     if table.empty or len(table.columns) < 2:
         raise DataError("has no data rows or only one column; expected a time column and values",
                         source=source)
-    lowered = {str(c).lower(): c for c in table.columns}
-    time_column = next((lowered[n] for n in TIME_COLUMNS if n in lowered), table.columns[0])
-    stamps = pd.to_datetime(table[time_column], errors="coerce", utc=True).dt.tz_localize(None)
-    unparsed = stamps.isna() & table[time_column].notna()
+    stamps_column = time_column(list(table.columns))
+    stamps = pd.to_datetime(table[stamps_column], errors="coerce", utc=True).dt.tz_localize(None)
+    unparsed = stamps.isna() & table[stamps_column].notna()
     if unparsed.any():
         row = int(np.flatnonzero(unparsed.to_numpy())[0])
         raise DataError(
-            f"column {time_column!r}, row {row + 1}: {table[time_column].iloc[row]!r} is not a date",
+            f"column {stamps_column!r}, row {row + 1}: {table[stamps_column].iloc[row]!r} "
+            "is not a date",
             source=source,
         )
-    values = table.drop(columns=[time_column]).set_index(pd.DatetimeIndex(stamps, name=None))
+    values = table.drop(columns=[stamps_column]).set_index(pd.DatetimeIndex(stamps, name=None))
     if {str(c).lower() for c in values.columns} == {"variable", "value"}:
         values.columns = [str(c).lower() for c in values.columns]
         values = _pivot_long(values, source)
@@ -74,13 +90,7 @@ def _pivot_long(values: pd.DataFrame, source: str) -> pd.DataFrame:
     if keys.duplicated().any():
         stamp, name = keys[int(np.flatnonzero(keys.duplicated())[0])]
         raise DataError(f"duplicate timestamp {stamp} for variable {name!r}", source=source)
-    if not values.index.is_monotonic_increasing:
-        position = int(np.flatnonzero(np.diff(values.index.asi8) < 0)[0])
-        raise DataError(
-            f"timestamps are not sorted: {values.index[position + 1]} (row {position + 2}) comes "
-            f"after {values.index[position]}; sort the file by time",
-            source=source,
-        )
+    check_sorted(values.index, source)
     return values.pivot(columns="variable", values="value").rename_axis(columns=None)
 
 
@@ -94,7 +104,7 @@ def combine_panels(panels: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
             if len(both):
                 raise DataError(
                     f"{owner[column]} and {name} both hold variable {column!r} at {both[0]}",
-                    source=str(Path(name).parent),
+                    source=name.rpartition("/")[0] or ".",
                 )
         combined = combined.combine_first(panel)
         owner.update({c: name for c in panel.columns if c not in owner})
@@ -114,6 +124,8 @@ class FileSource(InMemorySource):
                 raise DataError("the folder holds no .csv or .parquet files", source=uri)
         else:
             files = [path]
-        panels = [(str(f), panel_from_table(read_table(f, file_format(f, input_format)), str(f)))
-                  for f in files]
+        panels = [
+            (str(f), panel_from_table(read_table(f, file_format(f, input_format), str(f)), str(f)))
+            for f in files
+        ]
         super().__init__(uri, combine_panels(panels))

@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from contextlib import closing, nullcontext
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
 from recursive_training import features as feats
+from recursive_training.checkpoint import Checkpoint
 from recursive_training.config import TrainingConfig
 from recursive_training.constants import MODEL_RULE
 from recursive_training.data import DataSource, open_source
@@ -84,7 +87,7 @@ class BatchEvaluation:
 
 def load_window(batch: TrainingBatch, config: TrainingConfig) -> FloatArray:
     """The batch's rows (levels, rows x variables), forward-filled up to the limit."""
-    source = open_source(config.input_data, config.input_format)
+    source = open_source(config.input_data, config.input_format, config.s3_settings)
     frame = source.load(batch.variables, batch.window_first, batch.window_last)
     expected = batch.window_rows[1] - batch.window_rows[0]
     if len(frame) != expected:
@@ -100,7 +103,7 @@ def load_window(batch: TrainingBatch, config: TrainingConfig) -> FloatArray:
 
 
 def _timestamps(batch: TrainingBatch, config: TrainingConfig) -> NDArray[np.datetime64]:
-    stamps = open_source(config.input_data, config.input_format).timestamps()
+    stamps = open_source(config.input_data, config.input_format, config.s3_settings).timestamps()
     return stamps[batch.window_rows[0]:batch.window_rows[1]].to_numpy()
 
 
@@ -159,6 +162,8 @@ def evaluate_batch(batch: TrainingBatch, config: TrainingConfig, coefficients: F
 
 # --- the pipeline (runs in the driver) ---------------------------------------------------
 
+StageResult = TypeVar("StageResult", BatchStatistics, BatchEvaluation)
+
 
 @dataclass
 class TrainingResult:
@@ -187,7 +192,12 @@ class TrainingResult:
     def predictions_frame(self) -> pd.DataFrame:
         """Every walk-forward prediction, sorted by origin then variable."""
         if not self.predictions:
-            return pd.DataFrame(columns=["origin", "realized", "batch_id", "variable", "predicted", "actual"])
+            return pd.DataFrame({
+                "origin": pd.Series(dtype="datetime64[ns]"), "realized": pd.Series(dtype="datetime64[ns]"),
+                "batch_id": pd.Series(dtype="int32"),
+                "variable": pd.Categorical([], categories=self.variables),
+                "predicted": pd.Series(dtype="float64"), "actual": pd.Series(dtype="float64"),
+            })
         frame = pd.concat(self.predictions, ignore_index=True)
         return frame.sort_values(["origin", "variable"], kind="stable", ignore_index=True)
 
@@ -225,14 +235,22 @@ def resolve_range(
 class TrainingPipeline:
     """Runs the stages of a training run on an engine, reporting progress per batch."""
 
-    def __init__(self, progress: ProgressCallback | None = None, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        progress: ProgressCallback | None = None,
+        engine: Engine | None = None,
+        predictions_sink: Callable[[pd.DataFrame], None] | None = None,
+    ) -> None:
         self.progress = progress
         self.engine = engine
+        # Given a sink, each batch's predictions go there as the batch finishes and are not
+        # kept, so the driver's memory does not grow with the history.
+        self.predictions_sink = predictions_sink
 
     def execute(self, config: TrainingConfig, resume_state: TrainingState | None = None) -> TrainingResult:
         """Plan, map, scan, map, reduce; raises a TrainingError subclass on bad input."""
         began = time.perf_counter()
-        source = open_source(config.input_data, config.input_format)
+        source = open_source(config.input_data, config.input_format, config.s3_settings)
         variables = list(config.variables or source.variables())
         source.check_variables(variables)
         rules = parse_rules(config.rules)
@@ -255,18 +273,26 @@ class TrainingPipeline:
         log.info("Planned %d batches of %d days over [%s, %s) for %d variables",
                  len(batches), config.batch_size_days, f"{start:%Y-%m-%d}", f"{end:%Y-%m-%d}", len(variables))
 
-        engine = self.engine or create_engine(config.use_dask, config.max_workers, config.dask_scheduler_address)
-        with engine:
+        engine = self.engine or create_engine(config, batches, began)
+        checkpoint = Checkpoint.for_config(config)
+        with nullcontext(engine) if self.engine else engine:  # close only what we started
             log.info("Running on %s", engine.description)
-            statistics = self._collect(
-                "statistics", engine, compute_batch_statistics, [(b, config) for b in batches]
+            scan = PrefixScan(
+                batches, _initial_prefix(resume_state, start, config, len(features), variables, rules), config
             )
-            initial = _initial_prefix(resume_state, start, config, len(features), variables, rules)
-            models, final = scan_prefix_models(batches, statistics, initial, config)
+            statistics = self._collect(
+                "statistics", engine, compute_batch_statistics, [(b, config) for b in batches],
+                checkpoint,
+                on_result=scan,
+            )
+            assert scan.complete, "every batch's statistics must have been folded"
+            models, final = scan.models, scan.prefix
             evaluations = self._collect(
                 "evaluation", engine, evaluate_batch,
                 [(b, config, models[b.batch_id]) for b in batches
                  if b.batch_id in models and b.eval_rows[0] < b.eval_rows[1]],
+                checkpoint,
+                on_result=self._hand_over_predictions,
             )
         model_hits, model_misses = _model_rule_counts(resume_state, batches, evaluations, end, config)
         entries = rule_entries(rules, variables)
@@ -289,20 +315,44 @@ class TrainingPipeline:
             coefficients=solve_ridge(final.xtx, final.xty, config.ridge_alpha),
             rule_table=rule_table, errors=errors, state=state, resumed_from=config.resume_from,
             engine=engine.description, seconds=time.perf_counter() - began,
-            predictions=[evaluations[k].predictions for k in sorted(evaluations)],
+            predictions=[] if self.predictions_sink else [evaluations[k].predictions for k in sorted(evaluations)],
         )
 
-    def _collect(self, stage: str, engine: Engine, task: object, arguments: Sequence[tuple[object, ...]]) -> dict:  # type: ignore[type-arg]
-        """Run a map stage, keyed by batch id, reporting progress as batches finish."""
-        results = {}
-        total = len(arguments)
+    def _collect(
+        self,
+        stage: str,
+        engine: Engine,
+        task: Callable[..., StageResult],
+        arguments: Sequence[tuple[Any, ...]],
+        checkpoint: Checkpoint | None = None,
+        on_result: Callable[[StageResult], StageResult] | None = None,
+    ) -> dict[int, StageResult]:
+        """Run a map stage, keyed by batch id, reporting progress as batches finish.
+
+        Batches saved in ``checkpoint`` are restored instead of run; new ones are saved there.
+        ``on_result`` sees every result (restored or new) before it is kept.
+        """
+        keep = on_result or (lambda result: result)
+        saved = checkpoint.stage(stage, task, arguments) if checkpoint else None
+        restored = saved.restored.items() if saved else ()
+        results: dict[int, StageResult] = {k: keep(r) for k, r in restored}
         if self.progress:
-            self.progress(stage, 0, total)
-        for done, result in enumerate(engine.map_unordered(task, arguments), start=1):  # type: ignore[arg-type]
-            results[result.batch_id] = result
-            if self.progress:
-                self.progress(stage, done, total)
+            self.progress(stage, len(results), len(arguments))
+        with closing(engine.map_unordered(task, saved.missing if saved else arguments)) as done:
+            for result in done:
+                if saved:
+                    saved.save(result)
+                results[result.batch_id] = keep(result)
+                if self.progress:
+                    self.progress(stage, len(results), len(arguments))
         return results
+
+    def _hand_over_predictions(self, evaluation: BatchEvaluation) -> BatchEvaluation:
+        """Pass a batch's predictions to the sink (if any) and keep the rest."""
+        if self.predictions_sink is None:
+            return evaluation
+        self.predictions_sink(evaluation.predictions)
+        return replace(evaluation, predictions=evaluation.predictions.head(0).copy())  # no view
 
 
 def _require_samples(batches: Sequence[TrainingBatch], source: DataSource, config: TrainingConfig) -> None:
@@ -325,25 +375,40 @@ def _initial_prefix(
     return state.stats.decayed(decay_factor(state.end, start, config.half_life_days))
 
 
-def scan_prefix_models(
-    batches: Sequence[TrainingBatch],
-    statistics: dict[int, BatchStatistics],
-    initial: SufficientStats,
-    config: TrainingConfig,
-) -> tuple[dict[int, FloatArray], SufficientStats]:
-    """Walk-forward models: batch k's model is fitted on samples realized before it starts.
+class PrefixScan:
+    """The walk-forward scan, fed batch statistics in any order as they finish.
 
-    Returns the models of the batches with at least ``min_train_samples`` known samples,
-    and the statistics of everything (referenced at the end of the last batch).
+    Batch k's model is fitted on the samples realized before batch k starts. Statistics
+    are folded into the prefix in batch order as soon as every earlier batch has arrived,
+    and their matrices are dropped then, so the driver holds only the batches still out
+    of order, not one features x features matrix per batch of the history.
     """
-    prefix = initial
-    models: dict[int, FloatArray] = {}
-    for batch in batches:
-        if prefix.n >= config.min_train_samples:
-            models[batch.batch_id] = solve_ridge(prefix.xtx, prefix.xty, config.ridge_alpha)
-        decay = decay_factor(batch.start, batch.end, config.half_life_days)
-        prefix = prefix.decayed(decay) + statistics[batch.batch_id].stats
-    return models, prefix
+
+    def __init__(self, batches: Sequence[TrainingBatch], initial: SufficientStats, config: TrainingConfig) -> None:
+        self.batches = batches
+        self.config = config
+        self.prefix = initial
+        self.models: dict[int, FloatArray] = {}
+        self._position = 0
+        self._waiting: dict[int, SufficientStats] = {}
+        self._threshold = config.evaluation_threshold(len(initial.xtx))
+
+    def __call__(self, result: BatchStatistics) -> BatchStatistics:
+        """Fold what can be folded; keep only the batch's sample count."""
+        self._waiting[result.batch_id] = result.stats
+        while self._position < len(self.batches) and self.batches[self._position].batch_id in self._waiting:
+            batch = self.batches[self._position]
+            if self.prefix.n >= self._threshold:
+                self.models[batch.batch_id] = solve_ridge(self.prefix.xtx, self.prefix.xty, self.config.ridge_alpha)
+            decay = decay_factor(batch.start, batch.end, self.config.half_life_days)
+            self.prefix = self.prefix.decayed(decay) + self._waiting.pop(batch.batch_id)
+            self._position += 1
+        return replace(result, stats=result.stats.count_only())
+
+    @property
+    def complete(self) -> bool:
+        """True once every batch has been folded in."""
+        return self._position == len(self.batches)
 
 
 def _model_rule_counts(

@@ -23,7 +23,12 @@ def pulse_train(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
     env.pop("DASK_SCHEDULER_ADDRESS", None)
     return subprocess.run(
         [sys.executable, "-m", "recursive_training.run_training", *args],
-        capture_output=True, text=True, timeout=300, cwd=cwd, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env=env,
+        check=False,
     )
 
 
@@ -32,13 +37,18 @@ def panel() -> pd.DataFrame:
     """A small valid wide panel."""
     index = pd.bdate_range("2015-01-01", periods=400)
     rng = np.random.default_rng(0)
-    return pd.DataFrame(np.cumsum(rng.standard_normal((400, 2)), axis=0) + 50, index=index,
-                        columns=["spx_close", "us_10y_yield"]).rename_axis("date")
+    return pd.DataFrame(
+        np.cumsum(rng.standard_normal((400, 2)), axis=0) + 50,
+        index=index,
+        columns=["spx_close", "us_10y_yield"],
+    ).rename_axis("date")
 
 
 def test_default_run_writes_results_state_and_predictions(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    done = pulse_train("--output-dir", str(out), "--input-data", SMALL, "--log-dir", str(tmp_path / "logs"))
+    done = pulse_train(
+        "--output-dir", str(out), "--input-data", SMALL, "--log-dir", str(tmp_path / "logs")
+    )
     assert done.returncode == 0, done.stderr
     document = json.loads((out / "results.json").read_text())
     assert document["kind"] == "pulse.dev/TrainingResults" and document["schema_version"] == 1
@@ -54,12 +64,24 @@ def test_runs_as_a_script_a_module_and_a_console_command(tmp_path: Path) -> None
     script = [sys.executable, str(PROJECT / "recursive_training" / "run_training.py"), "--help"]
     command = shutil.which("pulse-train", path=str(Path(sys.executable).parent))
     assert command is not None, "the console script is not installed (pip install -e .)"
-    for argv in (script, [sys.executable, "-m", "recursive_training.run_training", "--help"], [command, "--help"]):
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+    for argv in (
+        script,
+        [sys.executable, "-m", "recursive_training.run_training", "--help"],
+        [command, "--help"],
+    ):
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False
+        )
         assert done.returncode == 0, done.stderr
         assert "--batch-size-days" in done.stdout and "examples:" in done.stdout
-    done = subprocess.run([*script[:2], "--input-data", SMALL, "--output-dir", str(tmp_path / "s")],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
+    done = subprocess.run(
+        [*script[:2], "--input-data", SMALL, "--output-dir", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -78,7 +100,10 @@ def test_refuses_to_overwrite_results_without_the_flag(tmp_path: Path) -> None:
     done = pulse_train("--input-data", SMALL, "--output-dir", str(tmp_path))
     assert done.returncode == 1 and "--overwrite" in done.stderr
     assert (tmp_path / "results.json").read_bytes() == before
-    assert pulse_train("--input-data", SMALL, "--output-dir", str(tmp_path), "--overwrite").returncode == 0
+    assert (
+        pulse_train("--input-data", SMALL, "--output-dir", str(tmp_path), "--overwrite").returncode
+        == 0
+    )
 
 
 def write_csv(path: Path, text: str) -> str:
@@ -88,12 +113,21 @@ def write_csv(path: Path, text: str) -> str:
 
 
 BAD_FILES = {
-    "duplicate": ("date,a\n2020-01-01,1\n2020-01-02,2\n2020-01-02,3\n", "duplicate timestamp 2020-01-02"),
+    "duplicate": (
+        "date,a\n2020-01-01,1\n2020-01-02,2\n2020-01-02,3\n",
+        "duplicate timestamp 2020-01-02",
+    ),
     "unsorted": ("date,a\n2020-01-01,1\n2020-01-03,2\n2020-01-02,3\n", "not sorted"),
-    "non_numeric": ("date,a\n2020-01-01,1\n2020-01-02,abc\n2020-01-03,3\n", "non-numeric value 'abc'"),
+    "non_numeric": (
+        "date,a\n2020-01-01,1\n2020-01-02,abc\n2020-01-03,3\n",
+        "non-numeric value 'abc'",
+    ),
     "bad_date": ("date,a\n2020-01-01,1\nyesterday,2\n", "'yesterday' is not a date"),
     "one_column": ("date\n2020-01-01\n", "only one column"),
-    "long_duplicate": ("timestamp,variable,value\n2020-01-01,a,1\n2020-01-01,a,2\n", "duplicate timestamp"),
+    "long_duplicate": (
+        "timestamp,variable,value\n2020-01-01,a,1\n2020-01-01,a,2\n",
+        "duplicate timestamp",
+    ),
 }
 
 
@@ -110,7 +144,9 @@ def assert_clean_failure(tmp_path: Path, fragments: list[str], *args: str) -> No
     done = pulse_train(*args, "--output-dir", str(out), cwd=tmp_path)
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if "ERROR" in line or line.startswith("error")]
+    errors = [
+        line for line in done.stderr.splitlines() if "ERROR" in line or line.startswith("error")
+    ]
     assert len(errors) == 1, done.stderr
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
@@ -130,8 +166,14 @@ def assert_clean_failure(tmp_path: Path, fragments: list[str], *args: str) -> No
         (["--start-date", "2010-01-01", "--end-date", "2009-01-01"], ["must be before end_date"]),
         (["--start-date", "someday"], ["start_date (--start-date)"]),
         (["--variables", "spx_close,gold"], ["unknown variable 'gold'", "the data has: spx_close"]),
-        (["--start-date", "1990-01-01", "--end-date", "1991-01-01"], ["no rows between 1990-01-01 and 1991-01-01"]),
-        (["--input-data", "builtin:macro", "--batch-size-days", "30"], ["shorter than the spacing", "--batch-size-days 9"]),
+        (
+            ["--start-date", "1990-01-01", "--end-date", "1991-01-01"],
+            ["no rows between 1990-01-01 and 1991-01-01"],
+        ),
+        (
+            ["--input-data", "builtin:macro", "--batch-size-days", "30"],
+            ["shorter than the spacing", "--batch-size-days 9"],
+        ),
         (["--input-data", "missing.csv"], ["missing.csv", "no such file"]),
         (["--input-data", "builtin:nonsense"], ["unknown builtin data set"]),
         (["--input-data", "builtin:synthetic?years=abc"], ["years='abc' is not a number"]),
@@ -140,14 +182,18 @@ def assert_clean_failure(tmp_path: Path, fragments: list[str], *args: str) -> No
         (["--lags", "400", "--end-date", "2001-01-01"], ["holds no complete sample"]),
     ],
 )
-def test_bad_flags_fail_with_a_clear_line(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
+def test_bad_flags_fail_with_a_clear_line(
+    tmp_path: Path, args: list[str], fragments: list[str]
+) -> None:
     assert_clean_failure(tmp_path, fragments, "--input-data", SMALL, *args)
 
 
 def test_bad_config_file_names_the_setting(tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("lags: 3\nbatch_sise_days: 30\n")
-    assert_clean_failure(tmp_path, ["run.yaml", "unknown setting(s) batch_sise_days"], "--config", str(config))
+    assert_clean_failure(
+        tmp_path, ["run.yaml", "unknown setting(s) batch_sise_days"], "--config", str(config)
+    )
     config.write_text("lags: [3\n")
     assert_clean_failure(tmp_path, ["not valid YAML"], "--config", str(config))
 
@@ -155,20 +201,43 @@ def test_bad_config_file_names_the_setting(tmp_path: Path) -> None:
 def test_unreadable_parquet_names_the_file(tmp_path: Path) -> None:
     broken = tmp_path / "prices.parquet"
     broken.write_bytes(b"PAR1 this is not parquet")
-    assert_clean_failure(tmp_path, [str(broken), "cannot read as PARQUET"], "--input-data", str(broken))
+    assert_clean_failure(
+        tmp_path, [str(broken), "cannot read as PARQUET"], "--input-data", str(broken)
+    )
 
 
 def test_resume_state_of_another_layout_is_refused(tmp_path: Path) -> None:
     first = tmp_path / "first"
-    assert pulse_train("--input-data", SMALL, "--output-dir", str(first), "--end-date", "2001-06-01").returncode == 0
-    assert_clean_failure(tmp_path, ["cannot resume", "lags=5", "lags=3"],
-                         "--input-data", SMALL, "--resume-from", str(first / "state.npz"), "--lags", "3")
+    assert (
+        pulse_train(
+            "--input-data", SMALL, "--output-dir", str(first), "--end-date", "2001-06-01"
+        ).returncode
+        == 0
+    )
+    assert_clean_failure(
+        tmp_path,
+        ["cannot resume", "lags=5", "lags=3"],
+        "--input-data",
+        SMALL,
+        "--resume-from",
+        str(first / "state.npz"),
+        "--lags",
+        "3",
+    )
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    assert_clean_failure(tmp_path, ["junk.npz is not a Pulse training state file"],
-                         "--input-data", SMALL, "--resume-from", str(tmp_path / "junk.npz"))
+    assert_clean_failure(
+        tmp_path,
+        ["junk.npz is not a Pulse training state file"],
+        "--input-data",
+        SMALL,
+        "--resume-from",
+        str(tmp_path / "junk.npz"),
+    )
 
 
-def test_wide_long_and_folder_layouts_give_the_same_model(tmp_path: Path, panel: pd.DataFrame) -> None:
+def test_wide_long_and_folder_layouts_give_the_same_model(
+    tmp_path: Path, panel: pd.DataFrame
+) -> None:
     panel.to_csv(tmp_path / "wide.csv")
     long = panel.stack().rename("value").rename_axis(["timestamp", "variable"]).reset_index()
     long.to_parquet(tmp_path / "long.parquet", index=False)
@@ -179,15 +248,32 @@ def test_wide_long_and_folder_layouts_give_the_same_model(tmp_path: Path, panel:
     coefficients = []
     for source in ("wide.csv", "long.parquet", "by_variable"):
         out = tmp_path / f"out-{source}"
-        done = pulse_train("--input-data", str(tmp_path / source), "--output-dir", str(out), "--batch-size-days", "90")
+        done = pulse_train(
+            "--input-data",
+            str(tmp_path / source),
+            "--output-dir",
+            str(out),
+            "--batch-size-days",
+            "90",
+        )
         assert done.returncode == 0, done.stderr
         coefficients.append(json.loads((out / "results.json").read_text())["model"]["coefficients"])
     assert coefficients[0] == coefficients[1] == coefficients[2]
 
 
 def test_macro_data_runs_offline(tmp_path: Path) -> None:
-    done = pulse_train("--input-data", "builtin:macro", "--variables", "realgdp,cpi,unemp",
-                       "--batch-size-days", "1825", "--lags", "2", "--output-dir", str(tmp_path))
+    done = pulse_train(
+        "--input-data",
+        "builtin:macro",
+        "--variables",
+        "realgdp,cpi,unemp",
+        "--batch-size-days",
+        "1825",
+        "--lags",
+        "2",
+        "--output-dir",
+        str(tmp_path),
+    )
     assert done.returncode == 0, done.stderr
     data = json.loads((tmp_path / "results.json").read_text())["data"]
     assert data["start"].startswith("1959-01-01") and data["rows"] == 203

@@ -8,12 +8,20 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "recursive_training").glob("*.py"))
+EXAMPLES = sorted(
+    (Path(__file__).resolve().parents[2] / "examples" / "recursive_training").glob("*.py")
+)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.stem for e in EXAMPLES])
 def test_example_runs(example: Path, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(example)], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path, check=False)
+    done = subprocess.run(
+        [sys.executable, str(example)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "skill" in done.stdout

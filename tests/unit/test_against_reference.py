@@ -30,32 +30,50 @@ def all_levels(result: TrainingResult) -> pd.DataFrame:
 @pytest.mark.parametrize("alpha", [0.0, 0.3])
 @pytest.mark.parametrize("lags,horizon", [(1, 1), (3, 2)])
 def test_final_model_equals_lstsq_on_full_design(alpha: float, lags: int, horizon: int) -> None:
-    result = train(input_data=SMALL, batch_size_days=97, lags=lags, horizon=horizon, ridge_alpha=alpha)
+    result = train(
+        input_data=SMALL, batch_size_days=97, lags=lags, horizon=horizon, ridge_alpha=alpha
+    )
     features, targets, realized = design_frame(all_levels(result), lags, horizon)
     known = (realized >= result.start) & (realized < result.end)
     expected = ridge_lstsq(features[known], targets[known], alpha)
     assert list(features.columns) == result.features
-    np.testing.assert_allclose(result.coefficients, expected, rtol=1e-8, atol=1e-10 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        result.coefficients, expected, rtol=1e-8, atol=1e-10 * np.abs(expected).max()
+    )
 
 
 def test_forgetting_equals_weighted_lstsq() -> None:
-    result = train(input_data=SMALL, batch_size_days=50, lags=2, ridge_alpha=0.1, half_life_days=120)
+    result = train(
+        input_data=SMALL, batch_size_days=50, lags=2, ridge_alpha=0.1, half_life_days=120
+    )
     features, targets, realized = design_frame(all_levels(result), 2, 1)
     known = (realized >= result.start) & (realized < result.end)
     age_days = (result.end - realized[known]).dt.total_seconds().to_numpy() / 86400
     expected = ridge_lstsq(features[known], targets[known], 0.1, weights=0.5 ** (age_days / 120))
-    np.testing.assert_allclose(result.coefficients, expected, rtol=1e-8, atol=1e-10 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        result.coefficients, expected, rtol=1e-8, atol=1e-10 * np.abs(expected).max()
+    )
 
 
 def test_each_walk_forward_prediction_equals_a_refit_on_earlier_samples() -> None:
-    result = train(input_data=SMALL, batch_size_days=180, lags=2, horizon=3, ridge_alpha=0.2,
-                   min_train_samples=40)
+    result = train(
+        input_data=SMALL,
+        batch_size_days=180,
+        lags=2,
+        horizon=3,
+        ridge_alpha=0.2,
+        min_train_samples=40,
+    )
     features, targets, realized = design_frame(all_levels(result), 2, 3)
     predictions = result.predictions_frame()
     evaluated = 0
     for batch in result.batches:
         known = (realized >= result.start) & (realized < batch.start)
-        origins = (features.index >= batch.start) & (features.index < batch.end) & (realized < result.end).to_numpy()
+        origins = (
+            (features.index >= batch.start)
+            & (features.index < batch.end)
+            & (realized < result.end).to_numpy()
+        )
         mine = predictions[predictions["batch_id"] == batch.batch_id]
         if known.sum() < 40:
             assert mine.empty
@@ -82,12 +100,18 @@ def test_metrics_equal_direct_computation_from_predictions() -> None:
         skill = 1 - (error**2).sum() / (group["actual"] ** 2).sum()
         assert metrics["skill_vs_persistence"] == pytest.approx(skill, rel=1e-12)
         agree = np.sign(group["predicted"]) * np.sign(group["actual"])
-        assert metrics["directional_accuracy"] == pytest.approx((agree > 0).sum() / (agree != 0).sum())
+        assert metrics["directional_accuracy"] == pytest.approx(
+            (agree > 0).sum() / (agree != 0).sum()
+        )
 
 
 def test_fixed_rule_counts_equal_direct_counts() -> None:
-    result = train(input_data=SMALL, batch_size_days=75, lags=2,
-                   rules=["momentum(3)", "mean_reversion(4)", "cross(spx_close->gdp_growth)"])
+    result = train(
+        input_data=SMALL,
+        batch_size_days=75,
+        lags=2,
+        rules=["momentum(3)", "mean_reversion(4)", "cross(spx_close->gdp_growth)"],
+    )
     levels = all_levels(result)
     _, targets, realized = design_frame(levels, 2, 1)
     known = (realized >= result.start) & (realized < result.end)
@@ -103,7 +127,10 @@ def test_fixed_rule_counts_equal_direct_counts() -> None:
             agree = call[name] * outcome[name]
             assert table[(rule, name)] == ((agree > 0).sum(), (agree < 0).sum())
     cross = np.sign(levels["spx_close"].diff()).loc[outcome.index] * outcome["gdp_growth"]
-    assert table[("cross(spx_close->gdp_growth)", "gdp_growth")] == ((cross > 0).sum(), (cross < 0).sum())
+    assert table[("cross(spx_close->gdp_growth)", "gdp_growth")] == (
+        (cross > 0).sum(),
+        (cross < 0).sum(),
+    )
 
 
 def test_learning_recovers_the_synthetic_ground_truth_and_beats_persistence() -> None:
@@ -112,11 +139,15 @@ def test_learning_recovers_the_synthetic_ground_truth_and_beats_persistence() ->
     1/sqrt(5200) ~ 0.014; a tolerance of 0.06 in standardized units is > 4 standard errors,
     so the test fails only if learning is wrong, not by chance."""
     spec = SyntheticSpec(n_variables=4, years=20, seed=11)
-    result = train(input_data="builtin:synthetic?n_variables=4&years=20&seed=11", lags=3, ridge_alpha=0.0)
+    result = train(
+        input_data="builtin:synthetic?n_variables=4&years=20&seed=11", lags=3, ridge_alpha=0.0
+    )
     truth = ground_truth(spec, lags=3)
     learned = pd.DataFrame(result.coefficients, index=result.features, columns=result.variables)
     scale = np.array([1.0] + [s for s in _change_scales(result) for _ in range(3)])
-    standardized_error = (learned - truth).to_numpy()[1:] * scale[1:, None] / _change_scales(result)[None, :]
+    standardized_error = (
+        (learned - truth).to_numpy()[1:] * scale[1:, None] / _change_scales(result)[None, :]
+    )
     assert np.abs(standardized_error).max() < 0.06
     overall = result.errors.table(result.variables)
     assert all(m["skill_vs_persistence"] > 0.0 for m in overall.values())  # type: ignore[operator]

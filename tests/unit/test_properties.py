@@ -23,7 +23,9 @@ def random_panel(seed: int, n_variables: int, rows: int, missing: float) -> pd.D
     rng = np.random.default_rng(seed)
     days = np.cumsum(rng.integers(1, 4, rows))
     index = pd.Timestamp("2001-01-01") + pd.to_timedelta(days, unit="D")
-    levels = np.cumsum(rng.standard_normal((rows, n_variables)) * rng.uniform(0.1, 10, n_variables), axis=0)
+    levels = np.cumsum(
+        rng.standard_normal((rows, n_variables)) * rng.uniform(0.1, 10, n_variables), axis=0
+    )
     levels[rng.random(levels.shape) < missing] = np.nan
     return pd.DataFrame(levels, index=index, columns=[f"v{j}" for j in range(n_variables)])
 
@@ -37,8 +39,13 @@ def write(panel: pd.DataFrame) -> str:
 
 def run(path: str, **fields: object) -> TrainingResult:
     """Serial run on the file with small, test-friendly defaults."""
-    settings_ = {"lags": 2, "rules": ["momentum(3)", "mean_reversion(5)", "cross", "model"],
-                 "min_train_samples": 10, "fill_limit": 2, **fields}
+    settings_ = {
+        "lags": 2,
+        "rules": ["momentum(3)", "mean_reversion(5)", "cross", "model"],
+        "min_train_samples": 10,
+        "fill_limit": 2,
+        **fields,
+    }
     return TrainingPipeline().execute(TrainingConfig.build(input_data=path, **settings_))
 
 
@@ -52,8 +59,11 @@ panels = st.builds(
 
 
 @EXAMPLES
-@given(panel=panels, sizes=st.lists(st.integers(2, 400), min_size=2, max_size=3, unique=True),
-       half_life=st.sampled_from([None, 45.0]))
+@given(
+    panel=panels,
+    sizes=st.lists(st.integers(2, 400), min_size=2, max_size=3, unique=True),
+    half_life=st.sampled_from([None, 45.0]),
+)
 def test_final_model_and_rule_trust_do_not_depend_on_batch_size(
     panel: pd.DataFrame, sizes: list[int], half_life: float | None
 ) -> None:
@@ -62,8 +72,12 @@ def test_final_model_and_rule_trust_do_not_depend_on_batch_size(
     first = runs[0]
     for other in runs[1:]:
         np.testing.assert_allclose(other.coefficients, first.coefficients, rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(other.state.stats.rule_hits, first.state.stats.rule_hits, rtol=1e-9)
-        np.testing.assert_allclose(other.state.stats.rule_misses, first.state.stats.rule_misses, rtol=1e-9)
+        np.testing.assert_allclose(
+            other.state.stats.rule_hits, first.state.stats.rule_hits, rtol=1e-9
+        )
+        np.testing.assert_allclose(
+            other.state.stats.rule_misses, first.state.stats.rule_misses, rtol=1e-9
+        )
         assert other.state.stats.n == first.state.stats.n
 
 
@@ -74,7 +88,9 @@ def test_changing_the_future_changes_no_earlier_prediction(
 ) -> None:
     cutoff = panel.index[int(len(panel) * cut)]
     future = panel.copy()
-    future.loc[future.index >= cutoff] += 1000.0 * np.sign(np.sin(np.arange((future.index >= cutoff).sum())))[:, None]
+    future.loc[future.index >= cutoff] += (
+        1000.0 * np.sign(np.sin(np.arange((future.index >= cutoff).sum())))[:, None]
+    )
     before = run(write(panel), batch_size_days=size, horizon=horizon).predictions_frame()
     after = run(write(future), batch_size_days=size, horizon=horizon).predictions_frame()
     # A prediction made at origin t may use everything known at t, so "no look-ahead" is:
@@ -85,8 +101,12 @@ def test_changing_the_future_changes_no_earlier_prediction(
 
 
 @EXAMPLES
-@given(panel=panels, size=st.integers(5, 120), split=st.floats(0.2, 0.8),
-       half_life=st.sampled_from([None, 30.0]))
+@given(
+    panel=panels,
+    size=st.integers(5, 120),
+    split=st.floats(0.2, 0.8),
+    half_life=st.sampled_from([None, 30.0]),
+)
 def test_resuming_from_state_equals_one_long_run(
     panel: pd.DataFrame, size: int, split: float, half_life: float | None
 ) -> None:
@@ -97,9 +117,17 @@ def test_resuming_from_state_equals_one_long_run(
     first = run(path, batch_size_days=size, half_life_days=half_life, end_date=middle)
     state = TrainingState.from_bytes(first.state.to_bytes(), "memory")
     second = TrainingPipeline().execute(
-        TrainingConfig.build(input_data=path, lags=2, rules=["momentum(3)", "mean_reversion(5)", "cross", "model"],
-                             min_train_samples=10, fill_limit=2, batch_size_days=size,
-                             half_life_days=half_life, end_date=end, resume_from="memory"),
+        TrainingConfig.build(
+            input_data=path,
+            lags=2,
+            rules=["momentum(3)", "mean_reversion(5)", "cross", "model"],
+            min_train_samples=10,
+            fill_limit=2,
+            batch_size_days=size,
+            half_life_days=half_life,
+            end_date=end,
+            resume_from="memory",
+        ),
         state,
     )
     assert second.start == middle

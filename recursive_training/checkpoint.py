@@ -1,0 +1,177 @@
+"""Checkpoints of finished batches, so that a restarted run skips what it already computed.
+
+A map-stage result is a pure function of its task's arguments: the batch, the config and,
+for the evaluation, the batch's walk-forward model. So each result is saved under a key
+hashed from the config's ``training_fingerprint()``, the batch plan (id, dates, rows,
+variables) and the bytes of any array argument; a changed config, plan or model gives a
+new key and never reuses stale numbers. Each result is one ``.npz`` of plain arrays
+(loaded with ``allow_pickle=False``), written atomically, in a local folder or under an
+``s3://`` prefix::
+
+    DIR/<stage>/batch-<id>-<key>.npz
+
+Results are dataclasses of numbers, strings, arrays, nested dataclasses and DataFrames;
+they are flattened to named arrays and rebuilt from the dataclass's type hints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import typing
+import zipfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from recursive_training import storage
+from recursive_training.config import TrainingConfig
+from recursive_training.exceptions import StateError
+from recursive_training.parallel_trainer import TrainingBatch
+from recursive_training.s3 import S3Settings
+
+log = logging.getLogger(__name__)
+Arrays = dict[str, NDArray[Any]]
+SCALARS: tuple[type, ...] = (bool, int, float, str)
+
+
+class Checkpoint:
+    """The checkpoint folder of runs with one training fingerprint."""
+
+    def __init__(self, directory: str, fingerprint: str, settings: S3Settings) -> None:
+        self.directory = directory
+        self.fingerprint = fingerprint
+        self.settings = settings
+
+    @classmethod
+    def for_config(cls, config: TrainingConfig) -> Checkpoint | None:
+        """The checkpoint the config asks for (``checkpoint_dir``), or None."""
+        if config.checkpoint_dir is None:
+            return None
+        return cls(config.checkpoint_dir, config.training_fingerprint(), config.s3_settings)
+
+    def stage(
+        self, stage: str, task: Callable[..., Any], arguments: Sequence[tuple[Any, ...]]
+    ) -> StageCheckpoint:
+        """The checkpoint of one map stage: its saved results are loaded now."""
+        return StageCheckpoint(self, stage, typing.get_type_hints(task)["return"], arguments)
+
+    def location(self, stage: str, arguments: tuple[Any, ...]) -> str:
+        """Where the result of ``task(*arguments)`` is saved."""
+        digest = hashlib.sha256(self.fingerprint.encode())
+        for argument in arguments:
+            if isinstance(argument, np.ndarray):
+                digest.update(f"{argument.dtype}{argument.shape}".encode())
+                digest.update(np.ascontiguousarray(argument).tobytes())
+            elif not isinstance(argument, TrainingConfig):  # the fingerprint stands for it
+                digest.update(repr(argument).encode())
+        batch = _batch_of(arguments)
+        name = f"batch-{batch.batch_id:05d}-{digest.hexdigest()[:16]}.npz"
+        return storage.join(storage.join(self.directory, stage), name)
+
+
+class StageCheckpoint:
+    """Saved results of one stage: ``restored`` by batch id, ``missing`` argument tuples."""
+
+    def __init__(
+        self, checkpoint: Checkpoint, stage: str, kind: type, arguments: Sequence[tuple[Any, ...]]
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.stage = stage
+        self.kind = kind
+        self.arguments = {_batch_of(args).batch_id: args for args in arguments}
+        self.restored: dict[int, Any] = {}
+        for batch_id, args in self.arguments.items():
+            result = self._load(checkpoint.location(stage, args))
+            if result is not None:
+                self.restored[batch_id] = result
+        self.missing = [args for k, args in self.arguments.items() if k not in self.restored]
+        if self.restored:
+            log.info(
+                "Stage %s: %d of %d batches restored from checkpoint %s",
+                stage, len(self.restored), len(self.arguments), checkpoint.directory,
+            )
+
+    def save(self, result: Any) -> None:
+        """Save a finished batch's result (atomically)."""
+        location = self.checkpoint.location(self.stage, self.arguments[result.batch_id])
+        buffer = io.BytesIO()
+        np.savez(buffer, allow_pickle=False, **flatten(result))
+        storage.write_bytes(location, buffer.getvalue(), self.checkpoint.settings)
+
+    def _load(self, location: str) -> Any | None:
+        """The result saved at ``location``; None when absent or unreadable (then recomputed)."""
+        settings = self.checkpoint.settings
+        if not storage.exists(location, settings):
+            return None
+        try:
+            data = storage.read_bytes(location, settings)
+            with np.load(io.BytesIO(data), allow_pickle=False) as saved:
+                return rebuild(self.kind, dict(saved.items()))
+        except (StateError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+            log.warning("Ignoring unreadable checkpoint %s (%s); recomputing it", location, e)
+            return None
+
+
+def _batch_of(arguments: tuple[Any, ...]) -> TrainingBatch:
+    """The batch a task's arguments are about (its first TrainingBatch)."""
+    return next(a for a in arguments if isinstance(a, TrainingBatch))
+
+
+def flatten(value: Any, prefix: str = "") -> Arrays:
+    """A dataclass result as named plain arrays (``stats.xtx``, ``predictions.origin``, ...)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        arrays: Arrays = {}
+        for item in dataclasses.fields(value):
+            arrays |= flatten(getattr(value, item.name), f"{prefix}{item.name}.")
+        return arrays
+    if isinstance(value, pd.DataFrame):
+        return _flatten_frame(value, prefix)
+    array = np.asarray(value)
+    if array.dtype == object:
+        raise TypeError(f"checkpoint field {prefix.rstrip('.')} is not a plain array")
+    return {prefix.rstrip("."): array}
+
+
+def _flatten_frame(frame: pd.DataFrame, prefix: str) -> Arrays:
+    """A DataFrame as its column names plus one array per column (categoricals as codes)."""
+    arrays: Arrays = {f"{prefix}columns": np.asarray([str(c) for c in frame.columns])}
+    for column in frame.columns:
+        series = frame[column]
+        if isinstance(series.dtype, pd.CategoricalDtype):
+            arrays[f"{prefix}{column}.codes"] = series.cat.codes.to_numpy()
+            arrays[f"{prefix}{column}.categories"] = np.asarray(
+                [str(c) for c in series.cat.categories]
+            )
+        else:
+            arrays |= flatten(series.to_numpy(), f"{prefix}{column}.")
+    return arrays
+
+
+def rebuild(kind: Any, arrays: Arrays, prefix: str = "") -> Any:
+    """The inverse of ``flatten``, guided by the type hints of the dataclass ``kind``."""
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        values = {
+            item.name: rebuild(hints[item.name], arrays, f"{prefix}{item.name}.")
+            for item in dataclasses.fields(kind)
+        }
+        return kind(**values)
+    if kind is pd.DataFrame:
+        columns = [str(c) for c in arrays[f"{prefix}columns"]]
+        return pd.DataFrame({c: _column(arrays, f"{prefix}{c}") for c in columns})
+    value = arrays[prefix.rstrip(".")]
+    return kind(value.item()) if kind in SCALARS else value
+
+
+def _column(arrays: Arrays, name: str) -> Any:
+    """One DataFrame column: a plain array or a categorical rebuilt from codes."""
+    if f"{name}.codes" in arrays:
+        categories = [str(c) for c in arrays[f"{name}.categories"]]
+        return pd.Categorical.from_codes(arrays[f"{name}.codes"], categories=pd.Index(categories))
+    return arrays[name]

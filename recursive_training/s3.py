@@ -1,0 +1,273 @@
+"""S3 access for data, results and state: URIs, one client factory, and error translation.
+
+Credentials come only from boto3's default chain (environment, shared profile, web
+identity / IRSA, instance metadata); nothing here reads or logs them. The endpoint and
+region come from the run's config, else from boto3's own environment handling
+(``AWS_ENDPOINT_URL``, ``AWS_REGION``), so MinIO, R2 and other S3-compatible stores work.
+Every call retries a bounded number of times with backoff and connect/read timeouts, so an
+unreachable endpoint fails with a clear error instead of hanging. Botocore errors become
+the package's own errors (``DataError``, ``OutputError``, ``StateError``) naming the bucket,
+the key and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final
+
+import boto3
+from botocore import exceptions as botocore_errors
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
+
+from recursive_training.exceptions import OutputError, TrainingError
+
+SCHEME: Final = "s3://"
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+_MISSING_KEY_CODES: Final = frozenset({"NoSuchKey", "404", "NotFound"})
+_DENIED_CODES: Final = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled"})
+_CREDENTIAL_HINTS: Final = {
+    "InvalidAccessKeyId": "the access key id is not known to the server",
+    "SignatureDoesNotMatch": "the secret access key does not match the access key id",
+    "ExpiredToken": "the session token has expired",
+    "InvalidToken": "the session token is invalid",
+    "TokenRefreshRequired": "the session token has expired",
+}
+_CREDENTIAL_FIX: Final = (
+    "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the pod's IRSA role, "
+    "and that --s3-endpoint-url points at the store those credentials belong to"
+)
+
+
+def is_s3_uri(location: str) -> bool:
+    """True when ``location`` names an S3 object or prefix."""
+    return location.startswith(SCHEME)
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """A bucket and a key (or key prefix) parsed from ``s3://bucket/key``."""
+
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Location:
+        """Split ``s3://bucket/key``; ValueError saying what is wrong with a bad URI."""
+        if not is_s3_uri(uri):
+            raise ValueError(f"{uri!r} is not an S3 URI; expected s3://bucket/key")
+        bucket, _, key = uri.removeprefix(SCHEME).partition("/")
+        if not _BUCKET_NAME.match(bucket) or ".." in bucket:
+            raise ValueError(
+                f"{uri!r} does not start with a valid bucket name ({bucket!r}): 3-63 lowercase "
+                "letters, digits, dots or hyphens"
+            )
+        return cls(bucket, key)
+
+    def child(self, name: str) -> S3Location:
+        """The object ``name`` inside this location taken as a folder."""
+        return S3Location(self.bucket, f"{self.key.rstrip('/')}/{name}" if self.key else name)
+
+    def __str__(self) -> str:
+        return f"{SCHEME}{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where and how to talk to S3; hashable so clients and sources can be cached on it."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    max_attempts: int = 4
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+    def describe_endpoint(self) -> str:
+        """The endpoint a client built from these settings talks to, for messages."""
+        configured = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+        return configured or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+
+
+def client(settings: S3Settings) -> Any:
+    """A boto3 S3 client for ``settings`` (one per process; clients are thread-safe)."""
+    return _client(settings, os.getpid())
+
+
+@lru_cache(maxsize=8)
+def _client(settings: S3Settings, pid: int) -> Any:
+    """Build the client; ``pid`` in the key keeps a forked worker from reusing the parent's."""
+    config = Config(
+        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        region_name=settings.region,
+    )
+    return boto3.session.Session().client("s3", endpoint_url=settings.endpoint_url, config=config)
+
+
+def describe_error(
+    error: Exception, location: S3Location, action: str, settings: S3Settings
+) -> str:
+    """One line saying what went wrong talking to S3 about ``location`` and what to do."""
+    where = str(location)
+    if isinstance(error, ClientError):
+        details = error.response.get("Error", {})
+        code = str(details.get("Code", ""))
+        if code == "NoSuchBucket":
+            return (
+                f"cannot {action} {where}: bucket {location.bucket!r} does not exist at "
+                f"{settings.describe_endpoint()}; check the bucket name, --s3-endpoint-url "
+                "and --s3-region"
+            )
+        if code in _MISSING_KEY_CODES:
+            return (
+                f"cannot {action} {where}: no such object; check the key (S3 keys are "
+                "case-sensitive)"
+            )
+        if code in _CREDENTIAL_HINTS:
+            return f"cannot {action} {where}: {_CREDENTIAL_HINTS[code]} ({code}); {_CREDENTIAL_FIX}"
+        if code in _DENIED_CODES:
+            return (
+                f"cannot {action} {where}: access denied; the credentials from the AWS chain lack "
+                "permission for it (s3:GetObject, s3:PutObject, s3:DeleteObject, s3:ListBucket)"
+            )
+        if code == "PreconditionFailed":
+            return f"cannot {action} {where}: the object changed while this run was reading it"
+        message = details.get("Message") or error
+        return f"cannot {action} {where}: {code or 'error'}: {message}"
+    if isinstance(error, NoCredentialsError):
+        return (
+            f"cannot {action} {where}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an IRSA service account"
+        )
+    if isinstance(error, PartialCredentialsError | ProfileNotFound):
+        return (
+            f"cannot {action} {where}: incomplete AWS credential settings ({error}); "
+            f"{_CREDENTIAL_FIX}"
+        )
+    if isinstance(error, botocore_errors.ConnectionError | HTTPClientError):
+        return (
+            f"cannot {action} {where}: S3 endpoint {settings.describe_endpoint()} is unreachable "
+            f"or dropped the connection, {settings.max_attempts} attempts made "
+            f"({type(error).__name__}); check --s3-endpoint-url, the network and the server"
+        )
+    return f"cannot {action} {where}: {error}"
+
+
+@contextmanager
+def translated(
+    kind: type[TrainingError], location: S3Location, action: str, settings: S3Settings
+) -> Iterator[None]:
+    """Re-raise botocore errors inside the block as ``kind`` with ``describe_error``'s line."""
+    try:
+        yield
+    except (ClientError, BotoCoreError) as e:
+        raise kind(describe_error(e, location, action, settings)) from e
+
+
+@dataclass(frozen=True)
+class S3Object:
+    """One listed object: where it is, how big, and which version (ETag) was listed."""
+
+    location: S3Location
+    size: int
+    etag: str
+
+
+def find(location: S3Location, settings: S3Settings, kind: type[TrainingError]) -> S3Object | None:
+    """The object with exactly this key, or None; a missing bucket is an error, not None.
+
+    A one-key listing, not a HEAD: HEAD cannot tell a missing bucket from a missing key.
+    """
+    if not location.key:
+        return None
+    with translated(kind, location, "look up", settings):
+        listed = client(settings).list_objects_v2(
+            Bucket=location.bucket, Prefix=location.key, MaxKeys=1
+        )
+    return next(
+        (S3Object(location, int(item["Size"]), item["ETag"])
+         for item in listed.get("Contents", []) if item["Key"] == location.key),
+        None,
+    )
+
+
+def exists(location: S3Location, settings: S3Settings, kind: type[TrainingError]) -> bool:
+    """True when an object has exactly this key; a missing bucket is an error, not False."""
+    return find(location, settings, kind) is not None
+
+
+def list_folder(
+    location: S3Location, settings: S3Settings, kind: type[TrainingError]
+) -> list[S3Object]:
+    """The objects directly under ``location`` taken as a folder (not in sub-folders)."""
+    prefix = f"{location.key.rstrip('/')}/" if location.key.strip("/") else ""
+    objects = []
+    with translated(kind, location, "list", settings):
+        pages = client(settings).get_paginator("list_objects_v2").paginate(
+            Bucket=location.bucket, Prefix=prefix, Delimiter="/"
+        )
+        for page in pages:
+            objects += [
+                S3Object(S3Location(location.bucket, item["Key"]), int(item["Size"]), item["ETag"])
+                for item in page.get("Contents", [])
+            ]
+    return objects
+
+
+def get_bytes(
+    location: S3Location,
+    settings: S3Settings,
+    kind: type[TrainingError],
+    *,
+    etag: str | None = None,
+    byte_range: tuple[int, int] | None = None,
+    action: str = "read",
+) -> bytes:
+    """An object's bytes (or bytes ``first..last`` inclusive), only if it is still ``etag``."""
+    arguments: dict[str, str] = {"Bucket": location.bucket, "Key": location.key}
+    if etag is not None:
+        arguments["IfMatch"] = etag
+    if byte_range is not None:
+        arguments["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
+    with translated(kind, location, action, settings):
+        body = client(settings).get_object(**arguments)["Body"]
+        try:
+            return bytes(body.read())
+        finally:
+            body.close()
+
+
+def put_bytes(
+    location: S3Location,
+    data: bytes,
+    settings: S3Settings,
+    *,
+    content_type: str,
+    metadata: dict[str, str],
+) -> None:
+    """Store ``data`` in one PUT: S3 makes it visible whole or not at all."""
+    with translated(OutputError, location, "write", settings):
+        client(settings).put_object(
+            Bucket=location.bucket, Key=location.key, Body=data,
+            ContentType=content_type, Metadata=metadata,
+        )
+
+
+def delete(location: S3Location, settings: S3Settings) -> None:
+    """Remove the object (no error when it is already gone)."""
+    with translated(OutputError, location, "delete", settings):
+        client(settings).delete_object(Bucket=location.bucket, Key=location.key)

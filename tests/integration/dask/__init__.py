@@ -1,0 +1,1 @@
+"""Integration tests of the remote Dask engine against real scheduler and worker processes."""

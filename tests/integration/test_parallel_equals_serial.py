@@ -1,0 +1,73 @@
+"""Parallel equals serial: the same run on local Dask clusters of 1 and 2 worker processes
+gives the serial engine's model, rule counts and metrics to 1e-9 relative."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recursive_training.config import TrainingConfig
+from recursive_training.parallel_trainer import DaskEngine
+from recursive_training.stages import TrainingPipeline, TrainingResult
+from tests.unit.test_properties import panels, write
+
+pytestmark = [
+    pytest.mark.timeout(900),
+    # The in-process Dask scheduler draws from the global `random` in its own thread while
+    # hypothesis generates data; our strategies never use `random`, so the examples stay
+    # reproducible and the warning does not apply.
+    pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def clusters() -> Iterator[dict[int, DaskEngine]]:
+    """Local Dask clusters with 1 and 2 single-threaded worker processes."""
+    engines = {n: DaskEngine.local(n) for n in (1, 2)}
+    yield engines
+    for engine in engines.values():
+        engine.close()
+
+
+def assert_same(parallel: TrainingResult, serial: TrainingResult) -> None:
+    """Every learned and measured number agrees to 1e-9 relative."""
+    np.testing.assert_allclose(parallel.coefficients, serial.coefficients, rtol=1e-9, atol=1e-12)
+    for a, b in zip(parallel.rule_table, serial.rule_table, strict=True):
+        assert a[:2] == b[:2]
+        np.testing.assert_allclose(a[2:], b[2:], rtol=1e-9)
+    mine, theirs = parallel.errors.table(parallel.variables), serial.errors.table(serial.variables)
+    for name, metrics in theirs.items():
+        for key, value in metrics.items():
+            assert mine[name][key] == (value if value is None else pytest.approx(value, rel=1e-9))
+    assert parallel.predictions_frame().equals(serial.predictions_frame())
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    panel=panels,
+    size=st.integers(3, 200),
+    workers=st.sampled_from([1, 2]),
+    half_life=st.sampled_from([None, 60.0]),
+)
+def test_dask_engine_equals_serial_engine(
+    clusters: dict[int, DaskEngine], panel: object, size: int, workers: int, half_life: float | None
+) -> None:
+    config = TrainingConfig.build(
+        input_data=write(panel),
+        batch_size_days=size,
+        lags=2,
+        half_life_days=half_life,
+        rules=["momentum(3)", "mean_reversion(5)", "cross", "model"],
+        min_train_samples=10,
+    )
+    serial = TrainingPipeline().execute(config)
+    parallel = TrainingPipeline(engine=clusters[workers]).execute(config)
+    assert_same(parallel, serial)
