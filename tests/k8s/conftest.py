@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -90,7 +91,121 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach the tails of the control-plane logs to the report of a failed test that used it."""
     report = yield
-    plane = getattr(item, "funcargs", {}).get("control_plane")
+    funcargs = getattr(item, "funcargs", {})
+    plane = funcargs.get("control_plane")
     if report.failed and isinstance(plane, ControlPlane):
         report.sections.append(("control plane logs", plane.log_tails()))
+    for name in ("pulse_operator", "dask_controller"):
+        process = funcargs.get(name)
+        if report.failed and isinstance(process, OperatorProcess):
+            report.sections.append((f"{name} log", process.log_tail()))
     return report
+
+
+@pytest.fixture(scope="session")
+def pulse_install(control_plane: ControlPlane) -> ControlPlane:
+    """The control plane with everything manifests/base installs except the Deployments."""
+    from trainingrun_operator.manifests import build_install
+
+    install = build_install()
+    for file in ("crd.yaml", "dask-crds.yaml", "namespace.yaml", "rbac.yaml"):
+        for manifest in install[file]:
+            control_plane.apply(manifest)
+    crds = [*install["crd.yaml"], *install["dask-crds.yaml"]]
+    names = [f"crd/{crd['metadata']['name']}" for crd in crds]
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    return control_plane
+
+
+class OperatorProcess:
+    """A controller process (ours or dask-kubernetes') run under a ServiceAccount kubeconfig."""
+
+    def __init__(
+        self, name: str, args: list[str], kubeconfig: Path, log_dir: Path, liveness_url: str = ""
+    ) -> None:
+        """Prepare; nothing runs until start()."""
+        self.name = name
+        self.liveness_url = liveness_url
+        self.args = args
+        self.kubeconfig = kubeconfig
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        """Start the process with only the ServiceAccount's credentials."""
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.args, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the process by its own PID; SIGKILL when `kill`, as a crash would."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the process's log."""
+        if not self.log_path.is_file():
+            return ""
+        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return f"--- {self.log_path} ---\n" + "\n".join(tail)
+
+
+def _python() -> str:
+    """The interpreter running the tests (the project venv)."""
+    return sys.executable
+
+
+@pytest.fixture(scope="session")
+def dask_controller(
+    pulse_install: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The real dask-kubernetes controller, under the RBAC manifests/base grants it."""
+    from trainingrun_operator.constants import DASK_CONTROLLER_NAME, DEFAULT_NAMESPACE
+
+    if not pulse_install.has_controller_manager:
+        unavailable(
+            "no kube-controller-manager: the Dask controller tests need its GC and Job controller"
+        )
+    kubeconfig = pulse_install.kubeconfig_for_service_account(
+        DEFAULT_NAMESPACE, DASK_CONTROLLER_NAME
+    )
+    args = [
+        _python(), "-m", "kopf", "run", "--standalone", "--all-namespaces",
+        "-m", "dask_kubernetes.operator.controller",
+    ]  # fmt: skip
+    process = OperatorProcess("dask-controller", args, kubeconfig, tmp_path_factory.mktemp("dask"))
+    yield process.start()
+    process.stop()
+
+
+@pytest.fixture
+def pulse_operator(
+    pulse_install: ControlPlane, dask_controller: OperatorProcess, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The TrainingRun operator watching the test's namespace (started; restartable)."""
+    from trainingrun_operator.constants import DEFAULT_NAMESPACE, OPERATOR_NAME
+
+    from .controlplane import free_port
+
+    kubeconfig = pulse_install.kubeconfig_for_service_account(DEFAULT_NAMESPACE, OPERATOR_NAME)
+    liveness = f"http://127.0.0.1:{free_port()}/healthz"
+    args = [
+        _python(), "-m", "trainingrun_operator.main", f"--namespace={namespace}",
+        "--resync-seconds=1", "--log-level=DEBUG", f"--liveness-endpoint={liveness}",
+    ]  # fmt: skip
+    process = OperatorProcess("pulse-operator", args, kubeconfig, tmp_path, liveness)
+    yield process.start()
+    process.stop()

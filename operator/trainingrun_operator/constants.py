@@ -1,0 +1,56 @@
+"""Names shared by the builders, the reconcile loop and the driver: one place, all Final."""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "pulse.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "TrainingRun"
+PLURAL: Final = "trainingruns"
+SINGULAR: Final = "trainingrun"
+SHORT_NAME: Final = "tr"
+CRD_NAME: Final = f"{PLURAL}.{GROUP}"
+
+LABEL_PREFIX: Final = "pulse.dev/"
+LABEL_RUN: Final = f"{LABEL_PREFIX}trainingrun"
+LABEL_COMPONENT: Final = f"{LABEL_PREFIX}component"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGER: Final = "pulse-operator"
+
+DASK_GROUP: Final = "kubernetes.dask.org"
+DASK_VERSION: Final = "v1"
+DASK_API_VERSION: Final = f"{DASK_GROUP}/{DASK_VERSION}"
+
+DEFAULT_IMAGE: Final = "pulse-recursive-training:0.1.0"
+DEFAULT_NAMESPACE: Final = "pulse-system"
+OPERATOR_NAME: Final = "pulse-operator"
+DRIVER_ROLE_NAME: Final = "pulse-trainingrun-driver"
+DRIVER_SERVICE_ACCOUNT: Final = "pulse-trainingrun-driver"
+DASK_CONTROLLER_NAME: Final = "dask-kubernetes-operator"
+
+SCHEDULER_PORT: Final = 8786
+DASHBOARD_PORT: Final = 8787
+# Non-root user of the project image (see the Dockerfile).
+RUN_AS_USER: Final = 10001
+
+# Phases of status.phase, in the order a run normally passes them.
+PENDING: Final = "Pending"
+PROVISIONING: Final = "Provisioning"
+RUNNING: Final = "Running"
+SUSPENDED: Final = "Suspended"
+SUCCEEDED: Final = "Succeeded"
+FAILED: Final = "Failed"
+FINISHED_PHASES: Final = frozenset({SUCCEEDED, FAILED})
+
+# Condition types of status.conditions.
+CONDITION_READY: Final = "WorkloadReady"
+CONDITION_RUNNING: Final = "Running"
+CONDITION_SUSPENDED: Final = "Suspended"
+CONDITION_COMPLETE: Final = "Complete"
+CONDITION_FAILED: Final = "Failed"
+
+# Environment of the driver container: where it reports to.
+ENV_RUN_NAME: Final = "PULSE_TRAININGRUN_NAME"
+ENV_RUN_NAMESPACE: Final = "PULSE_TRAININGRUN_NAMESPACE"

@@ -1,0 +1,331 @@
+"""The TrainingRun CustomResourceDefinition, built in Python: the one source of its schema.
+
+``build_crd()`` returns the manifest that ``hack/generate_manifests.py`` renders to
+``manifests/base/`` (a test fails when the two drift). Validation a user can get wrong
+lives here, so ``kubectl apply`` rejects a bad run before the operator sees it: OpenAPI
+types, defaults and bounds, and CEL rules for what types cannot say (date order, known
+rule names, fields that cannot change once a run started).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from trainingrun_operator.constants import CRD_NAME, GROUP, KIND, PLURAL, SHORT_NAME, SINGULAR
+from trainingrun_operator.constants import VERSION as API_VERSION_NAME
+
+Schema = dict[str, Any]
+
+DATE_PATTERN: Final = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+# The rule grammar of recursive_training.rules.parse_rule, as one RE2 expression for CEL.
+RULE_PATTERN: Final = (
+    r"^(momentum\([1-9][0-9]*\)|mean_reversion\([1-9][0-9]*\)|cross|model"
+    r"|cross\(\s*[^()\s>-][^()>]*?\s*->\s*[^()\s][^()]*?\s*\))$"
+)
+RULE_MESSAGE: Final = (
+    "unknown rule; known rules: momentum(W), mean_reversion(W), cross, cross(U->V), model"
+)
+# Changing these mid-run would mix two different trainings in one checkpoint and result.
+IMMUTABLE_FIELDS: Final = (
+    "variables", "startDate", "endDate", "batchSizeDays", "horizon", "lags", "ridgeAlpha",
+    "halfLifeDays", "rules", "data", "output", "resumeFrom",
+)  # fmt: skip
+
+
+def _string(description: str, **extra: Any) -> Schema:
+    """A string property."""
+    return {"type": "string", "description": description, **extra}
+
+
+def _integer(description: str, minimum: int, **extra: Any) -> Schema:
+    """An integer property with a lower bound."""
+    return {
+        "type": "integer",
+        "format": "int32",
+        "minimum": minimum,
+        "description": description,
+        **extra,
+    }
+
+
+def _free_object(description: str) -> Schema:
+    """An object Kubernetes checks itself once it is in a pod spec (resources, tolerations)."""
+    return {
+        "type": "object",
+        "description": description,
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
+
+
+def _immutable(schema: Schema, name: str) -> Schema:
+    """Add a transition rule that forbids changing `name` once set."""
+    rule = {"rule": "self == oldSelf", "message": f"{name} is immutable once the run exists"}
+    return {
+        **schema,
+        "x-kubernetes-validations": [*schema.get("x-kubernetes-validations", []), rule],
+    }
+
+
+def _data_schema() -> Schema:
+    """spec.data: where the time series come from."""
+    return {
+        "type": "object",
+        "description": "Input data: builtin:synthetic, builtin:macro, a path or s3:// URI.",
+        "properties": {
+            "uri": _string("Data source URI.", default="builtin:synthetic", minLength=1),
+            "format": _string("File format.", enum=["auto", "csv", "parquet"], default="auto"),
+            "credentialsSecret": _string(
+                "Secret whose AWS_* keys are given to the pods (envFrom) to read the data."
+            ),
+            "endpoint": _string("S3-compatible endpoint URL (MinIO, Ceph).", pattern="^https?://"),
+        },
+    }
+
+
+def _output_schema() -> Schema:
+    """spec.output: where results, state and checkpoints go."""
+    return {
+        "type": "object",
+        "description": "Where the results document, the state and the checkpoints are written.",
+        "required": ["uri"],
+        "properties": {
+            "uri": _string(
+                "Output folder: a path on a mounted volume or s3://bucket/prefix.", minLength=1
+            ),
+            "credentialsSecret": _string("Secret whose AWS_* keys are used to write the output."),
+        },
+    }
+
+
+def _dask_schema() -> Schema:
+    """spec.dask: the ephemeral Dask cluster."""
+    return {
+        "type": "object",
+        "description": "The Dask cluster started for the run and deleted when it ends.",
+        "default": {},
+        "properties": {
+            "workers": _integer("Number of Dask workers.", 1, default=2, maximum=1000),
+            "threads": _integer("Threads per worker.", 1, default=1, maximum=256),
+            "resources": _free_object("Requests and limits of each scheduler and worker pod."),
+            "image": _string("Image of scheduler and workers; default: spec.image."),
+        },
+    }
+
+
+def build_spec_schema() -> Schema:
+    """The OpenAPI schema of TrainingRun.spec, CEL rules included."""
+    properties: dict[str, Schema] = {
+        "variables": {
+            "type": "array",
+            "description": "Variables (columns) to model; default: every variable in the data.",
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+            "x-kubernetes-list-type": "set",
+        },
+        "startDate": _string(
+            "First realization date trained on (YYYY-MM-DD).", format="date", pattern=DATE_PATTERN
+        ),
+        "endDate": _string(
+            "End of the range, exclusive (YYYY-MM-DD).", format="date", pattern=DATE_PATTERN
+        ),
+        "batchSizeDays": _integer("Length of each date-range batch in days.", 1, default=365),
+        "horizon": _integer("Forecast horizon in steps.", 1, default=1),
+        "lags": _integer("Past changes of every variable used as features.", 1, default=5),
+        "ridgeAlpha": {
+            "type": "number",
+            "minimum": 0,
+            "default": 0.01,
+            "description": "Ridge penalty.",
+        },
+        "halfLifeDays": {
+            "type": "number",
+            "minimum": 0,
+            "exclusiveMinimum": True,
+            "description": "Exponential forgetting half-life in days; default: no forgetting.",
+        },
+        "rules": {
+            "type": "array",
+            "description": "Rules whose trust is learned.",
+            "default": ["momentum(5)", "mean_reversion(20)", "model"],
+            "items": {
+                "type": "string",
+                "maxLength": 256,
+                "x-kubernetes-validations": [
+                    {"rule": f"self.matches(r'{RULE_PATTERN}')", "message": RULE_MESSAGE}
+                ],
+            },
+            "maxItems": 64,
+        },
+        "data": {**_data_schema(), "default": {}},
+        "output": _output_schema(),
+        "dask": _dask_schema(),
+        "image": _string("Image of the driver (and of Dask pods unless dask.image is set)."),
+        "serviceAccountName": _string(
+            "ServiceAccount of the driver pod; it must be allowed to patch trainingruns/status."
+        ),
+        "nodeSelector": {
+            "type": "object",
+            "description": "Node selector of every pod of the run.",
+            "additionalProperties": {"type": "string"},
+        },
+        "tolerations": {
+            "type": "array",
+            "description": "Tolerations of every pod of the run.",
+            "items": _free_object("A toleration."),
+        },
+        "activeDeadlineSeconds": _integer("Fail the run when it has been active this long.", 1),
+        "backoffLimit": _integer(
+            "Driver retries before the run fails; a retry resumes from checkpoints.",
+            0,
+            default=2,
+            maximum=100,
+        ),
+        "ttlSecondsAfterFinished": _integer(
+            "Delete the run (and all it owns) this long after it ends.", 0
+        ),
+        "suspend": {
+            "type": "boolean",
+            "default": False,
+            "description": "Pause the run: its pods are deleted until resumed.",
+        },
+        "resumeFrom": _string(
+            "State file of an earlier run to continue learning from.", minLength=1
+        ),
+    }
+    for name in IMMUTABLE_FIELDS:
+        properties[name] = _immutable(properties[name], name)
+    presence_rules = [
+        {
+            "rule": f"has(self.{name}) == has(oldSelf.{name})",
+            "message": f"{name} is immutable once the run exists",
+        }
+        for name in IMMUTABLE_FIELDS
+    ]
+    return {
+        "type": "object",
+        "required": ["output"],
+        "properties": properties,
+        "x-kubernetes-validations": [
+            {
+                "rule": "!has(self.startDate) || !has(self.endDate) "
+                "|| self.endDate > self.startDate",
+                "message": "endDate must be after startDate",
+            },
+            *presence_rules,
+        ],
+    }
+
+
+def _condition_schema() -> Schema:
+    """One Kubernetes-style condition (metav1.Condition)."""
+    return {
+        "type": "object",
+        "required": ["type", "status", "lastTransitionTime", "reason", "message"],
+        "properties": {
+            "type": {"type": "string"},
+            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+            "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
+            "lastTransitionTime": {"type": "string", "format": "date-time"},
+            "reason": {"type": "string"},
+            "message": {"type": "string"},
+        },
+    }
+
+
+def build_status_schema() -> Schema:
+    """The OpenAPI schema of TrainingRun.status."""
+    number = {"type": "number", "nullable": True}
+    integer = {"type": "integer", "format": "int64"}
+    return {
+        "type": "object",
+        "properties": {
+            "phase": {
+                "type": "string",
+                "enum": ["Pending", "Provisioning", "Running", "Suspended", "Succeeded", "Failed"],
+            },
+            "observedGeneration": integer,
+            "conditions": {
+                "type": "array",
+                "items": _condition_schema(),
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+            "startTime": {"type": "string", "format": "date-time"},
+            "completionTime": {"type": "string", "format": "date-time"},
+            "progress": {
+                "type": "object",
+                "properties": {
+                    "stage": {"type": "string"},
+                    "batchesCompleted": integer,
+                    "batchesTotal": integer,
+                    "summary": {"type": "string"},
+                },
+            },
+            "results": {
+                "type": "object",
+                "properties": {
+                    "uri": {"type": "string"},
+                    "meanSkillVsPersistence": number,
+                    "meanDirectionalAccuracy": number,
+                    "rulesValidated": integer,
+                    "rulesTotal": integer,
+                },
+            },
+            "daskCluster": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "dashboardAddress": {"type": "string"}},
+            },
+            "attempts": integer,
+            "message": {"type": "string"},
+        },
+    }
+
+
+def build_crd() -> dict[str, Any]:
+    """The CustomResourceDefinition manifest of `trainingruns.pulse.dev`."""
+    columns = [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
+        {"name": "Skill", "type": "number", "jsonPath": ".status.results.meanSkillVsPersistence",
+         "description": "Mean skill vs persistence of the learned model (walk-forward)"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]  # fmt: skip
+    version = {
+        "name": API_VERSION_NAME,
+        "served": True,
+        "storage": True,
+        "subresources": {"status": {}},
+        "additionalPrinterColumns": columns,
+        "schema": {
+            "openAPIV3Schema": {
+                "type": "object",
+                "description": "A retrodiction training run on an ephemeral Dask cluster.",
+                "required": ["spec"],
+                "properties": {
+                    "apiVersion": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "metadata": {"type": "object"},
+                    "spec": build_spec_schema(),
+                    "status": build_status_schema(),
+                },
+            }
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "shortNames": [SHORT_NAME],
+                "categories": ["pulse"],
+            },
+            "versions": [version],
+        },
+    }

@@ -1,0 +1,160 @@
+"""The kopf handlers of the TrainingRun operator: thin wiring around ``reconcile.sync_run``.
+
+Every trigger ends in the same level-triggered pass over one run: a watch event of the
+run itself (including the initial listing after a restart), a watch event of a child it
+owns (the driver Job, the DaskCluster), and an operator-wide resync that lists all runs
+every ``resync_seconds`` (deadlines, TTL, and repair of any pass that failed).
+
+Deliberately no ``@kopf.timer``, ``@kopf.daemon`` or ``@kopf.on.delete``: kopf puts a
+finalizer on every object that has one, and a finalizer wedges ``kubectl delete`` while
+the operator is down. Children are deleted by the garbage collector through their
+ownerReferences instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import logging
+import time
+from typing import Any
+
+import kopf
+from kopf._core.intents.filters import MetaFilterToken  # the type of kopf.PRESENT
+
+from trainingrun_operator import kube
+from trainingrun_operator.constants import (
+    DASK_GROUP,
+    DASK_VERSION,
+    GROUP,
+    LABEL_MANAGED_BY,
+    LABEL_RUN,
+    MANAGER,
+    PLURAL,
+    VERSION,
+)
+from trainingrun_operator.reconcile import PassQueue, sync_run
+from trainingrun_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ReconcileStats:
+    """Counters of reconcile passes, served with the liveness probe (``/healthz``)."""
+
+    passes: int = 0
+    errors: int = 0
+    seconds_total: float = 0.0
+    seconds_max: float = 0.0
+
+    def record(self, seconds: float, failed: bool) -> None:
+        """Count one pass that took `seconds`."""
+        self.passes += 1
+        self.errors += int(failed)
+        self.seconds_total += seconds
+        self.seconds_max = max(self.seconds_max, seconds)
+
+
+CHILD_LABELS: dict[str, str | MetaFilterToken] = {
+    LABEL_RUN: kopf.PRESENT,
+    LABEL_MANAGED_BY: MANAGER,
+}
+
+
+@kopf.on.startup()
+async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Tune kopf, read the operator settings, start the resync loop."""
+    # Reconnect watches regularly: a silently dropped connection would stall events forever.
+    settings.watching.server_timeout = 120
+    settings.watching.client_timeout = 150
+    settings.watching.connect_timeout = 5
+    # Fail API calls in seconds, not kopf's default 5 minutes, so the next pass comes sooner.
+    settings.networking.request_timeout = 15
+    # kopf's own Events only for warnings and errors; phase transitions are posted by sync_run.
+    settings.posting.level = logging.WARNING
+    memo.settings = OperatorSettings.from_env()
+    memo.kube = await kube.Kube.connect()
+    # The per-run pass queue and the counters, shared by all handlers (kopf gives each object a
+    # shallow copy of this memo).
+    memo.queue = PassQueue()
+    memo.stats = ReconcileStats()
+    memo.resync = asyncio.create_task(_resync_forever(memo))
+
+
+@kopf.on.cleanup()
+async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the resync loop."""
+    memo.resync.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await memo.resync
+
+
+@kopf.on.probe(id="now")
+def operator_probe(**_: Any) -> str:
+    """Liveness: the operator's event loop answers."""
+    return datetime.datetime.now(datetime.UTC).isoformat()
+
+
+@kopf.on.probe(id="reconcile")
+def operator_reconcile_metrics(memo: Any, **_: Any) -> dict[str, float]:
+    """Metrics: reconcile passes, failed passes, their mean and maximum duration."""
+    stats: ReconcileStats = memo.stats
+    mean = stats.seconds_total / stats.passes if stats.passes else 0.0
+    return {"passes": stats.passes, "errors": stats.errors, "seconds_mean": mean,
+            "seconds_max": stats.seconds_max, "runs": len(memo.queue.locks)}  # fmt: skip
+
+
+async def _sync(memo: Any, namespace: str, name: str) -> None:
+    """One timed reconcile pass of `namespace/name`."""
+    started = time.perf_counter()
+    failed = True
+    try:
+        await sync_run(memo.kube, namespace, name, memo.settings, memo.queue)
+        failed = False
+    finally:
+        memo.stats.record(time.perf_counter() - started, failed)
+
+
+async def _resync_forever(memo: Any) -> None:
+    """Every resync period, pass over every run in the watched namespaces."""
+    settings: OperatorSettings = memo.settings
+    while True:
+        await asyncio.sleep(settings.resync_seconds)
+        for namespace in settings.namespaces or (None,):
+            try:
+                runs = await memo.kube.list_objects(kube.TRAINING_RUNS, namespace)
+            except kube.KubeError:
+                log.exception("resync: cannot list TrainingRuns; retrying next period")
+                continue
+            for run in runs:
+                meta = run["metadata"]
+                try:
+                    await _sync(memo, meta["namespace"], meta["name"])
+                except kube.KubeError:
+                    log.exception(
+                        "resync of %s/%s failed; retrying next period",
+                        meta["namespace"],
+                        meta["name"],
+                    )
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def trainingrun_event(
+    type: str, namespace: str | None, name: str, memo: Any, **_: Any
+) -> None:
+    """The run appeared, changed or was listed after a restart: reconcile it now."""
+    if type != "DELETED" and namespace:
+        await _sync(memo, namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
+@kopf.on.event(DASK_GROUP, DASK_VERSION, "daskclusters", labels=CHILD_LABELS)
+async def trainingrun_child_event(
+    namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any
+) -> None:
+    """A driver Job or Dask cluster changed (pods ran, failed, finished): reconcile its run."""
+    if namespace:
+        await _sync(memo, namespace, labels[LABEL_RUN])

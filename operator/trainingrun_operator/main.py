@@ -1,0 +1,70 @@
+"""``pulse-operator``: run the TrainingRun operator (kopf) with settings from flags and env.
+
+Flags override ``PULSE_OPERATOR_*`` variables; they are exported to the environment
+before the handlers module is imported, because kopf reads the resync interval when
+the timer is declared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+import kopf
+
+from trainingrun_operator.exceptions import SettingsError
+from trainingrun_operator.settings import ENV_PREFIX, OperatorSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags of ``pulse-operator``; each defaults to its PULSE_OPERATOR_* variable."""
+    parser = argparse.ArgumentParser(prog="pulse-operator", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--namespace", action="append", dest="namespaces", metavar="NS",
+        help="watch this namespace (repeatable); default: PULSE_OPERATOR_NAMESPACES or all",
+    )  # fmt: skip
+    parser.add_argument("--image", help="default image of drivers and Dask pods")
+    parser.add_argument("--cpu", help="default CPU of each pod")
+    parser.add_argument("--memory", help="default memory of each pod")
+    parser.add_argument("--resync-seconds", type=float, help="seconds between resync passes")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--liveness-endpoint", help="e.g. http://0.0.0.0:8080/healthz; '' = off")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse flags, validate settings, run kopf until it stops; 1 on a bad setting."""
+    args = build_parser().parse_args(argv)
+    overrides = {key: value for key, value in vars(args).items() if value is not None}
+    if "namespaces" in overrides:
+        overrides["namespaces"] = ",".join(overrides["namespaces"])
+    for key, value in overrides.items():
+        os.environ[f"{ENV_PREFIX}{key.upper()}"] = str(value)
+    try:
+        settings = OperatorSettings.from_env()
+    except SettingsError as e:
+        print(f"pulse-operator: {e}", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    importlib.import_module("trainingrun_operator.handlers")
+    kopf.run(
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=settings.liveness_endpoint or None,
+    )
+    return 0
+
+
+def cli() -> NoReturn:
+    """Console-script wrapper."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

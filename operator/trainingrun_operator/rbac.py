@@ -1,0 +1,164 @@
+"""Pure builders of the least-privilege RBAC of the operator, the driver and the Dask controller.
+
+Rules are grouped and commented by purpose: "framework" rules are what kopf itself needs,
+"application" rules what the reconcile loop (or the driver) does. A missing rule fails
+the k8s tests, which run each process under exactly these grants.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainingrun_operator.constants import (
+    DASK_CONTROLLER_NAME,
+    DASK_GROUP,
+    DRIVER_ROLE_NAME,
+    DRIVER_SERVICE_ACCOUNT,
+    GROUP,
+    OPERATOR_NAME,
+    PLURAL,
+)
+
+Manifest = dict[str, Any]
+
+
+def _rule(groups: list[str], resources: list[str], verbs: list[str], **extra: Any) -> Manifest:
+    """One PolicyRule."""
+    return {"apiGroups": groups, "resources": resources, "verbs": verbs, **extra}
+
+
+def operator_rules() -> list[Manifest]:
+    """What the TrainingRun operator may do, cluster-wide."""
+    return [
+        # Framework: kopf discovers the CRD it serves and the namespaces it watches.
+        _rule(["apiextensions.k8s.io"], ["customresourcedefinitions"], ["list", "watch"]),
+        _rule([""], ["namespaces"], ["list", "watch"]),
+        # Framework and application: kopf's warnings, and an Event for every phase transition.
+        _rule([""], ["events"], ["create"]),
+        # Application: watch and resync runs, delete runs past their TTL.
+        _rule([GROUP], [PLURAL], ["get", "list", "watch", "delete"]),
+        # Application: phase, conditions and attempts.
+        _rule([GROUP], [f"{PLURAL}/status"], ["get", "patch"]),
+        # Application: the driver Job, watched for its pods' fate; suspend and resume are patches.
+        _rule(["batch"], ["jobs"], ["get", "list", "watch", "create", "patch"]),
+        # Application: the run's Dask cluster, watched; deleted when the run ends or is suspended.
+        _rule([DASK_GROUP], ["daskclusters"], ["get", "list", "watch", "create", "delete"]),
+        # Application: the driver's ServiceAccount and its RoleBinding in each run namespace.
+        _rule([""], ["serviceaccounts"], ["get", "create"]),
+        _rule(["rbac.authorization.k8s.io"], ["rolebindings"], ["get", "create"]),
+        # Application: bind the driver ClusterRole, and no other, in those RoleBindings.
+        _rule(
+            ["rbac.authorization.k8s.io"],
+            ["clusterroles"],
+            ["bind"],
+            resourceNames=[DRIVER_ROLE_NAME],
+        ),
+    ]
+
+
+def driver_rules() -> list[Manifest]:
+    """What a driver pod may do: read and patch the status of TrainingRuns in its namespace."""
+    return [_rule([GROUP], [f"{PLURAL}/status"], ["get", "patch"])]
+
+
+def dask_controller_rules() -> list[Manifest]:
+    """The grants of the dask-kubernetes controller (those of its own Helm chart)."""
+    return [
+        # Framework: kopf discovers CRDs and namespaces.
+        _rule(["apiextensions.k8s.io"], ["customresourcedefinitions"], ["list", "watch"]),
+        _rule([""], ["namespaces"], ["list", "watch"]),
+        # Application: its custom resources.
+        _rule(
+            [DASK_GROUP],
+            [
+                "daskclusters",
+                "daskworkergroups",
+                "daskjobs",
+                "daskjobs/status",
+                "daskautoscalers",
+                "daskworkergroups/scale",
+            ],
+            ["get", "list", "watch", "patch", "create", "delete"],
+        ),
+        # Application: the scheduler and worker Deployments, their Service and pods.
+        _rule([""], ["pods", "pods/status"], ["*"]),
+        _rule([""], ["services", "services/status"], ["*"]),
+        _rule(["apps"], ["deployments", "deployments/status"], ["*"]),
+        _rule(["", "events.k8s.io"], ["events"], ["*"]),
+    ]
+
+
+def _cluster_role(name: str, rules: list[Manifest]) -> Manifest:
+    """A ClusterRole."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": rules,
+    }
+
+
+def build_service_account(name: str, namespace: str) -> Manifest:
+    """A ServiceAccount."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": namespace},
+    }
+
+
+def _subject(name: str, namespace: str) -> Manifest:
+    """A ServiceAccount subject."""
+    return {"kind": "ServiceAccount", "name": name, "namespace": namespace}
+
+
+def _role_ref(name: str) -> Manifest:
+    """A reference to a ClusterRole."""
+    return {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name}
+
+
+def build_cluster_role_binding(name: str, namespace: str) -> Manifest:
+    """Bind the ClusterRole `name` to the ServiceAccount `namespace/name`, cluster-wide."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": _role_ref(name),
+        "subjects": [_subject(name, namespace)],
+    }
+
+
+def build_operator_rbac(namespace: str, name: str = OPERATOR_NAME) -> list[Manifest]:
+    """ServiceAccount, ClusterRole and binding of the TrainingRun operator."""
+    return [
+        build_service_account(name, namespace),
+        _cluster_role(name, operator_rules()),
+        build_cluster_role_binding(name, namespace),
+    ]
+
+
+def build_driver_cluster_role(name: str = DRIVER_ROLE_NAME) -> Manifest:
+    """The ClusterRole that RoleBindings grant to drivers, one namespace at a time."""
+    return _cluster_role(name, driver_rules())
+
+
+def build_driver_role_binding(
+    namespace: str, service_account: str = DRIVER_SERVICE_ACCOUNT
+) -> Manifest:
+    """The RoleBinding that lets the drivers of `namespace` patch TrainingRun status there only."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": DRIVER_ROLE_NAME, "namespace": namespace},
+        "roleRef": _role_ref(DRIVER_ROLE_NAME),
+        "subjects": [_subject(service_account, namespace)],
+    }
+
+
+def build_dask_controller_rbac(namespace: str, name: str = DASK_CONTROLLER_NAME) -> list[Manifest]:
+    """ServiceAccount, ClusterRole and binding of the dask-kubernetes controller."""
+    return [
+        build_service_account(name, namespace),
+        _cluster_role(name, dask_controller_rules()),
+        build_cluster_role_binding(name, namespace),
+    ]

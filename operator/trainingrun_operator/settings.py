@@ -1,0 +1,82 @@
+"""Operator settings, read once from the environment into one frozen object.
+
+Every field documents itself where it is declared; ``OperatorSettings.from_env()`` is
+the only reader of ``PULSE_OPERATOR_*`` variables, and command-line flags of
+``pulse-operator`` override them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from trainingrun_operator.constants import DEFAULT_IMAGE
+from trainingrun_operator.exceptions import SettingsError
+
+ENV_PREFIX = "PULSE_OPERATOR_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorSettings:
+    """What the operator watches, which defaults it gives runs, and how it reports health."""
+
+    # Namespaces to watch; empty means the whole cluster (needs the ClusterRole binding).
+    namespaces: tuple[str, ...] = ()
+    # Image of driver, scheduler and workers when a TrainingRun sets neither image nor dask.image.
+    image: str = DEFAULT_IMAGE
+    # CPU request and limit of the driver and of each Dask pod without spec.dask.resources.
+    cpu: str = "1"
+    # Memory request and limit of the driver and of each Dask pod without spec.dask.resources.
+    memory: str = "2Gi"
+    # Seconds between two level-triggered passes over every run (the resync timer).
+    resync_seconds: float = 10.0
+    # Log level of the operator process.
+    log_level: str = "INFO"
+    # Liveness endpoint served by kopf (`@kopf.on.probe` results); empty disables it.
+    liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
+
+    def __post_init__(self) -> None:
+        """Reject values that would only fail later."""
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"{ENV_PREFIX}LOG_LEVEL", self.log_level, " | ".join(LOG_LEVELS))
+        if self.resync_seconds <= 0:
+            raise SettingsError(
+                f"{ENV_PREFIX}RESYNC_SECONDS", str(self.resync_seconds), "a positive number"
+            )
+
+    @property
+    def default_resources(self) -> dict[str, dict[str, str]]:
+        """Requests and limits of a pod whose run does not set its own."""
+        amounts = {"cpu": self.cpu, "memory": self.memory}
+        return {"requests": dict(amounts), "limits": dict(amounts)}
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> OperatorSettings:
+        """Settings from `PULSE_OPERATOR_<FIELD>` variables, then `overrides` (flags) on top."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(f"{ENV_PREFIX}{field.name.upper()}")
+            if raw is not None:
+                values[field.name] = _parse(field.name, raw)
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
+
+
+def _parse(name: str, raw: str) -> Any:
+    """Convert one environment value to the type of the field `name`."""
+    if name == "namespaces":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if name == "resync_seconds":
+        try:
+            return float(raw)
+        except ValueError as e:
+            raise SettingsError(f"{ENV_PREFIX}RESYNC_SECONDS", raw, "a number of seconds") from e
+    if name == "log_level":
+        return raw.upper()
+    return raw

@@ -1,0 +1,137 @@
+"""A TrainingRun's spec as a frozen value object, and its translation to ``pulse-train`` flags.
+
+The CRD schema already applied defaults and rejected bad values; ``RunSpec.from_body``
+only reads, so the builders get typed fields instead of nested dict lookups. The flags
+are the one contract with the pipeline (``recursive_training.run_training``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from trainingrun_operator.exceptions import InvalidSpecError
+
+CHECKPOINT_FOLDER = "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """The fields of one TrainingRun that the builders and the reconcile loop use."""
+
+    name: str
+    namespace: str
+    uid: str
+    output_uri: str
+    data_uri: str = "builtin:synthetic"
+    data_format: str = "auto"
+    data_secret: str | None = None
+    data_endpoint: str | None = None
+    output_secret: str | None = None
+    variables: tuple[str, ...] = ()
+    start_date: str | None = None
+    end_date: str | None = None
+    batch_size_days: int = 365
+    horizon: int = 1
+    lags: int = 5
+    ridge_alpha: float = 0.01
+    half_life_days: float | None = None
+    rules: tuple[str, ...] = ()
+    resume_from: str | None = None
+    workers: int = 2
+    threads: int = 1
+    dask_resources: Mapping[str, Any] | None = None
+    dask_image: str | None = None
+    image: str | None = None
+    service_account_name: str | None = None
+    node_selector: Mapping[str, str] | None = None
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    active_deadline_seconds: int | None = None
+    backoff_limit: int = 2
+    ttl_seconds_after_finished: int | None = None
+    suspend: bool = False
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> RunSpec:
+        """Read a TrainingRun object as the API server returns it."""
+        meta = body["metadata"]
+        spec: Mapping[str, Any] = body.get("spec") or {}
+        data: Mapping[str, Any] = spec.get("data") or {}
+        output: Mapping[str, Any] = spec.get("output") or {}
+        dask: Mapping[str, Any] = spec.get("dask") or {}
+        if not output.get("uri"):
+            raise InvalidSpecError("output.uri", "is required")
+        return cls(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=meta["uid"],
+            output_uri=output["uri"],
+            data_uri=data.get("uri", cls.data_uri),
+            data_format=data.get("format", cls.data_format),
+            data_secret=data.get("credentialsSecret"),
+            data_endpoint=data.get("endpoint"),
+            output_secret=output.get("credentialsSecret"),
+            variables=tuple(spec.get("variables", ())),
+            start_date=spec.get("startDate"),
+            end_date=spec.get("endDate"),
+            batch_size_days=spec.get("batchSizeDays", cls.batch_size_days),
+            horizon=spec.get("horizon", cls.horizon),
+            lags=spec.get("lags", cls.lags),
+            ridge_alpha=spec.get("ridgeAlpha", cls.ridge_alpha),
+            half_life_days=spec.get("halfLifeDays"),
+            rules=tuple(spec.get("rules", ())),
+            resume_from=spec.get("resumeFrom"),
+            workers=dask.get("workers", cls.workers),
+            threads=dask.get("threads", cls.threads),
+            dask_resources=dask.get("resources"),
+            dask_image=dask.get("image"),
+            image=spec.get("image"),
+            service_account_name=spec.get("serviceAccountName"),
+            node_selector=spec.get("nodeSelector"),
+            tolerations=tuple(spec.get("tolerations", ())),
+            active_deadline_seconds=spec.get("activeDeadlineSeconds"),
+            backoff_limit=spec.get("backoffLimit", cls.backoff_limit),
+            ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
+            suspend=bool(spec.get("suspend", False)),
+        )
+
+    @property
+    def checkpoint_uri(self) -> str:
+        """Where finished batches are saved, so a retried driver skips them."""
+        return f"{self.output_uri.rstrip('/')}/{CHECKPOINT_FOLDER}"
+
+    @property
+    def credential_secrets(self) -> tuple[str, ...]:
+        """Names of the Secrets whose keys the pods get, each once, in spec order."""
+        names = (self.data_secret, self.output_secret)
+        return tuple(dict.fromkeys(name for name in names if name))
+
+
+def cli_arguments(run: RunSpec, scheduler_address: str) -> list[str]:
+    """The ``pulse-train`` flags that run `run` on the Dask scheduler at `scheduler_address`."""
+    args = [
+        f"--input-data={run.data_uri}",
+        f"--input-format={run.data_format}",
+        f"--batch-size-days={run.batch_size_days}",
+        f"--horizon={run.horizon}",
+        f"--lags={run.lags}",
+        f"--ridge-alpha={run.ridge_alpha}",
+        f"--dask-scheduler-address={scheduler_address}",
+        f"--output-dir={run.output_uri}",
+        f"--checkpoint-dir={run.checkpoint_uri}",
+        # The run owns its output folder: a retry after results were written must not fail.
+        "--overwrite",
+        "--no-progress",
+    ]
+    optional = {
+        "--variables": ",".join(run.variables),
+        "--start-date": run.start_date,
+        "--end-date": run.end_date,
+        "--half-life-days": run.half_life_days,
+        "--rules": ",".join(run.rules),
+        "--resume-from": run.resume_from,
+        "--s3-endpoint-url": run.data_endpoint,
+    }
+    args += [f"{flag}={value}" for flag, value in optional.items() if value not in (None, "")]
+    return args

@@ -1,0 +1,239 @@
+"""Pure builders of what a TrainingRun owns: a DaskCluster and the driver's batch/v1 Job.
+
+Why a DaskCluster plus a Job rather than a DaskJob: the Job controller gives the driver
+``backoffLimit`` (retries that resume from checkpoints), ``activeDeadlineSeconds``,
+``suspend`` and pod-failure accounting with their standard semantics and conditions,
+while DaskJob's runner pod restarts in place (``restartPolicy: OnFailure``) with no retry
+limit. The DaskCluster is deleted by the operator as soon as the Job ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from trainingrun_operator.constants import (
+    API_VERSION,
+    DASHBOARD_PORT,
+    DASK_API_VERSION,
+    DRIVER_SERVICE_ACCOUNT,
+    ENV_RUN_NAME,
+    ENV_RUN_NAMESPACE,
+    KIND,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    LABEL_RUN,
+    MANAGER,
+    RUN_AS_USER,
+    SCHEDULER_PORT,
+)
+from trainingrun_operator.settings import OperatorSettings
+from trainingrun_operator.spec import RunSpec, cli_arguments
+
+Manifest = dict[str, Any]
+TMP_VOLUME = "tmp"
+
+
+def cluster_name(run: RunSpec) -> str:
+    """Name of the run's DaskCluster (its scheduler Service is `<name>-scheduler`)."""
+    return f"{run.name}-dask"
+
+
+def job_name(run: RunSpec) -> str:
+    """Name of the run's driver Job."""
+    return f"{run.name}-driver"
+
+
+def scheduler_address(run: RunSpec) -> str:
+    """The in-cluster address of the run's Dask scheduler."""
+    host = f"{cluster_name(run)}-scheduler.{run.namespace}.svc.cluster.local"
+    return f"tcp://{host}:{SCHEDULER_PORT}"
+
+
+def labels(run: RunSpec, component: str) -> dict[str, str]:
+    """Labels of every object and pod of the run."""
+    return {LABEL_RUN: run.name, LABEL_COMPONENT: component, LABEL_MANAGED_BY: MANAGER}
+
+
+def owner_reference(run: RunSpec) -> dict[str, Any]:
+    """The controller reference that lets the garbage collector delete children with the run."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": run.name,
+        "uid": run.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """A container that cannot escalate, holds no capability and cannot write its image."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    """A pod that runs as the image's non-root user under the default seccomp profile."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _credentials_env_from(run: RunSpec) -> list[dict[str, Any]]:
+    """AWS_* keys of the run's credential Secrets, by reference only."""
+    return [{"secretRef": {"name": name}} for name in run.credential_secrets]
+
+
+def _pod_spec(run: RunSpec, container: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """A hardened pod around `container`, with a writable /tmp and the run's scheduling."""
+    spec: dict[str, Any] = {
+        "securityContext": pod_security_context(),
+        "automountServiceAccountToken": False,
+        "containers": [
+            {
+                **container,
+                "securityContext": container_security_context(),
+                "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],
+            }
+        ],
+        "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
+        **extra,
+    }
+    if run.node_selector:
+        spec["nodeSelector"] = dict(run.node_selector)
+    if run.tolerations:
+        spec["tolerations"] = [dict(toleration) for toleration in run.tolerations]
+    return spec
+
+
+def _dask_container(
+    run: RunSpec, settings: OperatorSettings, name: str, args: list[str]
+) -> dict[str, Any]:
+    """A scheduler or worker container of the project image."""
+    container: dict[str, Any] = {
+        "name": name,
+        "image": run.dask_image or run.image or settings.image,
+        "command": ["dask"],
+        "args": args,
+        "env": [{"name": "DASK_DISTRIBUTED__WORKER__DAEMON", "value": "False"}],
+        "resources": dict(run.dask_resources or settings.default_resources),
+    }
+    env_from = _credentials_env_from(run)
+    if env_from:
+        container["envFrom"] = env_from
+    return container
+
+
+def build_dask_cluster(run: RunSpec, settings: OperatorSettings) -> Manifest:
+    """The DaskCluster of the run: one scheduler, `spec.dask.workers` workers, owned by the run."""
+    scheduler = _dask_container(
+        run,
+        settings,
+        "scheduler",
+        ["scheduler", f"--port={SCHEDULER_PORT}", f"--dashboard-address=:{DASHBOARD_PORT}"],
+    )
+    scheduler["ports"] = [
+        {"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
+        {"name": "http-dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"},
+    ]
+    scheduler["readinessProbe"] = {
+        "tcpSocket": {"port": "tcp-comm"},
+        "initialDelaySeconds": 2,
+        "periodSeconds": 5,
+    }
+    worker = _dask_container(
+        run,
+        settings,
+        "worker",
+        ["worker", "--name=$(DASK_WORKER_NAME)", f"--nthreads={run.threads}", "--no-dashboard"],
+    )
+    service_ports = [
+        {"name": "tcp-comm", "port": SCHEDULER_PORT, "targetPort": "tcp-comm", "protocol": "TCP"},
+        {"name": "http-dashboard", "port": DASHBOARD_PORT, "targetPort": "http-dashboard",
+         "protocol": "TCP"},
+    ]  # fmt: skip
+    return {
+        "apiVersion": DASK_API_VERSION,
+        "kind": "DaskCluster",
+        "metadata": {
+            "name": cluster_name(run),
+            "namespace": run.namespace,
+            "labels": labels(run, "dask"),
+            "ownerReferences": [owner_reference(run)],
+        },
+        "spec": {
+            "idleTimeout": 0,
+            "worker": {"replicas": run.workers, "spec": _pod_spec(run, worker)},
+            "scheduler": {
+                "spec": _pod_spec(run, scheduler),
+                "service": {
+                    "type": "ClusterIP",
+                    "selector": {
+                        "dask.org/cluster-name": cluster_name(run),
+                        "dask.org/component": "scheduler",
+                    },
+                    "ports": service_ports,
+                },
+            },
+        },
+    }
+
+
+def driver_arguments(run: RunSpec) -> list[str]:
+    """Arguments of the driver: the ``pulse-train`` flags it passes through."""
+    return cli_arguments(run, scheduler_address(run))
+
+
+def build_driver_job(run: RunSpec, settings: OperatorSettings) -> Manifest:
+    """The batch/v1 Job whose pod runs the driver; retries, deadline and suspend are the Job's."""
+    container: dict[str, Any] = {
+        "name": "driver",
+        "image": run.image or settings.image,
+        "command": ["python", "-m", "trainingrun_operator.driver"],
+        "args": driver_arguments(run),
+        "env": [
+            {"name": ENV_RUN_NAME, "value": run.name},
+            {
+                "name": ENV_RUN_NAMESPACE,
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+        ],
+        "resources": settings.default_resources,
+    }
+    env_from = _credentials_env_from(run)
+    if env_from:
+        container["envFrom"] = env_from
+    pod = _pod_spec(
+        run,
+        container,
+        restartPolicy="Never",
+        serviceAccountName=run.service_account_name or DRIVER_SERVICE_ACCOUNT,
+    )
+    # The driver patches its TrainingRun's status, so it (alone) gets an API token.
+    pod["automountServiceAccountToken"] = True
+    job_spec: dict[str, Any] = {
+        "backoffLimit": run.backoff_limit,
+        "suspend": run.suspend,
+        "template": {"metadata": {"labels": labels(run, "driver")}, "spec": pod},
+    }
+    if run.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = run.active_deadline_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(run),
+            "namespace": run.namespace,
+            "labels": labels(run, "driver"),
+            "ownerReferences": [owner_reference(run)],
+        },
+        "spec": job_spec,
+    }

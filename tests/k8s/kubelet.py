@@ -1,0 +1,97 @@
+"""The test plays kubelet: it moves pods through their phases by patching pod status.
+
+No node runs pods in the test control plane, so whatever a kubelet would report (a
+container started and became ready, exited 0, exited 1) is written here instead; the
+real controllers (Job, ReplicaSet, dask-kubernetes, ours) react to it as in a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .controlplane import ControlPlane
+
+T = TypeVar("T")
+NOW = "2026-01-01T00:00:00Z"
+
+
+def eventually(probe: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.25)
+
+
+def get(plane: ControlPlane, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    """The object, or None when it does not exist."""
+    result = plane.kubectl(
+        "get", kind, name, f"--namespace={namespace}", "--output=json", check=False
+    )
+    if result.returncode != 0:
+        return None
+    decoded: dict[str, Any] = json.loads(result.stdout)
+    return decoded
+
+
+def items(plane: ControlPlane, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    """Objects of `kind` matching the label `selector`."""
+    listed = plane.kubectl_json("get", kind, f"--namespace={namespace}", f"--selector={selector}")
+    found: list[dict[str, Any]] = listed["items"]
+    return found
+
+
+def job_pods(plane: ControlPlane, namespace: str, job: str) -> list[dict[str, Any]]:
+    """The pods of a Job, oldest first."""
+    pods = items(plane, "pods", namespace, f"batch.kubernetes.io/job-name={job}")
+    return sorted(pods, key=lambda pod: pod["metadata"]["creationTimestamp"])
+
+
+def _container_statuses(pod: dict[str, Any], state: dict[str, Any], ready: bool) -> list[Any]:
+    """One status per container of `pod`, all in `state`."""
+    return [
+        {
+            "name": container["name"], "image": container["image"], "imageID": "",
+            "ready": ready, "restartCount": 0, "started": ready, "state": state,
+        }
+        for container in pod["spec"]["containers"]
+    ]  # fmt: skip
+
+
+def set_phase(plane: ControlPlane, pod: dict[str, Any], phase: str) -> None:
+    """Report `pod` as Running (and Ready), Succeeded (exit 0) or Failed (exit 1)."""
+    if phase == "Running":
+        state: dict[str, Any] = {"running": {"startedAt": NOW}}
+    else:
+        code = 0 if phase == "Succeeded" else 1
+        reason = "Completed" if code == 0 else "Error"
+        state = {
+            "terminated": {"exitCode": code, "reason": reason, "startedAt": NOW, "finishedAt": NOW}
+        }
+    ready = phase == "Running"
+    flag = "True" if ready else "False"
+    conditions = [
+        {"type": kind, "status": flag, "lastTransitionTime": NOW}
+        for kind in ("Initialized", "ContainersReady", "Ready")
+    ]
+    status = {
+        "phase": phase,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": NOW},
+            *conditions,
+        ],
+        "containerStatuses": _container_statuses(pod, state, ready),
+        "startTime": NOW,
+    }
+    meta = pod["metadata"]
+    plane.kubectl(
+        "patch", "pod", meta["name"], f"--namespace={meta['namespace']}", "--subresource=status",
+        "--type=merge", f"--patch={json.dumps({'status': status})}",
+    )  # fmt: skip

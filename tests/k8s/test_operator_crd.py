@@ -1,0 +1,112 @@
+"""The TrainingRun CRD on a real API server: defaults, schema, CEL rules and immutability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .controlplane import ControlPlane, KubectlError
+
+pytestmark = pytest.mark.k8s
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+
+
+def training_run(namespace: str, name: str = "run", **spec: Any) -> dict[str, Any]:
+    """A TrainingRun manifest with an output folder and `spec` on top."""
+    return {
+        "apiVersion": "pulse.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"output": {"uri": "s3://results/run"}, **spec},
+    }
+
+
+def rejection(plane: ControlPlane, manifest: dict[str, Any]) -> str:
+    """The error kubectl prints when the API server refuses `manifest`."""
+    with pytest.raises(KubectlError) as refused:
+        plane.apply(manifest)
+    return refused.value.stderr
+
+
+def test_a_minimal_run_is_stored_with_defaults(pulse_install: ControlPlane, namespace: str) -> None:
+    """Only spec.output is required; the server fills in every training default."""
+    stored = pulse_install.apply(training_run(namespace))
+    spec = stored["spec"]
+    assert spec["batchSizeDays"] == 365
+    assert spec["horizon"] == 1
+    assert spec["lags"] == 5
+    assert spec["backoffLimit"] == 2
+    assert spec["suspend"] is False
+    assert spec["rules"] == ["momentum(5)", "mean_reversion(20)", "model"]
+    assert spec["data"] == {"uri": "builtin:synthetic", "format": "auto"}
+    assert spec["dask"] == {"workers": 2, "threads": 1}
+
+
+def test_printer_columns_and_short_name(pulse_install: ControlPlane, namespace: str) -> None:
+    """`kubectl get tr` shows phase, progress, the headline metric and age."""
+    pulse_install.apply(training_run(namespace))
+    header = pulse_install.kubectl("get", "tr", f"--namespace={namespace}").stdout.splitlines()[0]
+    assert header.split() == ["NAME", "PHASE", "PROGRESS", "SKILL", "AGE"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"startDate": "2020-01-01", "endDate": "2019-01-01"}, "endDate must be after startDate"),
+        ({"startDate": "2020-01-01", "endDate": "2020-01-01"}, "endDate must be after startDate"),
+        ({"startDate": "01/02/2020"}, "spec.startDate"),
+        ({"batchSizeDays": 0}, "spec.batchSizeDays in body should be greater than or equal to 1"),
+        ({"dask": {"workers": 0}}, "spec.dask.workers"),
+        ({"backoffLimit": -1}, "spec.backoffLimit"),
+        ({"rules": ["model", "momentum(x)"]}, "unknown rule; known rules: momentum(W)"),
+        ({"rules": ["tarot"]}, "spec.rules[0]"),
+        ({"output": {}}, 'spec.output.uri: Required value'),
+        ({"data": {"format": "xlsx"}}, 'spec.data.format: Unsupported value: "xlsx"'),
+    ],
+)  # fmt: skip
+def test_invalid_specs_are_rejected_with_readable_messages(
+    pulse_install: ControlPlane, namespace: str, spec: dict[str, Any], message: str
+) -> None:
+    """kubectl apply fails and prints which field is wrong and why; nothing is stored."""
+    assert message in rejection(pulse_install, training_run(namespace, **spec))
+    listed = pulse_install.kubectl("get", "tr", f"--namespace={namespace}", "--output=name")
+    assert listed.stdout.strip() == ""
+
+
+def test_training_fields_are_immutable_but_suspend_is_not(
+    pulse_install: ControlPlane, namespace: str
+) -> None:
+    """A started run keeps its training settings; suspend and TTL may change."""
+    plane = pulse_install
+    plane.apply(training_run(namespace, variables=["a", "b"], lags=3))
+    changed = rejection(plane, training_run(namespace, variables=["a"], lags=3))
+    assert "variables is immutable once the run exists" in changed
+    added = rejection(plane, training_run(namespace, variables=["a", "b"], lags=3, halfLifeDays=30))
+    assert "halfLifeDays is immutable once the run exists" in added
+    paused = training_run(namespace, variables=["a", "b"], lags=3, suspend=True)
+    stored = plane.apply({**paused, "spec": {**paused["spec"], "ttlSecondsAfterFinished": 60}})
+    assert stored["spec"]["suspend"] is True
+
+
+@pytest.mark.parametrize(
+    "example", sorted(MANIFESTS.glob("examples/*.yaml")),
+    ids=lambda path: path.name,
+)  # fmt: skip
+def test_example_runs_are_valid(pulse_install: ControlPlane, namespace: str, example: Path) -> None:
+    """Every example in manifests/examples passes the API server's validation (server dry run)."""
+    result = pulse_install.kubectl(
+        "apply", "--dry-run=server", f"--namespace={namespace}", f"--filename={example}"
+    )
+    assert "(server dry run)" in result.stdout
+
+
+def test_the_controller_deployments_are_accepted(pulse_install: ControlPlane) -> None:
+    """The rest of manifests/base (both Deployments) passes the API server's validation."""
+    deployments = MANIFESTS / "base" / "deployments.yaml"
+    result = pulse_install.kubectl(
+        "apply", "--dry-run=server", "--server-side", f"--filename={deployments}"
+    )
+    assert result.stdout.count("(server dry run)") == 2

@@ -1,0 +1,256 @@
+"""The operator's pure builders: CRD, DaskCluster, driver Job, RBAC, settings; no cluster needed."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from recursive_training.run_training import create_config_from_args, parse_args
+from trainingrun_operator.crd import RULE_PATTERN, build_crd
+from trainingrun_operator.exceptions import InvalidSpecError, SettingsError
+from trainingrun_operator.rbac import build_operator_rbac, driver_rules
+from trainingrun_operator.settings import OperatorSettings
+from trainingrun_operator.spec import RunSpec
+from trainingrun_operator.workload import (
+    build_dask_cluster,
+    build_driver_job,
+    driver_arguments,
+)
+
+SETTINGS = OperatorSettings()
+
+
+def body(**spec: Any) -> dict[str, Any]:
+    """A TrainingRun as the API server returns it."""
+    return {
+        "metadata": {"name": "run", "namespace": "team", "uid": "u-1", "generation": 1},
+        "spec": {"output": {"uri": "s3://results/run"}, **spec},
+    }
+
+
+def pods(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every pod spec in a DaskCluster or Job."""
+    if manifest["kind"] == "Job":
+        return [manifest["spec"]["template"]["spec"]]
+    return [manifest["spec"]["scheduler"]["spec"], manifest["spec"]["worker"]["spec"]]
+
+
+def test_driver_arguments_are_a_valid_pulse_train_command_line() -> None:
+    """The contract: the pipeline's own parser turns the driver's arguments into the run."""
+    run = RunSpec.from_body(
+        body(
+            variables=["spx", "rates"],
+            startDate="2001-01-01",
+            endDate="2011-01-01",
+            batchSizeDays=90,
+            horizon=2,
+            lags=3,
+            ridgeAlpha=0.5,
+            halfLifeDays=365.0,
+            rules=["momentum(5)", "cross(spx->rates)"],
+            data={"uri": "s3://data/prices", "format": "parquet", "endpoint": "http://minio:9000"},
+        )
+    )
+    config = create_config_from_args(parse_args(driver_arguments(run)))
+    assert config.variables == ("spx", "rates")
+    assert (config.batch_size_days, config.horizon, config.lags) == (90, 2, 3)
+    assert config.ridge_alpha == 0.5 and config.half_life_days == 365.0
+    assert config.rules == ("momentum(5)", "cross(spx->rates)")
+    assert config.input_data == "s3://data/prices" and config.input_format == "parquet"
+    assert config.s3_endpoint_url == "http://minio:9000"
+    assert config.output_dir == "s3://results/run"
+    assert config.checkpoint_dir == "s3://results/run/checkpoints"
+    assert config.dask_scheduler_address == "tcp://run-dask-scheduler.team.svc.cluster.local:8786"
+
+
+def test_children_are_owned_by_the_run_and_labelled() -> None:
+    """The garbage collector deletes both children with the run; labels name the run."""
+    run = RunSpec.from_body(body())
+    for child in (build_dask_cluster(run, SETTINGS), build_driver_job(run, SETTINGS)):
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert owner == {
+            "apiVersion": "pulse.dev/v1alpha1",
+            "kind": "TrainingRun",
+            "name": "run",
+            "uid": "u-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        assert child["metadata"]["labels"]["pulse.dev/trainingrun"] == "run"
+        assert child["metadata"]["namespace"] == "team"
+
+
+def test_every_pod_is_hardened_and_gets_credentials_only_by_reference() -> None:
+    """Non-root, read-only root, no escalation, no capabilities, RuntimeDefault; Secrets by name."""
+    run = RunSpec.from_body(
+        body(
+            data={"credentialsSecret": "s3-read"},
+            output={"uri": "s3://r/x", "credentialsSecret": "s3-write"},
+        )
+    )
+    for manifest in (build_dask_cluster(run, SETTINGS), build_driver_job(run, SETTINGS)):
+        for pod in pods(manifest):
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["runAsUser"] == 10001
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            (container,) = pod["containers"]
+            assert container["securityContext"] == {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            }
+            assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+            assert container["envFrom"] == [
+                {"secretRef": {"name": "s3-read"}},
+                {"secretRef": {"name": "s3-write"}},
+            ]
+            assert container["command"], "never rely on the image's ENTRYPOINT"
+
+
+def test_driver_job_carries_retry_deadline_suspend_and_scheduling() -> None:
+    """backoffLimit, activeDeadlineSeconds and suspend map onto the Job; scheduling onto pods."""
+    run = RunSpec.from_body(
+        body(
+            backoffLimit=4,
+            activeDeadlineSeconds=600,
+            suspend=True,
+            nodeSelector={"pool": "batch"},
+            tolerations=[{"key": "batch", "operator": "Exists"}],
+            image="registry/pulse:1",
+        )
+    )
+    job = build_driver_job(run, SETTINGS)
+    assert job["spec"]["backoffLimit"] == 4
+    assert job["spec"]["activeDeadlineSeconds"] == 600
+    assert job["spec"]["suspend"] is True
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["serviceAccountName"] == "pulse-trainingrun-driver"
+    assert pod["nodeSelector"] == {"pool": "batch"}
+    assert pod["containers"][0]["image"] == "registry/pulse:1"
+    env = {item["name"]: item for item in pod["containers"][0]["env"]}
+    assert (
+        env["PULSE_TRAININGRUN_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.namespace"
+    )
+
+
+def test_dask_cluster_has_scheduler_service_and_sized_workers() -> None:
+    """Workers and threads come from spec.dask; the Service exposes comm and dashboard ports."""
+    run = RunSpec.from_body(
+        body(
+            dask={
+                "workers": 5,
+                "threads": 2,
+                "image": "dask:1",
+                "resources": {"limits": {"cpu": "2"}},
+            }
+        )
+    )
+    cluster = build_dask_cluster(run, SETTINGS)
+    assert cluster["metadata"]["name"] == "run-dask"
+    assert cluster["spec"]["worker"]["replicas"] == 5
+    worker = cluster["spec"]["worker"]["spec"]["containers"][0]
+    assert worker["command"] == ["dask"] and "--nthreads=2" in worker["args"]
+    assert worker["image"] == "dask:1" and worker["resources"] == {"limits": {"cpu": "2"}}
+    ports = {
+        port["name"]: port["port"] for port in cluster["spec"]["scheduler"]["service"]["ports"]
+    }
+    assert ports == {"tcp-comm": 8786, "http-dashboard": 8787}
+
+
+def test_a_run_without_output_is_an_invalid_spec() -> None:
+    """The schema requires output.uri; the parser still says which field is missing."""
+    with pytest.raises(InvalidSpecError, match=r"spec\.output\.uri: is required"):
+        RunSpec.from_body({"metadata": {"name": "r", "namespace": "n", "uid": "u"}, "spec": {}})
+
+
+def test_crd_rule_pattern_accepts_exactly_the_pipelines_rules() -> None:
+    """The CEL rule grammar agrees with recursive_training.rules on a sample of specs."""
+    from recursive_training.exceptions import ConfigError
+    from recursive_training.rules import parse_rule
+
+    samples = [
+        "momentum(5)",
+        "mean_reversion(20)",
+        "model",
+        "cross",
+        "cross(a->b)",
+        "cross( a -> b )",
+        "momentum()",
+        "momentum(x)",
+        "tarot",
+        "cross(a)",
+        "cross(->b)",
+        "model(1)",
+    ]
+    for text in samples:
+        try:
+            parse_rule(text)
+            pipeline_accepts = True
+        except ConfigError:
+            pipeline_accepts = False
+        assert bool(re.fullmatch(RULE_PATTERN, text)) == pipeline_accepts, text
+
+
+def test_crd_names_columns_and_status_subresource() -> None:
+    """Group, short name, printer columns and the status subresource."""
+    crd = build_crd()
+    assert crd["metadata"]["name"] == "trainingruns.pulse.dev"
+    assert crd["spec"]["names"]["shortNames"] == ["tr"]
+    (version,) = crd["spec"]["versions"]
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "Phase",
+        "Progress",
+        "Skill",
+        "Age",
+    ]
+
+
+def test_rbac_is_least_privilege() -> None:
+    """The driver may only get/patch run status; the operator never reads Secrets or pods."""
+    assert driver_rules() == [
+        {
+            "apiGroups": ["pulse.dev"],
+            "resources": ["trainingruns/status"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    role = build_operator_rbac("pulse-system")[1]
+    resources = {resource for rule in role["rules"] for resource in rule["resources"]}
+    assert not resources & {"secrets", "pods", "*"}
+    assert all("*" not in rule["verbs"] for rule in role["rules"])
+    bind = next(rule for rule in role["rules"] if rule["verbs"] == ["bind"])
+    assert bind["resourceNames"] == ["pulse-trainingrun-driver"]
+
+
+def test_settings_come_from_the_environment_and_flags_override() -> None:
+    """PULSE_OPERATOR_* variables are parsed; overrides win; bad values are named."""
+    env = {
+        "PULSE_OPERATOR_NAMESPACES": "a, b",
+        "PULSE_OPERATOR_RESYNC_SECONDS": "2.5",
+        "PULSE_OPERATOR_LOG_LEVEL": "debug",
+    }
+    settings = OperatorSettings.from_env(env, image="mine:1")
+    assert settings.namespaces == ("a", "b")
+    assert settings.resync_seconds == 2.5 and settings.log_level == "DEBUG"
+    assert settings.image == "mine:1"
+    with pytest.raises(SettingsError, match="PULSE_OPERATOR_RESYNC_SECONDS='soon': expected"):
+        OperatorSettings.from_env({"PULSE_OPERATOR_RESYNC_SECONDS": "soon"})
+
+
+def test_pulse_operator_refuses_a_bad_setting_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad flag value exits 1 naming the variable, before kopf starts."""
+    from trainingrun_operator.main import main
+
+    monkeypatch.setenv("PULSE_OPERATOR_RESYNC_SECONDS", "10")  # restored after the test
+    assert main(["--resync-seconds=-1"]) == 1
+    assert (
+        "PULSE_OPERATOR_RESYNC_SECONDS='-1.0': expected a positive number"
+        in capsys.readouterr().err
+    )
