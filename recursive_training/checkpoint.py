@@ -94,7 +94,10 @@ class StageCheckpoint:
         if self.restored:
             log.info(
                 "Stage %s: %d of %d batches restored from checkpoint %s",
-                stage, len(self.restored), len(self.arguments), checkpoint.directory,
+                stage,
+                len(self.restored),
+                len(self.arguments),
+                checkpoint.directory,
             )
 
     def save(self, result: Any) -> None:

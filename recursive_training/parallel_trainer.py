@@ -9,6 +9,7 @@ local Dask cluster, a remote scheduler) gives the same numbers.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import os
@@ -62,7 +63,9 @@ class TrainingBatch:
         return f"batch {self.batch_id} [{self.start:%Y-%m-%d}, {self.end:%Y-%m-%d})"
 
 
-def batch_boundaries(start: pd.Timestamp, end: pd.Timestamp, batch_size_days: int) -> list[pd.Timestamp]:
+def batch_boundaries(
+    start: pd.Timestamp, end: pd.Timestamp, batch_size_days: int
+) -> list[pd.Timestamp]:
     """``start, start + d, start + 2d, ..., end``: consecutive windows covering [start, end)."""
     step = pd.Timedelta(days=batch_size_days)
     count = int(np.ceil((end - start) / step))
@@ -93,7 +96,7 @@ def plan_batches(
     positions = [int(timestamps.searchsorted(edge)) for edge in edges]
     positions[-1] = rows
     batches = []
-    for k, (lo, hi) in enumerate(zip(positions[:-1], positions[1:], strict=True)):
+    for k, (lo, hi) in enumerate(itertools.pairwise(positions)):
         train = (max(lo, lags + horizon), hi)
         evaluate = (max(lo, lags), min(hi, rows - horizon))
         first = max(0, min(train[0] - horizon, evaluate[0]) - max(lags, history) - fill_limit)
@@ -363,7 +366,9 @@ class DaskEngine(Engine):
             futures = self.client.map(
                 partial(_announce_and_run, topic, task),
                 *zip(*self._scatter_arrays(arguments), strict=True),
-                key=list(labels), pure=False, retries=0,
+                key=list(labels),
+                pure=False,
+                retries=0,
             )
             for future in futures:
                 future.add_done_callback(lambda done: events.put(("done", done)))

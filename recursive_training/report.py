@@ -80,8 +80,10 @@ def render_report(document: dict[str, Any], predictions: pd.DataFrame, out_dir: 
 def _prepare_folder(out_dir: str) -> Path:
     """The report folder, created if missing; OutputError when that is impossible."""
     if "://" in out_dir:
-        raise OutputError(f"the report is written to a local folder, not to {out_dir}; "
-                          "pass a local path to --report")
+        raise OutputError(
+            f"the report is written to a local folder, not to {out_dir}; "
+            "pass a local path to --report"
+        )
     folder = Path(out_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -160,19 +162,24 @@ def _variable_sections(
             continue
         path = folder / f"variable_{index:02d}_{_slug(name)}.png"
         metrics = document["metrics"]["overall"].get(name, {})
-        sections.append(Section(
-            name,
-            f"Skill vs persistence {_number(metrics.get('skill_vs_persistence'))}, directional "
-            f"accuracy {_number(metrics.get('directional_accuracy'))}, "
-            f"RMSE {_number(metrics.get('rmse'))} over {_number(metrics.get('n'))} predictions.",
-            _variable_chart(name, frame, int(document["config"]["horizon"]), path),
-        ))
+        sections.append(
+            Section(
+                name,
+                "Skill vs persistence "
+                f"{_number(metrics.get('skill_vs_persistence'))}, directional accuracy "
+                f"{_number(metrics.get('directional_accuracy'))}, RMSE "
+                f"{_number(metrics.get('rmse'))} over {_number(metrics.get('n'))} predictions.",
+                _variable_chart(name, frame, int(document["config"]["horizon"]), path),
+            )
+        )
     if len(variables) > len(shown):
-        sections.append(Section(
-            f"{_count(len(variables) - len(shown), 'more variable')} not drawn",
-            f"Only the first {len(shown)} variables (in data order) get a chart; the table above "
-            "lists them all. Choose which with --variables.",
-        ))
+        sections.append(
+            Section(
+                f"{_count(len(variables) - len(shown), 'more variable')} not drawn",
+                f"Only the first {len(shown)} variables (in data order) get a chart; the table "
+                "above lists them all. Choose which with --variables.",
+            )
+        )
     return sections
 
 
@@ -207,13 +214,28 @@ def _variable_chart(name: str, frame: pd.DataFrame, horizon: int, path: Path) ->
     figure.suptitle(f"{_text(name)}: walk-forward {change}", fontweight="bold")
 
     dense = len(frame) > 400
-    series.plot(realized, actual, color=ACTUAL, lw=0.6 if dense else 1.0, label="actual",
-                marker=None if dense else ".")
-    series.plot(realized, predicted, color=PREDICTED, lw=0.8 if dense else 1.2, label="predicted",
-                marker=None if dense else ".")
+    series.plot(
+        realized,
+        actual,
+        color=ACTUAL,
+        lw=0.6 if dense else 1.0,
+        label="actual",
+        marker=None if dense else ".",
+    )
+    series.plot(
+        realized,
+        predicted,
+        color=PREDICTED,
+        lw=0.8 if dense else 1.2,
+        label="predicted",
+        marker=None if dense else ".",
+    )
     series.axhline(0.0, color="black", lw=0.5)
-    series.set(title="Predicted and actual change", xlabel="realized date",
-               ylabel=f"{change} (units of the variable)")
+    series.set(
+        title="Predicted and actual change",
+        xlabel="realized date",
+        ylabel=f"{change} (units of the variable)",
+    )
     series.legend(loc="upper left", fontsize=8)
     _date_axis(series)
 
@@ -224,22 +246,36 @@ def _variable_chart(name: str, frame: pd.DataFrame, horizon: int, path: Path) ->
     gain = np.cumsum(actual**2 - (predicted - actual) ** 2) / (persistence or 1.0)
     cumulative.plot(realized, gain, color=PREDICTED)
     cumulative.axhline(0.0, color="black", lw=0.5)
-    cumulative.set(title="Cumulative skill vs persistence", xlabel="realized date",
-                   ylabel="running ΔSSE / total SSE(persistence)")
+    cumulative.set(
+        title="Cumulative skill vs persistence",
+        xlabel="realized date",
+        ylabel="running ΔSSE / total SSE(persistence)",
+    )
     _date_axis(cumulative)
     return _save(figure, path)
 
 
 def _calibration(axes: Axes, predicted: NDArray[np.float64], actual: NDArray[np.float64]) -> None:
     """Scatter of actual against predicted change, the diagonal, and the fitted slope."""
-    axes.scatter(predicted, actual, s=5, alpha=0.35 if len(actual) > 400 else 0.7,
-                 color=PREDICTED, edgecolors="none")
+    axes.scatter(
+        predicted,
+        actual,
+        s=5,
+        alpha=0.35 if len(actual) > 400 else 0.7,
+        color=PREDICTED,
+        edgecolors="none",
+    )
     low, high = float(predicted.min()), float(predicted.max())
     axes.plot([low, high], [low, high], color="black", lw=0.8, ls="--", label="actual = predicted")
     if len(actual) > 1 and high > low:
         slope, intercept = np.polyfit(predicted, actual, 1)
-        axes.plot([low, high], [intercept + slope * low, intercept + slope * high], color="#d62728",
-                  lw=1.2, label=f"fit: slope {slope:.2f}")
+        axes.plot(
+            [low, high],
+            [intercept + slope * low, intercept + slope * high],
+            color="#d62728",
+            lw=1.2,
+            label=f"fit: slope {slope:.2f}",
+        )
     axes.axhline(0.0, color="black", lw=0.4)
     axes.axvline(0.0, color="black", lw=0.4)
     axes.set_title(f"Calibration ({len(actual)} predictions)")
@@ -280,13 +316,21 @@ def _skill_heatmap(document: dict[str, Any], folder: Path) -> Section:
     columns = [f"{_batch_label(b)}, n={b['samples_evaluated']}" for b in batches]
     columns.append(f"whole run, n={document['data']['samples_evaluated']}")
 
-    figure = Figure(figsize=(max(8.0, 3.0 + 0.5 * len(columns)), max(3.5, 1.8 + 0.3 * len(rows))),
-                    layout="constrained")
+    figure = Figure(
+        figsize=(max(8.0, 3.0 + 0.5 * len(columns)), max(3.5, 1.8 + 0.3 * len(rows))),
+        layout="constrained",
+    )
     axes = figure.subplots()
     limit = _colour_limit(values)
     colours = matplotlib.colormaps["RdBu"].with_extremes(bad="#e6e6e6")
-    image = axes.imshow(np.ma.masked_invalid(values), cmap=colours, vmin=-limit, vmax=limit,
-                        aspect="auto", interpolation="nearest")
+    image = axes.imshow(
+        np.ma.masked_invalid(values),
+        cmap=colours,
+        vmin=-limit,
+        vmax=limit,
+        aspect="auto",
+        interpolation="nearest",
+    )
     colourbar = figure.colorbar(image, ax=axes, extend="both", shrink=0.9)
     colourbar.set_label(f"skill (colour clipped to ±{limit:g})")
     if values.size <= 600:
@@ -343,24 +387,41 @@ def _skill_by_batch(document: dict[str, Any], folder: Path) -> Section:
 
     figure = Figure(figsize=(max(8.0, 2.0 + 0.45 * len(batches)), 5.5), layout="constrained")
     skill, samples = figure.subplots(2, 1, sharex=True, height_ratios=[2.5, 1])
-    skill.fill_between(positions, quartiles[:, 0], quartiles[:, 2], color=PREDICTED, alpha=0.2,
-                       label="interquartile range across variables")
-    skill.plot(positions, quartiles[:, 1], color=PREDICTED, marker="o",
-               label="median across variables")
+    skill.fill_between(
+        positions,
+        quartiles[:, 0],
+        quartiles[:, 2],
+        color=PREDICTED,
+        alpha=0.2,
+        label="interquartile range across variables",
+    )
+    skill.plot(
+        positions, quartiles[:, 1], color=PREDICTED, marker="o", label="median across variables"
+    )
     if headline is not None:
-        skill.axhline(headline, color="#d62728", ls="--", lw=1,
-                      label=f"whole run, mean over variables ({headline:.3g})")
+        skill.axhline(
+            headline,
+            color="#d62728",
+            ls="--",
+            lw=1,
+            label=f"whole run, mean over variables ({headline:.3g})",
+        )
     skill.axhline(0.0, color="black", lw=0.6)
     skill.set(ylabel="skill vs persistence")
     skill.set_title("Skill vs persistence by batch", fontweight="bold")
     skill.legend(fontsize=8, loc="best")
     samples.bar(positions, [b["samples_evaluated"] for b in batches], color=ACTUAL)
     samples.set(ylabel="samples evaluated", xlabel="batch start date")
-    samples.set_xticks(positions, [_batch_label(b) for b in batches], rotation=45, ha="right",
-                       fontsize=8)
+    samples.set_xticks(
+        positions, [_batch_label(b) for b in batches], rotation=45, ha="right", fontsize=8
+    )
     path = _save(figure, folder / "skill_by_batch.png")
-    return Section(title, "Above zero the model beats predicting no change. Batches with few "
-                   "samples (often the last, partial one) give noisy skill.", path)
+    return Section(
+        title,
+        "Above zero the model beats predicting no change. Batches with few "
+        "samples (often the last, partial one) give noisy skill.",
+        path,
+    )
 
 
 # --- rule trust -----------------------------------------------------------------------------
@@ -387,10 +448,22 @@ def _rule_trust(document: dict[str, Any], folder: Path) -> Section:
 
     figure = Figure(figsize=(10, max(3.0, 1.6 + 0.26 * len(shown))), layout="constrained")
     axes = figure.subplots()
-    axes.barh(positions, means - 0.5, left=0.5, height=0.7,
-              color=[VALIDATED if r["validated"] else OTHER for r in shown])
-    axes.errorbar(means, positions, xerr=[means - lower, upper - means], fmt="none",
-                  ecolor="black", elinewidth=0.9, capsize=2)
+    axes.barh(
+        positions,
+        means - 0.5,
+        left=0.5,
+        height=0.7,
+        color=[VALIDATED if r["validated"] else OTHER for r in shown],
+    )
+    axes.errorbar(
+        means,
+        positions,
+        xerr=[means - lower, upper - means],
+        fmt="none",
+        ecolor="black",
+        elinewidth=0.9,
+        capsize=2,
+    )
     axes.axvline(0.5, color="#d62728", lw=1, ls="--")
     axes.set_yticks(positions, [_text(_rule_label(r)) for r in shown], fontsize=8)
     axes.set_ylim(-0.7, len(shown) - 0.3)
@@ -456,7 +529,7 @@ def _page(document: dict[str, Any], sections: dict[str, list[Section]]) -> str:
         f"<title>Training report {_e(document['run_id'])}</title>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>Training report: run {_e(document['run_id'])}</h1>",
-        f"<p class=\"meta\">{_e(data['source'])}, {_e(str(data['start'])[:10])} to "
+        f'<p class="meta">{_e(data["source"])}, {_e(str(data["start"])[:10])} to '
         f"{_e(str(data['end'])[:10])}: {_count(len(data['variables']), 'variable')}, "
         f"{_count(data['batches'], 'batch')} of {_e(document['config']['batch_size_days'])} days "
         f"({len(_evaluated_batches(document))} evaluated walk-forward). Created "
@@ -488,8 +561,10 @@ def _headline_table(document: dict[str, Any]) -> str:
 
 def _variable_table(document: dict[str, Any]) -> str:
     """Every variable's whole-run metrics, negative skill marked."""
-    head = "".join(f"<th>{h}</th>" for h in
-                   ("variable", "n", "MAE", "RMSE", "directional accuracy", "skill vs persistence"))
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("variable", "n", "MAE", "RMSE", "directional accuracy", "skill vs persistence")
+    )
     rows = []
     for name, m in document["metrics"]["overall"].items():
         skill = m["skill_vs_persistence"]
@@ -508,8 +583,10 @@ def _rule_table(document: dict[str, Any]) -> str:
     if not rules:
         return ""
     level = f"{CONFIDENCE_LEVEL:.0%}"
-    head = "".join(f"<th>{_e(h)}</th>" for h in
-                   ("rule", "target", "hits", "misses", "trust", f"{level} interval", "validated"))
+    head = "".join(
+        f"<th>{_e(h)}</th>"
+        for h in ("rule", "target", "hits", "misses", "trust", f"{level} interval", "validated")
+    )
     rows = "".join(
         f"<tr><td>{_e(r['rule'])}</td><td>{_e(r['target'])}</td><td>{_e(_number(r['hits']))}</td>"
         f"<td>{_e(_number(r['misses']))}</td><td>{_e(_number(r['trust_mean']))}</td>"
@@ -517,8 +594,10 @@ def _rule_table(document: dict[str, Any]) -> str:
         f"<td>{'yes' if r['validated'] else 'no'}</td></tr>"
         for r in rules
     )
-    return (f"<details><summary>All {len(rules)} rules</summary>"
-            f"<table><tr>{head}</tr>{rows}</table></details>")
+    return (
+        f"<details><summary>All {len(rules)} rules</summary>"
+        f"<table><tr>{head}</tr>{rows}</table></details>"
+    )
 
 
 def _section(section: Section) -> str:
@@ -527,7 +606,7 @@ def _section(section: Section) -> str:
         return f'<h3>{_e(section.title)}</h3><p class="note">{_e(section.caption)}</p>'
     encoded = base64.b64encode(section.path.read_bytes()).decode("ascii")
     return (
-        f"<figure><img src=\"data:image/png;base64,{encoded}\" alt=\"{_e(section.title)}\">"
+        f'<figure><img src="data:image/png;base64,{encoded}" alt="{_e(section.title)}">'
         f"<figcaption><strong>{_e(section.title)}</strong>: {_e(section.caption)}</figcaption>"
         "</figure>"
     )

@@ -45,10 +45,20 @@ def build_document(result: TrainingResult) -> dict[str, Any]:
     """The versioned results JSON of a run (plain types only)."""
     variables = result.variables
     overall = result.errors.table(variables)
-    trust = beta_trust(np.array([r[2] for r in result.rule_table]), np.array([r[3] for r in result.rule_table]))
+    trust = beta_trust(
+        np.array([r[2] for r in result.rule_table]), np.array([r[3] for r in result.rule_table])
+    )
     rules = [
-        {"rule": rule, "target": target, "hits": hits, "misses": misses,
-         "trust_mean": t.mean, "trust_lower": t.lower, "trust_upper": t.upper, "validated": t.validated}
+        {
+            "rule": rule,
+            "target": target,
+            "hits": hits,
+            "misses": misses,
+            "trust_mean": t.mean,
+            "trust_lower": t.lower,
+            "trust_upper": t.upper,
+            "validated": t.validated,
+        }
         for (rule, target, hits, misses), t in zip(result.rule_table, trust, strict=True)
     ]
     batches = []
@@ -56,22 +66,31 @@ def build_document(result: TrainingResult) -> dict[str, Any]:
         stats = result.statistics[batch.batch_id]
         evaluation = result.evaluations.get(batch.batch_id)
         errors = evaluation.errors if evaluation else ErrorSums.zeros(len(variables))
-        batches.append({
-            "batch_id": batch.batch_id,
-            "start": batch.start.isoformat(),
-            "end": batch.end.isoformat(),
-            "samples_trained": stats.stats.n,
-            "samples_evaluated": int(errors.n[0]) if len(variables) else 0,
-            "evaluated": evaluation is not None,
-            "dropped_missing": stats.dropped_missing + (evaluation.dropped_missing if evaluation else 0),
-            "seconds": {"statistics": stats.seconds, "evaluation": evaluation.seconds if evaluation else 0.0},
-            "workers": {"statistics": stats.worker, "evaluation": evaluation.worker if evaluation else None},
-            "metrics": errors.table(variables),
-        })
+        batches.append(
+            {
+                "batch_id": batch.batch_id,
+                "start": batch.start.isoformat(),
+                "end": batch.end.isoformat(),
+                "samples_trained": stats.stats.n,
+                "samples_evaluated": int(errors.n[0]) if len(variables) else 0,
+                "evaluated": evaluation is not None,
+                "dropped_missing": stats.dropped_missing
+                + (evaluation.dropped_missing if evaluation else 0),
+                "seconds": {
+                    "statistics": stats.seconds,
+                    "evaluation": evaluation.seconds if evaluation else 0.0,
+                },
+                "workers": {
+                    "statistics": stats.worker,
+                    "evaluation": evaluation.worker if evaluation else None,
+                },
+                "metrics": errors.table(variables),
+            }
+        )
     headline = {
         "mean_skill_vs_persistence": _mean([m["skill_vs_persistence"] for m in overall.values()]),
         "mean_directional_accuracy": _mean([m["directional_accuracy"] for m in overall.values()]),
-        "rules_validated": sum(r["validated"] for r in rules),
+        "rules_validated": sum(t.validated for t in trust),
         "rules_total": len(rules),
     }
     return {
@@ -102,7 +121,9 @@ def build_document(result: TrainingResult) -> dict[str, Any]:
             "half_life_days": result.config.half_life_days,
             "samples": result.state.stats.n,
             "min_train_samples": result.config.evaluation_threshold(len(result.features)),
-            "coefficients": {v: result.coefficients[:, j].tolist() for j, v in enumerate(variables)},
+            "coefficients": {
+                v: result.coefficients[:, j].tolist() for j, v in enumerate(variables)
+            },
         },
         "rules": rules,
         "metrics": {"headline": headline, "overall": overall},
@@ -175,21 +196,30 @@ def write_outputs(
         buffer = io.BytesIO()
         result.predictions_frame().to_parquet(buffer, index=False)
     files: list[tuple[str, bytes | Path, str]] = [
-        (storage.join(config.output_dir, DEFAULT_PREDICTIONS_FILE),
-         buffer.getvalue() if predictions is None else predictions,
-         "application/vnd.apache.parquet"),
-        (storage.join(config.output_dir, DEFAULT_STATE_FILE), result.state.to_bytes(),
-         "application/octet-stream"),
-        (config.results_path, json.dumps(document, indent=2, allow_nan=False).encode(),
-         "application/json"),
+        (
+            storage.join(config.output_dir, DEFAULT_PREDICTIONS_FILE),
+            buffer.getvalue() if predictions is None else predictions,
+            "application/vnd.apache.parquet",
+        ),
+        (
+            storage.join(config.output_dir, DEFAULT_STATE_FILE),
+            result.state.to_bytes(),
+            "application/octet-stream",
+        ),
+        (
+            config.results_path,
+            json.dumps(document, indent=2, allow_nan=False).encode(),
+            "application/json",
+        ),
     ]
     # stored with S3 objects, so a reader can match the three files of one run
     metadata = {"run-id": result.run_id, "config-hash": document["config_hash"]}
     written: list[str] = []
     try:
         for location, data, content_type in files:
-            storage.write_bytes(location, data, config.s3_settings,
-                                content_type=content_type, metadata=metadata)
+            storage.write_bytes(
+                location, data, config.s3_settings, content_type=content_type, metadata=metadata
+            )
             written.append(location)
     except (OSError, OutputError) as e:
         for location in written:
@@ -212,9 +242,9 @@ def summary(document: dict[str, Any]) -> str:
     """A few lines for the terminal: what ran, how well, where the files are."""
     data, headline = document["data"], document["metrics"]["headline"]
     lines = [
-        f"Trained on {len(data['variables'])} variables, {data['start'][:10]} to {data['end'][:10]}: "
-        f"{data['samples_trained']} samples in {data['batches']} batches ({document['seconds']:.1f}s, "
-        f"{document['engine']})",
+        f"Trained on {len(data['variables'])} variables, {data['start'][:10]} to "
+        f"{data['end'][:10]}: {data['samples_trained']} samples in {data['batches']} batches "
+        f"({document['seconds']:.1f}s, {document['engine']})",
         f"Walk-forward: {data['samples_evaluated']} samples evaluated, mean skill vs persistence "
         f"{_fmt(headline['mean_skill_vs_persistence'])}, directional accuracy "
         f"{_fmt(headline['mean_directional_accuracy'])}",
@@ -223,13 +253,21 @@ def summary(document: dict[str, Any]) -> str:
         f"{'variable':<24} {'n':>7} {'rmse':>11} {'skill':>7} {'dir.acc':>7}",
     ]
     for name, m in list(document["metrics"]["overall"].items())[:12]:
-        lines.append(f"{name:<24} {m['n']:>7} {_fmt(m['rmse'], 11)} {_fmt(m['skill_vs_persistence'], 7)} "
-                     f"{_fmt(m['directional_accuracy'], 7)}")
+        lines.append(
+            f"{name:<24} {m['n']:>7} {_fmt(m['rmse'], 11)} {_fmt(m['skill_vs_persistence'], 7)} "
+            f"{_fmt(m['directional_accuracy'], 7)}"
+        )
     if len(document["metrics"]["overall"]) > 12:
         lines.append(f"... and {len(document['metrics']['overall']) - 12} more in the results file")
     return "\n".join(lines)
 
 
 def _fmt(value: float | None, width: int = 0) -> str:
-    text = "n/a" if value is None else f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    text = (
+        "n/a"
+        if value is None
+        else f"{value:.4g}"
+        if abs(value) >= 1e-3 or value == 0
+        else f"{value:.2e}"
+    )
     return text.rjust(width)

@@ -97,30 +97,43 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--config", metavar="YAML", help="YAML file of settings; flags override it.")
+    parser.add_argument(
+        "--config", metavar="YAML", help="YAML file of settings; flags override it."
+    )
 
     data = parser.add_argument_group("data")
     data.add_argument("--input-data", metavar="URI", help=_field_help("input_data"))
-    data.add_argument("--input-format", choices=["auto", "csv", "parquet"], help=_field_help("input_format"))
+    data.add_argument(
+        "--input-format", choices=["auto", "csv", "parquet"], help=_field_help("input_format")
+    )
     data.add_argument("--variables", type=_csv, metavar="A,B,...", help=_field_help("variables"))
     data.add_argument("--start-date", metavar="DATE", help=_field_help("start_date"))
     data.add_argument("--end-date", metavar="DATE", help=_field_help("end_date"))
-    data.add_argument("--batch-size-days", type=int, metavar="DAYS", help=_field_help("batch_size_days"))
+    data.add_argument(
+        "--batch-size-days", type=int, metavar="DAYS", help=_field_help("batch_size_days")
+    )
     data.add_argument("--fill-limit", type=int, metavar="ROWS", help=_field_help("fill_limit"))
 
     model = parser.add_argument_group("model and rules")
     model.add_argument("--horizon", type=int, metavar="STEPS", help=_field_help("horizon"))
     model.add_argument("--lags", type=int, metavar="L", help=_field_help("lags"))
-    model.add_argument("--ridge-alpha", type=float, metavar="ALPHA", help=_field_help("ridge_alpha"))
-    model.add_argument("--half-life-days", type=float, metavar="DAYS", help=_field_help("half_life_days"))
-    model.add_argument("--min-train-samples", type=int, metavar="N", help=_field_help("min_train_samples"))
+    model.add_argument(
+        "--ridge-alpha", type=float, metavar="ALPHA", help=_field_help("ridge_alpha")
+    )
+    model.add_argument(
+        "--half-life-days", type=float, metavar="DAYS", help=_field_help("half_life_days")
+    )
+    model.add_argument(
+        "--min-train-samples", type=int, metavar="N", help=_field_help("min_train_samples")
+    )
     model.add_argument("--rules", type=_rules, metavar="R1,R2,...", help=_field_help("rules"))
 
     execution = parser.add_argument_group("execution")
     execution.add_argument("--use-dask", action="store_true", help=_field_help("use_dask"))
     execution.add_argument("--max-workers", type=int, metavar="N", help=_field_help("max_workers"))
     execution.add_argument(
-        "--dask-scheduler-address", metavar="ADDRESS",
+        "--dask-scheduler-address",
+        metavar="ADDRESS",
         help=_field_help("dask_scheduler_address", "; also read from DASK_SCHEDULER_ADDRESS"),
     )
     for flag in ("--dask-connect-timeout", "--batch-timeout", "--run-timeout"):
@@ -133,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--output-dir", metavar="DIR", help=_field_help("output_dir"))
     output.add_argument("--output-file", metavar="NAME", help=_field_help("output_file"))
     output.add_argument("--overwrite", action="store_true", help=_field_help("overwrite"))
-    output.add_argument("--report", dest="report_dir", metavar="DIR", help=_field_help("report_dir"))
+    output.add_argument(
+        "--report", dest="report_dir", metavar="DIR", help=_field_help("report_dir")
+    )
     output.add_argument("--resume-from", metavar="STATE", help=_field_help("resume_from"))
 
     s3 = parser.add_argument_group(
@@ -155,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     logs = parser.add_argument_group("logging")
     logs.add_argument("--log-level", metavar="LEVEL", help=_field_help("log_level"))
     logs.add_argument("--log-dir", metavar="DIR", help=_field_help("log_dir"))
-    logs.add_argument("--progress", action=argparse.BooleanOptionalAction, help=_field_help("progress"))
+    logs.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, help=_field_help("progress")
+    )
     logs.add_argument(
         "--progress-file",
         metavar="PATH",
@@ -202,7 +219,9 @@ def setup_logging(level: str = "INFO", log_dir: str | None = None) -> Path | Non
         path.parent.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(path, encoding="utf-8")
     except OSError as e:
-        raise ConfigError(f"cannot write a log file in --log-dir {log_dir}: {e.strerror or e}") from e
+        raise ConfigError(
+            f"cannot write a log file in --log-dir {log_dir}: {e.strerror or e}"
+        ) from e
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root.addHandler(file_handler)
     return path

@@ -199,8 +199,11 @@ def find(location: S3Location, settings: S3Settings, kind: type[TrainingError]) 
             Bucket=location.bucket, Prefix=location.key, MaxKeys=1
         )
     return next(
-        (S3Object(location, int(item["Size"]), item["ETag"])
-         for item in listed.get("Contents", []) if item["Key"] == location.key),
+        (
+            S3Object(location, int(item["Size"]), item["ETag"])
+            for item in listed.get("Contents", [])
+            if item["Key"] == location.key
+        ),
         None,
     )
 
@@ -217,8 +220,10 @@ def list_folder(
     prefix = f"{location.key.rstrip('/')}/" if location.key.strip("/") else ""
     objects = []
     with translated(kind, location, "list", settings):
-        pages = client(settings).get_paginator("list_objects_v2").paginate(
-            Bucket=location.bucket, Prefix=prefix, Delimiter="/"
+        pages = (
+            client(settings)
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=location.bucket, Prefix=prefix, Delimiter="/")
         )
         for page in pages:
             objects += [
@@ -262,8 +267,11 @@ def put_bytes(
     """Store ``data`` in one PUT: S3 makes it visible whole or not at all."""
     with translated(OutputError, location, "write", settings):
         client(settings).put_object(
-            Bucket=location.bucket, Key=location.key, Body=data,
-            ContentType=content_type, Metadata=metadata,
+            Bucket=location.bucket,
+            Key=location.key,
+            Body=data,
+            ContentType=content_type,
+            Metadata=metadata,
         )
 
 

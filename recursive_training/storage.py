@@ -35,8 +35,9 @@ def exists(location: str, settings: S3Settings = DEFAULT_S3) -> bool:
 def read_bytes(location: str, settings: S3Settings = DEFAULT_S3) -> bytes:
     """The content of a state file (the only thing a run reads back)."""
     if s3.is_s3_uri(location):
-        return s3.get_bytes(S3Location.parse(location), settings, StateError,
-                            action="read resume state")
+        return s3.get_bytes(
+            S3Location.parse(location), settings, StateError, action="read resume state"
+        )
     try:
         return Path(location).read_bytes()
     except FileNotFoundError:
@@ -59,8 +60,13 @@ def write_bytes(
     """
     if s3.is_s3_uri(location):
         content = data if isinstance(data, bytes) else data.read_bytes()
-        s3.put_bytes(S3Location.parse(location), content, settings,
-                     content_type=content_type, metadata=metadata or {})
+        s3.put_bytes(
+            S3Location.parse(location),
+            content,
+            settings,
+            content_type=content_type,
+            metadata=metadata or {},
+        )
         return
     path = Path(location)
     try:

@@ -56,7 +56,9 @@ class TrainingConfig(BaseModel):
 
     # --- model ------------------------------------------------------------------------
     horizon: int = Field(1, ge=1, description="Forecast horizon h in steps (rows).")
-    lags: int = Field(5, ge=1, description="Number of past changes of every variable used as features.")
+    lags: int = Field(
+        5, ge=1, description="Number of past changes of every variable used as features."
+    )
     ridge_alpha: float = Field(
         0.01,
         ge=0,
@@ -104,12 +106,16 @@ class TrainingConfig(BaseModel):
     )
 
     # --- output -----------------------------------------------------------------------
-    output_dir: str = Field("training_results", description="Folder for results, state and predictions.")
+    output_dir: str = Field(
+        "training_results", description="Folder for results, state and predictions."
+    )
     output_file: str = Field(
         DEFAULT_RESULTS_FILE, description="Results JSON file name (relative to output_dir) or path."
     )
     overwrite: bool = Field(False, description="Replace results of an earlier run in output_dir.")
-    report_dir: str | None = Field(None, description="Also render a PNG/HTML report into this folder.")
+    report_dir: str | None = Field(
+        None, description="Also render a PNG/HTML report into this folder."
+    )
     resume_from: str | None = Field(
         None, description="State file of an earlier run to continue learning from."
     )
@@ -132,8 +138,9 @@ class TrainingConfig(BaseModel):
         None, description="Object key or folder prefix in s3_data_bucket; default: the bucket root."
     )
     s3_results_bucket: str | None = Field(
-        None, description="Write results, state and predictions to this bucket: "
-        "output_dir = s3://BUCKET/PREFIX."
+        None,
+        description="Write results, state and predictions to this bucket: "
+        "output_dir = s3://BUCKET/PREFIX.",
     )
     s3_results_prefix: str | None = Field(
         None, description="Folder prefix in s3_results_bucket; default: training_results."
@@ -150,7 +157,9 @@ class TrainingConfig(BaseModel):
     s3_read_timeout: float = Field(30.0, gt=0, description="Seconds to wait for an S3 response.")
 
     # --- logging ----------------------------------------------------------------------
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Console log level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Console log level."
+    )
     log_dir: str | None = Field(None, description="Also write a log file into this folder.")
     progress: bool | None = Field(
         None, description="Show a progress bar; default: only when stderr is a terminal."
@@ -185,8 +194,11 @@ class TrainingConfig(BaseModel):
                     f"{fields['s3_output_file']!r}; use --output-file for a local name"
                 )
             expanded["output_file"] = str(fields["s3_output_file"])
-        shorthands = {"input_data": "s3_data_bucket", "output_dir": "s3_results_bucket",
-                      "output_file": "s3_output_file"}
+        shorthands = {
+            "input_data": "s3_data_bucket",
+            "output_dir": "s3_results_bucket",
+            "output_file": "s3_output_file",
+        }
         for name, value in expanded.items():
             given = fields.get(name)
             if given is not None and given != value:
@@ -223,14 +235,21 @@ class TrainingConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> TrainingConfig:
-        if self.start_date is not None and self.end_date is not None and self.start_date >= self.end_date:
+        if (
+            self.start_date is not None
+            and self.end_date is not None
+            and self.start_date >= self.end_date
+        ):
             raise ValueError(
-                f"start_date {self.start_date:%Y-%m-%d} must be before end_date {self.end_date:%Y-%m-%d}"
+                f"start_date {self.start_date:%Y-%m-%d} must be before "
+                f"end_date {self.end_date:%Y-%m-%d}"
             )
         if self.max_workers is not None and not (self.use_dask or self.dask_scheduler_address):
             raise ValueError("max_workers needs use_dask (--use-dask)")
         if self.use_dask and self.dask_scheduler_address:
-            raise ValueError("use_dask starts a local cluster; drop it when giving dask_scheduler_address")
+            raise ValueError(
+                "use_dask starts a local cluster; drop it when giving dask_scheduler_address"
+            )
         for name in ("input_data", "output_dir", "output_file", "resume_from"):
             value = getattr(self, name)
             if value is not None and is_s3_uri(value):
@@ -252,8 +271,10 @@ class TrainingConfig(BaseModel):
     def s3_settings(self) -> S3Settings:
         """How to reach S3: what the driver and every worker build their client from."""
         return S3Settings(
-            endpoint_url=self.s3_endpoint_url, region=self.s3_region,
-            max_attempts=self.s3_max_attempts, connect_timeout=self.s3_connect_timeout,
+            endpoint_url=self.s3_endpoint_url,
+            region=self.s3_region,
+            max_attempts=self.s3_max_attempts,
+            connect_timeout=self.s3_connect_timeout,
             read_timeout=self.s3_read_timeout,
         )
 
@@ -272,8 +293,19 @@ class TrainingConfig(BaseModel):
         """Hash of the fields that change what is learned (not where it is written)."""
         learned = self.model_dump(
             mode="json",
-            include={"input_data", "variables", "start_date", "end_date", "fill_limit", "horizon",
-                     "lags", "ridge_alpha", "half_life_days", "rules", "min_train_samples"},
+            include={
+                "input_data",
+                "variables",
+                "start_date",
+                "end_date",
+                "fill_limit",
+                "horizon",
+                "lags",
+                "ridge_alpha",
+                "half_life_days",
+                "rules",
+                "min_train_samples",
+            },
         )
         return hashlib.sha256(json.dumps(learned, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -324,7 +356,9 @@ def load_config_file(path: str) -> dict[str, Any]:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must be a mapping of settings, got {type(loaded).__name__}")
+        raise ConfigError(
+            f"config file {path} must be a mapping of settings, got {type(loaded).__name__}"
+        )
     known = set(TrainingConfig.model_fields)
     fields = {str(k).replace("-", "_"): v for k, v in loaded.items()}
     unknown = sorted(set(fields) - known)

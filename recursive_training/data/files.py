@@ -66,8 +66,9 @@ def time_column(columns: Sequence[Hashable]) -> Hashable:
 def panel_from_table(table: pd.DataFrame, source: str) -> pd.DataFrame:
     """Turn a wide or long table into a validated wide panel."""
     if table.empty or len(table.columns) < 2:
-        raise DataError("has no data rows or only one column; expected a time column and values",
-                        source=source)
+        raise DataError(
+            "has no data rows or only one column; expected a time column and values", source=source
+        )
     stamps_column = time_column(list(table.columns))
     stamps = pd.to_datetime(table[stamps_column], errors="coerce", utc=True).dt.tz_localize(None)
     unparsed = stamps.isna() & table[stamps_column].notna()
@@ -119,7 +120,9 @@ class FileSource(InMemorySource):
         if not path.exists():
             raise DataError("no such file or folder; check --input-data", source=uri)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
+            files = sorted(
+                p for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file()
+            )
             if not files:
                 raise DataError("the folder holds no .csv or .parquet files", source=uri)
         else:

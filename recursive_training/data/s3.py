@@ -86,7 +86,10 @@ class _RangedFile(io.RawIOBase):
         if count <= 0:
             return 0
         data = s3.get_bytes(
-            self._item.location, self._settings, DataError, etag=self._item.etag,
+            self._item.location,
+            self._settings,
+            DataError,
+            etag=self._item.etag,
             byte_range=(self._position, self._position + count - 1),
         )
         view[: len(data)] = data
@@ -204,8 +207,10 @@ class _ParquetPart(_Part):
             return groups
         statistics = [metadata.row_group(g).column(position).statistics for g in groups]
         return [
-            group for group, stats in zip(groups, statistics, strict=True)
-            if stats is None or not stats.has_min_max
+            group
+            for group, stats in zip(groups, statistics, strict=True)
+            if stats is None
+            or not stats.has_min_max
             or (_naive(stats.min) <= last and _naive(stats.max) >= first)
         ]
 
@@ -237,10 +242,15 @@ class S3Source(DataSource):
         except ValueError as e:
             raise DataError(f"{e}; check --input-data", source=uri) from None
         single = s3.find(location, settings, DataError)
-        items = [single] if single else [
-            item for item in s3.list_folder(location, settings, DataError)
-            if _suffix(item.location.key) in SUFFIXES
-        ]
+        items = (
+            [single]
+            if single
+            else [
+                item
+                for item in s3.list_folder(location, settings, DataError)
+                if _suffix(item.location.key) in SUFFIXES
+            ]
+        )
         if not items:
             raise DataError(
                 "is neither an object nor a folder holding .csv or .parquet objects; check "
@@ -293,4 +303,4 @@ class S3Source(DataSource):
 def _suffix(key: str) -> str:
     """The lowercase extension of an object key."""
     name = key.rpartition("/")[2]
-    return name[name.rfind("."):].lower() if "." in name else ""
+    return name[name.rfind(".") :].lower() if "." in name else ""

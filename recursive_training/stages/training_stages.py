@@ -85,8 +85,11 @@ class BatchEvaluation:
     worker: str
 
 
-def load_window(batch: TrainingBatch, config: TrainingConfig) -> FloatArray:
-    """The batch's rows (levels, rows x variables), forward-filled up to the limit."""
+def load_window(
+    batch: TrainingBatch, config: TrainingConfig
+) -> tuple[FloatArray, NDArray[np.datetime64]]:
+    """The batch's rows (levels, rows x variables), forward-filled up to the limit, and
+    their timestamps (so a worker never needs the source's whole time index)."""
     source = open_source(config.input_data, config.input_format, config.s3_settings)
     frame = source.load(batch.variables, batch.window_first, batch.window_last)
     expected = batch.window_rows[1] - batch.window_rows[0]
@@ -99,12 +102,7 @@ def load_window(batch: TrainingBatch, config: TrainingConfig) -> FloatArray:
         )
     if config.fill_limit:
         frame = frame.ffill(limit=config.fill_limit)
-    return frame.to_numpy(dtype=np.float64)
-
-
-def _timestamps(batch: TrainingBatch, config: TrainingConfig) -> NDArray[np.datetime64]:
-    stamps = open_source(config.input_data, config.input_format, config.s3_settings).timestamps()
-    return stamps[batch.window_rows[0]:batch.window_rows[1]].to_numpy()
+    return frame.to_numpy(dtype=np.float64), frame.index.to_numpy()
 
 
 def compute_batch_statistics(batch: TrainingBatch, config: TrainingConfig) -> BatchStatistics:
@@ -116,47 +114,61 @@ def compute_batch_statistics(batch: TrainingBatch, config: TrainingConfig) -> Ba
     first, stop = batch.train_rows
     if first >= stop:
         empty = SufficientStats.zeros(n_features, len(batch.variables), n_entries)
-        return BatchStatistics(batch.batch_id, empty, 0, time.perf_counter() - began, current_worker())
-    levels = load_window(batch, config)
+        return BatchStatistics(
+            batch.batch_id, empty, 0, time.perf_counter() - began, current_worker()
+        )
+    levels, stamps = load_window(batch, config)
     offset = batch.window_rows[0]
     origins = np.arange(first, stop) - config.horizon - offset
     x, y = feats.design(levels, origins, config.lags, config.horizon)
     complete = feats.complete_rows(x, y)
-    stamps = _timestamps(batch, config)
-    weights = forgetting_weights(stamps[origins + config.horizon][complete], batch.end, config.half_life_days)
-    hits, misses = fixed_rule_counts(levels, origins[complete], y[complete], weights, rules, batch.variables)
+    weights = forgetting_weights(
+        stamps[origins + config.horizon][complete], batch.end, config.half_life_days
+    )
+    hits, misses = fixed_rule_counts(
+        levels, origins[complete], y[complete], weights, rules, batch.variables
+    )
     stats = SufficientStats.from_samples(x[complete], y[complete], weights, hits, misses)
     return BatchStatistics(
         batch.batch_id, stats, int((~complete).sum()), time.perf_counter() - began, current_worker()
     )
 
 
-def evaluate_batch(batch: TrainingBatch, config: TrainingConfig, coefficients: FloatArray) -> BatchEvaluation:
+def evaluate_batch(
+    batch: TrainingBatch, config: TrainingConfig, coefficients: FloatArray
+) -> BatchEvaluation:
     """Predict the samples whose origin is in the batch with the model known at its start."""
     began = time.perf_counter()
-    levels = load_window(batch, config)
+    levels, stamps = load_window(batch, config)
     offset = batch.window_rows[0]
     origins = np.arange(*batch.eval_rows) - offset
     x, y = feats.design(levels, origins, config.lags, config.horizon)
     complete = feats.complete_rows(x, y)
     origins, x, y = origins[complete], x[complete], y[complete]
     predicted = x @ coefficients
-    stamps = _timestamps(batch, config)
     realized = stamps[origins + config.horizon]
     weights = forgetting_weights(realized, batch.end, config.half_life_days)
     variables = list(batch.variables)
     hits, misses = sign_hits_misses(predicted, y, weights)  # the model as a sign rule
-    predictions = pd.DataFrame({
-        "origin": np.repeat(stamps[origins], len(variables)),
-        "realized": np.repeat(realized, len(variables)),
-        "batch_id": np.int32(batch.batch_id),
-        "variable": pd.Categorical(np.tile(variables, len(origins)), categories=variables),
-        "predicted": predicted.ravel(),
-        "actual": y.ravel(),
-    })
+    predictions = pd.DataFrame(
+        {
+            "origin": np.repeat(stamps[origins], len(variables)),
+            "realized": np.repeat(realized, len(variables)),
+            "batch_id": np.int32(batch.batch_id),
+            "variable": pd.Categorical(np.tile(variables, len(origins)), categories=variables),
+            "predicted": predicted.ravel(),
+            "actual": y.ravel(),
+        }
+    )
     return BatchEvaluation(
-        batch.batch_id, ErrorSums.from_predictions(predicted, y), hits, misses, predictions,
-        int((~complete).sum()), time.perf_counter() - began, current_worker(),
+        batch.batch_id,
+        ErrorSums.from_predictions(predicted, y),
+        hits,
+        misses,
+        predictions,
+        int((~complete).sum()),
+        time.perf_counter() - began,
+        current_worker(),
     )
 
 
@@ -192,12 +204,16 @@ class TrainingResult:
     def predictions_frame(self) -> pd.DataFrame:
         """Every walk-forward prediction, sorted by origin then variable."""
         if not self.predictions:
-            return pd.DataFrame({
-                "origin": pd.Series(dtype="datetime64[ns]"), "realized": pd.Series(dtype="datetime64[ns]"),
-                "batch_id": pd.Series(dtype="int32"),
-                "variable": pd.Categorical([], categories=self.variables),
-                "predicted": pd.Series(dtype="float64"), "actual": pd.Series(dtype="float64"),
-            })
+            return pd.DataFrame(
+                {
+                    "origin": pd.Series(dtype="datetime64[ns]"),
+                    "realized": pd.Series(dtype="datetime64[ns]"),
+                    "batch_id": pd.Series(dtype="int32"),
+                    "variable": pd.Categorical([], categories=self.variables),
+                    "predicted": pd.Series(dtype="float64"),
+                    "actual": pd.Series(dtype="float64"),
+                }
+            )
         frame = pd.concat(self.predictions, ignore_index=True)
         return frame.sort_values(["origin", "variable"], kind="stable", ignore_index=True)
 
@@ -212,9 +228,15 @@ def resolve_range(
         start = pd.Timestamp(config.start_date)
     else:
         start = state.end if state is not None else timestamps[0]
-    end = pd.Timestamp(config.end_date) if config.end_date is not None else (timestamps[-1] + pd.Timedelta(days=1)).normalize()
+    end = (
+        pd.Timestamp(config.end_date)
+        if config.end_date is not None
+        else (timestamps[-1] + pd.Timedelta(days=1)).normalize()
+    )
     if start >= end:
-        raise DataError(f"the range starts at {start} but ends at {end}; pass --end-date after the start")
+        raise DataError(
+            f"the range starts at {start} but ends at {end}; pass --end-date after the start"
+        )
     inside = timestamps[(timestamps >= start) & (timestamps < end)]
     if len(inside) == 0:
         raise DataError(
@@ -228,7 +250,9 @@ def resolve_range(
             f"start this run at or after that date (--start-date {state.end:%Y-%m-%d})"
         )
     if state is not None and start > state.end:
-        log.warning("Samples realized between %s and %s are learned by neither run", state.end, start)
+        log.warning(
+            "Samples realized between %s and %s are learned by neither run", state.end, start
+        )
     return start, end
 
 
@@ -247,7 +271,9 @@ class TrainingPipeline:
         # kept, so the driver's memory does not grow with the history.
         self.predictions_sink = predictions_sink
 
-    def execute(self, config: TrainingConfig, resume_state: TrainingState | None = None) -> TrainingResult:
+    def execute(
+        self, config: TrainingConfig, resume_state: TrainingState | None = None
+    ) -> TrainingResult:
         """Plan, map, scan, map, reduce; raises a TrainingError subclass on bad input."""
         began = time.perf_counter()
         source = open_source(config.input_data, config.input_format, config.s3_settings)
@@ -258,64 +284,122 @@ class TrainingPipeline:
         features = feats.feature_names(variables, config.lags)
         if resume_state is not None:
             resume_state.check_compatible(
-                config.resume_from or "the resume state", tuple(variables), config.lags,
-                config.horizon, config.half_life_days, tuple(config.rules),
+                config.resume_from or "the resume state",
+                tuple(variables),
+                config.lags,
+                config.horizon,
+                config.half_life_days,
+                tuple(config.rules),
             )
         timestamps = source.timestamps()
         start, end = resolve_range(config, timestamps, resume_state, source.uri)
-        check_batch_size(timestamps[(timestamps >= start) & (timestamps < end)], config.batch_size_days)
+        check_batch_size(
+            timestamps[(timestamps >= start) & (timestamps < end)], config.batch_size_days
+        )
         batches = plan_batches(
-            timestamps, start, end, config.batch_size_days, variables,
-            lags=config.lags, horizon=config.horizon, history=rule_history(rules),
+            timestamps,
+            start,
+            end,
+            config.batch_size_days,
+            variables,
+            lags=config.lags,
+            horizon=config.horizon,
+            history=rule_history(rules),
             fill_limit=config.fill_limit,
         )
         _require_samples(batches, source, config)
-        log.info("Planned %d batches of %d days over [%s, %s) for %d variables",
-                 len(batches), config.batch_size_days, f"{start:%Y-%m-%d}", f"{end:%Y-%m-%d}", len(variables))
+        log.info(
+            "Planned %d batches of %d days over [%s, %s) for %d variables",
+            len(batches),
+            config.batch_size_days,
+            f"{start:%Y-%m-%d}",
+            f"{end:%Y-%m-%d}",
+            len(variables),
+        )
 
         engine = self.engine or create_engine(config, batches, began)
         checkpoint = Checkpoint.for_config(config)
         with nullcontext(engine) if self.engine else engine:  # close only what we started
             log.info("Running on %s", engine.description)
             scan = PrefixScan(
-                batches, _initial_prefix(resume_state, start, config, len(features), variables, rules), config
+                batches,
+                _initial_prefix(resume_state, start, config, len(features), variables, rules),
+                config,
             )
             statistics = self._collect(
-                "statistics", engine, compute_batch_statistics, [(b, config) for b in batches],
+                "statistics",
+                engine,
+                compute_batch_statistics,
+                [(b, config) for b in batches],
                 checkpoint,
                 on_result=scan,
             )
             assert scan.complete, "every batch's statistics must have been folded"
             models, final = scan.models, scan.prefix
             evaluations = self._collect(
-                "evaluation", engine, evaluate_batch,
-                [(b, config, models[b.batch_id]) for b in batches
-                 if b.batch_id in models and b.eval_rows[0] < b.eval_rows[1]],
+                "evaluation",
+                engine,
+                evaluate_batch,
+                [
+                    (b, config, models[b.batch_id])
+                    for b in batches
+                    if b.batch_id in models and b.eval_rows[0] < b.eval_rows[1]
+                ],
                 checkpoint,
                 on_result=self._hand_over_predictions,
             )
-        model_hits, model_misses = _model_rule_counts(resume_state, batches, evaluations, end, config)
+        model_hits, model_misses = _model_rule_counts(
+            resume_state, batches, evaluations, end, config
+        )
         entries = rule_entries(rules, variables)
-        rule_table = [(rule, target, float(h), float(m))
-                      for (rule, target), h, m in zip(entries, final.rule_hits, final.rule_misses, strict=True)]
+        rule_table = [
+            (rule, target, float(h), float(m))
+            for (rule, target), h, m in zip(
+                entries, final.rule_hits, final.rule_misses, strict=True
+            )
+        ]
         if any(r.kind == MODEL_RULE for r in rules):
-            rule_table += [(MODEL_RULE, v, float(h), float(m))
-                           for v, h, m in zip(variables, model_hits, model_misses, strict=True)]
+            rule_table += [
+                (MODEL_RULE, v, float(h), float(m))
+                for v, h, m in zip(variables, model_hits, model_misses, strict=True)
+            ]
         errors = sum((e.errors for e in evaluations.values()), ErrorSums.zeros(len(variables)))
         run_id = uuid.uuid4().hex[:12]
         state = TrainingState(
-            end=end, variables=tuple(variables), features=tuple(features), lags=config.lags,
-            horizon=config.horizon, half_life_days=config.half_life_days, rules=tuple(config.rules),
-            stats=final, model_hits=model_hits, model_misses=model_misses, run_id=run_id,
+            end=end,
+            variables=tuple(variables),
+            features=tuple(features),
+            lags=config.lags,
+            horizon=config.horizon,
+            half_life_days=config.half_life_days,
+            rules=tuple(config.rules),
+            stats=final,
+            model_hits=model_hits,
+            model_misses=model_misses,
+            run_id=run_id,
         )
         return TrainingResult(
-            run_id=run_id, config=config, source=source.uri, variables=variables, features=features,
-            start=start, end=end, n_rows=int(((timestamps >= start) & (timestamps < end)).sum()),
-            batches=batches, statistics=statistics, evaluations=evaluations,
+            run_id=run_id,
+            config=config,
+            source=source.uri,
+            variables=variables,
+            features=features,
+            start=start,
+            end=end,
+            n_rows=int(((timestamps >= start) & (timestamps < end)).sum()),
+            batches=batches,
+            statistics=statistics,
+            evaluations=evaluations,
             coefficients=solve_ridge(final.xtx, final.xty, config.ridge_alpha),
-            rule_table=rule_table, errors=errors, state=state, resumed_from=config.resume_from,
-            engine=engine.description, seconds=time.perf_counter() - began,
-            predictions=[] if self.predictions_sink else [evaluations[k].predictions for k in sorted(evaluations)],
+            rule_table=rule_table,
+            errors=errors,
+            state=state,
+            resumed_from=config.resume_from,
+            engine=engine.description,
+            seconds=time.perf_counter() - began,
+            predictions=[]
+            if self.predictions_sink
+            else [evaluations[k].predictions for k in sorted(evaluations)],
         )
 
     def _collect(
@@ -355,7 +439,9 @@ class TrainingPipeline:
         return replace(evaluation, predictions=evaluation.predictions.head(0).copy())  # no view
 
 
-def _require_samples(batches: Sequence[TrainingBatch], source: DataSource, config: TrainingConfig) -> None:
+def _require_samples(
+    batches: Sequence[TrainingBatch], source: DataSource, config: TrainingConfig
+) -> None:
     if not any(b.train_rows[0] < b.train_rows[1] for b in batches):
         raise DataError(
             f"the range holds no complete sample: each needs {config.lags} earlier rows for its "
@@ -366,12 +452,18 @@ def _require_samples(batches: Sequence[TrainingBatch], source: DataSource, confi
 
 
 def _initial_prefix(
-    state: TrainingState | None, start: pd.Timestamp, config: TrainingConfig,
-    n_features: int, variables: Sequence[str], rules: Sequence[RuleSpec],
+    state: TrainingState | None,
+    start: pd.Timestamp,
+    config: TrainingConfig,
+    n_features: int,
+    variables: Sequence[str],
+    rules: Sequence[RuleSpec],
 ) -> SufficientStats:
     """The statistics known before the first batch: the resume state, aged to ``start``."""
     if state is None:
-        return SufficientStats.zeros(n_features, len(variables), len(rule_entries(rules, variables)))
+        return SufficientStats.zeros(
+            n_features, len(variables), len(rule_entries(rules, variables))
+        )
     return state.stats.decayed(decay_factor(state.end, start, config.half_life_days))
 
 
@@ -384,7 +476,9 @@ class PrefixScan:
     of order, not one features x features matrix per batch of the history.
     """
 
-    def __init__(self, batches: Sequence[TrainingBatch], initial: SufficientStats, config: TrainingConfig) -> None:
+    def __init__(
+        self, batches: Sequence[TrainingBatch], initial: SufficientStats, config: TrainingConfig
+    ) -> None:
         self.batches = batches
         self.config = config
         self.prefix = initial
@@ -396,10 +490,15 @@ class PrefixScan:
     def __call__(self, result: BatchStatistics) -> BatchStatistics:
         """Fold what can be folded; keep only the batch's sample count."""
         self._waiting[result.batch_id] = result.stats
-        while self._position < len(self.batches) and self.batches[self._position].batch_id in self._waiting:
+        while (
+            self._position < len(self.batches)
+            and self.batches[self._position].batch_id in self._waiting
+        ):
             batch = self.batches[self._position]
             if self.prefix.n >= self._threshold:
-                self.models[batch.batch_id] = solve_ridge(self.prefix.xtx, self.prefix.xty, self.config.ridge_alpha)
+                self.models[batch.batch_id] = solve_ridge(
+                    self.prefix.xtx, self.prefix.xty, self.config.ridge_alpha
+                )
             decay = decay_factor(batch.start, batch.end, self.config.half_life_days)
             self.prefix = self.prefix.decayed(decay) + self._waiting.pop(batch.batch_id)
             self._position += 1
@@ -412,8 +511,11 @@ class PrefixScan:
 
 
 def _model_rule_counts(
-    state: TrainingState | None, batches: Sequence[TrainingBatch], evaluations: dict[int, BatchEvaluation],
-    end: pd.Timestamp, config: TrainingConfig,
+    state: TrainingState | None,
+    batches: Sequence[TrainingBatch],
+    evaluations: dict[int, BatchEvaluation],
+    end: pd.Timestamp,
+    config: TrainingConfig,
 ) -> tuple[FloatArray, FloatArray]:
     """Walk-forward hits and misses of the model, aged to ``end`` like every other count."""
     n = len(batches[0].variables)
