@@ -1,0 +1,157 @@
+"""Fixtures of the image tier: a Docker engine, the project image, and clean-up.
+
+The tier skips with a message when no engine answers ``docker info`` (run
+hack/docker-setup.sh), unless PULSE_REQUIRE_DOCKER=1 (CI), where a missing engine fails.
+The image is built once per session by hack/build-image.sh (BuildKit reuses every cached
+layer, so a rebuild of an unchanged tree takes seconds), or reused without building when
+the tree is clean and an image labelled with the current commit exists; PULSE_IMAGE names
+a prebuilt image to test instead. Every container and network a test starts carries the
+session's label and name prefix, and all of them are removed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import tomllib
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SETUP_HINT = "no Docker engine: run hack/docker-setup.sh"
+LABEL_KEY = "dev.pulse.e2e-session"
+# A cold build is a few minutes; a warm one seconds. Bounded so CI never hangs on it.
+BUILD_TIMEOUT_S = 1800
+
+
+def _run(args: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a command (argument list, no shell) and capture its text output."""
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _engine_problem() -> str | None:
+    """Why no engine can be used, or None when ``docker info`` answers."""
+    try:
+        result = _run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=30)
+    except FileNotFoundError:
+        return "the docker CLI is not installed"
+    except subprocess.TimeoutExpired:
+        return "docker info did not answer within 30 s"
+    if result.returncode != 0:
+        return (result.stderr.strip().splitlines() or ["docker info failed"])[-1]
+    return None
+
+
+@dataclass(frozen=True)
+class Docker:
+    """The engine as the tests use it: runs ``docker`` and names things for clean-up."""
+
+    session: str
+
+    @property
+    def label(self) -> str:
+        """``key=value`` label put on every container and network of this session."""
+        return f"{LABEL_KEY}={self.session}"
+
+    def name(self, role: str) -> str:
+        """Container or network name for ``role``, unique to this session."""
+        return f"pulse-e2e-{self.session}-{role}"
+
+    def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``docker ARGS...``; the caller checks the return code."""
+        return _run(["docker", *args], timeout=timeout)
+
+    def leftovers(self, kind: str) -> list[str]:
+        """IDs of this session's containers or networks that still exist."""
+        every = ["--all"] if kind == "container" else []  # stopped containers too
+        listed = self(kind, "ls", "--quiet", *every, "--filter", f"label={self.label}")
+        return listed.stdout.split()
+
+    def cleanup(self) -> None:
+        """Remove this session's containers, then its networks (by label); loud on a leak.
+
+        A few attempts, because the engine can refuse a removal while a container is still
+        stopping; anything left after them fails the session's teardown with the engine's
+        message rather than leaking silently.
+        """
+        errors: list[str] = []
+        for kind in ("container", "network"):
+            for _ in range(3):
+                ids = self.leftovers(kind)
+                if not ids:
+                    break
+                force = ["--force"] if kind == "container" else []
+                removed = self(kind, "rm", *force, *ids)
+                if removed.returncode != 0:
+                    errors.append(removed.stderr.strip())
+                    time.sleep(1)
+            if self.leftovers(kind):
+                raise RuntimeError(f"could not remove {kind}s labelled {self.label}: {errors}")
+
+
+@pytest.fixture(scope="session")
+def docker() -> Iterator[Docker]:
+    """An answering Docker engine (skip or, with PULSE_REQUIRE_DOCKER=1, fail without)."""
+    problem = _engine_problem()
+    if problem is not None:
+        message = f"{SETUP_HINT} ({problem})"
+        if os.environ.get("PULSE_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"PULSE_REQUIRE_DOCKER=1 but {message}", pytrace=False)
+        pytest.skip(message)
+    engine = Docker(session=uuid.uuid4().hex[:8])
+    yield engine
+    engine.cleanup()
+
+
+def project_version() -> str:
+    """The version in pyproject.toml, which tags the image."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        version: str = tomllib.load(f)["project"]["version"]
+    return version
+
+
+def _current_revision() -> str | None:
+    """Short commit of a clean work tree, or None when it is dirty or not a git tree."""
+    head = _run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = _run(["git", "-C", str(ROOT), "status", "--porcelain"])
+    if head.returncode != 0 or dirty.returncode != 0 or dirty.stdout.strip():
+        return None
+    return head.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def image(docker: Docker) -> str:
+    """Tag of the project image under test, built by hack/build-image.sh when needed."""
+    if os.environ.get("PULSE_IMAGE"):
+        return os.environ["PULSE_IMAGE"]
+    tag = f"pulse-recursive-training:{project_version()}"
+    revision = _current_revision()
+    fmt = '{{index .Config.Labels "org.opencontainers.image.revision"}}'
+    labelled = docker("image", "inspect", "--format", fmt, tag)
+    if revision is not None and labelled.returncode == 0 and labelled.stdout.strip() == revision:
+        return tag
+    try:
+        built = _run([str(ROOT / "hack" / "build-image.sh")], timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hack/build-image.sh took more than {BUILD_TIMEOUT_S} s", pytrace=False)
+    if built.returncode != 0:
+        tail = "\n".join(built.stderr.splitlines()[-40:])
+        pytest.fail(f"hack/build-image.sh failed ({built.returncode}):\n{tail}", pytrace=False)
+    return built.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def writable_dir(tmp_path: Path) -> Path:
+    """A host folder the image's user (uid 10001) can write, for bind-mounting results."""
+    out = tmp_path / "out"
+    out.mkdir()
+    if os.geteuid() == 0:
+        os.chown(out, 10001, 10001)
+    else:
+        out.chmod(0o777)
+    return out
