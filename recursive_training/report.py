@@ -214,22 +214,18 @@ def _variable_chart(name: str, frame: pd.DataFrame, horizon: int, path: Path) ->
     figure.suptitle(f"{_text(name)}: walk-forward {change}", fontweight="bold")
 
     dense = len(frame) > 400
-    series.plot(
-        realized,
-        actual,
-        color=ACTUAL,
-        lw=0.6 if dense else 1.0,
-        label="actual",
-        marker=None if dense else ".",
-    )
-    series.plot(
-        realized,
-        predicted,
-        color=PREDICTED,
-        lw=0.8 if dense else 1.2,
-        label="predicted",
-        marker=None if dense else ".",
-    )
+    for values, color, width, label in (
+        (actual, ACTUAL, 1.0, "actual"),
+        (predicted, PREDICTED, 1.2, "predicted"),
+    ):
+        series.plot(
+            realized,
+            values,
+            color=color,
+            lw=width * (0.6 if dense else 1.0),
+            label=label,
+            marker=None if dense else ".",
+        )
     series.axhline(0.0, color="black", lw=0.5)
     series.set(
         title="Predicted and actual change",

@@ -78,6 +78,13 @@ def patch_status_as_driver(plane: ControlPlane, namespace: str, patch: dict[str,
     )  # fmt: skip
 
 
+def wait_cluster_deleted(plane: ControlPlane, namespace: str) -> None:
+    """Wait until the run's DaskCluster is gone."""
+    eventually(
+        lambda: get(plane, "daskcluster", "run-dask", namespace) is None, WAIT_S, "cluster deletion"
+    )
+
+
 def test_happy_path_to_succeeded(
     pulse_install: ControlPlane, pulse_operator: OperatorProcess, namespace: str
 ) -> None:
@@ -124,9 +131,7 @@ def test_happy_path_to_succeeded(
     assert condition(done, "Complete")["status"] == "True"
     assert condition(done, "Running")["status"] == "False"
     assert "completionTime" in done and "startTime" in done
-    eventually(
-        lambda: get(plane, "daskcluster", "run-dask", namespace) is None, WAIT_S, "cluster deletion"
-    )
+    wait_cluster_deleted(plane, namespace)
     health = json.loads(urllib.request.urlopen(pulse_operator.liveness_url, timeout=5).read())
     assert health["reconcile"]["passes"] >= 3 and health["reconcile"]["errors"] == 0
     table = plane.kubectl("get", "tr", "run", f"--namespace={namespace}").stdout
@@ -185,9 +190,7 @@ def test_driver_failures_are_retried_up_to_backoff_limit_then_fail(
     failed = wait_phase(plane, namespace, "Failed")
     assert condition(failed, "Failed")["reason"] == "BackoffLimitExceeded"
     assert "backoff limit" in failed["message"]
-    eventually(
-        lambda: get(plane, "daskcluster", "run-dask", namespace) is None, WAIT_S, "cluster deletion"
-    )
+    wait_cluster_deleted(plane, namespace)
     assert "Failed" in events(plane, namespace)
 
 
@@ -200,9 +203,7 @@ def test_deadline_exceeded_fails_the_run(
     set_phase(plane, wait_workload(plane, namespace), "Running")
     failed = wait_phase(plane, namespace, "Failed")
     assert condition(failed, "Failed")["reason"] == "DeadlineExceeded"
-    eventually(
-        lambda: get(plane, "daskcluster", "run-dask", namespace) is None, WAIT_S, "cluster deletion"
-    )
+    wait_cluster_deleted(plane, namespace)
 
 
 def test_suspend_frees_the_cluster_and_resume_continues(
@@ -218,9 +219,7 @@ def test_suspend_frees_the_cluster_and_resume_continues(
     suspended = wait_phase(plane, namespace, "Suspended")
     assert condition(suspended, "Suspended")["status"] == "True"
     assert condition(suspended, "Suspended")["observedGeneration"] == 2
-    eventually(
-        lambda: get(plane, "daskcluster", "run-dask", namespace) is None, WAIT_S, "cluster deletion"
-    )
+    wait_cluster_deleted(plane, namespace)
     eventually(lambda: not job_pods(plane, namespace, "run-driver"), WAIT_S, "driver pod deletion")
 
     plane.apply(training_run(namespace, suspend=False))
@@ -254,9 +253,7 @@ def test_operator_killed_and_restarted_mid_run(
     pulse_operator.start()
     done = wait_phase(plane, namespace, "Succeeded")
     assert done["attempts"] == 1
-    eventually(
-        lambda: get(plane, "daskcluster", "run-dask", namespace) is None, WAIT_S, "cluster deletion"
-    )
+    wait_cluster_deleted(plane, namespace)
     assert len(job_pods(plane, namespace, "run-driver")) == 1
 
 
