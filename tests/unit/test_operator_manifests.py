@@ -36,6 +36,25 @@ def test_committed_manifests_match_the_builders() -> None:
     assert not drifted, f"run `python hack/generate_manifests.py`: {drifted} differ"
 
 
+def test_committed_chart_files_match_the_builders() -> None:
+    """The chart's crds/ and templates/_generated.tpl (RBAC rules, ...) are the builders'.
+
+    tests/k8s/test_chart.py checks that `helm template` of the chart renders them unchanged.
+    """
+    generator = _generator()
+    chart = REPO / "charts" / "pulse-recursive-training"
+    files = generator.chart_files()  # type: ignore[attr-defined]
+    drifted = [
+        name
+        for name, content in files.items()
+        if not (chart / name).is_file() or (chart / name).read_text() != content
+    ]
+    assert not drifted, f"run `python hack/generate_manifests.py`: {drifted} differ"
+    generated_crds = {name for name in files if name.startswith("crds/")}
+    committed_crds = {f"crds/{path.name}" for path in (chart / "crds").iterdir()}
+    assert committed_crds == generated_crds, "a stale or hand-written file in the chart's crds/"
+
+
 def test_manifests_parse_and_name_each_object_once() -> None:
     """Every rendered document is valid YAML and (kind, namespace, name) is unique."""
     seen = set()

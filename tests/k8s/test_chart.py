@@ -1,0 +1,309 @@
+"""The Helm chart: lint, schema, sync with the Python builders, and a real install.
+
+charts/pulse-recursive-training/crds/ and templates/_generated.tpl are written by
+hack/generate_manifests.py (tests/unit/test_operator_manifests.py checks that drift);
+here `helm template` output is compared with the builders, every rendered object goes
+through the API server's validation, and `helm install --wait` succeeds on a control
+plane of its own (the shared one holds manifests/base objects that Helm would refuse to
+adopt), with this test playing kubelet so the Deployments become available.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from trainingrun_operator.crd import build_crd
+from trainingrun_operator.deployment import build_operator_deployment
+from trainingrun_operator.manifests import build_dask_crds
+from trainingrun_operator.rbac import dask_controller_rules, driver_rules, operator_rules
+from trainingrun_operator.settings import OperatorSettings
+from trainingrun_operator.workload import container_security_context, pod_security_context
+
+from .conftest import _find_assets, unavailable
+from .controlplane import ControlPlane
+from .kubelet import eventually, set_phase
+
+pytestmark = pytest.mark.k8s
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "pulse-recursive-training"
+IRSA_VALUES = CHART / "examples" / "values-s3-irsa.yaml"
+RELEASE = "pulse"
+RELEASE_NAMESPACE = "pulse-system"
+Manifest = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def assets() -> Path:
+    """The envtest assets dir, with helm in it."""
+    found = _find_assets()
+    if found is None or not (found / "helm").is_file():
+        unavailable('no helm in the envtest assets: run `eval "$(hack/envtest.sh)"` first')
+    return found
+
+
+def helm(
+    assets: Path, *args: str, check: bool = True, plane: ControlPlane | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the assets' helm; against `plane` when given, else with no cluster at all."""
+    command = [str(assets / "helm"), *args]
+    if plane is not None:
+        command.append(f"--kubeconfig={plane.admin_kubeconfig}")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} exited {result.returncode}:\n{result.stderr}")
+    return result
+
+
+def render(assets: Path, *args: str) -> list[Manifest]:
+    """The objects `helm template` renders for the chart with `args`."""
+    output = helm(
+        assets, "template", RELEASE, str(CHART), f"--namespace={RELEASE_NAMESPACE}", *args
+    ).stdout
+    return [document for document in yaml.safe_load_all(output) if document]
+
+
+def by_kind(objects: list[Manifest], kind: str) -> dict[str, Manifest]:
+    """The objects of `kind`, by name."""
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+# --- without a cluster -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, IRSA_VALUES], ids=["defaults", "s3-irsa"])
+def test_helm_lint_strict_passes(assets: Path, values: Path | None) -> None:
+    """`helm lint --strict` passes with the default values and with the example values."""
+    extra = [f"--values={values}"] if values else []
+    result = helm(assets, "lint", "--strict", str(CHART), *extra)
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+def test_default_render_has_both_controllers_and_their_rbac(assets: Path) -> None:
+    """Defaults: operator and Dask controller, each with ServiceAccount and ClusterRole."""
+    objects = render(assets)
+    deployments = by_kind(objects, "Deployment")
+    assert set(deployments) == {
+        "pulse-pulse-recursive-training",
+        "pulse-pulse-recursive-training-dask",
+    }
+    for deployment in deployments.values():
+        assert deployment["metadata"]["namespace"] == RELEASE_NAMESPACE
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert set(by_kind(objects, "ClusterRole")) == {
+        "pulse-pulse-recursive-training",
+        "pulse-pulse-recursive-training-dask",
+        "pulse-trainingrun-driver",
+    }
+    assert len(by_kind(objects, "ClusterRoleBinding")) == 2
+    assert not by_kind(objects, "ServiceMonitor")
+
+
+def test_rbac_rules_are_the_builders(assets: Path) -> None:
+    """The ClusterRoles' rules are exactly those of trainingrun_operator.rbac."""
+    roles = by_kind(render(assets), "ClusterRole")
+    assert roles["pulse-pulse-recursive-training"]["rules"] == operator_rules()
+    assert roles["pulse-trainingrun-driver"]["rules"] == driver_rules()
+    assert roles["pulse-pulse-recursive-training-dask"]["rules"] == dask_controller_rules()
+
+
+def test_crds_are_the_builders(assets: Path) -> None:
+    """`helm template --include-crds` renders exactly the builders' CRDs."""
+    crds = by_kind(render(assets, "--include-crds"), "CustomResourceDefinition")
+    expected = {crd["metadata"]["name"]: crd for crd in [build_crd(), *build_dask_crds()]}
+    assert crds.keys() == expected.keys()
+    for name, crd in expected.items():
+        assert crds[name] == crd, name
+
+
+def test_operator_deployment_matches_the_builder(assets: Path) -> None:
+    """Same settings variables, probes and hardening as build_operator_deployment()."""
+    settings = OperatorSettings()
+    built = build_operator_deployment("ns", settings)["spec"]["template"]["spec"]
+    ours = by_kind(render(assets), "Deployment")["pulse-pulse-recursive-training"]
+    pod = ours["spec"]["template"]["spec"]
+    container, built_container = pod["containers"][0], built["containers"][0]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    built_env = {item["name"]: item["value"] for item in built_container["env"]}
+    seconds = "PULSE_OPERATOR_RESYNC_SECONDS"  # Helm prints the number 10 as "10", we as "10.0"
+    assert float(env.pop(seconds)) == float(built_env.pop(seconds))
+    assert env == built_env  # same variables, and the defaults agree value for value
+    assert container["image"] == "pulse-recursive-training:0.1.0"
+    for key in ("ports", "livenessProbe", "readinessProbe", "resources", "volumeMounts"):
+        assert container[key] == built_container[key], key
+    assert pod["securityContext"] == pod_security_context() == built["securityContext"]
+    assert container["securityContext"] == container_security_context()
+    assert pod["volumes"] == built["volumes"]
+
+
+def test_values_reach_the_operator(assets: Path) -> None:
+    """Watched namespaces, log level, probe port and run defaults become PULSE_OPERATOR_*."""
+    objects = render(
+        assets,
+        "--set=operator.watchNamespaces={a,b}",
+        "--set=operator.logLevel=DEBUG",
+        "--set=operator.probePort=9090",
+        "--set=operator.runDefaults.memory=4Gi",
+        "--set=image.tag=9.9",
+    )
+    container = by_kind(objects, "Deployment")["pulse-pulse-recursive-training"]["spec"][
+        "template"
+    ]["spec"]["containers"][0]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["PULSE_OPERATOR_NAMESPACES"] == "a,b"
+    assert env["PULSE_OPERATOR_LOG_LEVEL"] == "DEBUG"
+    assert env["PULSE_OPERATOR_MEMORY"] == "4Gi"
+    assert env["PULSE_OPERATOR_IMAGE"] == "pulse-recursive-training:9.9"
+    assert env["PULSE_OPERATOR_LIVENESS_ENDPOINT"] == "http://0.0.0.0:9090/healthz"
+    assert container["ports"] == [{"name": "health", "containerPort": 9090}]
+
+
+def test_toggles_leave_out_what_they_disable(assets: Path) -> None:
+    """operator.enabled=false, daskController.enabled=false, rbac.create=false."""
+    no_operator = render(assets, "--set=operator.enabled=false")
+    assert set(by_kind(no_operator, "Deployment")) == {"pulse-pulse-recursive-training-dask"}
+    assert "pulse-pulse-recursive-training" not in by_kind(no_operator, "ClusterRole")
+    no_dask = render(assets, "--set=daskController.enabled=false")
+    assert set(by_kind(no_dask, "Deployment")) == {"pulse-pulse-recursive-training"}
+    no_rbac = render(assets, "--set=rbac.create=false")
+    assert not by_kind(no_rbac, "ClusterRole") and not by_kind(no_rbac, "ClusterRoleBinding")
+
+
+def test_irsa_example_binds_an_annotated_run_service_account(assets: Path) -> None:
+    """The S3/IRSA example: an annotated ServiceAccount bound to the driver ClusterRole."""
+    objects = render(assets, f"--values={IRSA_VALUES}")
+    account = by_kind(objects, "ServiceAccount")["pulse-runs"]
+    assert account["metadata"]["namespace"] == "research"
+    assert "eks.amazonaws.com/role-arn" in account["metadata"]["annotations"]
+    binding = next(iter(by_kind(objects, "RoleBinding").values()))
+    assert binding["roleRef"]["name"] == "pulse-trainingrun-driver"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "pulse-runs", "namespace": "research"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--set=foo=bar", "additional properties 'foo' not allowed"),
+        ("--set=operator.replicas=two", "operator.replicas"),
+        ("--set=operator.replicas=2", "operator.replicas"),
+        ("--set=operator.logLevel=LOUD", "operator.logLevel"),
+        ("--set=rbac.scope=namespace", "rbac.scope"),
+        ("--set=image.pullPolicy=Sometimes", "image.pullPolicy"),
+        ("--set=operator.enabled=yes", "operator.enabled"),
+    ],
+)  # fmt: skip
+def test_schema_rejects_unknown_and_mistyped_values(assets: Path, flag: str, message: str) -> None:
+    """values.schema.json makes `helm template` fail and name the offending value."""
+    result = helm(assets, "template", RELEASE, str(CHART), flag, check=False)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert message in result.stderr.replace("/", "."), result.stderr
+
+
+def test_service_monitor_needs_its_crd(assets: Path) -> None:
+    """Enabled without the Prometheus-operator API it fails clearly; with it, it renders."""
+    result = helm(
+        assets, "template", RELEASE, str(CHART),
+        "--set=metrics.serviceMonitor.enabled=true", check=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and "ServiceMonitor CRD" in result.stderr
+    objects = render(
+        assets,
+        "--set=metrics.serviceMonitor.enabled=true",
+        "--api-versions=monitoring.coreos.com/v1/ServiceMonitor",
+    )
+    monitor = by_kind(objects, "ServiceMonitor")["pulse-pulse-recursive-training"]
+    assert monitor["spec"]["endpoints"][0]["port"] == "health"
+    service = by_kind(objects, "Service")["pulse-pulse-recursive-training"]
+    assert service["spec"]["ports"][0]["targetPort"] == "health"
+
+
+# --- against a real API server -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chart_plane(assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A control plane of the chart's own, so nothing from manifests/base is in the way."""
+    with ControlPlane(assets, tmp_path_factory.mktemp("chart-plane")) as plane:
+        yield plane
+
+
+def _apply_crds(plane: ControlPlane) -> None:
+    """`kubectl apply --server-side -f crds/` (the documented upgrade path), then wait."""
+    result = plane.kubectl("apply", "--server-side", f"--filename={CHART / 'crds'}")
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert len(names) == 5, result.stdout
+    plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+
+
+def test_every_rendered_object_is_accepted_by_the_api_server(
+    assets: Path, chart_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """CRDs applied for real, then a server-side dry run of everything else the chart renders."""
+    _apply_crds(chart_plane)
+    for namespace in (RELEASE_NAMESPACE, "research"):
+        chart_plane.kubectl("create", "namespace", namespace, check=False)
+    objects = render(assets, f"--values={IRSA_VALUES}")
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(objects))
+    result = chart_plane.kubectl(
+        "apply", "--dry-run=server", "--server-side", f"--filename={rendered}"
+    )
+    assert result.stdout.count("(server dry run)") == len(objects), result.stdout
+    assert len(objects) >= 10
+
+
+def _play_kubelet(plane: ControlPlane, namespace: str, stop: threading.Event) -> None:
+    """Until `stop`: report every pod of `namespace` that is not Ready as Running and Ready."""
+    while not stop.wait(0.5):
+        pods = plane.kubectl_json("get", "pods", f"--namespace={namespace}")["items"]
+        for pod in pods:
+            conditions = pod.get("status", {}).get("conditions", [])
+            if not any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                set_phase(plane, pod, "Running")
+
+
+def test_helm_install_wait_succeeds(assets: Path, chart_plane: ControlPlane) -> None:
+    """`helm install --wait` completes (the test plays kubelet), then the CRD upgrade works."""
+    if not chart_plane.has_controller_manager:
+        unavailable("no kube-controller-manager: Deployments never become available without it")
+    chart_plane.kubectl("create", "namespace", RELEASE_NAMESPACE, check=False)
+    stop = threading.Event()
+    kubelet = threading.Thread(
+        target=_play_kubelet, args=(chart_plane, RELEASE_NAMESPACE, stop), daemon=True
+    )
+    kubelet.start()
+    try:
+        result = helm(
+            assets, "install", RELEASE, str(CHART), f"--namespace={RELEASE_NAMESPACE}",
+            "--wait", "--timeout=180s", plane=chart_plane,
+        )  # fmt: skip
+    finally:
+        stop.set()
+        kubelet.join(30)
+    assert "STATUS: deployed" in result.stdout
+    assert "kubectl get tr" in result.stdout  # NOTES.txt: the next command
+    for name in ("pulse-pulse-recursive-training", "pulse-pulse-recursive-training-dask"):
+        deployment = chart_plane.kubectl_json(
+            "get", "deployment", name, f"--namespace={RELEASE_NAMESPACE}"
+        )
+        assert deployment["status"]["availableReplicas"] == 1, name
+    # The release owns its RBAC; CRDs exist and the documented upgrade command applies cleanly.
+    status = helm(assets, "status", RELEASE, f"--namespace={RELEASE_NAMESPACE}", plane=chart_plane)
+    assert "deployed" in status.stdout
+    _apply_crds(chart_plane)
+    eventually(
+        lambda: chart_plane.kubectl("get", "tr", "--all-namespaces", check=False).returncode == 0,
+        30,
+        "the tr short name",
+    )
