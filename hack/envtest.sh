@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Provide the pinned Kubernetes control-plane binaries for the k8s test tier:
-# etcd, kube-apiserver, kube-controller-manager, kubectl and helm.
+# etcd, kube-apiserver, kube-controller-manager, kubectl and helm; and, on request
+# (`node`), what a single node needs on top of them for hack/local-cluster.sh:
+# kubelet, kube-proxy, kube-scheduler, crictl, CoreDNS and the pause binary.
 #
 # Nothing is downloaded from release pages: every binary is compiled from Go
 # modules fetched through the Go module proxy (hack/envtest/go.mod pins them and
@@ -24,6 +26,9 @@ Commands:
   find       print the directory of already provided binaries; exit 1 if
              there is none (never builds; the pytest fixtures use this)
   build      rebuild the binaries even if they are cached
+  node       find or build the node binaries (kubelet, kube-proxy,
+             kube-scheduler, crictl, coredns, pause) and print their
+             directory on stdout; hack/local-cluster.sh uses this
   versions   print the pinned versions
   clean      delete the cached binaries of the pinned version (the Go build
              and module caches are kept, so a rebuild takes a few minutes)
@@ -50,14 +55,26 @@ readonly K8S_GIT_COMMIT="1c2e10a409eb1b03f2f28f401ce935312e20d9fb"
 readonly K8S_BUILD_DATE="2026-08-20T15:16:14Z"
 readonly HELM_MODULE="helm.sh/helm/v4"
 readonly HELM_VERSION="v4.3.1"
+# Node-only tools, each built by `go install pkg@version` against its own go.mod.
+# CoreDNS: the release kubeadm 1.35 deploys is 1.12.x; 1.15.0 is the current one and
+# speaks the same Corefile. crictl: cri-tools tags only some releases as Go modules.
+readonly COREDNS_MODULE="github.com/coredns/coredns"
+readonly COREDNS_VERSION="v1.15.0"
+readonly CRICTL_MODULE="sigs.k8s.io/cri-tools"
+readonly CRICTL_VERSION="v1.34.0"
+# The pause image version kubeadm pins for this Kubernetes release; the binary is
+# compiled from build/pause/linux/pause.c of the k8s.io/kubernetes module.
+readonly PAUSE_VERSION="3.10.1"
 
 readonly REQUIRED_BINARIES=(etcd kube-apiserver kubectl)
 readonly ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kubectl helm)
+readonly NODE_BINARIES=(kubelet kube-proxy kube-scheduler crictl coredns pause)
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly MODULE_DIR="${script_dir}/envtest"
 readonly CACHE_HOME="${PULSE_ENVTEST_HOME:-${HOME}/.cache/pulse-envtest}"
 readonly ASSETS_DIR="${CACHE_HOME}/${K8S_VERSION}"
+readonly NODE_DIR="${CACHE_HOME}/${K8S_VERSION}-node"
 
 log() { printf 'envtest: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -69,6 +86,7 @@ fingerprint() {
     grep -v '^[[:space:]]*//' "${MODULE_DIR}/go.mod"
     cat "${MODULE_DIR}/go.sum"
     printf 'helm=%s@%s\nk8s-ldflags=%s\n' "${HELM_MODULE}" "${HELM_VERSION}" "$(k8s_ldflags)"
+    printf 'coredns=%s crictl=%s pause=%s\n' "${COREDNS_VERSION}" "${CRICTL_VERSION}" "${PAUSE_VERSION}"
   } | sha256sum | cut -d' ' -f1
 }
 
@@ -141,15 +159,7 @@ build() {
   local stage="${CACHE_HOME}/.stage-${K8S_VERSION}"
   rm -rf "${stage}"
   mkdir -p "${stage}"
-
-  # Go's caches live in the cache home so a warm run reuses compiled packages;
-  # -modcacherw keeps the module cache deletable with plain rm -rf. CGO is off
-  # as in upstream release builds of these binaries (static, no libc needed).
-  # GOTOOLCHAIN=local: use the installed Go, never download another one.
-  export GOCACHE="${CACHE_HOME}/go-build"
-  export GOMODCACHE="${CACHE_HOME}/go-mod"
-  export CGO_ENABLED=0 GOTOOLCHAIN=local
-  export GOFLAGS="-trimpath -modcacherw -buildvcs=false"
+  go_env
 
   log "building Kubernetes ${K8S_VERSION} (kube-apiserver, kube-controller-manager, kubectl) and etcd with $(go env GOVERSION); the first build takes a while"
   # -mod=readonly: the committed go.sum must already cover every module.
@@ -183,6 +193,65 @@ build() {
   sed 's/^/envtest:   /' "${ASSETS_DIR}/VERSIONS" >&2
 }
 
+# Go's caches live in the cache home so a warm run reuses compiled packages;
+# -modcacherw keeps the module cache deletable with plain rm -rf. CGO is off
+# as in upstream release builds of these binaries (static, no libc needed).
+# GOTOOLCHAIN=local: use the installed Go, never download another one.
+go_env() {
+  export GOCACHE="${CACHE_HOME}/go-build"
+  export GOMODCACHE="${CACHE_HOME}/go-mod"
+  export CGO_ENABLED=0 GOTOOLCHAIN=local
+  export GOFLAGS="-trimpath -modcacherw -buildvcs=false"
+}
+
+find_node() {
+  has_binaries "${NODE_DIR}" "${NODE_BINARIES[@]}" \
+    && [[ "$(cat "${NODE_DIR}/.fingerprint" 2>/dev/null)" == "$(fingerprint)" ]]
+}
+
+# The node binaries, built like the control plane's and swapped in the same way.
+build_node() {
+  check_pins
+  command -v gcc >/dev/null || die "gcc is not on PATH (needed for the static pause binary)"
+  mkdir -p "${CACHE_HOME}"
+  exec 9>"${CACHE_HOME}/.lock"
+  flock 9
+  find_node && return 0
+
+  local stage="${CACHE_HOME}/.stage-${K8S_VERSION}-node"
+  rm -rf "${stage}"
+  mkdir -p "${stage}"
+  go_env
+  log "building Kubernetes ${K8S_VERSION} node binaries (kubelet, kube-proxy, kube-scheduler)"
+  (cd "${MODULE_DIR}" && go build -mod=readonly -ldflags "$(k8s_ldflags)" -o "${stage}/" \
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy \
+    k8s.io/kubernetes/cmd/kube-scheduler)
+  log "building coredns ${COREDNS_VERSION} and crictl ${CRICTL_VERSION}"
+  GOBIN="${stage}" go install -ldflags "-s -w" "${COREDNS_MODULE}@${COREDNS_VERSION}"
+  GOBIN="${stage}" go install \
+    -ldflags "-s -w -X ${CRICTL_MODULE}/pkg/version.Version=${CRICTL_VERSION}" \
+    "${CRICTL_MODULE}/cmd/crictl@${CRICTL_VERSION}"
+  # The module cache holds the Kubernetes sources the control plane was built from.
+  local pause_c
+  pause_c="$(cd "${MODULE_DIR}" && go list -mod=readonly -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+  [[ -f "${pause_c}" ]] || die "no ${pause_c}; run hack/envtest.sh build first"
+  gcc -Os -static -Wall -Werror -DVERSION="v${PAUSE_VERSION}" -o "${stage}/pause" "${pause_c}"
+  strip "${stage}/pause"
+  {
+    printf 'kubelet: %s\n' "$("${stage}/kubelet" --version)"
+    printf 'kube-proxy: %s\n' "$("${stage}/kube-proxy" --version)"
+    printf 'kube-scheduler: %s\n' "$("${stage}/kube-scheduler" --version)"
+    printf 'coredns: %s\n' "$("${stage}/coredns" -version | head -n1)"
+    printf 'crictl: %s\n' "$("${stage}/crictl" --version)"
+    printf 'pause: %s\n' "$("${stage}/pause" -v 2>&1 | head -n1)"
+  } >"${stage}/VERSIONS"
+  fingerprint >"${stage}/.fingerprint"
+  rm -rf "${NODE_DIR}"
+  mv "${stage}" "${NODE_DIR}"
+  sed 's/^/envtest:   /' "${NODE_DIR}/VERSIONS" >&2
+}
+
 main() {
   local command="${1:-use}"
   [[ $# -le 1 ]] || { usage >&2; exit 2; }
@@ -203,14 +272,18 @@ main() {
       build force
       printf 'export KUBEBUILDER_ASSETS=%q\n' "${ASSETS_DIR}"
       ;;
+    node)
+      find_node || build_node
+      printf '%s\n' "${NODE_DIR}"
+      ;;
     versions)
-      printf 'kubernetes %s\netcd %s\nhelm %s\n' "${K8S_VERSION}" \
+      printf 'kubernetes %s\netcd %s\nhelm %s\ncoredns %s\ncrictl %s\npause %s\n' "${K8S_VERSION}" \
         "$(grep -E '^\s+go\.etcd\.io/etcd/server/v3 ' "${MODULE_DIR}/go.mod" | awk '{print $2}')" \
-        "${HELM_VERSION}"
+        "${HELM_VERSION}" "${COREDNS_VERSION}" "${CRICTL_VERSION}" "${PAUSE_VERSION}"
       ;;
     clean)
-      rm -rf "${ASSETS_DIR}"
-      log "removed ${ASSETS_DIR}"
+      rm -rf "${ASSETS_DIR}" "${NODE_DIR}"
+      log "removed ${ASSETS_DIR} and ${NODE_DIR}"
       ;;
     *)
       usage >&2
