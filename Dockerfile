@@ -18,6 +18,7 @@ FROM ${BASE_IMAGE} AS python-base
 
 # Debian package pins; bump together with the base image's release.
 ARG PYTHON3_DEB_VERSION=3.11.2-1+b1
+ARG TINI_DEB_VERSION=0.19.0-1+b3
 
 # Build-time only (an ARG, not ENV): apt never prompts, and the runtime image keeps no
 # installer setting in its environment.
@@ -32,6 +33,7 @@ ENV LANG=C.UTF-8 \
 # No package lists, apt caches or dpkg logs are left in the layer.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends "python3=${PYTHON3_DEB_VERSION}" \
+        "tini=${TINI_DEB_VERSION}" \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log
 
@@ -122,7 +124,10 @@ WORKDIR /tmp
 # 8080: operator liveness probe; 8786/8787: Dask scheduler and dashboard.
 EXPOSE 8080 8786 8787
 
-ENTRYPOINT ["pulse-operator"]
+# tini as PID 1 in every role (the operator's pods call it in their commands too): the
+# kernel drops SIGTERM for a PID 1 without a handler, so a Python process that is still
+# importing, or never installs one, would sit out the whole termination grace period.
+ENTRYPOINT ["tini", "--", "pulse-operator"]
 
 # Labels last: a new commit changes only this metadata, not the cached layers above.
 # hack/build-image.sh passes the version from pyproject.toml, the commit and the remote.

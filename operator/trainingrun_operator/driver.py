@@ -8,8 +8,11 @@ It starts ``python -m recursive_training.run_training <flags> --progress-file F`
 argument list, no shell), follows F's JSON lines and merge-patches the run's status
 subresource with ``progress`` and, at the end, ``results`` (uri and headline metrics).
 It exits with the pipeline's exit code, so the Job's retries and failure accounting see
-the truth. It needs only get/patch on ``trainingruns/status`` in its own namespace, and it
-never imports the pipeline: the CLI and the JSON lines are the whole contract.
+the truth. SIGTERM and SIGINT are passed on to the pipeline: as a container's PID 1 the
+driver would otherwise ignore them, and every deletion of a run or of its Job would wait
+out the pod's whole grace period. It needs only get/patch on ``trainingruns/status`` in
+its own namespace, and it never imports the pipeline: the CLI and the JSON lines are the
+whole contract.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -117,6 +121,28 @@ async def follow(path: Path, process: asyncio.subprocess.Process, reporter: Stat
         await asyncio.sleep(POLL_S)
 
 
+async def wait_forwarding_signals(process: asyncio.subprocess.Process) -> int:
+    """Wait for `process`, passing SIGTERM/SIGINT on to it; a signal death is 128 + signal."""
+    loop = asyncio.get_running_loop()
+    forwarded = (signal.SIGTERM, signal.SIGINT)
+    for signum in forwarded:
+        loop.add_signal_handler(signum, _forward, process, signum)
+    try:
+        code = await process.wait()
+    finally:
+        for signum in forwarded:
+            loop.remove_signal_handler(signum)
+    # asyncio reports a child killed by signal N as -N; shells and kubelets say 128 + N.
+    return 128 - code if code < 0 else code
+
+
+def _forward(process: asyncio.subprocess.Process, signum: signal.Signals) -> None:
+    """Signal handler: hand the signal to the pipeline, which stops and exits."""
+    log.warning("%s received: stopping the pipeline", signum.name)
+    if process.returncode is None:
+        process.send_signal(signum)
+
+
 async def drive(cli_args: Sequence[str], namespace: str, name: str) -> int:
     """Run the pipeline, report its progress and results; return its exit code."""
     reporter = StatusReporter(await kube.Kube.connect(), namespace, name)
@@ -126,7 +152,7 @@ async def drive(cli_args: Sequence[str], namespace: str, name: str) -> int:
         log.info("running %s", command)
         process = await asyncio.create_subprocess_exec(*command)
         follower = asyncio.create_task(follow(progress_file, process, reporter))
-        code = await process.wait()
+        code = await wait_forwarding_signals(process)
         await follower
     log.info("pipeline exited %d", code)
     return code

@@ -105,7 +105,7 @@ def test_happy_path_to_succeeded(
             True,
         )
     driver = job["spec"]["template"]["spec"]["containers"][0]
-    assert driver["command"] == ["python", "-m", "trainingrun_operator.driver"]
+    assert driver["command"] == ["tini", "--", "python", "-m", "trainingrun_operator.driver"]
     assert "--dask-scheduler-address=tcp://run-dask-scheduler." + namespace in " ".join(
         driver["args"]
     )

@@ -72,6 +72,9 @@ class LocalPods:
         env = {key: self._local(value) for key, value in container_env(pod, container).items()}
         argv = [expand(part, env) for part in [*container["command"], *container.get("args", [])]]
         argv = [args_map.get(part, self._local(part)) for part in argv]
+        # The image's init (tini) is not on this host; what it runs is the container's work.
+        if argv[:2] == ["tini", "--"]:
+            argv = argv[2:]
         venv_bin = str(Path(sys.executable).parent)
         process_env = {
             "PATH": f"{venv_bin}:{os.environ['PATH']}",
