@@ -7,9 +7,11 @@
 # Steps: a virtualenv with the project and its test/operator/dev extras (.venv, reused);
 # the Kubernetes control-plane binaries for the k8s tier (hack/envtest.sh builds them from
 # Go modules on first use: ~12 min cold, instant warm); a Docker engine and the project
-# image for the image tier when PULSE_WITH_DOCKER=1 (hack/docker-setup.sh). With
-# PULSE_REQUIRE_K8S=1 / PULSE_REQUIRE_DOCKER=1 (CI sets them) a missing component fails
-# its tier instead of skipping it.
+# image for the image tier when PULSE_WITH_DOCKER=1 (hack/docker-setup.sh); the node
+# binaries of the single-node cluster the e2e tier starts (hack/local-cluster.sh) when
+# PULSE_WITH_CLUSTER=1. With PULSE_REQUIRE_K8S=1 / PULSE_REQUIRE_DOCKER=1 /
+# PULSE_REQUIRE_CLUSTER=1 (CI sets them) a missing component fails its tier instead of
+# skipping it.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -32,7 +34,23 @@ if [[ "${PULSE_WITH_DOCKER:-0}" == 1 && -x hack/docker-setup.sh ]]; then
   hack/docker-setup.sh
 fi
 
+# Built here rather than inside the first cluster test, so a cold build (minutes) is a
+# setup step with its own log lines, not a fixture timeout.
+if [[ "${PULSE_WITH_CLUSTER:-0}" == 1 ]]; then
+  hack/envtest.sh node >/dev/null
+fi
+
 echo "== lint" >&2
+if ! command -v shellcheck >/dev/null && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; }
+fi
+if command -v shellcheck >/dev/null; then
+  shellcheck hack/*.sh .ci/run
+elif [[ "${CI:-}" == true ]]; then
+  echo "shellcheck is missing and could not be installed" >&2
+  exit 1
+fi
 "${VENV}/bin/ruff" check recursive_training operator tests benchmarks examples
 "${VENV}/bin/python" -m mypy
 

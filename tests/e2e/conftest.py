@@ -1,4 +1,4 @@
-"""Fixtures of the image tier: a Docker engine, the project image, and clean-up.
+"""Fixtures of the e2e tier: a Docker engine, the project image, a single-node cluster.
 
 The tier skips with a message when no engine answers ``docker info`` (run
 hack/docker-setup.sh), unless PULSE_REQUIRE_DOCKER=1 (CI), where a missing engine fails.
@@ -7,6 +7,9 @@ layer, so a rebuild of an unchanged tree takes seconds), or reused without build
 the tree is clean and an image labelled with the current commit exists; PULSE_IMAGE names
 a prebuilt image to test instead. Every container and network a test starts carries the
 session's label and name prefix, and all of them are removed at the end of the session.
+
+The cluster tests need root (hack/local-cluster.sh runs a kubelet); they skip without it
+unless PULSE_REQUIRE_CLUSTER=1 (CI), where a missing cluster fails.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.cluster import SCRIPT as CLUSTER_SCRIPT
+from tests.e2e.cluster import KubeCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP_HINT = "no Docker engine: run hack/docker-setup.sh"
@@ -155,3 +161,58 @@ def writable_dir(tmp_path: Path) -> Path:
     else:
         out.chmod(0o777)
     return out
+
+
+# --- the single-node cluster (hack/local-cluster.sh) ---------------------------------
+
+CLUSTER_HINT = "no single-node cluster: run tests as root with Docker (hack/local-cluster.sh)"
+# A cold `up` builds the node binaries (minutes); hack/test.sh builds them beforehand.
+CLUSTER_UP_TIMEOUT_S = 1800
+
+
+def _cluster_problem() -> str | None:
+    """Why hack/local-cluster.sh cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "not root (kubelet, containerd and iptables need it)"
+    if not Path("/proc/sys/net/bridge").exists() and _run(["modprobe", "br_netfilter"]).returncode:
+        return "the kernel has no br_netfilter"
+    return None
+
+
+def _script(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run hack/local-cluster.sh; fail the session with its stderr tail if it fails."""
+    try:
+        result = _run([str(CLUSTER_SCRIPT), *args], timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hack/local-cluster.sh {' '.join(args)} took over {timeout:.0f} s",
+                    pytrace=False)  # fmt: skip
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.splitlines()[-40:])
+        pytest.fail(f"hack/local-cluster.sh {' '.join(args)} failed:\n{tail}", pytrace=False)
+    return result
+
+
+@pytest.fixture(scope="session")
+def local_cluster(image: str) -> Iterator[KubeCluster]:
+    """The single-node cluster with the project image loaded; skip (or fail) without one.
+
+    A cluster that was already up is used and left running; otherwise the session starts
+    it and takes it down at the end, which also removes every pod it ran.
+    """
+    problem = _cluster_problem()
+    if problem is not None:
+        message = f"{CLUSTER_HINT} ({problem})"
+        if os.environ.get("PULSE_REQUIRE_CLUSTER") == "1":
+            pytest.fail(f"PULSE_REQUIRE_CLUSTER=1 but {message}", pytrace=False)
+        pytest.skip(message)
+    was_up = _run([str(CLUSTER_SCRIPT), "status"]).returncode == 0
+    if not was_up:
+        _script("up", timeout=CLUSTER_UP_TIMEOUT_S)
+    try:
+        _script("load", image, timeout=600)
+        kubeconfig = Path(_script("kubeconfig", timeout=10).stdout.strip())
+        assets = _run([str(ROOT / "hack" / "envtest.sh"), "find"])
+        yield KubeCluster(kubeconfig=kubeconfig, bin_dir=Path(assets.stdout.strip()))
+    finally:
+        if not was_up:
+            _script("down", timeout=300)

@@ -1,7 +1,8 @@
 """What the S3 tests run: a moto S3 server process, a TCP proxy, the CLI's environment.
 
 ``MotoServer`` runs ``moto_server`` (moto in server mode, from the venv's bin) on a free
-127.0.0.1 port, waits for it with a bounded readiness poll and stops it by its own PID.
+127.0.0.1 port (or another local address: the e2e cluster's pods reach it on the node's
+bridge), waits for it with a bounded readiness poll and stops it by its own PID.
 ``TcpProxy`` sits between the CLI and a server so a test can make the endpoint vanish in
 the middle of a run while the server itself (and what the run left in it) stays readable.
 """
@@ -29,19 +30,22 @@ REGION = "us-east-1"
 READY_SECONDS = 30.0
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that nothing listens on right now."""
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((host, 0))
         return int(probe.getsockname()[1])
 
 
 class MotoServer:
-    """A ``moto_server`` subprocess on 127.0.0.1; a context manager that stops it by PID."""
+    """A ``moto_server`` subprocess on a local address; a context manager that stops it by PID."""
 
-    def __init__(self, log_path: Path, environment: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+    def __init__(
+        self, log_path: Path, environment: dict[str, str] | None = None, host: str = "127.0.0.1"
+    ) -> None:
+        self.host = host
+        self.port = free_port(host)
+        self.endpoint = f"http://{host}:{self.port}"
         self.log_path = log_path
         self.environment = environment or {}
         self.process: subprocess.Popen[bytes] | None = None
@@ -49,7 +53,7 @@ class MotoServer:
     def __enter__(self) -> MotoServer:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(self.port)],
+                [str(MOTO_SERVER), "-H", self.host, "-p", str(self.port)],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.environment},
             )
         deadline = time.monotonic() + READY_SECONDS

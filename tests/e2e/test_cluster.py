@@ -1,0 +1,291 @@
+"""The product on a real single-node Kubernetes: chart, operator, Dask pods, S3, faults.
+
+`helm install` puts the chart's operator and dask-kubernetes controller on the node of
+hack/local-cluster.sh; the example TrainingRun is applied as shipped; the operator starts
+a DaskCluster (real scheduler and worker pods found through a Service and CoreDNS) and a
+driver Job; results land in an S3 server (moto) that listens on the node's bridge address.
+Each run's results are compared with the same flags run locally in one process, so the
+cluster must reproduce the laptop's numbers, also after losing a worker pod and the
+operator pod mid-run. Start, run and pod start times are printed for the README.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.cluster import KubeCluster, eventually, pod_start_seconds
+from tests.e2e.conftest import ROOT
+from tests.integration.s3.servers import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
+from trainingrun_operator.constants import LABEL_RUN
+from trainingrun_operator.spec import RunSpec, cli_arguments
+
+# Each test waits for a whole run on a 2-CPU node; its own waits report what hung first.
+pytestmark = pytest.mark.timeout(900)
+
+CHART = ROOT / "charts" / "pulse-recursive-training"
+EXAMPLE = ROOT / "manifests" / "examples" / "trainingrun-synthetic.yaml"
+RELEASE, RELEASE_NAMESPACE = "pulse", "pulse-system"
+RUN_NAMESPACE = "pulse-e2e"
+BUCKET = "pulse-results"
+CREDENTIALS_SECRET = "pulse-s3"
+# On 2 cores the whole cluster shares the CPUs with the runs: bounded, but generous.
+RUN_TIMEOUT_S = 600.0
+# Small requests so a run's four pods and both controllers fit on a 2-CPU node.
+RUN_CPU, RUN_MEMORY = "300m", "1Gi"
+# Long enough (30 yearly batches of 8 series) for pods to be deleted while it computes.
+# Kubernetes' default terminationGracePeriodSeconds, which the run's pods keep.
+GRACE_PERIOD_S = 30.0
+LONG_RUN_DATA = "builtin:synthetic?n_variables=8&years=30&seed=11"
+
+
+def report(capsys: pytest.CaptureFixture[str], line: str) -> None:
+    """Show a measured figure in the test output even when the test passes."""
+    with capsys.disabled():
+        print(f"\n[e2e-cluster] {line}")
+
+
+@pytest.fixture(scope="module")
+def node_s3(local_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[MotoServer]:  # fmt: skip
+    """An S3 server on the node's bridge address (reachable by pods, not from outside)."""
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with MotoServer(log, host=local_cluster.node_ip) as server:
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def pulse_release(local_cluster: KubeCluster, image: str) -> Iterator[KubeCluster]:
+    """The chart installed with `helm install --wait`, running the image under test."""
+    repository, tag = image.rsplit(":", 1)
+    started = time.monotonic()
+    local_cluster.helm(
+        "upgrade", "--install", RELEASE, str(CHART), f"--namespace={RELEASE_NAMESPACE}",
+        "--create-namespace", "--wait", "--timeout=10m",
+        f"--set=image.repository={repository}", f"--set=image.tag={tag}",
+        # Loaded into the node by hand: there is no registry to pull from.
+        "--set=image.pullPolicy=Never",
+        f"--set=operator.runDefaults.cpu={RUN_CPU}",
+        f"--set=operator.runDefaults.memory={RUN_MEMORY}",
+    )  # fmt: skip
+    install_seconds = time.monotonic() - started
+    yield local_cluster
+    local_cluster.helm("uninstall", RELEASE, f"--namespace={RELEASE_NAMESPACE}", "--wait")
+    local_cluster.kubectl("delete", "namespace", RELEASE_NAMESPACE, "--wait", timeout=300)
+    assert install_seconds > 0
+
+
+@pytest.fixture(scope="module")
+def run_namespace(pulse_release: KubeCluster, node_s3: MotoServer) -> Iterator[str]:
+    """A namespace holding the S3 credentials Secret the example run names."""
+    cluster = pulse_release
+    cluster.kubectl("create", "namespace", RUN_NAMESPACE)
+    cluster.kubectl(
+        "create", "secret", "generic", CREDENTIALS_SECRET, f"--namespace={RUN_NAMESPACE}",
+        f"--from-literal=AWS_ACCESS_KEY_ID={ACCESS_KEY}",
+        f"--from-literal=AWS_SECRET_ACCESS_KEY={SECRET_KEY}",
+        f"--from-literal=AWS_DEFAULT_REGION={REGION}",
+        f"--from-literal=AWS_ENDPOINT_URL={node_s3.endpoint}",
+    )  # fmt: skip
+    yield RUN_NAMESPACE
+    cluster.kubectl("delete", "namespace", RUN_NAMESPACE, "--wait", timeout=300)
+
+
+def apply(cluster: KubeCluster, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Apply one object into the run namespace; return it as stored (defaults applied)."""
+    result = cluster.kubectl("apply", f"--namespace={RUN_NAMESPACE}", "--filename=-",
+                             "--output=json", stdin=json.dumps(manifest))  # fmt: skip
+    stored: dict[str, Any] = json.loads(result.stdout)
+    return stored
+
+
+def training_run(name: str, data_uri: str, workers: int) -> dict[str, Any]:
+    """The shipped example with another name, data and worker count."""
+    manifest: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    manifest["metadata"]["name"] = name
+    manifest["spec"]["data"]["uri"] = data_uri
+    manifest["spec"]["output"]["uri"] = f"s3://{BUCKET}/{name}"
+    manifest["spec"]["dask"]["workers"] = workers
+    return manifest
+
+
+def phase(cluster: KubeCluster, name: str) -> dict[str, Any]:
+    """The run's status (empty before the operator's first write)."""
+    status: dict[str, Any] = cluster.get("trainingrun", name, f"--namespace={RUN_NAMESPACE}"
+                                         ).get("status", {})  # fmt: skip
+    return status
+
+
+def wait_for_phase(cluster: KubeCluster, name: str, wanted: str,
+                   pod_starts: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Wait for the run's phase; a Failed run fails at once, with the cluster's story.
+
+    `pod_starts` collects, for each pod of the namespace seen meanwhile, the seconds from
+    its creation to its container starting (Dask pods are gone once the run ends).
+    """
+
+    def probe() -> dict[str, Any] | None:
+        if pod_starts is not None:
+            for pod in cluster.pods(RUN_NAMESPACE):
+                seconds = pod_start_seconds(pod)
+                if seconds is not None:
+                    pod_starts.setdefault(pod["metadata"]["name"], seconds)
+        status = phase(cluster, name)
+        if status.get("phase") == "Failed" and wanted != "Failed":
+            raise AssertionError(f"{name} failed: {status}\n{cluster.diagnostics(RUN_NAMESPACE)}")
+        return status if status.get("phase") == wanted else None
+
+    return eventually(probe, RUN_TIMEOUT_S, f"{name} {wanted}",
+                      lambda: cluster.diagnostics(RUN_NAMESPACE))  # fmt: skip
+
+
+def results_from_s3(s3: MotoServer, run: str) -> dict[str, Any]:
+    """The results document the run wrote to the S3 server."""
+    body = s3.client().get_object(Bucket=BUCKET, Key=f"{run}/results.json")["Body"].read()
+    document: dict[str, Any] = json.loads(body)
+    return document
+
+
+def local_reference(stored_run: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The results of the run's own pipeline flags, computed here in one process."""
+    flags = [flag for flag in cli_arguments(RunSpec.from_body(stored_run), "")
+             if not flag.startswith(("--dask-scheduler-address", "--output-dir",
+                                     "--checkpoint-dir"))]  # fmt: skip
+    command = [sys.executable, "-m", "recursive_training.run_training", *flags,
+               f"--output-dir={folder}"]  # fmt: skip
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DASK_"))}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    document: dict[str, Any] = json.loads((folder / "results.json").read_text())
+    return document
+
+
+def numbers(tree: Any, path: str = "") -> dict[str, float]:
+    """Every number in a JSON tree, keyed by its path."""
+    children = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(
+        tree, list) else None  # fmt: skip
+    if children is not None:
+        return {k: v for key, value in children for k, v in numbers(value, f"{path}/{key}").items()}
+    if isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        return {path: float(tree)}
+    return {}
+
+
+def assert_same_results(cluster_document: dict[str, Any], reference: dict[str, Any]) -> None:
+    """Same data, same metrics (to rounding of a different summation order)."""
+    assert cluster_document["data"] == reference["data"]
+    got, want = numbers(cluster_document["metrics"]), numbers(reference["metrics"])
+    assert got.keys() == want.keys()
+    different = {key: (got[key], want[key]) for key in want
+                 if not math.isclose(got[key], want[key], rel_tol=1e-9, abs_tol=1e-12)}  # fmt: skip
+    assert not different, different
+
+
+def test_example_run_succeeds_on_real_pods_and_writes_to_s3(
+    run_namespace: str, pulse_release: KubeCluster, node_s3: MotoServer,
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:  # fmt: skip
+    """The shipped example, applied as is, reaches Succeeded and matches a local run."""
+    cluster = pulse_release
+    manifest = yaml.safe_load(EXAMPLE.read_text())
+    name = manifest["metadata"]["name"]
+    started = time.monotonic()
+    stored = apply(cluster, manifest)
+    starts: dict[str, float] = {}
+    status = wait_for_phase(cluster, name, "Succeeded", starts)
+    report(capsys, f"example run: kubectl apply -> Succeeded in {time.monotonic() - started:.1f} s")
+    report(capsys, "pod start (created -> container started): "
+                   + ", ".join(f"{pod} {seconds:.1f} s" for pod, seconds in starts.items()))
+    assert {"scheduler", "worker", "driver"} <= {
+        role for role in ("scheduler", "worker", "driver") for pod in starts if role in pod
+    }, f"not every kind of pod was seen running: {starts}"
+
+    document = results_from_s3(node_s3, name)
+    headline = document["metrics"]["headline"]
+    assert status["results"]["uri"] == f"s3://{BUCKET}/{name}/results.json"
+    assert status["results"]["meanSkillVsPersistence"] == pytest.approx(
+        headline["mean_skill_vs_persistence"]
+    )
+    assert_same_results(document, local_reference(stored, tmp_path))
+    # Checkpoints went to the same bucket, next to the results.
+    listed = node_s3.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{name}/checkpoints/")
+    assert listed["KeyCount"] > 0
+
+
+def test_run_survives_losing_a_worker_pod_and_the_operator_pod(
+    run_namespace: str, pulse_release: KubeCluster, node_s3: MotoServer,
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:  # fmt: skip
+    """Worker and operator pods deleted in a map stage: Succeeded all the same, same numbers."""
+    cluster = pulse_release
+    name = "synthetic-faults"
+    stored = apply(cluster, training_run(name, LONG_RUN_DATA, workers=2))
+    workers = f"dask.org/cluster-name={name}-dask,dask.org/component=worker"
+
+    def computing() -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """Both workers up and a map stage under way (batches done, more to do)."""
+        progress = phase(cluster, name).get("progress", {})
+        running = [p for p in cluster.pods(run_namespace, workers)
+                   if p.get("status", {}).get("phase") == "Running"]  # fmt: skip
+        under_way = 0 < progress.get("batchesCompleted", 0) < progress.get("batchesTotal", 0)
+        return (progress, running) if under_way and len(running) == 2 else None
+
+    progress, running = eventually(computing, RUN_TIMEOUT_S, "a map stage under way on 2 workers",
+                                   lambda: cluster.diagnostics(run_namespace))  # fmt: skip
+    victim = running[0]["metadata"]["name"]
+    cluster.kubectl("delete", "pod", victim, f"--namespace={run_namespace}", "--wait=false")
+    operator_selector = "app.kubernetes.io/component=operator"
+    (operator,) = cluster.pods(RELEASE_NAMESPACE, operator_selector)
+    cluster.kubectl("delete", "pod", operator["metadata"]["name"],
+                    f"--namespace={RELEASE_NAMESPACE}", "--wait=false")  # fmt: skip
+    report(capsys, f"deleted worker {victim} and operator {operator['metadata']['name']} "
+                   f"at {progress['summary']}")  # fmt: skip
+
+    seen: dict[str, float] = {}
+    wait_for_phase(cluster, name, "Succeeded", seen)
+    started_workers = {pod for pod in seen if "-worker-" in pod}
+    assert started_workers - {p["metadata"]["name"] for p in running}, (
+        f"no replacement worker started after {victim} was deleted: {sorted(seen)}"
+    )
+    replacement = cluster.pods(RELEASE_NAMESPACE, operator_selector)
+    assert [p["metadata"]["name"] for p in replacement] != [operator["metadata"]["name"]]
+    assert_same_results(results_from_s3(node_s3, name), local_reference(stored, tmp_path))
+
+
+def test_deleting_a_running_run_removes_every_pod(
+    run_namespace: str, pulse_release: KubeCluster, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Delete the TrainingRun while its Dask cluster runs: driver and Dask pods all go."""
+    cluster = pulse_release
+    name = "synthetic-deleted"
+    apply(cluster, training_run(name, LONG_RUN_DATA, workers=1))
+    selector = f"dask.org/cluster-name={name}-dask"
+    eventually(lambda: cluster.pods(run_namespace, selector) or None, RUN_TIMEOUT_S,
+               "the run's Dask pods", lambda: cluster.diagnostics(run_namespace))  # fmt: skip
+    started = time.monotonic()
+    cluster.kubectl("delete", "trainingrun", name, f"--namespace={run_namespace}", timeout=300)
+
+    def gone() -> bool | None:
+        left = [p for p in cluster.pods(run_namespace)
+                if p["metadata"].get("labels", {}).get(LABEL_RUN) == name
+                or p["metadata"]["name"].startswith(name)]  # fmt: skip
+        return True if not left else None
+
+    eventually(gone, 300, "every pod of the deleted run gone",
+               lambda: cluster.diagnostics(run_namespace))  # fmt: skip
+    seconds = time.monotonic() - started
+    report(capsys, f"deleted run: every pod gone {seconds:.1f} s after delete")
+    # Pods that ignore SIGTERM are killed only when the grace period (30 s) runs out.
+    assert seconds < GRACE_PERIOD_S, "a pod of the run sat out its termination grace period"
