@@ -278,7 +278,26 @@ setup_network() {
 EOF
 }
 
+# The kubelet's own chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, ...) outlive it and
+# `kube-proxy --cleanup`: drop the jumps into them, then the chains. xargs, not a shell,
+# splits the quoted comments of `iptables -S`.
+remove_kube_chains() {
+  local tool table chains
+  for tool in iptables ip6tables; do
+    command -v "${tool}" >/dev/null || continue
+    for table in filter nat mangle; do
+      chains="$("${tool}" -t "${table}" -S 2>/dev/null | awk '/^-N KUBE-/{print $2}')" || continue
+      [[ -n "${chains}" ]] || continue
+      "${tool}" -t "${table}" -S | grep -E -- '^-A [A-Z]+ .*-j KUBE-' | grep -v -- '^-A KUBE-' |
+        sed 's/^-A /-D /' | xargs -r -L1 "${tool}" -t "${table}" || true
+      printf '%s\n' "${chains}" | xargs -r -n1 "${tool}" -t "${table}" -F
+      printf '%s\n' "${chains}" | xargs -r -n1 "${tool}" -t "${table}" -X
+    done
+  done
+}
+
 teardown_network() {
+  remove_kube_chains
   local direction
   for direction in -i -o; do
     while iptables -D FORWARD "${direction}" "${BRIDGE}" -j ACCEPT 2>/dev/null; do :; done

@@ -19,7 +19,7 @@ import subprocess
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import pytest
 
 from tests.e2e.cluster import SCRIPT as CLUSTER_SCRIPT
 from tests.e2e.cluster import KubeCluster
+from tests.integration.s3.servers import MotoServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP_HINT = "no Docker engine: run hack/docker-setup.sh"
@@ -216,3 +217,30 @@ def local_cluster(image: str) -> Iterator[KubeCluster]:
     finally:
         if not was_up:
             _script("down", timeout=300)
+
+
+Say = Callable[[str], None]
+# The bucket the example TrainingRuns write to.
+BUCKET = "pulse-results"
+
+
+@pytest.fixture(scope="session")
+def say(pytestconfig: pytest.Config) -> Say:
+    """Print a measured figure in the test output, also when the test passes."""
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+
+    def write(line: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"[e2e-cluster] {line}")
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def node_s3(local_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[MotoServer]:  # fmt: skip
+    """An S3 server on the node's bridge address (reachable by pods, not from outside)."""
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with MotoServer(log, host=local_cluster.node_ip) as server:
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server

@@ -11,6 +11,7 @@ operator pod mid-run. Start, run and pod start times are printed for the README.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import pytest
 import yaml
 
 from tests.e2e.cluster import KubeCluster, eventually, pod_start_seconds
-from tests.e2e.conftest import ROOT
+from tests.e2e.conftest import BUCKET, ROOT, Say
 from tests.integration.s3.servers import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
 from trainingrun_operator.constants import LABEL_RUN
 from trainingrun_operator.spec import RunSpec, cli_arguments
@@ -37,7 +38,6 @@ CHART = ROOT / "charts" / "pulse-recursive-training"
 EXAMPLE = ROOT / "manifests" / "examples" / "trainingrun-synthetic.yaml"
 RELEASE, RELEASE_NAMESPACE = "pulse", "pulse-system"
 RUN_NAMESPACE = "pulse-e2e"
-BUCKET = "pulse-results"
 CREDENTIALS_SECRET = "pulse-s3"
 # On 2 cores the whole cluster shares the CPUs with the runs: bounded, but generous.
 RUN_TIMEOUT_S = 600.0
@@ -49,24 +49,8 @@ GRACE_PERIOD_S = 30.0
 LONG_RUN_DATA = "builtin:synthetic?n_variables=8&years=30&seed=11"
 
 
-def report(capsys: pytest.CaptureFixture[str], line: str) -> None:
-    """Show a measured figure in the test output even when the test passes."""
-    with capsys.disabled():
-        print(f"\n[e2e-cluster] {line}")
-
-
 @pytest.fixture(scope="module")
-def node_s3(local_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[MotoServer]:  # fmt: skip
-    """An S3 server on the node's bridge address (reachable by pods, not from outside)."""
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with MotoServer(log, host=local_cluster.node_ip) as server:
-        server.client().create_bucket(Bucket=BUCKET)
-        yield server
-
-
-@pytest.fixture(scope="module")
-def pulse_release(local_cluster: KubeCluster, image: str) -> Iterator[KubeCluster]:
+def pulse_release(local_cluster: KubeCluster, image: str, say: Say) -> Iterator[KubeCluster]:
     """The chart installed with `helm install --wait`, running the image under test."""
     repository, tag = image.rsplit(":", 1)
     started = time.monotonic()
@@ -79,27 +63,34 @@ def pulse_release(local_cluster: KubeCluster, image: str) -> Iterator[KubeCluste
         f"--set=operator.runDefaults.cpu={RUN_CPU}",
         f"--set=operator.runDefaults.memory={RUN_MEMORY}",
     )  # fmt: skip
-    install_seconds = time.monotonic() - started
+    say(f"helm install --wait: {time.monotonic() - started:.1f} s")
     yield local_cluster
     local_cluster.helm("uninstall", RELEASE, f"--namespace={RELEASE_NAMESPACE}", "--wait")
     local_cluster.kubectl("delete", "namespace", RELEASE_NAMESPACE, "--wait", timeout=300)
-    assert install_seconds > 0
 
 
-@pytest.fixture(scope="module")
-def run_namespace(pulse_release: KubeCluster, node_s3: MotoServer) -> Iterator[str]:
-    """A namespace holding the S3 credentials Secret the example run names."""
-    cluster = pulse_release
+@contextlib.contextmanager
+def namespace_with_credentials(cluster: KubeCluster, s3: MotoServer) -> Iterator[str]:
+    """The runs' namespace, holding the S3 credentials Secret the example run names."""
     cluster.kubectl("create", "namespace", RUN_NAMESPACE)
     cluster.kubectl(
         "create", "secret", "generic", CREDENTIALS_SECRET, f"--namespace={RUN_NAMESPACE}",
         f"--from-literal=AWS_ACCESS_KEY_ID={ACCESS_KEY}",
         f"--from-literal=AWS_SECRET_ACCESS_KEY={SECRET_KEY}",
         f"--from-literal=AWS_DEFAULT_REGION={REGION}",
-        f"--from-literal=AWS_ENDPOINT_URL={node_s3.endpoint}",
+        f"--from-literal=AWS_ENDPOINT_URL={s3.endpoint}",
     )  # fmt: skip
-    yield RUN_NAMESPACE
-    cluster.kubectl("delete", "namespace", RUN_NAMESPACE, "--wait", timeout=300)
+    try:
+        yield RUN_NAMESPACE
+    finally:
+        cluster.kubectl("delete", "namespace", RUN_NAMESPACE, "--wait", timeout=300)
+
+
+@pytest.fixture(scope="module")
+def run_namespace(pulse_release: KubeCluster, node_s3: MotoServer) -> Iterator[str]:
+    """The runs' namespace while the chart is installed."""
+    with namespace_with_credentials(pulse_release, node_s3) as namespace:
+        yield namespace
 
 
 def apply(cluster: KubeCluster, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -193,40 +184,44 @@ def assert_same_results(cluster_document: dict[str, Any], reference: dict[str, A
     assert not different, different
 
 
-def test_example_run_succeeds_on_real_pods_and_writes_to_s3(
-    run_namespace: str, pulse_release: KubeCluster, node_s3: MotoServer,
-    capsys: pytest.CaptureFixture[str], tmp_path: Path,
-) -> None:  # fmt: skip
-    """The shipped example, applied as is, reaches Succeeded and matches a local run."""
-    cluster = pulse_release
+def run_example_and_check(cluster: KubeCluster, s3: MotoServer, say: Say, folder: Path) -> None:
+    """Apply the shipped example as is; Succeeded, results in S3 equal to a local run."""
     manifest = yaml.safe_load(EXAMPLE.read_text())
     name = manifest["metadata"]["name"]
     started = time.monotonic()
     stored = apply(cluster, manifest)
     starts: dict[str, float] = {}
     status = wait_for_phase(cluster, name, "Succeeded", starts)
-    report(capsys, f"example run: kubectl apply -> Succeeded in {time.monotonic() - started:.1f} s")
-    report(capsys, "pod start (created -> container started): "
-                   + ", ".join(f"{pod} {seconds:.1f} s" for pod, seconds in starts.items()))
+    say(f"example run: kubectl apply -> Succeeded in {time.monotonic() - started:.1f} s")
+    say("pod start (created -> container started): "
+        + ", ".join(f"{pod} {seconds:.1f} s" for pod, seconds in starts.items()))  # fmt: skip
     assert {"scheduler", "worker", "driver"} <= {
         role for role in ("scheduler", "worker", "driver") for pod in starts if role in pod
     }, f"not every kind of pod was seen running: {starts}"
 
-    document = results_from_s3(node_s3, name)
+    document = results_from_s3(s3, name)
     headline = document["metrics"]["headline"]
     assert status["results"]["uri"] == f"s3://{BUCKET}/{name}/results.json"
     assert status["results"]["meanSkillVsPersistence"] == pytest.approx(
         headline["mean_skill_vs_persistence"]
     )
-    assert_same_results(document, local_reference(stored, tmp_path))
+    assert_same_results(document, local_reference(stored, folder))
     # Checkpoints went to the same bucket, next to the results.
-    listed = node_s3.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{name}/checkpoints/")
+    listed = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{name}/checkpoints/")
     assert listed["KeyCount"] > 0
+
+
+def test_example_run_succeeds_on_real_pods_and_writes_to_s3(
+    run_namespace: str, pulse_release: KubeCluster, node_s3: MotoServer, say: Say,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """The shipped example, applied as is, reaches Succeeded and matches a local run."""
+    run_example_and_check(pulse_release, node_s3, say, tmp_path)
 
 
 def test_run_survives_losing_a_worker_pod_and_the_operator_pod(
     run_namespace: str, pulse_release: KubeCluster, node_s3: MotoServer,
-    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    say: Say, tmp_path: Path,
 ) -> None:  # fmt: skip
     """Worker and operator pods deleted in a map stage: Succeeded all the same, same numbers."""
     cluster = pulse_release
@@ -250,7 +245,7 @@ def test_run_survives_losing_a_worker_pod_and_the_operator_pod(
     (operator,) = cluster.pods(RELEASE_NAMESPACE, operator_selector)
     cluster.kubectl("delete", "pod", operator["metadata"]["name"],
                     f"--namespace={RELEASE_NAMESPACE}", "--wait=false")  # fmt: skip
-    report(capsys, f"deleted worker {victim} and operator {operator['metadata']['name']} "
+    say(f"deleted worker {victim} and operator {operator['metadata']['name']} "
                    f"at {progress['summary']}")  # fmt: skip
 
     seen: dict[str, float] = {}
@@ -265,7 +260,7 @@ def test_run_survives_losing_a_worker_pod_and_the_operator_pod(
 
 
 def test_deleting_a_running_run_removes_every_pod(
-    run_namespace: str, pulse_release: KubeCluster, capsys: pytest.CaptureFixture[str],
+    run_namespace: str, pulse_release: KubeCluster, say: Say,
 ) -> None:  # fmt: skip
     """Delete the TrainingRun while its Dask cluster runs: driver and Dask pods all go."""
     cluster = pulse_release
@@ -286,6 +281,6 @@ def test_deleting_a_running_run_removes_every_pod(
     eventually(gone, 300, "every pod of the deleted run gone",
                lambda: cluster.diagnostics(run_namespace))  # fmt: skip
     seconds = time.monotonic() - started
-    report(capsys, f"deleted run: every pod gone {seconds:.1f} s after delete")
+    say(f"deleted run: every pod gone {seconds:.1f} s after delete")
     # Pods that ignore SIGTERM are killed only when the grace period (30 s) runs out.
     assert seconds < GRACE_PERIOD_S, "a pod of the run sat out its termination grace period"

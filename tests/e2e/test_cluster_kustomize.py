@@ -1,0 +1,78 @@
+"""`kubectl apply -k` of the kustomize base on the real node does what `helm install` does.
+
+The overlay a GitOps user would keep: the generated base, plus the run defaults lowered so
+a run's pods fit on this 2-CPU node. The operator it installs runs the shipped example to
+Succeeded with the same checks as the Helm install (tests/e2e/test_cluster.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.cluster import KubeCluster
+from tests.e2e.conftest import ROOT, Say
+from tests.e2e.test_cluster import (
+    RUN_CPU,
+    RUN_MEMORY,
+    namespace_with_credentials,
+    run_example_and_check,
+)
+from tests.integration.s3.servers import MotoServer
+
+pytestmark = pytest.mark.timeout(900)
+
+BASE = ROOT / "manifests" / "base"
+NAMESPACE = "pulse-system"
+
+
+def overlay(image: str) -> dict[str, object]:
+    """A kustomization over the base: the image under test, small run defaults."""
+    repository, tag = image.rsplit(":", 1)
+    env = {"PULSE_OPERATOR_IMAGE": image, "PULSE_OPERATOR_CPU": RUN_CPU,
+           "PULSE_OPERATOR_MEMORY": RUN_MEMORY}  # fmt: skip
+    deployment = next(
+        doc for doc in yaml.safe_load_all((BASE / "deployments.yaml").read_text())
+        if doc["metadata"]["name"] == "pulse-operator"
+    )  # fmt: skip
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    names = [item["name"] for item in container["env"]]
+    path = "/spec/template/spec/containers/0/env/{}/value"
+    patch = [{"op": "replace", "path": path.format(names.index(key)), "value": value}
+             for key, value in env.items()]  # fmt: skip
+    patches = [{"target": {"kind": "Deployment", "name": "pulse-operator"},
+                "patch": yaml.safe_dump(patch)}]  # fmt: skip
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [str(BASE)],
+        "images": [{"name": "pulse-recursive-training", "newName": repository, "newTag": tag}],
+        "patches": patches,
+    }
+
+
+@pytest.fixture(scope="module")
+def kustomize_install(
+    local_cluster: KubeCluster, image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KubeCluster]:
+    """The base applied server-side (as Argo CD and Flux do), both controllers available."""
+    folder = tmp_path_factory.mktemp("overlay")
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(overlay(image)))
+    # CRDs may still carry a removed Helm release's field manager: take them over.
+    local_cluster.kubectl("apply", "--server-side", "--force-conflicts",
+                          f"--kustomize={folder}", timeout=300)  # fmt: skip
+    local_cluster.kubectl("wait", "--for=condition=Available", "deployment", "--all",
+                          f"--namespace={NAMESPACE}", "--timeout=300s", timeout=320)  # fmt: skip
+    yield local_cluster
+    local_cluster.kubectl("delete", f"--kustomize={folder}", "--wait", timeout=300)
+
+
+def test_kubectl_apply_k_runs_the_example(
+    kustomize_install: KubeCluster, node_s3: MotoServer, say: Say, tmp_path: Path
+) -> None:
+    """The example run reaches Succeeded under the kustomize-installed operator."""
+    with namespace_with_credentials(kustomize_install, node_s3):
+        run_example_and_check(kustomize_install, node_s3, say, tmp_path)
