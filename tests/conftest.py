@@ -15,8 +15,13 @@ TESTS = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test with the tier named by its top-level folder."""
+    """Mark each test with the tier named by its top-level folder; cluster tests go last.
+
+    The single-node cluster (tests/e2e) lives as long as the session; running its tests
+    last keeps its dozen processes from competing for the CPUs with every other tier.
+    """
     for item in items:
         tier = Path(item.path).relative_to(TESTS).parts[0]
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+    items.sort(key=lambda item: "local_cluster" in getattr(item, "fixturenames", ()))

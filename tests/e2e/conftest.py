@@ -228,9 +228,13 @@ BUCKET = "pulse-results"
 def say(pytestconfig: pytest.Config) -> Say:
     """Print a measured figure in the test output, also when the test passes."""
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
 
     def write(line: str) -> None:
-        if reporter is not None:
+        if reporter is None or capture is None:
+            return
+        # What capsys.disabled() does, usable from session-scoped fixtures too.
+        with capture.global_and_fixture_disabled():
             reporter.write_line(f"[e2e-cluster] {line}")
 
     return write

@@ -7,6 +7,7 @@ Succeeded with the same checks as the Helm install (tests/e2e/test_cluster.py).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +30,8 @@ BASE = ROOT / "manifests" / "base"
 NAMESPACE = "pulse-system"
 
 
-def overlay(image: str) -> dict[str, object]:
-    """A kustomization over the base: the image under test, small run defaults."""
+def overlay(image: str, folder: Path) -> dict[str, object]:
+    """A kustomization in `folder` over the base: the image under test, small run defaults."""
     repository, tag = image.rsplit(":", 1)
     env = {"PULSE_OPERATOR_IMAGE": image, "PULSE_OPERATOR_CPU": RUN_CPU,
            "PULSE_OPERATOR_MEMORY": RUN_MEMORY}  # fmt: skip
@@ -48,7 +49,8 @@ def overlay(image: str) -> dict[str, object]:
     return {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": [str(BASE)],
+        # kustomize refuses an absolute path as a base ("new root cannot be absolute").
+        "resources": [os.path.relpath(BASE, folder)],
         "images": [{"name": "pulse-recursive-training", "newName": repository, "newTag": tag}],
         "patches": patches,
     }
@@ -60,7 +62,7 @@ def kustomize_install(
 ) -> Iterator[KubeCluster]:
     """The base applied server-side (as Argo CD and Flux do), both controllers available."""
     folder = tmp_path_factory.mktemp("overlay")
-    (folder / "kustomization.yaml").write_text(yaml.safe_dump(overlay(image)))
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(overlay(image, folder)))
     # CRDs may still carry a removed Helm release's field manager: take them over.
     local_cluster.kubectl("apply", "--server-side", "--force-conflicts",
                           f"--kustomize={folder}", timeout=300)  # fmt: skip
