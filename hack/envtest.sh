@@ -185,12 +185,16 @@ build() {
     printf 'etcd: %s\n' "$("${stage}/etcd" --version | head -n1)"
     printf 'helm: %s\n' "$("${stage}/helm" version --short)"
   } >"${stage}/VERSIONS"
-  fingerprint >"${stage}/.fingerprint"
+  install_stage "${stage}" "${ASSETS_DIR}"
+}
 
-  # Swap in the finished build in one rename, so a reader never sees half of it.
-  rm -rf "${ASSETS_DIR}"
-  mv "${stage}" "${ASSETS_DIR}"
-  sed 's/^/envtest:   /' "${ASSETS_DIR}/VERSIONS" >&2
+# install_stage STAGE DIR: stamp a finished build and swap it in with one rename, so a
+# reader never sees half of it.
+install_stage() {
+  fingerprint >"$1/.fingerprint"
+  rm -rf "$2"
+  mv "$1" "$2"
+  sed 's/^/envtest:   /' "$2/VERSIONS" >&2
 }
 
 # Go's caches live in the cache home so a warm run reuses compiled packages;
@@ -246,10 +250,7 @@ build_node() {
     printf 'crictl: %s\n' "$("${stage}/crictl" --version)"
     printf 'pause: %s\n' "$("${stage}/pause" -v 2>&1 | head -n1)"
   } >"${stage}/VERSIONS"
-  fingerprint >"${stage}/.fingerprint"
-  rm -rf "${NODE_DIR}"
-  mv "${stage}" "${NODE_DIR}"
-  sed 's/^/envtest:   /' "${NODE_DIR}/VERSIONS" >&2
+  install_stage "${stage}" "${NODE_DIR}"
 }
 
 main() {

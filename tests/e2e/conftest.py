@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -101,15 +102,19 @@ class Docker:
                 raise RuntimeError(f"could not remove {kind}s labelled {self.label}: {errors}")
 
 
+def unavailable(message: str, require_variable: str) -> NoReturn:
+    """Skip for a missing component, or fail when `require_variable`=1 says it must exist."""
+    if os.environ.get(require_variable) == "1":
+        pytest.fail(f"{require_variable}=1 but {message}", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def docker() -> Iterator[Docker]:
     """An answering Docker engine (skip or, with PULSE_REQUIRE_DOCKER=1, fail without)."""
     problem = _engine_problem()
     if problem is not None:
-        message = f"{SETUP_HINT} ({problem})"
-        if os.environ.get("PULSE_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"PULSE_REQUIRE_DOCKER=1 but {message}", pytrace=False)
-        pytest.skip(message)
+        unavailable(f"{SETUP_HINT} ({problem})", "PULSE_REQUIRE_DOCKER")
     engine = Docker(session=uuid.uuid4().hex[:8])
     yield engine
     engine.cleanup()
@@ -202,10 +207,7 @@ def local_cluster(image: str) -> Iterator[KubeCluster]:
     """
     problem = _cluster_problem()
     if problem is not None:
-        message = f"{CLUSTER_HINT} ({problem})"
-        if os.environ.get("PULSE_REQUIRE_CLUSTER") == "1":
-            pytest.fail(f"PULSE_REQUIRE_CLUSTER=1 but {message}", pytrace=False)
-        pytest.skip(message)
+        unavailable(f"{CLUSTER_HINT} ({problem})", "PULSE_REQUIRE_CLUSTER")
     was_up = _run([str(CLUSTER_SCRIPT), "status"]).returncode == 0
     if not was_up:
         _script("up", timeout=CLUSTER_UP_TIMEOUT_S)
