@@ -92,8 +92,8 @@ class KubeCluster:
 
 
 def eventually(probe: Callable[[], T | None], timeout: float, what: str,
-               explain: Callable[[], str] = lambda: "") -> T:  # fmt: skip
-    """Poll `probe` every second until it returns something; fail with `explain()` otherwise."""
+               explain: Callable[[], str] = lambda: "", interval: float = 1.0) -> T:  # fmt: skip
+    """Poll `probe` until it returns something; fail with `explain()` otherwise."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
@@ -101,7 +101,7 @@ def eventually(probe: Callable[[], T | None], timeout: float, what: str,
             return value
         if time.monotonic() > deadline:
             raise ClusterError(f"{what}: not reached within {timeout:.0f} s\n{explain()}")
-        time.sleep(1)
+        time.sleep(interval)
 
 
 def timestamp(text: str) -> datetime.datetime:

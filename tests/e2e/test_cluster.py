@@ -43,10 +43,14 @@ CREDENTIALS_SECRET = "pulse-s3"
 RUN_TIMEOUT_S = 600.0
 # Small requests so a run's four pods and both controllers fit on a 2-CPU node.
 RUN_CPU, RUN_MEMORY = "300m", "1Gi"
-# Long enough (30 yearly batches of 8 series) for pods to be deleted while it computes.
 # Kubernetes' default terminationGracePeriodSeconds, which the run's pods keep.
 GRACE_PERIOD_S = 30.0
-LONG_RUN_DATA = "builtin:synthetic?n_variables=8&years=30&seed=11"
+# A run whose map stages last long enough (~15 s each, measured) for pods to be deleted
+# while they compute: the pipeline itself is fast, so many small batches on thin pods.
+LONG_RUN_DATA = "builtin:synthetic?n_variables=8&years=40&seed=11"
+LONG_RUN_BATCH_DAYS = 30
+LONG_RUN_RESOURCES = {"requests": {"cpu": "150m", "memory": "1Gi"},
+                      "limits": {"cpu": "150m", "memory": "1Gi"}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +105,15 @@ def apply(cluster: KubeCluster, manifest: dict[str, Any]) -> dict[str, Any]:
     return stored
 
 
-def training_run(name: str, data_uri: str, workers: int) -> dict[str, Any]:
-    """The shipped example with another name, data and worker count."""
+def long_run(name: str, workers: int) -> dict[str, Any]:
+    """The shipped example, made long (LONG_RUN_*), with its own name and output."""
     manifest: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    spec = manifest["spec"]
     manifest["metadata"]["name"] = name
-    manifest["spec"]["data"]["uri"] = data_uri
-    manifest["spec"]["output"]["uri"] = f"s3://{BUCKET}/{name}"
-    manifest["spec"]["dask"]["workers"] = workers
+    spec["data"]["uri"] = LONG_RUN_DATA
+    spec["batchSizeDays"] = LONG_RUN_BATCH_DAYS
+    spec["output"]["uri"] = f"s3://{BUCKET}/{name}"
+    spec["dask"].update(workers=workers, resources=LONG_RUN_RESOURCES)
     return manifest
 
 
@@ -231,19 +237,24 @@ def test_run_survives_losing_a_worker_pod_and_the_operator_pod(
     """Worker and operator pods deleted in a map stage: Succeeded all the same, same numbers."""
     cluster = pulse_release
     name = "synthetic-faults"
-    stored = apply(cluster, training_run(name, LONG_RUN_DATA, workers=2))
+    stored = apply(cluster, long_run(name, workers=2))
     workers = f"dask.org/cluster-name={name}-dask,dask.org/component=worker"
 
     def computing() -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-        """Both workers up and a map stage under way (batches done, more to do)."""
-        progress = phase(cluster, name).get("progress", {})
+        """Both workers up and a map stage half done (some batches finished, more to do)."""
+        status = phase(cluster, name)
+        if status.get("phase") in ("Succeeded", "Failed"):
+            raise AssertionError(f"{name} ended ({status['phase']}) before both workers were "
+                                 "seen computing: make LONG_RUN_DATA bigger")  # fmt: skip
+        progress = status.get("progress", {})
         running = [p for p in cluster.pods(run_namespace, workers)
                    if p.get("status", {}).get("phase") == "Running"]  # fmt: skip
         under_way = 0 < progress.get("batchesCompleted", 0) < progress.get("batchesTotal", 0)
         return (progress, running) if under_way and len(running) == 2 else None
 
     progress, running = eventually(computing, RUN_TIMEOUT_S, "a map stage under way on 2 workers",
-                                   lambda: cluster.diagnostics(run_namespace))  # fmt: skip
+                                   lambda: cluster.diagnostics(run_namespace),
+                                   interval=0.2)  # fmt: skip
     victim = running[0]["metadata"]["name"]
     cluster.kubectl("delete", "pod", victim, f"--namespace={run_namespace}", "--wait=false")
     operator_selector = "app.kubernetes.io/component=operator"
@@ -270,7 +281,7 @@ def test_deleting_a_running_run_removes_every_pod(
     """Delete the TrainingRun while its Dask cluster runs: driver and Dask pods all go."""
     cluster = pulse_release
     name = "synthetic-deleted"
-    apply(cluster, training_run(name, LONG_RUN_DATA, workers=1))
+    apply(cluster, long_run(name, workers=1))
     selector = f"dask.org/cluster-name={name}-dask"
     eventually(lambda: cluster.pods(run_namespace, selector) or None, RUN_TIMEOUT_S,
                "the run's Dask pods", lambda: cluster.diagnostics(run_namespace))  # fmt: skip
