@@ -148,18 +148,13 @@ check_pins() {
 # waited for the lock is reused.
 build() {
   check_pins
-  mkdir -p "${CACHE_HOME}"
-  # One build at a time per cache, whoever starts it (CI step, developer).
-  exec 9>"${CACHE_HOME}/.lock"
-  flock 9
+  lock_cache
   if [[ "${1:-}" != force ]] && KUBEBUILDER_ASSETS="" find_assets >/dev/null; then
     return 0
   fi
 
   local stage="${CACHE_HOME}/.stage-${K8S_VERSION}"
-  rm -rf "${stage}"
-  mkdir -p "${stage}"
-  go_env
+  fresh_stage "${stage}"
 
   log "building Kubernetes ${K8S_VERSION} (kube-apiserver, kube-controller-manager, kubectl) and etcd with $(go env GOVERSION); the first build takes a while"
   # -mod=readonly: the committed go.sum must already cover every module.
@@ -186,6 +181,21 @@ build() {
     printf 'helm: %s\n' "$("${stage}/helm" version --short)"
   } >"${stage}/VERSIONS"
   install_stage "${stage}" "${ASSETS_DIR}"
+}
+
+# One build at a time per cache, whoever starts it (CI step, developer); the lock is
+# held on fd 9 until the script exits.
+lock_cache() {
+  mkdir -p "${CACHE_HOME}"
+  exec 9>"${CACHE_HOME}/.lock"
+  flock 9
+}
+
+# fresh_stage DIR: an empty staging dir for a build, and Go's build environment.
+fresh_stage() {
+  rm -rf "$1"
+  mkdir -p "$1"
+  go_env
 }
 
 # install_stage STAGE DIR: stamp a finished build and swap it in with one rename, so a
@@ -217,15 +227,11 @@ find_node() {
 build_node() {
   check_pins
   command -v gcc >/dev/null || die "gcc is not on PATH (needed for the static pause binary)"
-  mkdir -p "${CACHE_HOME}"
-  exec 9>"${CACHE_HOME}/.lock"
-  flock 9
+  lock_cache
   find_node && return 0
 
   local stage="${CACHE_HOME}/.stage-${K8S_VERSION}-node"
-  rm -rf "${stage}"
-  mkdir -p "${stage}"
-  go_env
+  fresh_stage "${stage}"
   log "building Kubernetes ${K8S_VERSION} node binaries (kubelet, kube-proxy, kube-scheduler)"
   (cd "${MODULE_DIR}" && go build -mod=readonly -ldflags "$(k8s_ldflags)" -o "${stage}/" \
     k8s.io/kubernetes/cmd/kubelet \

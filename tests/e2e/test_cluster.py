@@ -170,13 +170,15 @@ def local_reference(stored_run: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 def numbers(tree: Any, path: str = "") -> dict[str, float]:
     """Every number in a JSON tree, keyed by its path."""
-    children = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(
-        tree, list) else None  # fmt: skip
-    if children is not None:
-        return {k: v for key, value in children for k, v in numbers(value, f"{path}/{key}").items()}
     if isinstance(tree, (int, float)) and not isinstance(tree, bool):
         return {path: float(tree)}
-    return {}
+    if isinstance(tree, dict):
+        children = list(tree.items())
+    elif isinstance(tree, list):
+        children = list(enumerate(tree))
+    else:
+        return {}
+    return {k: v for key, value in children for k, v in numbers(value, f"{path}/{key}").items()}
 
 
 def assert_same_results(cluster_document: dict[str, Any], reference: dict[str, Any]) -> None:
