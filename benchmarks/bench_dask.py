@@ -27,7 +27,7 @@ BUSY_LOAD = 1.5  # 1-minute load average above which a figure is measured again
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Child process: run one pipeline as ``spec`` says and return its timings."""
     from recursive_training.config import TrainingConfig
-    from recursive_training.parallel_trainer import DaskEngine, Engine, SerialEngine
+    from recursive_training.engines import DaskEngine, Engine, SerialEngine
     from recursive_training.stages import TrainingPipeline
 
     config = TrainingConfig.build(**spec["config"])

@@ -1,9 +1,9 @@
 """Checkpoints of finished batches, so that a restarted run skips what it already computed.
 
-A map-stage result is a pure function of its task's arguments: the batch, the config and,
-for the evaluation, the batch's walk-forward model. So each result is saved under a key
-hashed from the config's ``training_fingerprint()``, the batch plan (id, dates, rows,
-variables) and the bytes of any array argument; a changed config, plan or model gives a
+A map-stage result is a pure function of its task's arguments: the batch, the task spec
+and, for the evaluation, the batch's walk-forward model. So each result is saved under a
+key hashed from all of them: the spec's ``fingerprint()``, the batch plan (id, dates, rows,
+variables) and the bytes of any array argument; a changed setting, plan or model gives a
 new key and never reuses stale numbers. Each result is one ``.npz`` of plain arrays
 (loaded with ``allow_pickle=False``), written atomically, in a local folder or under an
 ``s3://`` prefix::
@@ -23,14 +23,13 @@ import logging
 import typing
 import zipfile
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
 from recursive_training import storage
-from recursive_training.config import TrainingConfig
 from recursive_training.exceptions import StateError
 from recursive_training.parallel_trainer import TrainingBatch
 from recursive_training.s3 import S3Settings
@@ -40,20 +39,20 @@ Arrays = dict[str, NDArray[Any]]
 SCALARS: tuple[type, ...] = (bool, int, float, str)
 
 
+@runtime_checkable
+class Fingerprinted(Protocol):
+    """An argument that names what in it changes a result (the task spec)."""
+
+    def fingerprint(self) -> str:
+        """A stable hash of the parts that change what a task computes."""
+
+
 class Checkpoint:
-    """The checkpoint folder of runs with one training fingerprint."""
+    """A checkpoint folder (local or ``s3://``) of finished map-stage results."""
 
-    def __init__(self, directory: str, fingerprint: str, settings: S3Settings) -> None:
+    def __init__(self, directory: str, settings: S3Settings) -> None:
         self.directory = directory
-        self.fingerprint = fingerprint
         self.settings = settings
-
-    @classmethod
-    def for_config(cls, config: TrainingConfig) -> Checkpoint | None:
-        """The checkpoint the config asks for (``checkpoint_dir``), or None."""
-        if config.checkpoint_dir is None:
-            return None
-        return cls(config.checkpoint_dir, config.training_fingerprint(), config.s3_settings)
 
     def stage(
         self, stage: str, task: Callable[..., Any], arguments: Sequence[tuple[Any, ...]]
@@ -63,12 +62,14 @@ class Checkpoint:
 
     def location(self, stage: str, arguments: tuple[Any, ...]) -> str:
         """Where the result of ``task(*arguments)`` is saved."""
-        digest = hashlib.sha256(self.fingerprint.encode())
+        digest = hashlib.sha256()
         for argument in arguments:
             if isinstance(argument, np.ndarray):
                 digest.update(f"{argument.dtype}{argument.shape}".encode())
                 digest.update(np.ascontiguousarray(argument).tobytes())
-            elif not isinstance(argument, TrainingConfig):  # the fingerprint stands for it
+            elif isinstance(argument, Fingerprinted):
+                digest.update(argument.fingerprint().encode())
+            else:
                 digest.update(repr(argument).encode())
         batch = _batch_of(arguments)
         name = f"batch-{batch.batch_id:05d}-{digest.hexdigest()[:16]}.npz"

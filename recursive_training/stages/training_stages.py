@@ -1,8 +1,8 @@
 """The retrodiction pipeline: map (batch statistics), scan (prefix models), map
 (walk-forward evaluation), reduce (final model, rule trust, metrics).
 
-The two map stages are pure module-level functions of (batch, config, ...) so they can
-run on any engine; the scan and reduce are cheap and run in the driver, which only ever
+The two map stages are pure functions of (batch, task spec, ...) (``tasks.py``) so they
+can run on any engine; the scan and reduce are cheap and run in the driver, which only ever
 holds statistics (features x features), never the data.
 """
 
@@ -18,158 +18,36 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-from numpy.typing import NDArray
 
 from recursive_training import features as feats
 from recursive_training.checkpoint import Checkpoint
 from recursive_training.config import TrainingConfig
 from recursive_training.constants import MODEL_RULE
 from recursive_training.data import DataSource, open_source
+from recursive_training.engines import Engine, create_engine
 from recursive_training.exceptions import DataError, StateError
 from recursive_training.metrics import ErrorSums
-from recursive_training.parallel_trainer import (
-    Engine,
-    ProgressCallback,
-    TrainingBatch,
-    check_batch_size,
-    create_engine,
-    current_worker,
-    plan_batches,
-)
+from recursive_training.parallel_trainer import TrainingBatch, check_batch_size, plan_batches
 from recursive_training.rules import (
     RuleSpec,
     check_rule_variables,
-    fixed_rule_counts,
     parse_rules,
     rule_entries,
     rule_history,
-    sign_hits_misses,
+)
+from recursive_training.stages.tasks import (
+    BatchEvaluation,
+    BatchStatistics,
+    FloatArray,
+    TaskSpec,
+    compute_batch_statistics,
+    evaluate_batch,
 )
 from recursive_training.state import TrainingState
-from recursive_training.statistics import (
-    SufficientStats,
-    decay_factor,
-    forgetting_weights,
-    solve_ridge,
-)
+from recursive_training.statistics import SufficientStats, decay_factor, solve_ridge
 
 log = logging.getLogger(__name__)
-FloatArray = NDArray[np.float64]
-
-
-# --- per-batch tasks (run on workers) ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BatchStatistics:
-    """Map-stage output: the batch's training statistics, referenced at the batch end."""
-
-    batch_id: int
-    stats: SufficientStats
-    dropped_missing: int
-    seconds: float
-    worker: str
-
-
-@dataclass(frozen=True)
-class BatchEvaluation:
-    """Evaluation output: error sums, model-rule counts and the predictions themselves."""
-
-    batch_id: int
-    errors: ErrorSums
-    model_hits: FloatArray
-    model_misses: FloatArray
-    predictions: pd.DataFrame
-    dropped_missing: int
-    seconds: float
-    worker: str
-
-
-def load_window(
-    batch: TrainingBatch, config: TrainingConfig
-) -> tuple[FloatArray, NDArray[np.datetime64]]:
-    """The batch's rows (levels, rows x variables), forward-filled up to the limit, and
-    their timestamps (so a worker never needs the source's whole time index)."""
-    source = open_source(config.input_data, config.input_format, config.s3_settings)
-    frame = source.load(batch.variables, batch.window_first, batch.window_last)
-    expected = batch.window_rows[1] - batch.window_rows[0]
-    if len(frame) != expected:
-        raise DataError(
-            f"{batch}: expected {expected} rows between {batch.window_first} and "
-            f"{batch.window_last} but the source returned {len(frame)}; did the data change "
-            "while the run was planned?",
-            source=source.uri,
-        )
-    if config.fill_limit:
-        frame = frame.ffill(limit=config.fill_limit)
-    return frame.to_numpy(dtype=np.float64), frame.index.to_numpy()
-
-
-def compute_batch_statistics(batch: TrainingBatch, config: TrainingConfig) -> BatchStatistics:
-    """Ridge sufficient statistics and fixed-rule counts of the samples realized in the batch."""
-    began = time.perf_counter()
-    rules = parse_rules(config.rules)
-    n_features = 1 + len(batch.variables) * config.lags
-    n_entries = len(rule_entries(rules, batch.variables))
-    first, stop = batch.train_rows
-    if first >= stop:
-        empty = SufficientStats.zeros(n_features, len(batch.variables), n_entries)
-        return BatchStatistics(
-            batch.batch_id, empty, 0, time.perf_counter() - began, current_worker()
-        )
-    levels, stamps = load_window(batch, config)
-    offset = batch.window_rows[0]
-    origins = np.arange(first, stop) - config.horizon - offset
-    x, y = feats.design(levels, origins, config.lags, config.horizon)
-    complete = feats.complete_rows(x, y)
-    weights = forgetting_weights(
-        stamps[origins + config.horizon][complete], batch.end, config.half_life_days
-    )
-    hits, misses = fixed_rule_counts(
-        levels, origins[complete], y[complete], weights, rules, batch.variables
-    )
-    stats = SufficientStats.from_samples(x[complete], y[complete], weights, hits, misses)
-    return BatchStatistics(
-        batch.batch_id, stats, int((~complete).sum()), time.perf_counter() - began, current_worker()
-    )
-
-
-def evaluate_batch(
-    batch: TrainingBatch, config: TrainingConfig, coefficients: FloatArray
-) -> BatchEvaluation:
-    """Predict the samples whose origin is in the batch with the model known at its start."""
-    began = time.perf_counter()
-    levels, stamps = load_window(batch, config)
-    offset = batch.window_rows[0]
-    origins = np.arange(*batch.eval_rows) - offset
-    x, y = feats.design(levels, origins, config.lags, config.horizon)
-    complete = feats.complete_rows(x, y)
-    origins, x, y = origins[complete], x[complete], y[complete]
-    predicted = x @ coefficients
-    realized = stamps[origins + config.horizon]
-    weights = forgetting_weights(realized, batch.end, config.half_life_days)
-    variables = list(batch.variables)
-    hits, misses = sign_hits_misses(predicted, y, weights)  # the model as a sign rule
-    predictions = pd.DataFrame(
-        {
-            "origin": np.repeat(stamps[origins], len(variables)),
-            "realized": np.repeat(realized, len(variables)),
-            "batch_id": np.int32(batch.batch_id),
-            "variable": pd.Categorical(np.tile(variables, len(origins)), categories=variables),
-            "predicted": predicted.ravel(),
-            "actual": y.ravel(),
-        }
-    )
-    return BatchEvaluation(
-        batch.batch_id,
-        ErrorSums.from_predictions(predicted, y),
-        hits,
-        misses,
-        predictions,
-        int((~complete).sum()),
-        time.perf_counter() - began,
-        current_worker(),
-    )
+ProgressCallback = Callable[[str, int, int], None]  # (stage, batches done, batches in stage)
 
 
 # --- the pipeline (runs in the driver) ---------------------------------------------------
@@ -256,6 +134,148 @@ def resolve_range(
     return start, end
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What preparation settles before any task runs: the data, range, batches, start state."""
+
+    source: str
+    variables: list[str]
+    features: list[str]
+    rules: tuple[RuleSpec, ...]
+    start: pd.Timestamp
+    end: pd.Timestamp
+    n_rows: int
+    batches: list[TrainingBatch]
+    initial: SufficientStats
+    spec: TaskSpec
+
+
+@dataclass(frozen=True)
+class StageOutputs:
+    """What the map and scan stages computed, before the reduction."""
+
+    statistics: dict[int, BatchStatistics]
+    evaluations: dict[int, BatchEvaluation]
+    final: SufficientStats
+    engine: str
+
+
+def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPlan:
+    """Check the config against the data and the resume state, and plan the batches."""
+    source = open_source(config.input_data, config.input_format, config.s3_settings)
+    variables = list(config.variables or source.variables())
+    source.check_variables(variables)
+    rules = parse_rules(config.rules)
+    check_rule_variables(rules, variables)
+    features = feats.feature_names(variables, config.lags)
+    if resume_state is not None:
+        resume_state.check_compatible(
+            config.resume_from or "the resume state",
+            tuple(variables),
+            config.lags,
+            config.horizon,
+            config.half_life_days,
+            tuple(config.rules),
+        )
+    timestamps = source.timestamps()
+    start, end = resolve_range(config, timestamps, resume_state, source.uri)
+    check_batch_size(timestamps[(timestamps >= start) & (timestamps < end)], config.batch_size_days)
+    batches = plan_batches(
+        timestamps,
+        start,
+        end,
+        config.batch_size_days,
+        variables,
+        lags=config.lags,
+        horizon=config.horizon,
+        history=rule_history(rules),
+        fill_limit=config.fill_limit,
+    )
+    _require_samples(batches, source, config)
+    log.info(
+        "Planned %d batches of %d days over [%s, %s) for %d variables",
+        len(batches),
+        config.batch_size_days,
+        f"{start:%Y-%m-%d}",
+        f"{end:%Y-%m-%d}",
+        len(variables),
+    )
+    return RunPlan(
+        source=source.uri,
+        variables=variables,
+        features=features,
+        rules=rules,
+        start=start,
+        end=end,
+        n_rows=int(((timestamps >= start) & (timestamps < end)).sum()),
+        batches=batches,
+        initial=_initial_prefix(resume_state, start, config, len(features), variables, rules),
+        spec=TaskSpec.from_config(config),
+    )
+
+
+def reduce_run(
+    plan: RunPlan,
+    outputs: StageOutputs,
+    config: TrainingConfig,
+    resume_state: TrainingState | None,
+    began: float,
+) -> TrainingResult:
+    """The final model, rule trust and error sums, and the state a later run resumes from."""
+    variables, final = plan.variables, outputs.final
+    model_hits, model_misses = _model_rule_counts(
+        resume_state, plan.batches, outputs.evaluations, plan.end, config
+    )
+    rule_table = [
+        (rule, target, float(h), float(m))
+        for (rule, target), h, m in zip(
+            rule_entries(plan.rules, variables), final.rule_hits, final.rule_misses, strict=True
+        )
+    ]
+    if any(r.kind == MODEL_RULE for r in plan.rules):
+        rule_table += [
+            (MODEL_RULE, v, float(h), float(m))
+            for v, h, m in zip(variables, model_hits, model_misses, strict=True)
+        ]
+    evaluations = outputs.evaluations
+    errors = sum((e.errors for e in evaluations.values()), ErrorSums.zeros(len(variables)))
+    run_id = uuid.uuid4().hex[:12]
+    state = TrainingState(
+        end=plan.end,
+        variables=tuple(variables),
+        features=tuple(plan.features),
+        lags=config.lags,
+        horizon=config.horizon,
+        half_life_days=config.half_life_days,
+        rules=tuple(config.rules),
+        stats=final,
+        model_hits=model_hits,
+        model_misses=model_misses,
+        run_id=run_id,
+    )
+    return TrainingResult(
+        run_id=run_id,
+        config=config,
+        source=plan.source,
+        variables=variables,
+        features=plan.features,
+        start=plan.start,
+        end=plan.end,
+        n_rows=plan.n_rows,
+        batches=plan.batches,
+        statistics=outputs.statistics,
+        evaluations=evaluations,
+        coefficients=solve_ridge(final.xtx, final.xty, config.ridge_alpha),
+        rule_table=rule_table,
+        errors=errors,
+        state=state,
+        resumed_from=config.resume_from,
+        engine=outputs.engine,
+        seconds=time.perf_counter() - began,
+        predictions=[evaluations[k].predictions for k in sorted(evaluations)],
+    )
+
+
 class TrainingPipeline:
     """Runs the stages of a training run on an engine, reporting progress per batch."""
 
@@ -276,131 +296,42 @@ class TrainingPipeline:
     ) -> TrainingResult:
         """Plan, map, scan, map, reduce; raises a TrainingError subclass on bad input."""
         began = time.perf_counter()
-        source = open_source(config.input_data, config.input_format, config.s3_settings)
-        variables = list(config.variables or source.variables())
-        source.check_variables(variables)
-        rules = parse_rules(config.rules)
-        check_rule_variables(rules, variables)
-        features = feats.feature_names(variables, config.lags)
-        if resume_state is not None:
-            resume_state.check_compatible(
-                config.resume_from or "the resume state",
-                tuple(variables),
-                config.lags,
-                config.horizon,
-                config.half_life_days,
-                tuple(config.rules),
-            )
-        timestamps = source.timestamps()
-        start, end = resolve_range(config, timestamps, resume_state, source.uri)
-        check_batch_size(
-            timestamps[(timestamps >= start) & (timestamps < end)], config.batch_size_days
-        )
-        batches = plan_batches(
-            timestamps,
-            start,
-            end,
-            config.batch_size_days,
-            variables,
-            lags=config.lags,
-            horizon=config.horizon,
-            history=rule_history(rules),
-            fill_limit=config.fill_limit,
-        )
-        _require_samples(batches, source, config)
-        log.info(
-            "Planned %d batches of %d days over [%s, %s) for %d variables",
-            len(batches),
-            config.batch_size_days,
-            f"{start:%Y-%m-%d}",
-            f"{end:%Y-%m-%d}",
-            len(variables),
-        )
+        plan = prepare(config, resume_state)
+        outputs = self.run_stages(plan, config, began)
+        result = reduce_run(plan, outputs, config, resume_state, began)
+        return replace(result, predictions=[]) if self.predictions_sink else result
 
-        engine = self.engine or create_engine(config, batches, began)
-        checkpoint = Checkpoint.for_config(config)
+    def run_stages(self, plan: RunPlan, config: TrainingConfig, began: float) -> StageOutputs:
+        """The map, scan and map stages on the engine (started here unless one was given)."""
+        engine = self.engine or create_engine(config, plan.batches, began)
+        checkpoint = (
+            Checkpoint(config.checkpoint_dir, config.s3_settings) if config.checkpoint_dir else None
+        )
         with nullcontext(engine) if self.engine else engine:  # close only what we started
             log.info("Running on %s", engine.description)
-            scan = PrefixScan(
-                batches,
-                _initial_prefix(resume_state, start, config, len(features), variables, rules),
-                config,
-            )
+            scan = PrefixScan(plan.batches, plan.initial, config)
             statistics = self._collect(
                 "statistics",
                 engine,
                 compute_batch_statistics,
-                [(b, config) for b in batches],
+                [(b, plan.spec) for b in plan.batches],
                 checkpoint,
                 on_result=scan,
             )
             assert scan.complete, "every batch's statistics must have been folded"
-            models, final = scan.models, scan.prefix
             evaluations = self._collect(
                 "evaluation",
                 engine,
                 evaluate_batch,
                 [
-                    (b, config, models[b.batch_id])
-                    for b in batches
-                    if b.batch_id in models and b.eval_rows[0] < b.eval_rows[1]
+                    (b, plan.spec, scan.models[b.batch_id])
+                    for b in plan.batches
+                    if b.batch_id in scan.models and b.eval_rows[0] < b.eval_rows[1]
                 ],
                 checkpoint,
                 on_result=self._hand_over_predictions,
             )
-        model_hits, model_misses = _model_rule_counts(
-            resume_state, batches, evaluations, end, config
-        )
-        entries = rule_entries(rules, variables)
-        rule_table = [
-            (rule, target, float(h), float(m))
-            for (rule, target), h, m in zip(
-                entries, final.rule_hits, final.rule_misses, strict=True
-            )
-        ]
-        if any(r.kind == MODEL_RULE for r in rules):
-            rule_table += [
-                (MODEL_RULE, v, float(h), float(m))
-                for v, h, m in zip(variables, model_hits, model_misses, strict=True)
-            ]
-        errors = sum((e.errors for e in evaluations.values()), ErrorSums.zeros(len(variables)))
-        run_id = uuid.uuid4().hex[:12]
-        state = TrainingState(
-            end=end,
-            variables=tuple(variables),
-            features=tuple(features),
-            lags=config.lags,
-            horizon=config.horizon,
-            half_life_days=config.half_life_days,
-            rules=tuple(config.rules),
-            stats=final,
-            model_hits=model_hits,
-            model_misses=model_misses,
-            run_id=run_id,
-        )
-        return TrainingResult(
-            run_id=run_id,
-            config=config,
-            source=source.uri,
-            variables=variables,
-            features=features,
-            start=start,
-            end=end,
-            n_rows=int(((timestamps >= start) & (timestamps < end)).sum()),
-            batches=batches,
-            statistics=statistics,
-            evaluations=evaluations,
-            coefficients=solve_ridge(final.xtx, final.xty, config.ridge_alpha),
-            rule_table=rule_table,
-            errors=errors,
-            state=state,
-            resumed_from=config.resume_from,
-            engine=engine.description,
-            seconds=time.perf_counter() - began,
-            predictions=[]
-            if self.predictions_sink
-            else [evaluations[k].predictions for k in sorted(evaluations)],
-        )
+        return StageOutputs(statistics, evaluations, scan.prefix, engine.description)
 
     def _collect(
         self,

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recursive_training.config import TrainingConfig
-from recursive_training.parallel_trainer import DaskEngine
+from recursive_training.engines import DaskEngine
 from recursive_training.stages import TrainingPipeline, TrainingResult
 from tests.unit.test_properties import panels, write
 
