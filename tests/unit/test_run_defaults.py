@@ -1,0 +1,62 @@
+"""Run defaults agree in the three places that state them.
+
+The operator must not import the pipeline (test_layers.py), so the CRD builder and
+``RunSpec`` repeat the defaults of ``TrainingConfig``; these tests keep the copies equal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from recursive_training.config import TrainingConfig
+from recursive_training.run_training import create_config_from_args, parse_args
+from trainingrun_operator.crd import build_crd
+from trainingrun_operator.spec import RunSpec, cli_arguments
+
+# TrainingConfig field: (its path under the CRD's spec, its RunSpec field or None).
+DEFAULTED: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "input_data": (("data", "uri"), "data_uri"),
+    "input_format": (("data", "format"), "data_format"),
+    "batch_size_days": (("batchSizeDays",), "batch_size_days"),
+    "horizon": (("horizon",), "horizon"),
+    "lags": (("lags",), "lags"),
+    "ridge_alpha": (("ridgeAlpha",), "ridge_alpha"),
+    # RunSpec keeps rules empty and passes no --rules then: the pipeline's default applies.
+    "rules": (("rules",), None),
+}
+
+
+def pipeline_default(name: str) -> Any:
+    return TrainingConfig.model_fields[name].default
+
+
+def crd_default(path: tuple[str, ...]) -> Any:
+    """The default the API server fills in at ``spec.<path>`` (as the CRD builder says)."""
+    version = build_crd()["spec"]["versions"][0]
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for name in path:
+        schema = schema["properties"][name]
+    return schema["default"]
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULTED))
+def test_crd_defaults_are_the_pipelines(name: str) -> None:
+    default = crd_default(DEFAULTED[name][0])
+    expected = pipeline_default(name)
+    assert (tuple(default) if isinstance(default, list) else default) == expected
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (_, field) in DEFAULTED.items() if field))
+def test_runspec_defaults_are_the_pipelines(name: str) -> None:
+    field = DEFAULTED[name][1]
+    assert field is not None
+    assert RunSpec.__dataclass_fields__[field].default == pipeline_default(name)
+
+
+def test_a_run_that_sets_nothing_trains_with_the_pipelines_defaults() -> None:
+    run = RunSpec(name="run", namespace="team", uid="u", output_uri="s3://results/run")
+    config = create_config_from_args(parse_args(cli_arguments(run, "tcp://scheduler:8786")))
+    for name in DEFAULTED:
+        assert getattr(config, name) == pipeline_default(name), name
