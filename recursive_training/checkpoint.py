@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 from recursive_training import storage
 from recursive_training.exceptions import StateError
 from recursive_training.parallel_trainer import TrainingBatch
-from recursive_training.s3 import S3Settings
+from recursive_training.s3_location import S3Settings
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, NDArray[Any]]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from recursive_training import s3
 from recursive_training.exceptions import OutputError, StateError
-from recursive_training.s3 import S3Location, S3Settings
+from recursive_training.s3_location import S3Location, S3Settings, is_s3_uri
 
 DEFAULT_S3 = S3Settings()
 
@@ -27,14 +27,14 @@ def join(base: str, name: str) -> str:
 
 def exists(location: str, settings: S3Settings = DEFAULT_S3) -> bool:
     """True when a file is at ``location`` (for S3 a missing bucket is an OutputError)."""
-    if s3.is_s3_uri(location):
+    if is_s3_uri(location):
         return s3.exists(S3Location.parse(location), settings, OutputError)
     return Path(location).is_file()
 
 
 def read_bytes(location: str, settings: S3Settings = DEFAULT_S3) -> bytes:
     """The content of a state file (the only thing a run reads back)."""
-    if s3.is_s3_uri(location):
+    if is_s3_uri(location):
         return s3.get_bytes(
             S3Location.parse(location), settings, StateError, action="read resume state"
         )
@@ -58,7 +58,7 @@ def write_bytes(
 
     One PUT for S3; a temporary file in the destination folder, fsync and rename locally.
     """
-    if s3.is_s3_uri(location):
+    if is_s3_uri(location):
         content = data if isinstance(data, bytes) else data.read_bytes()
         s3.put_bytes(
             S3Location.parse(location),
@@ -95,7 +95,7 @@ def write_bytes(
 
 def remove(location: str, settings: S3Settings = DEFAULT_S3) -> None:
     """Delete the file at ``location`` if it is there (undoing a partial set of outputs)."""
-    if s3.is_s3_uri(location):
+    if is_s3_uri(location):
         s3.delete(S3Location.parse(location), settings)
         return
     Path(location).unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from recursive_training.constants import DEFAULT_INPUT_DATA, DEFAULT_RESULTS_FILE
 from recursive_training.exceptions import ConfigError
 from recursive_training.rules import parse_rules
-from recursive_training.s3 import S3Location, S3Settings, is_s3_uri
+from recursive_training.s3_location import S3Location, S3Settings, is_s3_uri
 
 DEFAULT_RULES: tuple[str, ...] = ("momentum(5)", "mean_reversion(20)", "model")
 

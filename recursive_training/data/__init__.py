@@ -13,7 +13,7 @@ from recursive_training.data.builtin import open_builtin
 from recursive_training.data.common import DataSource
 from recursive_training.data.files import FileSource
 from recursive_training.data.s3 import S3Source
-from recursive_training.s3 import S3Settings, is_s3_uri
+from recursive_training.s3_location import S3Settings, is_s3_uri
 
 __all__ = ["DataSource", "open_source"]
 

@@ -45,7 +45,8 @@ from recursive_training.data.files import (
     time_column,
 )
 from recursive_training.exceptions import DataError
-from recursive_training.s3 import S3Location, S3Object, S3Settings
+from recursive_training.s3 import S3Object
+from recursive_training.s3_location import S3Location, S3Settings
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer

@@ -25,7 +25,7 @@ from recursive_training.exceptions import DataError
 from recursive_training.metrics import ErrorSums
 from recursive_training.parallel_trainer import TrainingBatch
 from recursive_training.rules import fixed_rule_counts, parse_rules, rule_entries, sign_hits_misses
-from recursive_training.s3 import S3Settings
+from recursive_training.s3_location import S3Settings
 from recursive_training.statistics import SufficientStats, forgetting_weights
 
 FloatArray = NDArray[np.float64]

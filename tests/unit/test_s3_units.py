@@ -16,7 +16,8 @@ from botocore.exceptions import (
 from recursive_training.config import TrainingConfig
 from recursive_training.exceptions import ConfigError, DataError, OutputError
 from recursive_training.run_training import create_config_from_args, parse_args
-from recursive_training.s3 import S3Location, S3Settings, describe_error, is_s3_uri, translated
+from recursive_training.s3 import describe_error, translated
+from recursive_training.s3_location import S3Location, S3Settings, is_s3_uri
 
 WHERE = S3Location("prices", "daily/2020.parquet")
 SETTINGS = S3Settings(endpoint_url="http://minio:9000", max_attempts=3)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from recursive_training.config import TrainingConfig
-from recursive_training.s3 import S3Settings
+from recursive_training.s3_location import S3Settings
 from recursive_training.stages import TrainingPipeline
 from recursive_training.stages.tasks import TaskSpec
 

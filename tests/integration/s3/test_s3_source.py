@@ -11,7 +11,7 @@ import pytest
 from recursive_training import s3 as s3_access
 from recursive_training.data import open_source
 from recursive_training.data.files import FileSource
-from recursive_training.s3 import S3Settings
+from recursive_training.s3_location import S3Settings
 
 from .datasets import layout, put_files, write_files
 from .servers import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
