@@ -115,13 +115,15 @@ def ridge_penalty(xtx: FloatArray, alpha: float) -> FloatArray:
     Minimizing ``sum w (y - x b)^2 + sum_j alpha * sum(w) * var_j * b_j^2`` is ridge with
     penalty ``alpha`` on z-scored features and a mean loss, so alpha is scale-free (0.01
     shrinks a lone standardized coefficient by about 1%). The intercept is not penalized.
+    ``xtx`` may be one system or a stack of them (..., q, q); so is the result (..., q).
     """
-    total_weight = xtx[0, 0]
-    if total_weight <= 0:
-        return np.zeros(len(xtx))
-    mean = xtx[0, 1:] / total_weight
-    variance = np.clip(np.diag(xtx)[1:] / total_weight - mean**2, 0.0, None)
-    return np.concatenate([[0.0], alpha * total_weight * variance])
+    total_weight = xtx[..., 0, 0]
+    known = total_weight > 0
+    divisor = np.where(known, total_weight, 1.0)[..., None]
+    mean = xtx[..., 0, 1:] / divisor
+    variance = np.clip(np.diagonal(xtx, axis1=-2, axis2=-1)[..., 1:] / divisor - mean**2, 0.0, None)
+    penalty = np.where(known[..., None], alpha * total_weight[..., None] * variance, 0.0)
+    return np.concatenate([np.zeros((*penalty.shape[:-1], 1)), penalty], axis=-1)
 
 
 def solve_ridge(xtx: FloatArray, xty: FloatArray, alpha: float) -> FloatArray:
@@ -129,18 +131,43 @@ def solve_ridge(xtx: FloatArray, xty: FloatArray, alpha: float) -> FloatArray:
 
     Jacobi-scaled for conditioning (variables may differ by orders of magnitude); falls
     back to the minimum-norm least-squares solution when the system is singular or
-    numerically so (a constant feature with alpha = 0).
+    numerically so (a constant feature with alpha = 0). A stack of systems (..., q, q) with
+    right-hand sides (..., q, k) is solved in one vectorized pass (per-series models).
     """
-    system = xtx + np.diag(ridge_penalty(xtx, alpha))
-    diagonal = np.diag(system)
+    penalty = ridge_penalty(xtx, alpha)
+    system = xtx + penalty[..., :, None] * np.eye(xtx.shape[-1])
+    diagonal = np.diagonal(system, axis1=-2, axis2=-1)
     scale = np.sqrt(np.where(diagonal > 0, diagonal, 1.0))
-    scaled = system / np.outer(scale, scale)
-    rhs = xty / scale[:, None]
+    scaled = system / (scale[..., :, None] * scale[..., None, :])
+    rhs = xty / scale[..., :, None]
+    solution = _solve_one(scaled, rhs) if system.ndim == 2 else _solve_stack(scaled, rhs)
+    coefficients: FloatArray = solution / scale[..., :, None]
+    return coefficients
+
+
+def _solve_one(scaled: FloatArray, rhs: FloatArray) -> FloatArray:
+    """Cholesky solve of one scaled system, least squares when it is (nearly) singular."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
-            solution = scipy.linalg.solve(scaled, rhs, assume_a="pos", check_finite=False)
+            solution: FloatArray = scipy.linalg.solve(
+                scaled, rhs, assume_a="pos", check_finite=False
+            )
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgWarning, ValueError):
-        solution = np.linalg.lstsq(scaled, rhs, rcond=None)[0]
-    coefficients: FloatArray = solution / scale[:, None]
-    return coefficients
+        return np.asarray(np.linalg.lstsq(scaled, rhs, rcond=None)[0], dtype=np.float64)
+    return solution
+
+
+def _solve_stack(scaled: FloatArray, rhs: FloatArray) -> FloatArray:
+    """Solve a stack of scaled symmetric systems: LU where well conditioned, else the
+    minimum-norm least-squares solution (the pseudo-inverse with lstsq's own cutoff)."""
+    size = scaled.shape[-1]
+    cutoff = size * np.finfo(np.float64).eps
+    eigenvalues = np.linalg.eigvalsh(scaled)
+    well = eigenvalues[..., 0] > cutoff * np.abs(eigenvalues).max(axis=-1)
+    solution: FloatArray = np.empty(rhs.shape)
+    if well.any():
+        solution[well] = np.linalg.solve(scaled[well], rhs[well])
+    if not well.all():
+        solution[~well] = np.linalg.pinv(scaled[~well], cutoff, True) @ rhs[~well]
+    return solution

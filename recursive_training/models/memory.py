@@ -1,0 +1,65 @@
+"""How much memory a run's statistics need, so a run that cannot fit is refused up front.
+
+A VAR's statistics are (1 + V * L)^2 numbers per batch and per prefix: at 3,000 series
+and 5 lags that is 1.8 GB each, and a run needs several of them at once. Refusing before
+any data is read beats failing (or swapping) an hour into the run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from recursive_training.exceptions import ConfigError
+
+BYTES_PER_NUMBER: Final = 8
+# Systems of p x p the busiest process holds at once while folding a batch into the prefix
+# and solving it: the prefix, the arriving batch, their decayed sum, then the penalized
+# system, its Jacobi-scaled copy and the factorization's own copy beside the prefix.
+VAR_SYSTEMS_AT_ONCE: Final = 5
+# Share of the machine's memory a run may plan for when --max-memory is not given:
+# the rest is for the data windows, the OS, and other processes.
+DEFAULT_MEMORY_SHARE: Final = 0.5
+FALLBACK_MEMORY: Final = 4 * 2**30
+
+
+def var_memory_bytes(n_variables: int, lags: int, batch_rows: int) -> int:
+    """Peak bytes of a VAR run in one process: the p x p systems of the statistics and
+    solve, the p x V right-hand sides, and one batch's design (features and weighted copy)."""
+    p = 1 + n_variables * lags
+    systems = VAR_SYSTEMS_AT_ONCE * (p * p + p * n_variables)
+    design = 2 * batch_rows * p
+    return BYTES_PER_NUMBER * (systems + design)
+
+
+def default_memory_budget() -> int:
+    """Half of this machine's physical memory (4 GiB where it cannot be read)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return FALLBACK_MEMORY
+    return int(total * DEFAULT_MEMORY_SHARE) if total > 0 else FALLBACK_MEMORY
+
+
+def show_bytes(size: float) -> str:
+    """``1.8 GB``: decimal units, as people read them."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def check_var_memory(n_variables: int, lags: int, batch_rows: int, budget: int) -> None:
+    """Refuse a VAR whose statistics would not fit ``budget`` bytes, in one line."""
+    need = var_memory_bytes(n_variables, lags, batch_rows)
+    if need <= budget:
+        return
+    p = 1 + n_variables * lags
+    raise ConfigError(
+        f"--model var with {n_variables:,} variables and {lags} lags needs about "
+        f"{show_bytes(need)} ({p:,} x {p:,} statistics per batch and prefix), over "
+        f"--max-memory {show_bytes(budget)}; use --model ar (one model per series) or "
+        "--model pooled (one model shared by all series), whose memory grows linearly with "
+        "the number of series, or raise --max-memory"
+    )

@@ -1,0 +1,71 @@
+"""``var``: every series regressed on the lagged changes of every series (a VAR).
+
+Today's model, numbers unchanged: one design ``features.design`` shared by all targets,
+one GEMM for the statistics and one ridge solve. Its statistics grow as (1 + V * L)^2,
+so ``memory.check_var_memory`` refuses runs that would not fit before any data is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from recursive_training import features as feats
+from recursive_training.exceptions import ConfigError
+from recursive_training.models.base import ORIGINS, FloatArray, Forecast, ModelStructure, Moments
+from recursive_training.statistics import SufficientStats, solve_ridge
+
+
+@dataclass(frozen=True)
+class VectorAutoRegressive(ModelStructure):
+    """Shared features ``[1, every series' L lagged changes]``; coefficients (p x V)."""
+
+    name: ClassVar[str] = "var"
+
+    def __post_init__(self) -> None:
+        if self.exog:
+            raise ConfigError(
+                "exog applies to --model ar and pooled; var already regresses every series "
+                "on the lags of every variable (list the regressors among the variables)"
+            )
+
+    def feature_names(self) -> list[str]:
+        return feats.feature_names(self.series, self.lags)
+
+    def zeros(self) -> Moments:
+        p, v = self.n_features, len(self.series)
+        return Moments(np.zeros((p, p)), np.zeros((p, v)), np.zeros(v), np.zeros(1, np.int64))
+
+    def statistics(self, levels: FloatArray, origins: ORIGINS, weights: FloatArray) -> Moments:
+        x, y = feats.design(levels, origins, self.lags, self.horizon)
+        complete = feats.complete_rows(x, y)
+        none = np.zeros(0)
+        stats = SufficientStats.from_samples(
+            x[complete], y[complete], weights[complete], none, none
+        )
+        return Moments(stats.xtx, stats.xty, stats.yty, np.array([stats.n], dtype=np.int64))
+
+    def solve(self, moments: Moments, alpha: float, min_samples: int) -> FloatArray | None:
+        if moments.n.sum() < min_samples:
+            return None
+        return solve_ridge(moments.xtx, moments.xty, alpha)
+
+    def predict(self, coefficients: FloatArray, levels: FloatArray, origins: ORIGINS) -> Forecast:
+        x, y = feats.design(levels, origins, self.lags, self.horizon)
+        complete = feats.complete_rows(x, y)
+        predicted = np.full(y.shape, np.nan)
+        predicted[complete] = x[complete] @ coefficients
+        return Forecast(predicted, y, np.broadcast_to(complete[:, None], y.shape).copy())
+
+    def samples_per_origin(self) -> int:
+        """A VAR sample is a whole row: every target of one origin."""
+        return 1
+
+    def combine_shards(self, parts: Sequence[Moments]) -> Moments:
+        """A VAR's targets share their features, so it is never split by series."""
+        if len(parts) != 1:
+            raise ValueError("a VAR is computed over all its series at once")
+        return parts[0]
