@@ -203,8 +203,8 @@ class TrainingConfig(BaseModel):
             given = fields.get(name)
             if given is not None and given != value:
                 raise ValueError(
-                    f"{shorthands[name]} (--{_flag(shorthands[name])}) sets {name} to {value} but "
-                    f"{name} (--{_flag(name)}) is {given}; give only one of them"
+                    f"{shorthands[name]} ({cli_flag(shorthands[name])}) sets {name} to {value} but "
+                    f"{name} ({cli_flag(name)}) is {given}; give only one of them"
                 )
             fields[name] = value
         return fields
@@ -256,10 +256,10 @@ class TrainingConfig(BaseModel):
                 try:
                     S3Location.parse(value)
                 except ValueError as e:
-                    raise ValueError(f"{name} (--{_flag(name)}): {e}") from None
+                    raise ValueError(f"{name} ({cli_flag(name)}): {e}") from None
         for name in ("report_dir", "log_dir"):
             if is_s3_uri(getattr(self, name) or ""):
-                raise ValueError(f"{name} (--{_flag(name)}) must be a local folder, not S3")
+                raise ValueError(f"{name} ({cli_flag(name)}) must be a local folder, not S3")
         if self.s3_endpoint_url and not self.s3_endpoint_url.startswith(("http://", "https://")):
             raise ValueError(
                 f"s3_endpoint_url (--s3-endpoint-url) must start with http:// or https://, "
@@ -318,9 +318,9 @@ class TrainingConfig(BaseModel):
             raise ConfigError(describe_validation_error(e)) from e
 
 
-def _flag(name: str) -> str:
-    """The command-line flag of a field, without the leading dashes."""
-    return name.replace("_", "-").replace("report-dir", "report")
+def cli_flag(name: str) -> str:
+    """The command-line flag of a field (``report_dir`` is ``--report``)."""
+    return "--" + name.replace("_", "-").replace("report-dir", "report")
 
 
 def _s3_uri(bucket: Any, prefix: Any) -> str:
@@ -338,7 +338,7 @@ def describe_validation_error(error: ValidationError) -> str:
             message = "unknown setting (check the spelling; see --help)"
         shows_input = item["type"] not in ("extra_forbidden", "value_error")
         got = f", got {item.get('input')!r}" if shows_input else ""
-        flag = "--" + field.split(".")[0].replace("_", "-")
+        flag = cli_flag(field.split(".")[0])
         problems.append(f"{field} ({flag}): {message}{got}" if field else message)
     return "invalid configuration: " + "; ".join(problems)
 
