@@ -12,9 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from recursive_training.arrays import FloatArray
 from recursive_training.constants import INTERCEPT
-
-FloatArray = NDArray[np.float64]
 
 
 def feature_names(variables: Sequence[str], lags: int) -> list[str]:

@@ -29,9 +29,9 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from numpy.typing import NDArray
 
 from recursive_training import storage
+from recursive_training.arrays import FloatArray
 from recursive_training.constants import CONFIDENCE_LEVEL
 from recursive_training.exceptions import OutputError
 
@@ -251,7 +251,7 @@ def _variable_chart(name: str, frame: pd.DataFrame, horizon: int, path: Path) ->
     return _save(figure, path)
 
 
-def _calibration(axes: Axes, predicted: NDArray[np.float64], actual: NDArray[np.float64]) -> None:
+def _calibration(axes: Axes, predicted: FloatArray, actual: FloatArray) -> None:
     """Scatter of actual against predicted change, the diagonal, and the fitted slope."""
     axes.scatter(
         predicted,
@@ -350,14 +350,14 @@ def _skill_heatmap(document: dict[str, Any], folder: Path) -> Section:
     return Section(title, caption, path)
 
 
-def _colour_limit(values: NDArray[np.float64]) -> float:
+def _colour_limit(values: FloatArray) -> float:
     """The heatmap's symmetric colour range: the smallest of SKILL_LIMITS covering most cells."""
     magnitudes = np.abs(values[~np.isnan(values)])
     typical = float(np.percentile(magnitudes, 90)) if magnitudes.size else 0.0
     return next((limit for limit in SKILL_LIMITS if typical <= limit), SKILL_LIMITS[-1])
 
 
-def _annotate(axes: Axes, values: NDArray[np.float64], limit: float) -> None:
+def _annotate(axes: Axes, values: FloatArray, limit: float) -> None:
     """Write each heatmap cell's value on it, readable on both dark and light colours."""
     for (row, column), value in np.ndenumerate(values):
         if np.isnan(value):

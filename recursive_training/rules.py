@@ -15,10 +15,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
+from recursive_training.arrays import FloatArray
 from recursive_training.constants import CONFIDENCE_LEVEL, MODEL_RULE
 from recursive_training.exceptions import ConfigError
-
-FloatArray = NDArray[np.float64]
 
 _WINDOWED = re.compile(r"^(momentum|mean_reversion)\((\d+)\)$")
 _PAIR = re.compile(r"^cross\(\s*([^()\s>-][^()>]*?)\s*->\s*([^()\s][^()]*?)\s*\)$")

@@ -16,13 +16,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from numpy.typing import NDArray
 
+from recursive_training.arrays import FloatArray
 from recursive_training.constants import STATE_KIND, STATE_SCHEMA_VERSION
 from recursive_training.exceptions import StateError
 from recursive_training.statistics import SufficientStats
-
-FloatArray = NDArray[np.float64]
 
 
 @dataclass(frozen=True)

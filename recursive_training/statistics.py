@@ -16,7 +16,8 @@ import pandas as pd
 import scipy.linalg
 from numpy.typing import NDArray
 
-FloatArray = NDArray[np.float64]
+from recursive_training.arrays import FloatArray
+
 SECONDS_PER_DAY = 86_400.0
 
 

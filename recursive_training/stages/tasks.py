@@ -18,6 +18,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from recursive_training import features as feats
+from recursive_training.arrays import FloatArray
 from recursive_training.config import TrainingConfig
 from recursive_training.data import open_source
 from recursive_training.engines import current_worker
@@ -27,8 +28,6 @@ from recursive_training.parallel_trainer import TrainingBatch
 from recursive_training.rules import fixed_rule_counts, parse_rules, rule_entries, sign_hits_misses
 from recursive_training.s3_location import S3Settings
 from recursive_training.statistics import SufficientStats, forgetting_weights
-
-FloatArray = NDArray[np.float64]
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from recursive_training import features as feats
+from recursive_training.arrays import FloatArray
 from recursive_training.checkpoint import Checkpoint
 from recursive_training.config import TrainingConfig
 from recursive_training.constants import MODEL_RULE
@@ -38,7 +39,6 @@ from recursive_training.rules import (
 from recursive_training.stages.tasks import (
     BatchEvaluation,
     BatchStatistics,
-    FloatArray,
     TaskSpec,
     compute_batch_statistics,
     evaluate_batch,
