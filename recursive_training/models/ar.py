@@ -14,9 +14,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from recursive_training.arrays import FloatArray
 from recursive_training.models.base import (
     ORIGINS,
-    FloatArray,
     Forecast,
     ModelStructure,
     Moments,

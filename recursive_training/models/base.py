@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
+from recursive_training.arrays import FloatArray
 from recursive_training.constants import INTERCEPT
 
-FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 ORIGINS = NDArray[np.intp]
 MOMENT_ARRAYS = ("xtx", "xty", "yty", "n")

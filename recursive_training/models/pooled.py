@@ -25,10 +25,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
+from recursive_training.arrays import FloatArray
 from recursive_training.exceptions import ConfigError
 from recursive_training.models.base import (
     ORIGINS,
-    FloatArray,
     Forecast,
     ModelStructure,
     Moments,

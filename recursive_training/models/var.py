@@ -14,8 +14,9 @@ from typing import ClassVar
 import numpy as np
 
 from recursive_training import features as feats
+from recursive_training.arrays import FloatArray
 from recursive_training.exceptions import ConfigError
-from recursive_training.models.base import ORIGINS, FloatArray, Forecast, ModelStructure, Moments
+from recursive_training.models.base import ORIGINS, Forecast, ModelStructure, Moments
 from recursive_training.statistics import SufficientStats, solve_ridge
 
 
