@@ -18,8 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import boto3
+import pyarrow.fs as pafs
 from botocore import exceptions as botocore_errors
 from botocore.config import Config
 from botocore.exceptions import (
@@ -162,16 +164,20 @@ def exists(location: S3Location, settings: S3Settings, kind: type[TrainingError]
 
 
 def list_folder(
-    location: S3Location, settings: S3Settings, kind: type[TrainingError]
+    location: S3Location,
+    settings: S3Settings,
+    kind: type[TrainingError],
+    recursive: bool = False,
 ) -> list[S3Object]:
-    """The objects directly under ``location`` taken as a folder (not in sub-folders)."""
+    """The objects under ``location`` taken as a folder: directly under it, or (``recursive``)
+    in its sub-folders too."""
     prefix = f"{location.key.rstrip('/')}/" if location.key.strip("/") else ""
     objects = []
     with translated(kind, location, "list", settings):
         pages = (
             client(settings)
             .get_paginator("list_objects_v2")
-            .paginate(Bucket=location.bucket, Prefix=prefix, Delimiter="/")
+            .paginate(Bucket=location.bucket, Prefix=prefix, Delimiter="" if recursive else "/")
         )
         for page in pages:
             objects += [
@@ -179,6 +185,28 @@ def list_folder(
                 for item in page.get("Contents", [])
             ]
     return objects
+
+
+def arrow_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
+    """A pyarrow S3 filesystem with the same endpoint, region, retries and timeouts as
+    ``client`` (credentials from the AWS SDK's default chain, as boto3's)."""
+    endpoint = settings.describe_endpoint()
+    options: dict[str, Any] = {}
+    if endpoint != "AWS S3":
+        parts = urlsplit(endpoint)
+        options = {
+            "endpoint_override": parts.netloc or parts.path,
+            "scheme": parts.scheme or "https",
+        }
+    region = settings.region or os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION"))
+    if region:
+        options["region"] = region
+    return pafs.S3FileSystem(
+        connect_timeout=settings.connect_timeout,
+        request_timeout=settings.read_timeout,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=settings.max_attempts),
+        **options,
+    )
 
 
 def get_bytes(

@@ -1,8 +1,10 @@
 """Data sources, opened by URI: ``builtin:...``, a local path, or ``s3://bucket/key``.
 
 Each source type lives in its own module and implements ``DataSource``
-(``data/common.py``). Sources are cached per process so the batches a worker runs share
-one parsed copy (or, for S3, one listing and one fetch of each object).
+(``data/common.py``): builtin data (``builtin.py``, ``panel.py``), long Parquet read a
+shard at a time (``long.py``), other local files (``files.py``) and S3 objects
+(``s3.py``). Sources are cached per process so the batches a worker runs share one parsed
+copy (or, for S3, one listing and one fetch of each object).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from functools import lru_cache
 
 from recursive_training.data.builtin import open_builtin
 from recursive_training.data.common import DataSource
-from recursive_training.data.files import FileSource
-from recursive_training.data.s3 import S3Source
+from recursive_training.data.long import open_local
+from recursive_training.data.s3 import open_s3
 from recursive_training.s3_location import S3Settings, is_s3_uri
 
 __all__ = ["DataSource", "open_source"]
@@ -24,5 +26,5 @@ def open_source(uri: str, input_format: str = "auto", s3: S3Settings | None = No
     if uri.startswith("builtin:"):
         return open_builtin(uri)
     if is_s3_uri(uri):
-        return S3Source(uri, input_format, s3 or S3Settings())
-    return FileSource(uri, input_format)
+        return open_s3(uri, input_format, s3 or S3Settings())
+    return open_local(uri, input_format)

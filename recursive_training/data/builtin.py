@@ -17,6 +17,7 @@ import pandas as pd
 
 from recursive_training.constants import INTERCEPT
 from recursive_training.data.common import DataSource, InMemorySource
+from recursive_training.data.panel import PanelSource, PanelSpec
 from recursive_training.exceptions import DataError
 from recursive_training.features import feature_names
 
@@ -146,8 +147,13 @@ def open_builtin(uri: str) -> DataSource:
     name, _, query = uri.removeprefix("builtin:").partition("?")
     if name == "synthetic":
         return SyntheticSource(uri, SyntheticSpec.from_query(query, uri))
+    if name == "panel":
+        return PanelSource(uri, PanelSpec.from_query(query, uri))
     if name == "macro":
         if query:
             raise DataError("builtin:macro takes no options", source=uri)
         return InMemorySource(uri, macro_frame())
-    raise DataError("unknown builtin data set; use builtin:synthetic or builtin:macro", source=uri)
+    raise DataError(
+        "unknown builtin data set; use builtin:synthetic, builtin:panel or builtin:macro",
+        source=uri,
+    )

@@ -40,7 +40,8 @@ class DataSource(ABC):
     def check_variables(self, variables: Sequence[str]) -> None:
         """Fail with the list of available names when a variable is unknown."""
         available = self.variables()
-        missing = [v for v in variables if v not in available]
+        known = set(available)
+        missing = [v for v in variables if v not in known]
         if missing:
             shown = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "")
             raise DataError(

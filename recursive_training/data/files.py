@@ -2,26 +2,72 @@
 
 The table readers and panel builders here are shared with the S3 source (``data/s3.py``).
 
-Wide files have a time column (``timestamp``, ``date``, ``time`` or ``datetime``; else the
-first column) and one column per variable. Long files have exactly a time column,
-``variable`` and ``value``. A folder may split the panel any way (one file per variable,
-per year, ...) as long as no two files hold the same variable at the same time.
+Wide files have a time column (``timestamp``, ``date``, ``time``, ``datetime`` or ``ds``;
+else the first column) and one column per variable. Long files have one row per (series,
+timestamp) in one of the ``LONG_CONVENTIONS``: ``unique_id, ds, y`` (Nixtla/mlforecast) or
+``variable, timestamp, value`` (Pulse); other columns are ignored. A folder may split the
+panel any way (one file per variable, per year, ...) as long as no two files hold the same
+variable at the same time. Long Parquet is read by ``data/long.py`` (a shard at a time);
+what is read here is parsed whole, once per process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 import numpy as np
 import pandas as pd
 
-from recursive_training.data.common import InMemorySource, check_sorted, validated_panel
+from recursive_training.data.common import InMemorySource, validated_panel
 from recursive_training.exceptions import DataError
 
-TIME_COLUMNS = ("timestamp", "date", "time", "datetime")
+TIME_COLUMNS = ("timestamp", "date", "time", "datetime", "ds")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass(frozen=True)
+class LongColumns:
+    """The columns of a long table, as the file spells them."""
+
+    series: str
+    time: str
+    value: str
+
+
+LONG_CONVENTIONS: Final = (
+    ("Nixtla/mlforecast", ("unique_id",), ("ds",), ("y",)),
+    ("Pulse", ("variable",), TIME_COLUMNS[:4], ("value",)),
+)
+"""(name, series column, time column candidates, value column), matched without case."""
+
+
+def describe_conventions() -> str:
+    """How the accepted long layouts are spelled, for error messages."""
+    return (
+        "long data needs the columns unique_id, ds, y (Nixtla/mlforecast) or variable, "
+        "timestamp (or date, time, datetime), value (Pulse)"
+    )
+
+
+def long_columns(columns: Sequence[Hashable], source: str) -> LongColumns | None:
+    """The long convention ``columns`` follow (first match), or None for a wide table;
+    a series column without the rest of a convention is an error naming ``source``."""
+    lowered = {str(c).lower(): str(c) for c in columns}
+    for _, series, times, values in LONG_CONVENTIONS:
+        found = [next((lowered[n] for n in names if n in lowered), None)
+                 for names in (series, times, values)]
+        if all(found):
+            return LongColumns(*found)  # type: ignore[arg-type]
+    if lowered.keys() & {"unique_id", "variable"}:
+        raise DataError(
+            f"has a series column but not a full long layout (columns: "
+            f"{', '.join(map(str, columns))}); {describe_conventions()}",
+            source=source,
+        )
+    return None
 
 
 def file_format(name: str | Path, requested: str) -> str:
@@ -69,6 +115,11 @@ def panel_from_table(table: pd.DataFrame, source: str) -> pd.DataFrame:
         raise DataError(
             "has no data rows or only one column; expected a time column and values", source=source
         )
+    layout = long_columns(list(table.columns), source)
+    if layout is not None:
+        table = table[[layout.time, layout.series, layout.value]].set_axis(
+            ["timestamp", "variable", "value"], axis=1
+        )
     stamps_column = time_column(list(table.columns))
     stamps = pd.to_datetime(table[stamps_column], errors="coerce", utc=True).dt.tz_localize(None)
     unparsed = stamps.isna() & table[stamps_column].notna()
@@ -91,7 +142,6 @@ def _pivot_long(values: pd.DataFrame, source: str) -> pd.DataFrame:
     if keys.duplicated().any():
         stamp, name = keys[int(np.flatnonzero(keys.duplicated())[0])]
         raise DataError(f"duplicate timestamp {stamp} for variable {name!r}", source=source)
-    check_sorted(values.index, source)
     return values.pivot(columns="variable", values="value").rename_axis(columns=None)
 
 

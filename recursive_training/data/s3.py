@@ -44,6 +44,7 @@ from recursive_training.data.files import (
     read_table,
     time_column,
 )
+from recursive_training.data.long import LongParquetSource, parquet_layout
 from recursive_training.exceptions import DataError
 from recursive_training.s3 import S3Object
 from recursive_training.s3_location import S3Location, S3Settings
@@ -233,36 +234,54 @@ def _naive(value: Any) -> pd.Timestamp:
     return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo else stamp
 
 
+def open_s3(uri: str, input_format: str, settings: S3Settings) -> DataSource:
+    """An object or folder in S3: long Parquet by shard and window (``data/long.py``, read
+    through pyarrow's S3 filesystem, hive sub-folders included), anything else as above."""
+    try:
+        location = S3Location.parse(uri)
+    except ValueError as e:
+        raise DataError(f"{e}; check --input-data", source=uri) from None
+    single = s3.find(location, settings, DataError)
+    items = (
+        [single]
+        if single
+        else [
+            item
+            for item in s3.list_folder(location, settings, DataError, recursive=True)
+            if _is_data(item.location.key, location.key)
+        ]
+    )
+    if not items:
+        raise DataError(
+            "is neither an object nor a folder holding .csv or .parquet objects; check "
+            "--input-data (or --s3-data-bucket/--s3-data-prefix)",
+            source=uri,
+        )
+    items.sort(key=lambda i: i.location.key)
+    if all(file_format(str(i.location), input_format) == "parquet" for i in items):
+        layout = parquet_layout(_RangedFile(items[0], settings), str(items[0].location))
+        if layout is not None:
+            paths = [f"{i.location.bucket}/{i.location.key}" for i in items]
+            return LongParquetSource(uri, paths, s3.arrow_filesystem(settings), layout, "s3://")
+    folder = location.key.rstrip("/")
+    return S3Source(uri, input_format, settings, [
+        i for i in items if single or "/" not in i.location.key[len(folder) + 1 :]
+    ])
+
+
 class S3Source(DataSource):
     """One object or a folder of objects in S3, read lazily and per batch (module docstring)."""
 
-    def __init__(self, uri: str, input_format: str, settings: S3Settings) -> None:
+    def __init__(
+        self, uri: str, input_format: str, settings: S3Settings, items: list[S3Object]
+    ) -> None:
+        """``items``: the object, or the objects directly in the folder, sorted by key."""
         super().__init__(uri)
-        try:
-            location = S3Location.parse(uri)
-        except ValueError as e:
-            raise DataError(f"{e}; check --input-data", source=uri) from None
-        single = s3.find(location, settings, DataError)
-        items = (
-            [single]
-            if single
-            else [
-                item
-                for item in s3.list_folder(location, settings, DataError)
-                if _suffix(item.location.key) in SUFFIXES
-            ]
-        )
-        if not items:
-            raise DataError(
-                "is neither an object nor a folder holding .csv or .parquet objects; check "
-                "--input-data (or --s3-data-bucket/--s3-data-prefix)",
-                source=uri,
-            )
         self._parts: list[_Part] = [
             (_CsvPart if file_format(str(item.location), input_format) == "csv" else _ParquetPart)(
                 item, settings
             )
-            for item in sorted(items, key=lambda i: i.location.key)
+            for item in items
         ]
 
     @cached_property
@@ -301,7 +320,10 @@ class S3Source(DataSource):
         return frame.reindex(index=window, columns=list(variables)).astype("float64")
 
 
-def _suffix(key: str) -> str:
-    """The lowercase extension of an object key."""
-    name = key.rpartition("/")[2]
-    return name[name.rfind(".") :].lower() if "." in name else ""
+def _is_data(key: str, folder: str) -> bool:
+    """Whether the object ``key`` under ``folder`` is a data file: a .csv or .parquet name,
+    no part of its path below the folder starting with ``.`` or ``_`` (``_SUCCESS``)."""
+    parts = key[len(folder.rstrip("/")) :].strip("/").split("/")
+    name = parts[-1]
+    suffix = name[name.rfind(".") :].lower() if "." in name else ""
+    return suffix in SUFFIXES and not any(p.startswith((".", "_")) for p in parts)
