@@ -142,7 +142,7 @@ def _pivot_long(values: pd.DataFrame, source: str) -> pd.DataFrame:
     if keys.duplicated().any():
         stamp, name = keys[int(np.flatnonzero(keys.duplicated())[0])]
         raise DataError(f"duplicate timestamp {stamp} for variable {name!r}", source=source)
-    return values.pivot(columns="variable", values="value").rename_axis(columns=None)
+    return values.pivot(columns="variable", values="value").rename_axis(index=None, columns=None)
 
 
 def combine_panels(panels: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
