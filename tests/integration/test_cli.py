@@ -245,8 +245,12 @@ def test_wide_long_and_folder_layouts_give_the_same_model(
     folder.mkdir()
     for name in panel.columns:
         panel[[name]].to_parquet(folder / f"{name}.parquet")
+    # the mlforecast convention, rows in any order, partitioned by year (hive)
+    nixtla = long.set_axis(["ds", "unique_id", "y"], axis=1).sample(frac=1.0, random_state=3)
+    by_year = nixtla.assign(year=nixtla["ds"].dt.year)
+    by_year.to_parquet(tmp_path / "nixtla", partition_cols=["year"])
     coefficients = []
-    for source in ("wide.csv", "long.parquet", "by_variable"):
+    for source in ("wide.csv", "long.parquet", "by_variable", "nixtla"):
         out = tmp_path / f"out-{source}"
         done = pulse_train(
             "--input-data",
@@ -258,7 +262,7 @@ def test_wide_long_and_folder_layouts_give_the_same_model(
         )
         assert done.returncode == 0, done.stderr
         coefficients.append(json.loads((out / "results.json").read_text())["model"]["coefficients"])
-    assert coefficients[0] == coefficients[1] == coefficients[2]
+    assert coefficients[0] == coefficients[1] == coefficients[2] == coefficients[3]
 
 
 def test_macro_data_runs_offline(tmp_path: Path) -> None:

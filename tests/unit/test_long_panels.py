@@ -203,7 +203,7 @@ def good_rows() -> pd.DataFrame:
     return pd.DataFrame(
         {
             "unique_id": ["a", "a", "b"],
-            "ds": pd.to_datetime(["2020-01-01", "2020-01-02"] * 1 + ["2020-01-01"]),
+            "ds": pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-01"]),
             "y": [1.0, 2.0, 3.0],
         }
     )
@@ -233,7 +233,7 @@ def load_all(uri: str) -> pd.DataFrame:
             ["series 'a' has 2 rows at 2020-01-01", "must appear once"],
         ),
         (
-            good_rows().assign(ds=[pd.NaT, *pd.to_datetime(["2020-01-01"] * 2)]),
+            good_rows().assign(ds=pd.to_datetime([None, "2020-01-01", "2020-01-02"])),
             ["1 rows with no 'ds'"],
         ),
     ],

@@ -6,14 +6,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from recursive_training import s3 as s3_access
 from recursive_training.data import open_source
 from recursive_training.data.files import FileSource
+from recursive_training.data.long import LongParquetSource
+from recursive_training.data.panel import PanelSpec, write_panel
+from recursive_training.exceptions import DataError
 from recursive_training.s3_location import S3Settings
 
-from .datasets import layout, put_files, write_files
+from .datasets import layout, parquet, put_files, write_files
 from .servers import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
 
 
@@ -72,3 +78,39 @@ def test_a_csv_object_is_fetched_once_per_process(
     for start in range(0, len(stamps) - 100, 100):
         source.load(source.variables(), stamps[start], stamps[start + 100])
     assert sorted(c["Key"] for c in calls) == sorted(files)
+
+
+def test_a_hive_partitioned_long_panel_reads_the_same_from_s3(
+    s3: Any, bucket: str, fetched: tuple[S3Settings, list[dict[str, Any]]], tmp_path: Any
+) -> None:
+    """unique_id/ds/y partitioned by year, through pyarrow's S3 filesystem: the same series,
+    times and shard windows as the same files on disk; a file missing a column is named."""
+    settings, _ = fetched
+    spec = PanelSpec(n_series=40, years=3, seed=4)
+    rows = pq.read_table(write_panel(spec, tmp_path / "panel.parquet", rows_per_group=5000))
+    years = pc.year(rows.column("ds"))
+    files = {}
+    for year in sorted(set(years.to_pylist())):
+        buffer = pa.BufferOutputStream()
+        pq.write_table(rows.filter(pc.equal(years, year)), buffer, row_group_size=2000)
+        files[f"panel/year={year}/part-0.parquet"] = buffer.getvalue().to_pybytes()
+    files["panel/_SUCCESS"] = b""
+    put_files(s3, bucket, files)
+    write_files(tmp_path / "local", files)
+    remote = open_source(f"s3://{bucket}/panel/", "auto", settings)
+    local = open_source(str(tmp_path / "local" / "panel"))
+    assert isinstance(remote, LongParquetSource) and isinstance(local, LongParquetSource)
+    assert remote.timestamps().equals(local.timestamps())
+    assert remote.variables() == local.variables() == tuple(spec.names)
+    first, last = pd.Timestamp("2001-03-01"), pd.Timestamp("2002-02-28")
+    shard = list(spec.names[10:20])
+    window = remote.load(shard, first, last)
+    pd.testing.assert_frame_equal(window, local.load(shard, first, last))
+    assert [f.year for f, _ in remote.plan(shard, first, last)] == [2001, 2002]
+
+    s3.put_object(Bucket=bucket, Key="panel/year=2003/part-1.parquet",
+                  Body=parquet(pd.DataFrame({"unique_id": ["a"], "ds": [first], "price": [1.0]})))
+    open_source.cache_clear()
+    with pytest.raises(DataError, match=rf"s3://{bucket}/panel/year=2003/part-1.parquet: "
+                                        r"has no column 'y'"):
+        open_source(f"s3://{bucket}/panel/", "auto", settings).variables()
