@@ -23,18 +23,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from recursive_training import __version__, storage
+from recursive_training import __version__
 from recursive_training.config import TrainingConfig, load_config_file
 from recursive_training.exceptions import ConfigError, TrainingError
-from recursive_training.progress import ProgressBar, ProgressFile
-from recursive_training.results import (
-    PredictionsSpool,
-    check_output_free,
-    summary,
-    write_outputs,
-)
-from recursive_training.stages import TrainingPipeline
-from recursive_training.state import TrainingState
 
 log = logging.getLogger("recursive_training")
 
@@ -233,6 +224,14 @@ def run(config: TrainingConfig, progress_file: str | None = None) -> dict[str, A
     With ``progress_file``, progress and the results' location and headline metrics are
     also appended there as JSON lines (see ``ProgressFile``).
     """
+    # Imported here, not at the top: --help, --version and a bad flag need none of the
+    # numeric, storage or progress libraries these bring (pandas, pyarrow, tqdm, boto3).
+    from recursive_training import storage
+    from recursive_training.progress import ProgressBar, ProgressFile
+    from recursive_training.results import PredictionsSpool, check_output_free, write_outputs
+    from recursive_training.stages import TrainingPipeline
+    from recursive_training.state import TrainingState
+
     check_output_free(config)
     state = None
     if config.resume_from:
@@ -281,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; no results were written")
         return 1
+    from recursive_training.results import summary  # loaded by run() already
+
     print(summary(document))
     return 0
 

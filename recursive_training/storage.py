@@ -13,7 +13,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from recursive_training import s3
 from recursive_training.exceptions import OutputError, StateError
 from recursive_training.s3_location import S3Location, S3Settings, is_s3_uri
 
@@ -28,6 +27,8 @@ def join(base: str, name: str) -> str:
 def exists(location: str, settings: S3Settings = DEFAULT_S3) -> bool:
     """True when a file is at ``location`` (for S3 a missing bucket is an OutputError)."""
     if is_s3_uri(location):
+        from recursive_training import s3  # boto3, for S3 locations only
+
         return s3.exists(S3Location.parse(location), settings, OutputError)
     return Path(location).is_file()
 
@@ -35,6 +36,8 @@ def exists(location: str, settings: S3Settings = DEFAULT_S3) -> bool:
 def read_bytes(location: str, settings: S3Settings = DEFAULT_S3) -> bytes:
     """The content of a state file (the only thing a run reads back)."""
     if is_s3_uri(location):
+        from recursive_training import s3  # boto3, for S3 locations only
+
         return s3.get_bytes(
             S3Location.parse(location), settings, StateError, action="read resume state"
         )
@@ -59,6 +62,8 @@ def write_bytes(
     One PUT for S3; a temporary file in the destination folder, fsync and rename locally.
     """
     if is_s3_uri(location):
+        from recursive_training import s3  # boto3, for S3 locations only
+
         content = data if isinstance(data, bytes) else data.read_bytes()
         s3.put_bytes(
             S3Location.parse(location),
@@ -96,6 +101,8 @@ def write_bytes(
 def remove(location: str, settings: S3Settings = DEFAULT_S3) -> None:
     """Delete the file at ``location`` if it is there (undoing a partial set of outputs)."""
     if is_s3_uri(location):
+        from recursive_training import s3  # boto3, for S3 locations only
+
         s3.delete(S3Location.parse(location), settings)
         return
     Path(location).unlink(missing_ok=True)

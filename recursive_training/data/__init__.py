@@ -14,7 +14,6 @@ from functools import lru_cache
 from recursive_training.data.builtin import open_builtin
 from recursive_training.data.common import DataSource
 from recursive_training.data.long import open_local
-from recursive_training.data.s3 import open_s3
 from recursive_training.s3_location import S3Settings, is_s3_uri
 
 __all__ = ["DataSource", "open_source"]
@@ -26,5 +25,7 @@ def open_source(uri: str, input_format: str = "auto", s3: S3Settings | None = No
     if uri.startswith("builtin:"):
         return open_builtin(uri)
     if is_s3_uri(uri):
+        from recursive_training.data.s3 import open_s3  # boto3, for S3 sources only
+
         return open_s3(uri, input_format, s3 or S3Settings())
     return open_local(uri, input_format)

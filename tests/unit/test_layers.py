@@ -52,6 +52,11 @@ print(",".join(loaded))
         ),
         # Validating a config (the CLI, --help, the operator's contract tests) needs no S3 client.
         ("recursive_training.config", ["boto3", "botocore"]),
+        # --help and a bad flag answer at once: the CLI loads the heavy libraries in run().
+        (
+            "recursive_training.run_training",
+            ["pandas", "scipy", "pyarrow", "boto3", "distributed", "matplotlib", "tqdm"],
+        ),
     ],
 )
 def test_lower_layers_do_not_import_higher_ones(module: str, forbidden: list[str]) -> None:
