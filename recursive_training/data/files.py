@@ -46,10 +46,11 @@ LONG_CONVENTIONS: Final = (
 
 def describe_conventions() -> str:
     """How the accepted long layouts are spelled, for error messages."""
-    return (
-        "long data needs the columns unique_id, ds, y (Nixtla/mlforecast) or variable, "
-        "timestamp (or date, time, datetime), value (Pulse)"
-    )
+    spelled = []
+    for name, (series,), times, (value,) in LONG_CONVENTIONS:
+        others = f" (or {', '.join(times[1:])})" if len(times) > 1 else ""
+        spelled.append(f"{series}, {times[0]}{others}, {value} ({name})")
+    return f"long data needs the columns {' or '.join(spelled)}"
 
 
 def long_columns(columns: Sequence[Hashable], source: str) -> LongColumns | None:

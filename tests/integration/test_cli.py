@@ -138,6 +138,32 @@ def test_bad_files_fail_with_a_clear_line_naming_the_file(tmp_path: Path, case: 
     assert_clean_failure(tmp_path, [message, path], "--input-data", path)
 
 
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("duplicate", "series 'a' has 2 rows at 2016-12-01"),
+        ("missing", "long data needs the columns unique_id, ds, y (Nixtla/mlforecast)"),
+    ],
+)
+def test_bad_long_parquet_fails_with_a_clear_line_naming_the_file(
+    tmp_path: Path, case: str, message: str
+) -> None:
+    stamps = pd.bdate_range("2015-01-01", periods=700)
+    rows = pd.concat(
+        pd.DataFrame({"unique_id": name, "ds": stamps, "y": np.arange(700.0) * (i + 1)})
+        for i, name in enumerate("ab")
+    )
+    if case == "duplicate":  # found by the batch that loads 2016-12-01, after planning
+        rows = pd.concat([rows, rows[rows["ds"] == "2016-12-01"].iloc[:1]])
+    else:
+        rows = rows.rename(columns={"y": "price"})
+    path = tmp_path / f"{case}.parquet"
+    rows.to_parquet(path, index=False)
+    assert_clean_failure(
+        tmp_path, [message, str(path)], "--input-data", str(path), "--batch-size-days", "90"
+    )
+
+
 def assert_clean_failure(tmp_path: Path, fragments: list[str], *args: str) -> None:
     """Exit 1, the fragments in one error line, no traceback, no results left behind."""
     out = tmp_path / "results-out"
