@@ -19,3 +19,8 @@ CONFIDENCE_LEVEL: Final = 0.90
 
 MODEL_RULE: Final = "model"
 INTERCEPT: Final = "const"
+
+DEFAULT_SCALE_WINDOW: Final = 52
+"""Changes in the pooled rms scale: about a quarter of business days (or a year of weeks),
+so the RMS is within ~10% (1/sqrt(2W)) of the series' scale while following slow changes
+of volatility."""

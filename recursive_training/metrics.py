@@ -33,11 +33,15 @@ class ErrorSums:
 
     @classmethod
     def from_predictions(cls, predicted: FloatArray, actual: FloatArray) -> ErrorSums:
-        """Sums for predicted vs actual changes (samples x variables)."""
+        """Sums for predicted vs actual changes (origins x variables); NaN on either side
+        means that variable was not predicted at that origin."""
+        known = np.isfinite(predicted) & np.isfinite(actual)
+        if not known.all():
+            predicted, actual = np.where(known, predicted, 0.0), np.where(known, actual, 0.0)
         error = predicted - actual
         agree = np.sign(predicted) * np.sign(actual)
         return cls(
-            n=np.full(actual.shape[1], float(len(actual))),
+            n=known.sum(axis=0).astype(np.float64),
             abs_error=np.abs(error).sum(axis=0),
             sq_error=(error**2).sum(axis=0),
             sq_actual=(actual**2).sum(axis=0),

@@ -72,7 +72,7 @@ def build_document(result: TrainingResult) -> dict[str, Any]:
                 "start": batch.start.isoformat(),
                 "end": batch.end.isoformat(),
                 "samples_trained": stats.stats.n,
-                "samples_evaluated": int(errors.n[0]) if len(variables) else 0,
+                "samples_evaluated": result.structure.sample_count(errors.n),
                 "evaluated": evaluation is not None,
                 "dropped_missing": stats.dropped_missing
                 + (evaluation.dropped_missing if evaluation else 0),
@@ -112,18 +112,17 @@ def build_document(result: TrainingResult) -> dict[str, Any]:
             "rows": result.n_rows,
             "batches": len(result.batches),
             "samples_trained": sum(s.stats.n for s in result.statistics.values()),
-            "samples_evaluated": int(result.errors.n[0]) if variables else 0,
+            "samples_evaluated": result.structure.sample_count(result.errors.n),
             "samples_dropped_missing": sum(b["dropped_missing"] for b in batches),
         },
         "model": {
+            **result.structure.describe(),
             "features": result.features,
             "ridge_alpha": result.config.ridge_alpha,
             "half_life_days": result.config.half_life_days,
             "samples": result.state.stats.n,
             "min_train_samples": result.config.evaluation_threshold(len(result.features)),
-            "coefficients": {
-                v: result.coefficients[:, j].tolist() for j, v in enumerate(variables)
-            },
+            "coefficients": result.structure.coefficient_table(result.coefficients),
         },
         "rules": rules,
         "metrics": {"headline": headline, "overall": overall},

@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--min-train-samples", type=int, metavar="N", help=_field_help("min_train_samples")
     )
+    model.add_argument("--model", choices=["var", "ar", "pooled"], help=_field_help("model"))
+    model.add_argument("--exog", type=_csv, metavar="A,B,...", help=_field_help("exog"))
+    model.add_argument("--pooled-scale", choices=["rms", "none"], help=_field_help("pooled_scale"))
+    model.add_argument("--scale-window", type=int, metavar="ROWS", help=_field_help("scale_window"))
+    model.add_argument("--max-memory", metavar="SIZE", help=_field_help("max_memory"))
     model.add_argument("--rules", type=_rules, metavar="R1,R2,...", help=_field_help("rules"))
 
     execution = parser.add_argument_group("execution")

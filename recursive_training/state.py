@@ -12,7 +12,7 @@ import io
 import json
 import zipfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,10 @@ import pandas as pd
 from recursive_training.arrays import FloatArray
 from recursive_training.constants import STATE_KIND, STATE_SCHEMA_VERSION
 from recursive_training.exceptions import StateError
-from recursive_training.statistics import SufficientStats
+from recursive_training.statistics import MOMENT_ARRAYS, Moments, SufficientStats
+
+# What a state file from before model structures were recorded was trained with.
+LEGACY_STRUCTURE: Final = {"model": "var", "exog": []}
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class TrainingState:
     horizon: int
     half_life_days: float | None
     rules: tuple[str, ...]
+    structure: dict[str, Any]
     stats: SufficientStats
     model_hits: FloatArray
     model_misses: FloatArray
@@ -51,6 +55,7 @@ class TrainingState:
             "horizon": self.horizon,
             "half_life_days": self.half_life_days,
             "rules": list(self.rules),
+            "structure": self.structure,
             "n_samples": self.stats.n,
             "run_id": self.run_id,
         }
@@ -58,17 +63,15 @@ class TrainingState:
     def to_bytes(self) -> bytes:
         """Serialize as a compressed ``.npz``."""
         buffer = io.BytesIO()
-        np.savez_compressed(
-            buffer,
-            header=np.array(json.dumps(self.header())),
-            xtx=self.stats.xtx,
-            xty=self.stats.xty,
-            yty=self.stats.yty,
-            rule_hits=self.stats.rule_hits,
-            rule_misses=self.stats.rule_misses,
-            model_hits=self.model_hits,
-            model_misses=self.model_misses,
-        )
+        arrays: dict[str, Any] = {
+            "header": np.array(json.dumps(self.header())),
+            **self.stats.moments.to_arrays(),
+            "rule_hits": self.stats.rule_hits,
+            "rule_misses": self.stats.rule_misses,
+            "model_hits": self.model_hits,
+            "model_misses": self.model_misses,
+        }
+        np.savez_compressed(buffer, **arrays)
         return buffer.getvalue()
 
     @classmethod
@@ -77,14 +80,13 @@ class TrainingState:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
                 header = json.loads(str(arrays["header"]))
-                stats = SufficientStats(
-                    xtx=arrays["xtx"],
-                    xty=arrays["xty"],
-                    yty=arrays["yty"],
-                    n=int(header["n_samples"]),
-                    rule_hits=arrays["rule_hits"],
-                    rule_misses=arrays["rule_misses"],
+                moments = Moments.from_arrays(
+                    {
+                        "n": np.array([header["n_samples"]]),  # files written before counts
+                        **{name: arrays[name] for name in arrays.files if name in MOMENT_ARRAYS},
+                    }
                 )
+                stats = SufficientStats(moments, arrays["rule_hits"], arrays["rule_misses"])
                 model_hits, model_misses = arrays["model_hits"], arrays["model_misses"]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
             raise StateError(f"{source} is not a Pulse training state file ({e})") from e
@@ -102,6 +104,7 @@ class TrainingState:
             horizon=int(header["horizon"]),
             half_life_days=header["half_life_days"],
             rules=tuple(header["rules"]),
+            structure=header.get("structure", LEGACY_STRUCTURE),
             stats=stats,
             model_hits=model_hits,
             model_misses=model_misses,
@@ -116,9 +119,11 @@ class TrainingState:
         horizon: int,
         half_life_days: float | None,
         rules: tuple[str, ...],
+        structure: dict[str, Any],
     ) -> None:
         """Refuse to resume into a run that would learn a different model layout."""
         wanted = {
+            **structure,
             "variables": variables,
             "lags": lags,
             "horizon": horizon,
@@ -126,6 +131,7 @@ class TrainingState:
             "rules": rules,
         }
         saved = {
+            **self.structure,
             "variables": self.variables,
             "lags": self.lags,
             "horizon": self.horizon,
@@ -133,13 +139,13 @@ class TrainingState:
             "rules": self.rules,
         }
         for field, value in wanted.items():
-            if saved[field] != value:
+            if saved.get(field) != value:
                 raise StateError(
                     f"cannot resume from {source}: it was trained with "
-                    f"{field}={_show(saved[field])} but this run has {field}={_show(value)}; "
+                    f"{field}={_show(saved.get(field))} but this run has {field}={_show(value)}; "
                     "use the same setting or start afresh"
                 )
 
 
 def _show(value: object) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)

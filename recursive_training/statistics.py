@@ -9,15 +9,18 @@ scan decays whole prefixes: ``decay(a -> c) = decay(a -> b) * decay(b -> c)``.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
 import scipy.linalg
 from numpy.typing import NDArray
 
-from recursive_training.arrays import FloatArray
+from recursive_training.arrays import FloatArray, IntArray
 
+MOMENT_ARRAYS: Final = ("xtx", "xty", "yty", "n")
 SECONDS_PER_DAY = 86_400.0
 
 
@@ -39,74 +42,98 @@ def decay_factor(start: pd.Timestamp, end: pd.Timestamp, half_life_days: float |
 
 
 @dataclass(frozen=True)
-class SufficientStats:
-    """Weighted sums over samples: X'WX, X'WY, Y'WY diagonal, sample count, rule counts."""
+class Moments:
+    """Weighted sums over samples: X'WX, X'WY, Y'WY and sample counts.
+
+    Shapes depend on the model structure (one system, or one per series stacked on axis
+    0); ``n`` counts samples per count group (one group, or one per series).
+    """
 
     xtx: FloatArray
     xty: FloatArray
     yty: FloatArray
-    n: int
-    rule_hits: FloatArray
-    rule_misses: FloatArray
-
-    @classmethod
-    def zeros(cls, n_features: int, n_targets: int, n_rule_entries: int) -> SufficientStats:
-        """The statistics of no samples at all."""
-        return cls(
-            xtx=np.zeros((n_features, n_features)),
-            xty=np.zeros((n_features, n_targets)),
-            yty=np.zeros(n_targets),
-            n=0,
-            rule_hits=np.zeros(n_rule_entries),
-            rule_misses=np.zeros(n_rule_entries),
-        )
+    n: IntArray
 
     @classmethod
     def from_samples(
-        cls,
-        features: FloatArray,
-        targets: FloatArray,
-        weights: FloatArray,
-        rule_hits: FloatArray,
-        rule_misses: FloatArray,
-    ) -> SufficientStats:
-        """Statistics of complete samples; one GEMM serves every target."""
+        cls, features: FloatArray, targets: FloatArray, weights: FloatArray
+    ) -> Moments:
+        """Sums of complete samples that share their features; one GEMM serves every target."""
         weighted = features * weights[:, None]
         return cls(
             xtx=weighted.T @ features,
             xty=weighted.T @ targets,
             yty=np.einsum("i,ij,ij->j", weights, targets, targets),
-            n=len(features),
-            rule_hits=rule_hits,
-            rule_misses=rule_misses,
+            n=np.array([len(features)], dtype=np.int64),
         )
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(
+            self.xtx + other.xtx, self.xty + other.xty, self.yty + other.yty, self.n + other.n
+        )
+
+    def decayed(self, factor: float) -> Moments:
+        """Every weighted sum times ``factor`` (the counts stay)."""
+        if factor == 1.0:
+            return self
+        return Moments(self.xtx * factor, self.xty * factor, self.yty * factor, self.n)
+
+    def count_only(self) -> Moments:
+        """The counts alone, the sums dropped (once they are folded into a prefix)."""
+        empty = np.zeros(0)
+        return Moments(empty, empty, empty, self.n)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the arrays hold."""
+        return int(sum(getattr(self, name).nbytes for name in MOMENT_ARRAYS))
+
+    def to_arrays(self) -> dict[str, NDArray[Any]]:
+        """Plain arrays, keyed by name (for state files)."""
+        return {name: getattr(self, name) for name in MOMENT_ARRAYS}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, NDArray[Any]]) -> Moments:
+        """The inverse of ``to_arrays``."""
+        return cls(
+            xtx=np.asarray(arrays["xtx"], dtype=np.float64),
+            xty=np.asarray(arrays["xty"], dtype=np.float64),
+            yty=np.asarray(arrays["yty"], dtype=np.float64),
+            n=np.asarray(arrays["n"], dtype=np.int64),
+        )
+
+
+@dataclass(frozen=True)
+class SufficientStats:
+    """A batch's or a prefix's model statistics and the fixed rules' hit and miss counts."""
+
+    moments: Moments
+    rule_hits: FloatArray
+    rule_misses: FloatArray
+
+    @property
+    def n(self) -> int:
+        """Samples in the statistics (rows for a VAR, series-rows for per-series models)."""
+        return int(self.moments.n.sum())
 
     def __add__(self, other: SufficientStats) -> SufficientStats:
         return SufficientStats(
-            xtx=self.xtx + other.xtx,
-            xty=self.xty + other.xty,
-            yty=self.yty + other.yty,
-            n=self.n + other.n,
-            rule_hits=self.rule_hits + other.rule_hits,
-            rule_misses=self.rule_misses + other.rule_misses,
+            self.moments + other.moments,
+            self.rule_hits + other.rule_hits,
+            self.rule_misses + other.rule_misses,
         )
 
     def count_only(self) -> SufficientStats:
-        """The sample count alone, its sums dropped (once they are folded into a prefix)."""
+        """The sample counts alone, the sums dropped (once they are folded into a prefix)."""
         empty = np.zeros(0)
-        return SufficientStats(empty, empty, empty, self.n, empty, empty)
+        return SufficientStats(self.moments.count_only(), empty, empty)
 
     def decayed(self, factor: float) -> SufficientStats:
-        """Every weighted sum times ``factor`` (the count of samples stays)."""
+        """Every weighted sum times ``factor`` (the counts of samples stay)."""
         if factor == 1.0:
             return self
-        return replace(
-            self,
-            xtx=self.xtx * factor,
-            xty=self.xty * factor,
-            yty=self.yty * factor,
-            rule_hits=self.rule_hits * factor,
-            rule_misses=self.rule_misses * factor,
+        return SufficientStats(
+            self.moments.decayed(factor), self.rule_hits * factor, self.rule_misses * factor
         )
 
 
@@ -135,8 +162,9 @@ def solve_ridge(xtx: FloatArray, xty: FloatArray, alpha: float) -> FloatArray:
     numerically so (a constant feature with alpha = 0). A stack of systems (..., q, q) with
     right-hand sides (..., q, k) is solved in one vectorized pass (per-series models).
     """
-    penalty = ridge_penalty(xtx, alpha)
-    system = xtx + penalty[..., :, None] * np.eye(xtx.shape[-1])
+    diagonal_at = np.arange(xtx.shape[-1])
+    system = xtx.copy()
+    system[..., diagonal_at, diagonal_at] += ridge_penalty(xtx, alpha)
     diagonal = np.diagonal(system, axis1=-2, axis2=-1)
     scale = np.sqrt(np.where(diagonal > 0, diagonal, 1.0))
     scaled = system / (scale[..., :, None] * scale[..., None, :])

@@ -17,10 +17,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from recursive_training.constants import DEFAULT_INPUT_DATA, DEFAULT_RESULTS_FILE
+from recursive_training.constants import (
+    DEFAULT_INPUT_DATA,
+    DEFAULT_RESULTS_FILE,
+    DEFAULT_SCALE_WINDOW,
+)
 from recursive_training.exceptions import ConfigError
 from recursive_training.rules import parse_rules
 from recursive_training.s3_location import S3Location, S3Settings, is_s3_uri
+from recursive_training.sizes import parse_bytes
 
 DEFAULT_RULES: tuple[str, ...] = ("momentum(5)", "mean_reversion(20)", "model")
 
@@ -72,6 +77,32 @@ class TrainingConfig(BaseModel):
         ge=1,
         description="A batch is evaluated only once this many samples were known before it; "
         "default: twice the number of features, at least 30.",
+    )
+    model: Literal["var", "ar", "pooled"] = Field(
+        "var",
+        description="Model structure: var (every variable on the lags of every variable), ar "
+        "(each series on its own lags, one model per series) or pooled (one model shared by "
+        "all series); ar and pooled grow linearly with the number of series.",
+    )
+    exog: tuple[str, ...] = Field(
+        (),
+        description="Shared regressors for ar and pooled: variables whose lags every series "
+        "also uses (a market index, say); they are not modelled themselves.",
+    )
+    pooled_scale: Literal["rms", "none"] = Field(
+        "rms",
+        description="How pooled puts series of different scales on one footing: rms divides "
+        "each sample by its series' RMS change over the scale_window changes up to its origin "
+        "(known then, no look-ahead); none pools the raw changes.",
+    )
+    scale_window: int = Field(
+        DEFAULT_SCALE_WINDOW, ge=1, description="Changes in the pooled rms scale."
+    )
+    max_memory: int | None = Field(
+        None,
+        gt=0,
+        description="Memory budget in bytes (or 8GB, 512MiB) a var run's statistics must fit, "
+        "checked before any data is read; default: half of this machine's memory.",
     )
     rules: tuple[str, ...] = Field(
         DEFAULT_RULES,
@@ -222,6 +253,20 @@ class TrainingConfig(BaseModel):
             raise ValueError(f"lists {', '.join(duplicates)} more than once")
         return names
 
+    @field_validator("exog")
+    @classmethod
+    def _check_exog(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(v.strip() for v in value if v.strip())
+        duplicates = sorted({v for v in names if names.count(v) > 1})
+        if duplicates:
+            raise ValueError(f"lists {', '.join(duplicates)} more than once")
+        return names
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _parse_bytes(cls, value: Any) -> Any:
+        return parse_bytes(value) if isinstance(value, str) else value
+
     @field_validator("rules")
     @classmethod
     def _check_rules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -243,6 +288,11 @@ class TrainingConfig(BaseModel):
             raise ValueError(
                 f"start_date {self.start_date:%Y-%m-%d} must be before "
                 f"end_date {self.end_date:%Y-%m-%d}"
+            )
+        if self.exog and self.model == "var":
+            raise ValueError(
+                "exog applies to model ar and pooled; var already regresses every series on "
+                "the lags of every variable (list the regressors among the variables)"
             )
         if self.max_workers is not None and not (self.use_dask or self.dask_scheduler_address):
             raise ValueError("max_workers needs use_dask (--use-dask)")
@@ -305,6 +355,10 @@ class TrainingConfig(BaseModel):
                 "half_life_days",
                 "rules",
                 "min_train_samples",
+                "model",
+                "exog",
+                "pooled_scale",
+                "scale_window",
             },
         )
         return hashlib.sha256(json.dumps(learned, sort_keys=True).encode()).hexdigest()[:16]

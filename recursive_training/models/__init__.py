@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+from recursive_training.constants import DEFAULT_SCALE_WINDOW
 from recursive_training.exceptions import ConfigError
 from recursive_training.models.ar import AutoRegressive
-from recursive_training.models.base import Forecast, ModelStructure, Moments
+from recursive_training.models.base import Forecast, ModelStructure
 from recursive_training.models.memory import check_var_memory, default_memory_budget
-from recursive_training.models.pooled import DEFAULT_SCALE_WINDOW, Pooled
+from recursive_training.models.pooled import Pooled
 from recursive_training.models.var import VectorAutoRegressive
+from recursive_training.statistics import Moments
 
 STRUCTURES: Final[dict[str, type[ModelStructure]]] = {
     cls.name: cls for cls in (VectorAutoRegressive, AutoRegressive, Pooled)

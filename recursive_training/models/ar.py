@@ -13,19 +13,19 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from recursive_training.arrays import FloatArray
 from recursive_training.models.base import (
     ORIGINS,
     Forecast,
     ModelStructure,
-    Moments,
     own_lag_names,
     predict_columns,
     sample_moments,
     series_samples,
 )
-from recursive_training.statistics import solve_ridge
+from recursive_training.statistics import Moments, solve_ridge
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,11 @@ class AutoRegressive(ModelStructure):
         v, q = len(self.series), self.n_features
         return Moments(np.zeros((v, q, q)), np.zeros((v, q)), np.zeros(v), np.zeros(v, np.int64))
 
-    def statistics(self, levels: FloatArray, origins: ORIGINS, weights: FloatArray) -> Moments:
+    def statistics(
+        self, levels: FloatArray, origins: ORIGINS, weights: FloatArray
+    ) -> tuple[Moments, NDArray[np.bool_]]:
         samples, _, _ = series_samples(self, levels, origins)
-        return Moments(*sample_moments(samples, weights, per_series=True))
+        return Moments(*sample_moments(samples, weights, per_series=True)), samples.complete
 
     def solve(self, moments: Moments, alpha: float, min_samples: int) -> FloatArray | None:
         ready = moments.n >= min_samples

@@ -8,68 +8,18 @@ interface, so they never branch on which structure a run uses.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from recursive_training.arrays import FloatArray
+from recursive_training.arrays import FloatArray, IntArray
 from recursive_training.constants import INTERCEPT
+from recursive_training.statistics import Moments
 
-IntArray = NDArray[np.int64]
 ORIGINS = NDArray[np.intp]
-MOMENT_ARRAYS = ("xtx", "xty", "yty", "n")
-
-
-@dataclass(frozen=True)
-class Moments:
-    """Weighted sums over samples: X'WX, X'WY, Y'WY and sample counts.
-
-    Shapes depend on the structure (one system, or one per series stacked on axis 0);
-    ``n`` counts samples per count group (one group, or one per series).
-    """
-
-    xtx: FloatArray
-    xty: FloatArray
-    yty: FloatArray
-    n: IntArray
-
-    def __add__(self, other: Moments) -> Moments:
-        return Moments(
-            self.xtx + other.xtx, self.xty + other.xty, self.yty + other.yty, self.n + other.n
-        )
-
-    def decayed(self, factor: float) -> Moments:
-        """Every weighted sum times ``factor`` (the counts stay)."""
-        if factor == 1.0:
-            return self
-        return Moments(self.xtx * factor, self.xty * factor, self.yty * factor, self.n)
-
-    def count_only(self) -> Moments:
-        """The counts alone, the sums dropped (once they are folded into a prefix)."""
-        empty = np.zeros(0)
-        return Moments(empty, empty, empty, self.n)
-
-    @property
-    def nbytes(self) -> int:
-        """Memory the arrays hold."""
-        return int(sum(getattr(self, name).nbytes for name in MOMENT_ARRAYS))
-
-    def to_arrays(self) -> dict[str, NDArray[Any]]:
-        """Plain arrays, keyed by name (for state files and checkpoints)."""
-        return {name: getattr(self, name) for name in MOMENT_ARRAYS}
-
-    @classmethod
-    def from_arrays(cls, arrays: Mapping[str, NDArray[Any]]) -> Moments:
-        """The inverse of ``to_arrays``."""
-        return cls(
-            xtx=np.asarray(arrays["xtx"], dtype=np.float64),
-            xty=np.asarray(arrays["xty"], dtype=np.float64),
-            yty=np.asarray(arrays["yty"], dtype=np.float64),
-            n=np.asarray(arrays["n"], dtype=np.int64),
-        )
 
 
 @dataclass(frozen=True)
@@ -121,8 +71,11 @@ class ModelStructure(ABC):
         """The statistics of no samples."""
 
     @abstractmethod
-    def statistics(self, levels: FloatArray, origins: ORIGINS, weights: FloatArray) -> Moments:
-        """Statistics of the complete samples with these origins, weighted per origin."""
+    def statistics(
+        self, levels: FloatArray, origins: ORIGINS, weights: FloatArray
+    ) -> tuple[Moments, NDArray[np.bool_]]:
+        """Statistics of the complete samples with these origins, weighted per origin, and
+        which samples were complete (origins x series), for the rules to count the same."""
 
     @abstractmethod
     def solve(self, moments: Moments, alpha: float, min_samples: int) -> FloatArray | None:
@@ -142,6 +95,14 @@ class ModelStructure(ABC):
         for part in parts[1:]:
             total = total + part
         return total
+
+    def coefficient_table(self, coefficients: FloatArray) -> dict[str, list[float]]:
+        """Coefficients by the series (or model) they belong to, in feature order."""
+        return {name: row.tolist() for name, row in zip(self.series, coefficients, strict=True)}
+
+    def sample_count(self, per_series: FloatArray) -> int:
+        """Samples behind per-series counts: a sample is one series at one origin."""
+        return int(per_series.sum())
 
     def describe(self) -> dict[str, Any]:
         """What a state file records so a resumed run can refuse another structure."""

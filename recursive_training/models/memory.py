@@ -11,6 +11,7 @@ import os
 from typing import Final
 
 from recursive_training.exceptions import ConfigError
+from recursive_training.sizes import show_bytes
 
 BYTES_PER_NUMBER: Final = 8
 # Systems of p x p the busiest process holds at once while folding a batch into the prefix
@@ -39,15 +40,6 @@ def default_memory_budget() -> int:
     except (ValueError, OSError, AttributeError):
         return FALLBACK_MEMORY
     return int(total * DEFAULT_MEMORY_SHARE) if total > 0 else FALLBACK_MEMORY
-
-
-def show_bytes(size: float) -> str:
-    """``1.8 GB``: decimal units, as people read them."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
 
 
 def check_var_memory(n_variables: int, lags: int, batch_rows: int, budget: int) -> None:

@@ -26,12 +26,12 @@ from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from recursive_training.arrays import FloatArray
+from recursive_training.constants import DEFAULT_SCALE_WINDOW
 from recursive_training.exceptions import ConfigError
 from recursive_training.models.base import (
     ORIGINS,
     Forecast,
     ModelStructure,
-    Moments,
     SeriesSamples,
     own_lag_names,
     predict_columns,
@@ -39,12 +39,9 @@ from recursive_training.models.base import (
     sample_moments,
     series_samples,
 )
-from recursive_training.statistics import solve_ridge
+from recursive_training.statistics import Moments, solve_ridge
 
 SCALES: Final = ("rms", "none")
-# About a quarter of business days (or a year of weeks): the RMS of 52 changes is within
-# ~10% (1/sqrt(2W)) of the series' scale, while following slow changes of volatility.
-DEFAULT_SCALE_WINDOW: Final = 52
 
 
 def rolling_rms(
@@ -98,6 +95,10 @@ class Pooled(ModelStructure):
     def feature_names(self) -> list[str]:
         return own_lag_names(self.exog, self.lags)
 
+    def coefficient_table(self, coefficients: FloatArray) -> dict[str, list[float]]:
+        """One model for every series."""
+        return {"all series": coefficients.tolist()}
+
     def describe(self) -> dict[str, Any]:
         window = self.scale_window if self.scale == "rms" else None
         return {**super().describe(), "scale": self.scale, "scale_window": window}
@@ -123,14 +124,19 @@ class Pooled(ModelStructure):
         complete = samples.complete & np.isfinite(own) & known
         return SeriesSamples(samples.own, shared, samples.target, complete), own
 
-    def statistics(self, levels: FloatArray, origins: ORIGINS, weights: FloatArray) -> Moments:
+    def statistics(
+        self, levels: FloatArray, origins: ORIGINS, weights: FloatArray
+    ) -> tuple[Moments, NDArray[np.bool_]]:
         samples, scales = self.scaled_samples(levels, origins)
         inverse = (
             None
             if scales is None
             else np.divide(1.0, scales, out=np.zeros_like(scales), where=samples.complete)
         )
-        return Moments(*sample_moments(samples, weights, per_series=False, inverse_scale=inverse))
+        moments = Moments(
+            *sample_moments(samples, weights, per_series=False, inverse_scale=inverse)
+        )
+        return moments, samples.complete
 
     def solve(self, moments: Moments, alpha: float, min_samples: int) -> FloatArray | None:
         if moments.n.sum() < min_samples:

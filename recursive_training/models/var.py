@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from recursive_training import features as feats
 from recursive_training.arrays import FloatArray
 from recursive_training.exceptions import ConfigError
-from recursive_training.models.base import ORIGINS, Forecast, ModelStructure, Moments
-from recursive_training.statistics import SufficientStats, solve_ridge
+from recursive_training.models.base import ORIGINS, Forecast, ModelStructure
+from recursive_training.statistics import Moments, solve_ridge
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,13 @@ class VectorAutoRegressive(ModelStructure):
         p, v = self.n_features, len(self.series)
         return Moments(np.zeros((p, p)), np.zeros((p, v)), np.zeros(v), np.zeros(1, np.int64))
 
-    def statistics(self, levels: FloatArray, origins: ORIGINS, weights: FloatArray) -> Moments:
+    def statistics(
+        self, levels: FloatArray, origins: ORIGINS, weights: FloatArray
+    ) -> tuple[Moments, NDArray[np.bool_]]:
         x, y = feats.design(levels, origins, self.lags, self.horizon)
         complete = feats.complete_rows(x, y)
-        none = np.zeros(0)
-        stats = SufficientStats.from_samples(
-            x[complete], y[complete], weights[complete], none, none
-        )
-        return Moments(stats.xtx, stats.xty, stats.yty, np.array([stats.n], dtype=np.int64))
+        moments = Moments.from_samples(x[complete], y[complete], weights[complete])
+        return moments, np.broadcast_to(complete[:, None], y.shape)
 
     def solve(self, moments: Moments, alpha: float, min_samples: int) -> FloatArray | None:
         if moments.n.sum() < min_samples:
@@ -64,6 +64,14 @@ class VectorAutoRegressive(ModelStructure):
     def samples_per_origin(self) -> int:
         """A VAR sample is a whole row: every target of one origin."""
         return 1
+
+    def sample_count(self, per_series: FloatArray) -> int:
+        """Every target of a VAR sample is counted with it: the rows are the samples."""
+        return int(per_series.max(initial=0))
+
+    def coefficient_table(self, coefficients: FloatArray) -> dict[str, list[float]]:
+        """One column of coefficients per target."""
+        return {v: coefficients[:, j].tolist() for j, v in enumerate(self.series)}
 
     def combine_shards(self, parts: Sequence[Moments]) -> Moments:
         """A VAR's targets share their features, so it is never split by series."""

@@ -11,19 +11,20 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from recursive_training import features as feats
 from recursive_training.arrays import FloatArray
 from recursive_training.config import TrainingConfig
 from recursive_training.data import open_source
 from recursive_training.engines import current_worker
 from recursive_training.exceptions import DataError
 from recursive_training.metrics import ErrorSums
+from recursive_training.models import ModelStructure, build_structure
 from recursive_training.parallel_trainer import TrainingBatch
 from recursive_training.rules import fixed_rule_counts, parse_rules, rule_entries, sign_hits_misses
 from recursive_training.s3_location import S3Settings
@@ -45,6 +46,10 @@ class TaskSpec:
     fill_limit: int
     half_life_days: float | None
     rules: tuple[str, ...]
+    model: str
+    exog: tuple[str, ...]
+    pooled_scale: str
+    scale_window: int
     # How to reach the data, not what it is: specs differing only here compute the same.
     s3: S3Settings = dataclasses.field(compare=False)
 
@@ -59,7 +64,23 @@ class TaskSpec:
             fill_limit=config.fill_limit,
             half_life_days=config.half_life_days,
             rules=tuple(config.rules),
+            model=config.model,
+            exog=tuple(config.exog),
+            pooled_scale=config.pooled_scale,
+            scale_window=config.scale_window,
             s3=config.s3_settings,
+        )
+
+    def structure(self, columns: Sequence[str]) -> ModelStructure:
+        """The model structure over a batch's columns: the series, then the exog."""
+        return build_structure(
+            self.model,
+            [c for c in columns if c not in self.exog],
+            self.lags,
+            self.horizon,
+            self.exog,
+            self.pooled_scale,
+            self.scale_window,
         )
 
     def fingerprint(self) -> str:
@@ -112,31 +133,40 @@ def load_window(batch: TrainingBatch, spec: TaskSpec) -> tuple[FloatArray, NDArr
 
 
 def compute_batch_statistics(batch: TrainingBatch, spec: TaskSpec) -> BatchStatistics:
-    """Ridge sufficient statistics and fixed-rule counts of the samples realized in the batch."""
+    """Model statistics and fixed-rule counts of the samples realized in the batch."""
     began = time.perf_counter()
     rules = parse_rules(spec.rules)
-    n_features = 1 + len(batch.variables) * spec.lags
-    n_entries = len(rule_entries(rules, batch.variables))
+    structure = spec.structure(batch.variables)
+    n_entries = len(rule_entries(rules, structure.series))
     first, stop = batch.train_rows
     if first >= stop:
-        empty = SufficientStats.zeros(n_features, len(batch.variables), n_entries)
+        empty = SufficientStats(structure.zeros(), np.zeros(n_entries), np.zeros(n_entries))
         return BatchStatistics(
             batch.batch_id, empty, 0, time.perf_counter() - began, current_worker()
         )
     levels, stamps = load_window(batch, spec)
-    offset = batch.window_rows[0]
-    origins = np.arange(first, stop) - spec.horizon - offset
-    x, y = feats.design(levels, origins, spec.lags, spec.horizon)
-    complete = feats.complete_rows(x, y)
-    weights = forgetting_weights(
-        stamps[origins + spec.horizon][complete], batch.end, spec.half_life_days
-    )
+    origins = np.arange(first, stop) - spec.horizon - batch.window_rows[0]
+    weights = forgetting_weights(stamps[origins + spec.horizon], batch.end, spec.half_life_days)
+    moments, complete = structure.statistics(levels, origins, weights)
+    # Rules count the samples the model learns from: whole rows for a VAR, series by series
+    # for per-series structures (a missing outcome abstains).
+    kept = complete.any(axis=1)
+    series = levels[:, : len(structure.series)]
+    outcome = series[origins[kept] + spec.horizon] - series[origins[kept]]
     hits, misses = fixed_rule_counts(
-        levels, origins[complete], y[complete], weights, rules, batch.variables
+        series,
+        origins[kept],
+        np.where(complete[kept], outcome, np.nan),
+        weights[kept],
+        rules,
+        structure.series,
     )
-    stats = SufficientStats.from_samples(x[complete], y[complete], weights, hits, misses)
     return BatchStatistics(
-        batch.batch_id, stats, int((~complete).sum()), time.perf_counter() - began, current_worker()
+        batch.batch_id,
+        SufficientStats(moments, hits, misses),
+        _dropped(structure, len(origins), complete),
+        time.perf_counter() - began,
+        current_worker(),
     )
 
 
@@ -145,34 +175,41 @@ def evaluate_batch(
 ) -> BatchEvaluation:
     """Predict the samples whose origin is in the batch with the model known at its start."""
     began = time.perf_counter()
+    structure = spec.structure(batch.variables)
     levels, stamps = load_window(batch, spec)
-    offset = batch.window_rows[0]
-    origins = np.arange(*batch.eval_rows) - offset
-    x, y = feats.design(levels, origins, spec.lags, spec.horizon)
-    complete = feats.complete_rows(x, y)
-    origins, x, y = origins[complete], x[complete], y[complete]
-    predicted = x @ coefficients
+    every_origin = np.arange(*batch.eval_rows) - batch.window_rows[0]
+    forecast = structure.predict(coefficients, levels, every_origin)
+    kept = forecast.complete.any(axis=1)
+    origins, complete = every_origin[kept], forecast.complete[kept]
+    predicted = np.where(complete, forecast.predicted[kept], np.nan)
+    actual = np.where(complete, forecast.actual[kept], np.nan)
     realized = stamps[origins + spec.horizon]
     weights = forgetting_weights(realized, batch.end, spec.half_life_days)
-    variables = list(batch.variables)
-    hits, misses = sign_hits_misses(predicted, y, weights)  # the model as a sign rule
+    hits, misses = sign_hits_misses(predicted, actual, weights)  # the model as a sign rule
+    rows, columns = np.nonzero(complete)
     predictions = pd.DataFrame(
         {
-            "origin": np.repeat(stamps[origins], len(variables)),
-            "realized": np.repeat(realized, len(variables)),
+            "origin": stamps[origins][rows],
+            "realized": realized[rows],
             "batch_id": np.int32(batch.batch_id),
-            "variable": pd.Categorical(np.tile(variables, len(origins)), categories=variables),
-            "predicted": predicted.ravel(),
-            "actual": y.ravel(),
+            "variable": pd.Categorical.from_codes(columns, categories=pd.Index(structure.series)),
+            "predicted": predicted[rows, columns],
+            "actual": actual[rows, columns],
         }
     )
     return BatchEvaluation(
         batch.batch_id,
-        ErrorSums.from_predictions(predicted, y),
+        ErrorSums.from_predictions(predicted, actual),
         hits,
         misses,
         predictions,
-        int((~complete).sum()),
+        _dropped(structure, len(every_origin), forecast.complete),
         time.perf_counter() - began,
         current_worker(),
     )
+
+
+def _dropped(structure: ModelStructure, n_origins: int, complete: NDArray[np.bool_]) -> int:
+    """Samples of these origins left out for a missing value."""
+    whole = n_origins * structure.samples_per_origin()
+    return whole - structure.sample_count(complete.sum(axis=0))

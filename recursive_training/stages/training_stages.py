@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from recursive_training import features as feats
 from recursive_training.arrays import FloatArray
 from recursive_training.checkpoint import Checkpoint
 from recursive_training.config import TrainingConfig
@@ -28,6 +27,12 @@ from recursive_training.data import DataSource, open_source
 from recursive_training.engines import Engine, create_engine
 from recursive_training.exceptions import DataError, StateError
 from recursive_training.metrics import ErrorSums
+from recursive_training.models import (
+    ModelStructure,
+    VectorAutoRegressive,
+    check_var_memory,
+    default_memory_budget,
+)
 from recursive_training.parallel_trainer import TrainingBatch, check_batch_size, plan_batches
 from recursive_training.rules import (
     RuleSpec,
@@ -44,7 +49,7 @@ from recursive_training.stages.tasks import (
     evaluate_batch,
 )
 from recursive_training.state import TrainingState
-from recursive_training.statistics import SufficientStats, decay_factor, solve_ridge
+from recursive_training.statistics import SufficientStats, decay_factor
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[str, int, int], None]  # (stage, batches done, batches in stage)
@@ -64,6 +69,7 @@ class TrainingResult:
     source: str
     variables: list[str]
     features: list[str]
+    structure: ModelStructure
     start: pd.Timestamp
     end: pd.Timestamp
     n_rows: int
@@ -141,6 +147,7 @@ class RunPlan:
     source: str
     variables: list[str]
     features: list[str]
+    structure: ModelStructure
     rules: tuple[RuleSpec, ...]
     start: pd.Timestamp
     end: pd.Timestamp
@@ -163,11 +170,13 @@ class StageOutputs:
 def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPlan:
     """Check the config against the data and the resume state, and plan the batches."""
     source = open_source(config.input_data, config.input_format, config.s3_settings)
-    variables = list(config.variables or source.variables())
-    source.check_variables(variables)
+    spec = TaskSpec.from_config(config)
+    variables = [v for v in config.variables or source.variables() if v not in config.exog]
+    source.check_variables([*variables, *config.exog])
+    structure = spec.structure([*variables, *config.exog])
     rules = parse_rules(config.rules)
     check_rule_variables(rules, variables)
-    features = feats.feature_names(variables, config.lags)
+    features = structure.feature_names()
     if resume_state is not None:
         resume_state.check_compatible(
             config.resume_from or "the resume state",
@@ -176,6 +185,7 @@ def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPl
             config.horizon,
             config.half_life_days,
             tuple(config.rules),
+            structure.describe(),
         )
     timestamps = source.timestamps()
     start, end = resolve_range(config, timestamps, resume_state, source.uri)
@@ -185,32 +195,41 @@ def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPl
         start,
         end,
         config.batch_size_days,
-        variables,
+        structure.columns,
         lags=config.lags,
         horizon=config.horizon,
-        history=rule_history(rules),
+        history=max(rule_history(rules), structure.history),
         fill_limit=config.fill_limit,
     )
     _require_samples(batches, source, config)
+    if structure.name == VectorAutoRegressive.name:
+        check_var_memory(
+            len(variables),
+            config.lags,
+            max(b.window_rows[1] - b.window_rows[0] for b in batches),
+            config.max_memory or default_memory_budget(),
+        )
     log.info(
-        "Planned %d batches of %d days over [%s, %s) for %d variables",
+        "Planned %d batches of %d days over [%s, %s) for %d variables, model %s",
         len(batches),
         config.batch_size_days,
         f"{start:%Y-%m-%d}",
         f"{end:%Y-%m-%d}",
         len(variables),
+        structure.name,
     )
     return RunPlan(
         source=source.uri,
         variables=variables,
         features=features,
+        structure=structure,
         rules=rules,
         start=start,
         end=end,
         n_rows=int(((timestamps >= start) & (timestamps < end)).sum()),
         batches=batches,
-        initial=_initial_prefix(resume_state, start, config, len(features), variables, rules),
-        spec=TaskSpec.from_config(config),
+        initial=_initial_prefix(resume_state, start, config, structure, rules),
+        spec=spec,
     )
 
 
@@ -224,7 +243,7 @@ def reduce_run(
     """The final model, rule trust and error sums, and the state a later run resumes from."""
     variables, final = plan.variables, outputs.final
     model_hits, model_misses = _model_rule_counts(
-        resume_state, plan.batches, outputs.evaluations, plan.end, config
+        resume_state, len(variables), plan.batches, outputs.evaluations, plan.end, config
     )
     rule_table = [
         (rule, target, float(h), float(m))
@@ -248,6 +267,7 @@ def reduce_run(
         horizon=config.horizon,
         half_life_days=config.half_life_days,
         rules=tuple(config.rules),
+        structure=plan.structure.describe(),
         stats=final,
         model_hits=model_hits,
         model_misses=model_misses,
@@ -259,13 +279,14 @@ def reduce_run(
         source=plan.source,
         variables=variables,
         features=plan.features,
+        structure=plan.structure,
         start=plan.start,
         end=plan.end,
         n_rows=plan.n_rows,
         batches=plan.batches,
         statistics=outputs.statistics,
         evaluations=evaluations,
-        coefficients=solve_ridge(final.xtx, final.xty, config.ridge_alpha),
+        coefficients=_final_model(plan.structure, final, config.ridge_alpha),
         rule_table=rule_table,
         errors=errors,
         state=state,
@@ -309,7 +330,7 @@ class TrainingPipeline:
         )
         with nullcontext(engine) if self.engine else engine:  # close only what we started
             log.info("Running on %s", engine.description)
-            scan = PrefixScan(plan.batches, plan.initial, config)
+            scan = PrefixScan(plan.batches, plan.initial, plan.structure, config)
             statistics = self._collect(
                 "statistics",
                 engine,
@@ -386,16 +407,21 @@ def _initial_prefix(
     state: TrainingState | None,
     start: pd.Timestamp,
     config: TrainingConfig,
-    n_features: int,
-    variables: Sequence[str],
+    structure: ModelStructure,
     rules: Sequence[RuleSpec],
 ) -> SufficientStats:
     """The statistics known before the first batch: the resume state, aged to ``start``."""
     if state is None:
-        return SufficientStats.zeros(
-            n_features, len(variables), len(rule_entries(rules, variables))
-        )
+        entries = len(rule_entries(rules, structure.series))
+        return SufficientStats(structure.zeros(), np.zeros(entries), np.zeros(entries))
     return state.stats.decayed(decay_factor(state.end, start, config.half_life_days))
+
+
+def _final_model(structure: ModelStructure, final: SufficientStats, alpha: float) -> FloatArray:
+    """The model of everything learned (every series that has a sample at all)."""
+    coefficients = structure.solve(final.moments, alpha, min_samples=0)
+    assert coefficients is not None, "a threshold of zero samples is always met"
+    return coefficients
 
 
 class PrefixScan:
@@ -408,15 +434,20 @@ class PrefixScan:
     """
 
     def __init__(
-        self, batches: Sequence[TrainingBatch], initial: SufficientStats, config: TrainingConfig
+        self,
+        batches: Sequence[TrainingBatch],
+        initial: SufficientStats,
+        structure: ModelStructure,
+        config: TrainingConfig,
     ) -> None:
         self.batches = batches
         self.config = config
+        self.structure = structure
         self.prefix = initial
         self.models: dict[int, FloatArray] = {}
         self._position = 0
         self._waiting: dict[int, SufficientStats] = {}
-        self._threshold = config.evaluation_threshold(len(initial.xtx))
+        self._threshold = config.evaluation_threshold(structure.n_features)
 
     def __call__(self, result: BatchStatistics) -> BatchStatistics:
         """Fold what can be folded; keep only the batch's sample count."""
@@ -426,10 +457,11 @@ class PrefixScan:
             and self.batches[self._position].batch_id in self._waiting
         ):
             batch = self.batches[self._position]
-            if self.prefix.n >= self._threshold:
-                self.models[batch.batch_id] = solve_ridge(
-                    self.prefix.xtx, self.prefix.xty, self.config.ridge_alpha
-                )
+            model = self.structure.solve(
+                self.prefix.moments, self.config.ridge_alpha, self._threshold
+            )
+            if model is not None:
+                self.models[batch.batch_id] = model
             decay = decay_factor(batch.start, batch.end, self.config.half_life_days)
             self.prefix = self.prefix.decayed(decay) + self._waiting.pop(batch.batch_id)
             self._position += 1
@@ -443,13 +475,14 @@ class PrefixScan:
 
 def _model_rule_counts(
     state: TrainingState | None,
+    n: int,
     batches: Sequence[TrainingBatch],
     evaluations: dict[int, BatchEvaluation],
     end: pd.Timestamp,
     config: TrainingConfig,
 ) -> tuple[FloatArray, FloatArray]:
-    """Walk-forward hits and misses of the model, aged to ``end`` like every other count."""
-    n = len(batches[0].variables)
+    """Walk-forward hits and misses of the model per series, aged to ``end`` like every
+    other count."""
     hits, misses = np.zeros(n), np.zeros(n)
     if state is not None:
         factor = decay_factor(state.end, end, config.half_life_days)

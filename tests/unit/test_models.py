@@ -24,7 +24,7 @@ from recursive_training.models import (
 )
 from recursive_training.models.base import ModelStructure
 from recursive_training.models.memory import var_memory_bytes
-from recursive_training.statistics import SufficientStats, solve_ridge
+from recursive_training.statistics import solve_ridge
 from tests.reference import ridge_lstsq
 
 LAGS, HORIZON, WINDOW = 3, 2, 8
@@ -57,7 +57,7 @@ def batch_moments(structure: ModelStructure, panel: pd.DataFrame, lo: int, hi: i
     start = max(0, first_origin - structure.history)
     levels = panel[list(structure.columns)].to_numpy()[start:hi]
     weights = weight_of(origins + HORIZON, len(panel))
-    return structure.statistics(levels, origins - start, weights)
+    return structure.statistics(levels, origins - start, weights)[0]
 
 
 def walk(structure: ModelStructure, panel: pd.DataFrame, cuts: list[int]) -> list[Moments]:
@@ -252,16 +252,16 @@ def test_var_statistics_and_solve_are_todays_numbers() -> None:
     levels = panel.to_numpy()
     origins = np.arange(LAGS, 90 - HORIZON)
     weights = weight_of(origins + HORIZON, 90)
-    moments = structure.statistics(levels, origins, weights)
+    moments, complete = structure.statistics(levels, origins, weights)
     x, y = feats.design(levels, origins, LAGS, HORIZON)
     keep = feats.complete_rows(x, y)
-    empty = np.zeros(0)
-    today = SufficientStats.from_samples(x[keep], y[keep], weights[keep], empty, empty)
-    np.testing.assert_array_equal(moments.xtx, today.xtx)
-    np.testing.assert_array_equal(moments.xty, today.xty)
-    assert moments.n[0] == today.n
+    np.testing.assert_array_equal(complete, np.broadcast_to(keep[:, None], y.shape))
+    weighted = x[keep] * weights[keep][:, None]
+    np.testing.assert_array_equal(moments.xtx, weighted.T @ x[keep])
+    np.testing.assert_array_equal(moments.xty, weighted.T @ y[keep])
+    assert moments.n[0] == keep.sum()
     coefficients = structure.solve(moments, 0.01, 10)
-    np.testing.assert_array_equal(coefficients, solve_ridge(today.xtx, today.xty, 0.01))
+    np.testing.assert_array_equal(coefficients, solve_ridge(moments.xtx, moments.xty, 0.01))
     forecast = structure.predict(coefficients, levels, origins)  # type: ignore[arg-type]
     np.testing.assert_array_equal(forecast.predicted[keep], x[keep] @ coefficients)
     assert not forecast.complete[~keep].any()

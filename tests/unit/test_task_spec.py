@@ -24,6 +24,10 @@ CHANGED: dict[str, Any] = {
     "fill_limit": 0,
     "half_life_days": 90.0,
     "rules": ("model",),
+    "model": "ar",
+    "exog": ("spx",),
+    "pooled_scale": "none",
+    "scale_window": 20,
 }
 
 
@@ -39,7 +43,9 @@ def test_spec_carries_the_config_values_the_tasks_read() -> None:
         s3_endpoint_url="http://minio:9000",
     )
     spec = TaskSpec.from_config(config)
-    assert spec == TaskSpec("prices.csv", "csv", 2, 4, 1, 30.0, ("cross",), S3Settings())
+    assert spec == TaskSpec(
+        "prices.csv", "csv", 2, 4, 1, 30.0, ("cross",), "var", (), "rms", 52, S3Settings()
+    )
     assert spec.s3.endpoint_url == "http://minio:9000"
 
 

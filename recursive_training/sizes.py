@@ -1,0 +1,45 @@
+"""Sizes in bytes as people write and read them (``8GB``, ``512MiB``).
+
+Kept apart from the models so the config can parse ``--max-memory`` without loading numpy.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+UNITS: Final = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_bytes(text: str) -> int:
+    """``8GB``, ``512MiB``, ``1.5e9``: a size in bytes, with a clear error otherwise."""
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    try:
+        if match is None or unit not in UNITS:
+            raise ValueError(text)
+        return int(float(match.group(1)) * UNITS[unit])
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a size; write bytes or a number with a unit such as 8GB or 512MiB"
+        ) from None
+
+
+def show_bytes(size: float) -> str:
+    """``1.8 GB``: decimal units, as people read them."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"

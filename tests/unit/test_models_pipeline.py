@@ -1,0 +1,173 @@
+"""The pipeline with the ar and pooled structures against independent walk-forward refits,
+and the settings around them (resume, memory guard, rules at scale).
+
+References come from tests/unit/test_models.py (pandas shifts, rolling windows, lstsq).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recursive_training.config import TrainingConfig
+from recursive_training.exceptions import ConfigError, DataError, StateError
+from recursive_training.run_training import main
+from recursive_training.stages import TrainingPipeline, TrainingResult
+from recursive_training.state import TrainingState
+from tests.reference import ridge_lstsq
+from tests.unit.test_models import HORIZON, LAGS, WINDOW, make_panel, own_design, pooled_frame
+
+HALF_LIFE = 60.0
+ALPHA = 0.05
+MIN_SAMPLES = 25
+
+
+def write_panel(frame: pd.DataFrame) -> str:
+    """The panel on a business-day calendar, as a Parquet file the pipeline reads."""
+    index = pd.bdate_range("2010-01-04", periods=len(frame), name="timestamp")
+    path = Path(tempfile.mkdtemp(prefix="pulse-models-")) / "panel.parquet"
+    frame.set_axis(index).to_parquet(path)
+    return str(path)
+
+
+def train(path: str, **fields: object) -> TrainingResult:
+    settings = {
+        "input_data": path,
+        "lags": LAGS,
+        "horizon": HORIZON,
+        "ridge_alpha": ALPHA,
+        "half_life_days": HALF_LIFE,
+        "fill_limit": 0,
+        "batch_size_days": 45,
+        "min_train_samples": MIN_SAMPLES,
+        "scale_window": WINDOW,
+        "rules": ["momentum(3)", "model"],
+        **fields,
+    }
+    return TrainingPipeline().execute(TrainingConfig.build(**settings))
+
+
+def refit_before(
+    frame: pd.DataFrame, stamps: pd.DatetimeIndex, start: pd.Timestamp
+) -> np.ndarray | None:
+    """Forgetting-weighted ridge on the complete samples realized before ``start``."""
+    realized = stamps[np.minimum(frame["realized"].to_numpy(), len(stamps) - 1)]
+    used = frame[(frame["realized"].to_numpy() < len(stamps)) & (realized < start)].dropna()
+    if len(used) < MIN_SAMPLES:
+        return None
+    at = stamps[used["realized"].to_numpy()]
+    age = (start - at).total_seconds().to_numpy() / 86_400
+    x = used.drop(columns=["target", "realized", "scale"], errors="ignore")
+    return ridge_lstsq(x, used[["target"]], ALPHA, 0.5 ** (age / HALF_LIFE))[:, 0]
+
+
+def predictions_of(result: TrainingResult, batch_id: int, name: str) -> pd.Series:
+    frame = result.predictions_frame()
+    mine = frame[(frame["batch_id"] == batch_id) & (frame["variable"] == name)]
+    return mine.set_index("origin")["predicted"]
+
+
+def test_ar_walk_forward_predictions_equal_per_series_refits_on_earlier_samples() -> None:
+    panel = make_panel(seed=21, n_series=20, rows=260, n_exog=1, missing=0.02)
+    result = train(write_panel(panel), model="ar", exog=["x0"])
+    stamps = pd.bdate_range("2010-01-04", periods=len(panel))
+    checked = 0
+    for name in np.random.default_rng(5).choice(result.variables, 6, replace=False):
+        frame = own_design(panel, name, ["x0"])
+        x = frame.drop(columns=["target", "realized"]).to_numpy()
+        for batch in result.batches:
+            got = predictions_of(result, batch.batch_id, name)
+            coefficients = refit_before(frame, stamps, batch.start)
+            if coefficients is None:
+                assert got.empty
+                continue
+            inside = (stamps >= batch.start) & (stamps < batch.end)
+            expected = pd.Series(x[inside] @ coefficients, index=stamps[inside])
+            known = expected.notna() & frame["target"][inside].notna().to_numpy()
+            expected = expected[known & (frame["realized"][inside] < len(stamps)).to_numpy()]
+            assert list(got.index) == list(expected.index)
+            np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-8, atol=1e-12)
+            checked += 1
+    assert checked >= 20
+
+
+@pytest.mark.parametrize("scale", ["rms", "none"])
+def test_pooled_walk_forward_predictions_equal_a_stacked_refit(scale: str) -> None:
+    panel = make_panel(seed=22, n_series=12, rows=220, n_exog=1, missing=0.02)
+    series = [f"s{i}" for i in range(12)]
+    result = train(write_panel(panel), model="pooled", exog=["x0"], pooled_scale=scale)
+    stamps = pd.bdate_range("2010-01-04", periods=len(panel))
+    stacked = pooled_frame(panel, series, ["x0"], scaled=scale == "rms")
+    x = stacked.drop(columns=["target", "realized", "scale"]).to_numpy()
+    evaluated = 0
+    for batch in result.batches:
+        coefficients = refit_before(stacked, stamps, batch.start)
+        got = result.predictions_frame()
+        got = got[got["batch_id"] == batch.batch_id]
+        if coefficients is None:
+            assert got.empty
+            continue
+        expected = (x @ coefficients * stacked["scale"].to_numpy()).reshape(12, -1)
+        for v, name in enumerate(series):
+            mine = got[got["variable"] == name].set_index("origin")["predicted"]
+            rows = stamps.get_indexer(mine.index)
+            np.testing.assert_allclose(mine.to_numpy(), expected[v, rows], rtol=1e-8, atol=1e-12)
+        evaluated += 1
+    assert evaluated >= 5
+
+
+def test_resuming_with_another_structure_is_refused_by_name() -> None:
+    path = write_panel(make_panel(seed=23, n_series=4, rows=200, n_exog=0, missing=0.0))
+    first = train(path, model="ar", end_date="2010-06-01")
+    state = TrainingState.from_bytes(first.state.to_bytes(), "state.npz")
+    assert state.structure == {"model": "ar", "exog": []}
+    config = TrainingConfig.build(
+        input_data=path,
+        lags=LAGS,
+        horizon=HORIZON,
+        half_life_days=HALF_LIFE,
+        rules=["momentum(3)", "model"],
+        model="pooled",
+        resume_from="state.npz",
+    )
+    with pytest.raises(StateError, match="trained with model=ar but this run has model=pooled"):
+        TrainingPipeline().execute(config, state)
+
+
+def test_var_over_the_memory_budget_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = main(
+        [
+            "--input-data",
+            "builtin:synthetic?n_variables=40&years=2&seed=1",
+            "--max-memory",
+            "1MB",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert "--model var with 40 variables and 5 lags needs about" in lines[-1]
+    assert "--model ar" in lines[-1] and "--model pooled" in lines[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_cross_over_more_than_a_hundred_series_is_refused() -> None:
+    path = write_panel(make_panel(seed=24, n_series=101, rows=40, n_exog=0, missing=0.0))
+    with pytest.raises(
+        ConfigError, match=r"cross over 101 series would count 10,100 ordered pairs"
+    ):
+        train(path, model="ar", rules=["cross"])
+    train(path, model="ar", rules=["cross(s0->s1)"], batch_size_days=400)
+
+
+def test_exog_missing_from_the_data_is_named() -> None:
+    path = write_panel(make_panel(seed=25, n_series=3, rows=60, n_exog=0, missing=0.0))
+    with pytest.raises(DataError, match="market"):
+        train(path, model="ar", exog=["market"])
