@@ -110,9 +110,10 @@ class _LongFile:
     def row_groups(self) -> list[_RowGroup]:
         """Every row group with its series and time statistics."""
         metadata = self._file.metadata
-        schema = self._file.schema_arrow
-        series = schema.get_field_index(self._columns.series)
-        time = schema.get_field_index(self._columns.time)
+        # Parquet leaf columns, not Arrow fields: they differ after a nested column
+        leaves = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+        series = leaves.index(self._columns.series)
+        time = leaves.index(self._columns.time)
         groups = []
         for g in range(metadata.num_row_groups):
             group = metadata.row_group(g)

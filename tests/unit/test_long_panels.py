@@ -268,3 +268,16 @@ def test_unknown_series_are_named(tmp_path: Path) -> None:
     source = open_source(write(tmp_path, good_rows(), "ok.parquet"))
     with pytest.raises(DataError, match=r"unknown variable 'zz'; the data has: a, b"):
         source.load(["a", "zz"], pd.Timestamp("2020-01-01"), pd.Timestamp("2020-01-02"))
+
+
+def test_statistics_are_found_after_a_nested_column(tmp_path: Path) -> None:
+    """Parquet leaf columns and Arrow fields differ after a struct: pruning must not mix them."""
+    rows = good_rows().assign(ds=pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-02"]))
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    tags = pa.array([{"source": "x", "quality": 1}] * len(rows))
+    pq.write_table(table.add_column(0, "tags", tags), tmp_path / "nested.parquet", row_group_size=2)
+    source = open_source(str(tmp_path / "nested.parquet"))
+    first, last = pd.Timestamp("2020-01-01"), pd.Timestamp("2020-01-02")
+    assert [groups for _, groups in source.plan(["b"], first, last)] == [[1]]
+    got = source.load(["b", "a"], first, last)
+    pd.testing.assert_frame_equal(got, reference(rows, ["b", "a"], "2020-01-01", "2020-01-02"))
