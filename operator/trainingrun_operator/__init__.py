@@ -8,4 +8,12 @@ two worlds is the ``pulse-train`` command line that the driver pod runs.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    # One distribution ships the pipeline and the operator: one version for both.
+    __version__ = version("pulse-recursive-training")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

@@ -18,6 +18,9 @@ LABEL_RUN: Final = f"{LABEL_PREFIX}trainingrun"
 LABEL_COMPONENT: Final = f"{LABEL_PREFIX}component"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 MANAGER: Final = "pulse-operator"
+# kopf's finalizer and annotation prefix for this operator, never kopf's shared defaults.
+KOPF_PREFIX: Final = f"operator.{GROUP}"
+FINALIZER: Final = f"{KOPF_PREFIX}/finalizer"
 
 DASK_GROUP: Final = "kubernetes.dask.org"
 DASK_VERSION: Final = "v1"

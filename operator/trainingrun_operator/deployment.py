@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from trainingrun_operator.constants import (
     DASK_CONTROLLER_NAME,
     DEFAULT_IMAGE,
     LABEL_MANAGED_BY,
     OPERATOR_NAME,
 )
+from trainingrun_operator.objects import Manifest
 from trainingrun_operator.settings import ENV_PREFIX, OperatorSettings
 from trainingrun_operator.workload import container_security_context, pod_security_context
 
-Manifest = dict[str, Any]
 HEALTH_PORT = 8080
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from trainingrun_operator import kube
 from trainingrun_operator.constants import ENV_RUN_NAME, ENV_RUN_NAMESPACE
-from trainingrun_operator.exceptions import DriverError
+from trainingrun_operator.exceptions import DriverError, KubeError
 
 log = logging.getLogger("trainingrun_operator.driver")
 POLL_S = 0.5
@@ -83,7 +83,7 @@ class StatusReporter:
                 found = await self.api.merge_patch(
                     kube.TRAINING_RUNS, self.namespace, self.name, {"status": fields}, "status"
                 )
-            except kube.KubeError as e:
+            except KubeError as e:
                 if attempt == PATCH_ATTEMPTS:
                     raise DriverError(
                         f"cannot patch TrainingRun {self.namespace}/{self.name}: {e}"

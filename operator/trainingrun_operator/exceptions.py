@@ -38,3 +38,30 @@ class SettingsError(OperatorError):
 
 class DriverError(OperatorError):
     """The driver could not run the pipeline or report its status."""
+
+
+class KubeError(OperatorError):
+    """The API server refused a call; carries its status code and message."""
+
+    def __init__(self, method: str, path: str, status: int, message: str) -> None:
+        """Keep the request and the server's answer."""
+        super().__init__(method, path, status, message)
+        self.status = status
+        self.message = message
+        self.request = f"{method} {path}"
+
+    def __str__(self) -> str:
+        """`METHOD path: HTTP status: message`."""
+        return f"{self.request}: HTTP {self.status}: {self.message}"
+
+
+class KubeUnreachableError(KubeError):
+    """The API server could not be reached at all (connection refused, reset, timed out)."""
+
+    def __init__(self, method: str, path: str, message: str) -> None:
+        """Keep the request and the transport's error; there is no HTTP status."""
+        super().__init__(method, path, 0, message)
+
+    def __str__(self) -> str:
+        """`METHOD path: API server unreachable: error`."""
+        return f"{self.request}: API server unreachable: {self.message}"

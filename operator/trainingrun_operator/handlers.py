@@ -28,13 +28,16 @@ from trainingrun_operator import kube
 from trainingrun_operator.constants import (
     DASK_GROUP,
     DASK_VERSION,
+    FINALIZER,
     GROUP,
+    KOPF_PREFIX,
     LABEL_MANAGED_BY,
     LABEL_RUN,
     MANAGER,
     PLURAL,
     VERSION,
 )
+from trainingrun_operator.exceptions import KubeError
 from trainingrun_operator.reconcile import PassQueue, sync_run
 from trainingrun_operator.settings import OperatorSettings
 
@@ -66,7 +69,7 @@ CHILD_LABELS: dict[str, str | MetaFilterToken] = {
 
 @kopf.on.startup()
 async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Tune kopf, read the operator settings, start the resync loop."""
+    """Tune kopf, connect, start the resync loop; the operator settings come in `memo`."""
     # Reconnect watches regularly: a silently dropped connection would stall events forever.
     settings.watching.server_timeout = 120
     settings.watching.client_timeout = 150
@@ -75,7 +78,14 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     settings.networking.request_timeout = 15
     # kopf's own Events only for warnings and errors; phase transitions are posted by sync_run.
     settings.posting.level = logging.WARNING
-    memo.settings = OperatorSettings.from_env()
+    # Our own finalizer and annotation names: kopf's defaults are shared with every other kopf
+    # operator (the Dask controller), and kopf removes a finalizer of its name that none of
+    # its handlers needs, so on DaskClusters it would fight the Dask controller's finalizer.
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
+    if "settings" not in memo:  # run as `kopf run -m trainingrun_operator.handlers`
+        memo.settings = OperatorSettings.from_env()
     memo.kube = await kube.Kube.connect()
     # The per-run pass queue and the counters, shared by all handlers (kopf gives each object a
     # shallow copy of this memo).
@@ -126,14 +136,14 @@ async def _resync_forever(memo: Any) -> None:
         for namespace in settings.namespaces or (None,):
             try:
                 runs = await memo.kube.list_objects(kube.TRAINING_RUNS, namespace)
-            except kube.KubeError:
+            except KubeError:
                 log.exception("resync: cannot list TrainingRuns; retrying next period")
                 continue
             for run in runs:
                 meta = run["metadata"]
                 try:
                     await _sync(memo, meta["namespace"], meta["name"])
-                except kube.KubeError:
+                except KubeError:
                     log.exception(
                         "resync of %s/%s failed; retrying next period",
                         meta["namespace"],

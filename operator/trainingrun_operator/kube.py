@@ -14,12 +14,15 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import httpx
+import kr8s
 import kr8s.asyncio
-from kr8s._api import Api
+from kr8s.asyncio import Api
 
 from trainingrun_operator.constants import API_VERSION, DASK_API_VERSION, PLURAL
+from trainingrun_operator.exceptions import KubeError, KubeUnreachableError
+from trainingrun_operator.objects import Manifest
 
-Manifest = dict[str, Any]
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 MAX_IN_FLIGHT = 16
 
@@ -38,21 +41,6 @@ TRAINING_RUNS = Resource(API_VERSION, PLURAL)
 SERVICE_ACCOUNTS = Resource("v1", "serviceaccounts")
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io/v1", "rolebindings")
 EVENTS = Resource("v1", "events")
-
-
-class KubeError(RuntimeError):
-    """The API server refused a call; carries its status code and message."""
-
-    def __init__(self, method: str, path: str, status: int, message: str) -> None:
-        """Keep the request and the server's answer."""
-        super().__init__(method, path, status, message)
-        self.status = status
-        self.message = message
-        self.request = f"{method} {path}"
-
-    def __str__(self) -> str:
-        """`METHOD path: HTTP status: message`."""
-        return f"{self.request}: HTTP {self.status}: {self.message}"
 
 
 class Kube:
@@ -85,13 +73,17 @@ class Kube:
     ) -> tuple[int, Manifest]:
         """One request; the status code and decoded body, raising on errors but 404 and 409."""
         content = None if body is None else json.dumps(body)
-        async with self._slots, self.api.call_api(
-            method, version=resource.api_version, namespace=namespace, url=url,
-            raise_for_status=False, content=content, headers=dict(headers or {}),
-        ) as response:  # fmt: skip
-            decoded: Manifest = response.json() if response.content else {}
+        path = f"{resource.plural} {namespace}/{url}"
+        try:
+            async with self._slots, self.api.call_api(
+                method, version=resource.api_version, namespace=namespace, url=url,
+                raise_for_status=False, content=content, headers=dict(headers or {}),
+            ) as response:  # fmt: skip
+                decoded: Manifest = response.json() if response.content else {}
+        except (httpx.TransportError, kr8s.APITimeoutError, OSError) as e:
+            # Refused, reset, timed out, DNS: the server may be restarting; callers retry.
+            raise KubeUnreachableError(method, path, f"{type(e).__name__}: {e}") from e
         if response.status_code >= 400 and response.status_code not in (404, 409):
-            path = f"{resource.plural} {namespace}/{url}"
             message = decoded.get("message", response.text)
             raise KubeError(method, path, response.status_code, message)
         return response.status_code, decoded

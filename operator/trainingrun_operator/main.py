@@ -1,8 +1,8 @@
 """``pulse-operator``: run the TrainingRun operator (kopf) with settings from flags and env.
 
-Flags override ``PULSE_OPERATOR_*`` variables; they are exported to the environment
-before the handlers module is imported, because kopf reads the resync interval when
-the timer is declared.
+Flags override ``PULSE_OPERATOR_*`` variables. The settings are built and validated once,
+here, and handed to the handlers in kopf's ``memo``; nothing is written back to the
+environment.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -18,7 +17,7 @@ from typing import NoReturn
 import kopf
 
 from trainingrun_operator.exceptions import SettingsError
-from trainingrun_operator.settings import ENV_PREFIX, OperatorSettings
+from trainingrun_operator.settings import OperatorSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,11 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {key: value for key, value in vars(args).items() if value is not None}
     if "namespaces" in overrides:
-        overrides["namespaces"] = ",".join(overrides["namespaces"])
-    for key, value in overrides.items():
-        os.environ[f"{ENV_PREFIX}{key.upper()}"] = str(value)
+        overrides["namespaces"] = tuple(overrides["namespaces"])
     try:
-        settings = OperatorSettings.from_env()
+        settings = OperatorSettings.from_env(**overrides)
     except SettingsError as e:
         print(f"pulse-operator: {e}", file=sys.stderr)
         return 1
@@ -57,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=settings.liveness_endpoint or None,
+        memo=kopf.Memo(settings=settings),
     )
     return 0
 

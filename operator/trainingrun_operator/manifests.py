@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -20,6 +19,7 @@ from trainingrun_operator.deployment import (
     build_dask_controller_deployment,
     build_operator_deployment,
 )
+from trainingrun_operator.objects import Manifest
 from trainingrun_operator.rbac import (
     build_dask_controller_rbac,
     build_driver_cluster_role,
@@ -27,7 +27,6 @@ from trainingrun_operator.rbac import (
 )
 from trainingrun_operator.settings import OperatorSettings
 
-Manifest = dict[str, Any]
 DASK_RESOURCES = ("daskcluster", "daskworkergroup", "daskjob", "daskautoscaler")
 
 

@@ -18,8 +18,7 @@ from trainingrun_operator.constants import (
     OPERATOR_NAME,
     PLURAL,
 )
-
-Manifest = dict[str, Any]
+from trainingrun_operator.objects import Manifest
 
 
 def _rule(groups: list[str], resources: list[str], verbs: list[str], **extra: Any) -> Manifest:

@@ -38,6 +38,7 @@ from trainingrun_operator.constants import (
     SUSPENDED,
 )
 from trainingrun_operator.exceptions import InvalidSpecError
+from trainingrun_operator.objects import Manifest
 from trainingrun_operator.rbac import build_driver_role_binding, build_service_account
 from trainingrun_operator.settings import OperatorSettings
 from trainingrun_operator.spec import RunSpec
@@ -47,8 +48,6 @@ from trainingrun_operator.workload import (
     cluster_name,
     job_name,
 )
-
-Manifest = dict[str, Any]
 
 
 class Action(enum.Enum):

@@ -27,10 +27,10 @@ from trainingrun_operator.constants import (
     RUN_AS_USER,
     SCHEDULER_PORT,
 )
+from trainingrun_operator.objects import Manifest
 from trainingrun_operator.settings import OperatorSettings
 from trainingrun_operator.spec import RunSpec, cli_arguments
 
-Manifest = dict[str, Any]
 TMP_VOLUME = "tmp"
 # The image's init (tini) goes first in every command a pod runs: as PID 1 it passes
 # SIGTERM on, so a deleted run's pods stop at once instead of after the grace period.
