@@ -48,12 +48,22 @@ FAILED: Final = "Failed"
 FINISHED_PHASES: Final = frozenset({SUCCEEDED, FAILED})
 
 # Condition types of status.conditions.
+# True from the moment a run may create its Dask cluster until it finishes or is suspended.
+CONDITION_ADMITTED: Final = "Admitted"
 CONDITION_READY: Final = "WorkloadReady"
 CONDITION_RUNNING: Final = "Running"
 CONDITION_SUSPENDED: Final = "Suspended"
 CONDITION_COMPLETE: Final = "Complete"
 CONDITION_FAILED: Final = "Failed"
 
-# Environment of the driver container: where it reports to.
+# Environment of the driver container: where it reports to, where it leaves its last word.
 ENV_RUN_NAME: Final = "PULSE_TRAININGRUN_NAME"
 ENV_RUN_NAMESPACE: Final = "PULSE_TRAININGRUN_NAMESPACE"
+ENV_TERMINATION_MESSAGE_PATH: Final = "PULSE_TERMINATION_MESSAGE_PATH"
+TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
+
+# Labels the dask-kubernetes controller puts on the pods of a DaskCluster.
+DASK_LABEL_CLUSTER: Final = "dask.org/cluster-name"
+DASK_LABEL_COMPONENT: Final = "dask.org/component"
+# Label the Job controller puts on the pods of a Job: the Job's UID.
+JOB_LABEL_CONTROLLER_UID: Final = "batch.kubernetes.io/controller-uid"

@@ -25,11 +25,26 @@ RULE_PATTERN: Final = (
 RULE_MESSAGE: Final = (
     "unknown rule; known rules: momentum(W), mean_reversion(W), cross, cross(U->V), model"
 )
-# Changing these mid-run would mix two different trainings in one checkpoint and result.
+# Changing these mid-run would mix two different trainings in one checkpoint and result,
+# or (image, scheduling) could only take effect on pods that already run: refused rather
+# than accepted and ignored. dask.workers, activeDeadlineSeconds, backoffLimit, suspend and
+# ttlSecondsAfterFinished may change: the operator applies them to the running run.
 IMMUTABLE_FIELDS: Final = (
     "variables", "startDate", "endDate", "batchSizeDays", "horizon", "lags", "ridgeAlpha",
-    "halfLifeDays", "rules", "data", "output", "resumeFrom",
+    "halfLifeDays", "rules", "data", "output", "resumeFrom", "image", "serviceAccountName",
+    "nodeSelector", "tolerations",
 )  # fmt: skip
+IMMUTABLE_DASK_FIELDS: Final = ("minWorkers", "threads", "resources", "image")
+# A Kubernetes resource.Quantity ("500m", "2Gi", 1), as controller-gen writes its pattern.
+QUANTITY_PATTERN: Final = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
+    r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+# Bounds on strings and lists: every value reaches the driver's command line, whose single
+# arguments the kernel caps at 128 KiB; with these the longest is below 70 KiB.
+URI_MAX: Final = 2048
+NAME_MAX: Final = 253
+VARIABLES_MAX: Final = 256
 
 
 def _string(description: str, **extra: Any) -> Schema:
@@ -48,15 +63,6 @@ def _integer(description: str, minimum: int, **extra: Any) -> Schema:
     }
 
 
-def _free_object(description: str) -> Schema:
-    """An object Kubernetes checks itself once it is in a pod spec (resources, tolerations)."""
-    return {
-        "type": "object",
-        "description": description,
-        "x-kubernetes-preserve-unknown-fields": True,
-    }
-
-
 def _immutable(schema: Schema, name: str) -> Schema:
     """Add a transition rule that forbids changing `name` once set."""
     rule = {"rule": "self == oldSelf", "message": f"{name} is immutable once the run exists"}
@@ -66,18 +72,82 @@ def _immutable(schema: Schema, name: str) -> Schema:
     }
 
 
+def _presence_rules(names: tuple[str, ...], prefix: str = "") -> list[Schema]:
+    """Transition rules that forbid adding or removing the optional fields `names`."""
+    return [
+        {
+            "rule": f"has(self.{name}) == has(oldSelf.{name})",
+            "message": f"{prefix}{name} is immutable once the run exists",
+        }
+        for name in names
+    ]
+
+
+def _quantities(description: str) -> Schema:
+    """A map of resource name to quantity, checked by the API server, not at pod creation."""
+    quantity = {
+        "x-kubernetes-int-or-string": True,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "pattern": QUANTITY_PATTERN,
+    }
+    return {
+        "type": "object",
+        "description": description,
+        "additionalProperties": quantity,
+        "maxProperties": 16,
+    }
+
+
+def _resources_schema() -> Schema:
+    """spec.dask.resources: requests and limits, as in a container."""
+    return {
+        "type": "object",
+        "description": "Requests and limits of each scheduler and worker pod.",
+        "properties": {
+            "requests": _quantities("Resources each pod is guaranteed, e.g. cpu: 500m."),
+            "limits": _quantities("Resources each pod may use at most, e.g. memory: 2Gi."),
+        },
+    }
+
+
+def _toleration_schema() -> Schema:
+    """One toleration, with the fields of core/v1 Toleration."""
+    return {
+        "type": "object",
+        "description": "A toleration.",
+        "properties": {
+            "key": _string("Taint key.", maxLength=NAME_MAX),
+            "operator": _string("Exists or Equal.", enum=["Exists", "Equal"]),
+            "value": _string("Taint value.", maxLength=63),
+            "effect": _string(
+                "Taint effect.", enum=["NoSchedule", "PreferNoSchedule", "NoExecute"]
+            ),
+            "tolerationSeconds": {
+                "type": "integer",
+                "format": "int64",
+                "description": "Seconds a NoExecute taint is tolerated.",
+            },
+        },
+    }
+
+
 def _data_schema() -> Schema:
     """spec.data: where the time series come from."""
     return {
         "type": "object",
         "description": "Input data: builtin:synthetic, builtin:macro, a path or s3:// URI.",
         "properties": {
-            "uri": _string("Data source URI.", default="builtin:synthetic", minLength=1),
+            "uri": _string(
+                "Data source URI.", default="builtin:synthetic", minLength=1, maxLength=URI_MAX
+            ),
             "format": _string("File format.", enum=["auto", "csv", "parquet"], default="auto"),
             "credentialsSecret": _string(
-                "Secret whose AWS_* keys are given to the pods (envFrom) to read the data."
+                "Secret whose AWS_* keys are given to the pods (envFrom) to read the data.",
+                maxLength=NAME_MAX,
             ),
-            "endpoint": _string("S3-compatible endpoint URL (MinIO, Ceph).", pattern="^https?://"),
+            "endpoint": _string(
+                "S3-compatible endpoint URL (MinIO, Ceph).", pattern="^https?://", maxLength=URI_MAX
+            ),
         },
     }
 
@@ -90,25 +160,48 @@ def _output_schema() -> Schema:
         "required": ["uri"],
         "properties": {
             "uri": _string(
-                "Output folder: a path on a mounted volume or s3://bucket/prefix.", minLength=1
+                "Output folder: a path on a mounted volume or s3://bucket/prefix.",
+                minLength=1,
+                maxLength=URI_MAX,
             ),
-            "credentialsSecret": _string("Secret whose AWS_* keys are used to write the output."),
+            "credentialsSecret": _string(
+                "Secret whose AWS_* keys are used to write the output.", maxLength=NAME_MAX
+            ),
         },
     }
 
 
 def _dask_schema() -> Schema:
     """spec.dask: the ephemeral Dask cluster."""
+    properties: dict[str, Schema] = {
+        "workers": _integer(
+            "Number of Dask workers; may change while the run runs.", 1, default=2, maximum=1000
+        ),
+        "minWorkers": _integer(
+            "Workers that must run before the driver starts; default: all of workers.",
+            1,
+            maximum=1000,
+        ),
+        "threads": _integer("Threads per worker.", 1, default=1, maximum=256),
+        "resources": _resources_schema(),
+        "image": _string(
+            "Image of scheduler and workers; default: spec.image.", maxLength=NAME_MAX * 2
+        ),
+    }
+    for name in IMMUTABLE_DASK_FIELDS:
+        properties[name] = _immutable(properties[name], f"dask.{name}")
     return {
         "type": "object",
         "description": "The Dask cluster started for the run and deleted when it ends.",
         "default": {},
-        "properties": {
-            "workers": _integer("Number of Dask workers.", 1, default=2, maximum=1000),
-            "threads": _integer("Threads per worker.", 1, default=1, maximum=256),
-            "resources": _free_object("Requests and limits of each scheduler and worker pod."),
-            "image": _string("Image of scheduler and workers; default: spec.image."),
-        },
+        "properties": properties,
+        "x-kubernetes-validations": [
+            {
+                "rule": "!has(self.minWorkers) || self.minWorkers <= self.workers",
+                "message": "dask.minWorkers must not exceed dask.workers",
+            },
+            *_presence_rules(IMMUTABLE_DASK_FIELDS, "dask."),
+        ],
     }
 
 
@@ -118,8 +211,9 @@ def build_spec_schema() -> Schema:
         "variables": {
             "type": "array",
             "description": "Variables (columns) to model; default: every variable in the data.",
-            "items": {"type": "string", "minLength": 1},
+            "items": {"type": "string", "minLength": 1, "maxLength": NAME_MAX},
             "minItems": 1,
+            "maxItems": VARIABLES_MAX,
             "x-kubernetes-list-type": "set",
         },
         "startDate": _string(
@@ -159,23 +253,37 @@ def build_spec_schema() -> Schema:
         "data": {**_data_schema(), "default": {}},
         "output": _output_schema(),
         "dask": _dask_schema(),
-        "image": _string("Image of the driver (and of Dask pods unless dask.image is set)."),
+        "image": _string(
+            "Image of the driver (and of Dask pods unless dask.image is set).",
+            maxLength=NAME_MAX * 2,
+        ),
         "serviceAccountName": _string(
-            "ServiceAccount of the driver pod; it must be allowed to patch trainingruns/status."
+            "ServiceAccount of the driver pod; it must be allowed to patch trainingruns/status.",
+            maxLength=NAME_MAX,
         ),
         "nodeSelector": {
             "type": "object",
             "description": "Node selector of every pod of the run.",
-            "additionalProperties": {"type": "string"},
+            "additionalProperties": {"type": "string", "maxLength": 63},
+            "maxProperties": 64,
         },
         "tolerations": {
             "type": "array",
             "description": "Tolerations of every pod of the run.",
-            "items": _free_object("A toleration."),
+            "items": _toleration_schema(),
+            "maxItems": 64,
         },
-        "activeDeadlineSeconds": _integer("Fail the run when it has been active this long.", 1),
+        "activeDeadlineSeconds": _integer(
+            "Fail the run when its driver has been active this long; may change while it runs.", 1
+        ),
+        "startupDeadlineSeconds": _integer(
+            "Fail the run when it has not started this long after its creation (it waits for "
+            "its turn and for capacity until then); default: wait as long as it takes.",
+            1,
+        ),
         "backoffLimit": _integer(
-            "Driver retries before the run fails; a retry resumes from checkpoints.",
+            "Driver retries before the run fails; a retry resumes from checkpoints. May change "
+            "while the run runs.",
             0,
             default=2,
             maximum=100,
@@ -189,18 +297,14 @@ def build_spec_schema() -> Schema:
             "description": "Pause the run: its pods are deleted until resumed.",
         },
         "resumeFrom": _string(
-            "State file of an earlier run to continue learning from.", minLength=1
+            "State file of an earlier run to continue learning from.",
+            minLength=1,
+            maxLength=URI_MAX,
         ),
     }
     for name in IMMUTABLE_FIELDS:
         properties[name] = _immutable(properties[name], name)
-    presence_rules = [
-        {
-            "rule": f"has(self.{name}) == has(oldSelf.{name})",
-            "message": f"{name} is immutable once the run exists",
-        }
-        for name in IMMUTABLE_FIELDS
-    ]
+    presence_rules = _presence_rules(IMMUTABLE_FIELDS)
     return {
         "type": "object",
         "required": ["output"],

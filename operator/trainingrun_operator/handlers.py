@@ -160,11 +160,16 @@ async def trainingrun_event(
         await _sync(memo, namespace, name)
 
 
+@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
 @kopf.on.event(DASK_GROUP, DASK_VERSION, "daskclusters", labels=CHILD_LABELS)
 async def trainingrun_child_event(
     namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any
 ) -> None:
-    """A driver Job or Dask cluster changed (pods ran, failed, finished): reconcile its run."""
+    """A driver Job, Dask cluster or one of their pods changed: reconcile its run.
+
+    Pods of both carry the run's labels (the Dask controller copies the DaskCluster's); a
+    starting run waits for them to be placed and to run, and says why they are not.
+    """
     if namespace:
         await _sync(memo, namespace, labels[LABEL_RUN])

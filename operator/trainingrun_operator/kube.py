@@ -41,6 +41,7 @@ TRAINING_RUNS = Resource(API_VERSION, PLURAL)
 SERVICE_ACCOUNTS = Resource("v1", "serviceaccounts")
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io/v1", "rolebindings")
 EVENTS = Resource("v1", "events")
+PODS = Resource("v1", "pods")
 
 
 class Kube:
@@ -120,16 +121,29 @@ class Kube:
         status, body = await self._call("PATCH", resource, namespace, url, patch, MERGE_PATCH)
         return None if status == 404 else body
 
-    async def delete(self, resource: Resource, namespace: str, name: str) -> bool:
-        """Delete the object, its dependents in the background; False when already gone."""
-        options = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+    async def delete(
+        self, resource: Resource, namespace: str, name: str, uid: str | None = None
+    ) -> bool:
+        """Delete the object (only if its UID is `uid`, when given), dependents in the background.
+
+        False when it is already gone; a UID precondition that fails (the name now belongs
+        to a newer object) counts as gone too.
+        """
+        options: Manifest = {
+            "apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background",
+        }  # fmt: skip
+        if uid is not None:
+            options["preconditions"] = {"uid": uid}
         url = f"{resource.plural}/{name}"
         status, _ = await self._call("DELETE", resource, namespace, url, options)
-        return status != 404
+        return status not in (404, 409)
 
-    async def list_objects(self, resource: Resource, namespace: str | None) -> list[Manifest]:
-        """Every object of `resource` in `namespace` (all namespaces when None)."""
-        _, body = await self._call("GET", resource, namespace, resource.plural)
+    async def list_objects(
+        self, resource: Resource, namespace: str | None, selector: str = ""
+    ) -> list[Manifest]:
+        """Every object of `resource` in `namespace` (all namespaces when None), by label."""
+        url = resource.plural + (f"?labelSelector={selector}" if selector else "")
+        _, body = await self._call("GET", resource, namespace, url)
         found: list[Manifest] = body.get("items", [])
         return found
 

@@ -38,10 +38,17 @@ def operator_rules() -> list[Manifest]:
         _rule([GROUP], [PLURAL], ["get", "list", "watch", "delete"]),
         # Application: phase, conditions and attempts.
         _rule([GROUP], [f"{PLURAL}/status"], ["get", "patch"]),
-        # Application: the driver Job, watched for its pods' fate; suspend and resume are patches.
-        _rule(["batch"], ["jobs"], ["get", "list", "watch", "create", "patch"]),
-        # Application: the run's Dask cluster, watched; deleted when the run ends or is suspended.
-        _rule([DASK_GROUP], ["daskclusters"], ["get", "list", "watch", "create", "delete"]),
+        # Application: the driver Job, watched for its pods' fate; suspend, resume, deadline and
+        # retry limit are patches; a Job left by an earlier run of the same name is deleted.
+        _rule(["batch"], ["jobs"], ["get", "list", "watch", "create", "patch", "delete"]),
+        # Application: the run's Dask cluster, watched; workers scaled (patch) to the spec;
+        # deleted when the run ends or is suspended.
+        _rule(
+            [DASK_GROUP], ["daskclusters"], ["get", "list", "watch", "create", "patch", "delete"]
+        ),
+        # Application: the run's pods, watched; a starting run waits for its Dask pods and
+        # reports why they are not placed, a failed run shows its driver's termination message.
+        _rule([""], ["pods"], ["get", "list", "watch"]),
         # Application: the driver's ServiceAccount and its RoleBinding in each run namespace.
         _rule([""], ["serviceaccounts"], ["get", "create"]),
         _rule(["rbac.authorization.k8s.io"], ["rolebindings"], ["get", "create"]),

@@ -40,6 +40,8 @@ class RunSpec:
     rules: tuple[str, ...] = ()
     resume_from: str | None = None
     workers: int = 2
+    # Workers that must run before the driver starts; None: all of `workers`.
+    min_workers: int | None = None
     threads: int = 1
     dask_resources: Mapping[str, Any] | None = None
     dask_image: str | None = None
@@ -48,6 +50,7 @@ class RunSpec:
     node_selector: Mapping[str, str] | None = None
     tolerations: tuple[Mapping[str, Any], ...] = ()
     active_deadline_seconds: int | None = None
+    startup_deadline_seconds: int | None = None
     backoff_limit: int = 2
     ttl_seconds_after_finished: int | None = None
     suspend: bool = False
@@ -83,6 +86,7 @@ class RunSpec:
             rules=tuple(spec.get("rules", ())),
             resume_from=spec.get("resumeFrom"),
             workers=dask.get("workers", cls.workers),
+            min_workers=dask.get("minWorkers"),
             threads=dask.get("threads", cls.threads),
             dask_resources=dask.get("resources"),
             dask_image=dask.get("image"),
@@ -91,10 +95,16 @@ class RunSpec:
             node_selector=spec.get("nodeSelector"),
             tolerations=tuple(spec.get("tolerations", ())),
             active_deadline_seconds=spec.get("activeDeadlineSeconds"),
+            startup_deadline_seconds=spec.get("startupDeadlineSeconds"),
             backoff_limit=spec.get("backoffLimit", cls.backoff_limit),
             ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
             suspend=bool(spec.get("suspend", False)),
         )
+
+    @property
+    def workers_to_start(self) -> int:
+        """Running workers the Dask cluster needs before the driver starts."""
+        return min(self.workers, self.min_workers or self.workers)
 
     @property
     def checkpoint_uri(self) -> str:

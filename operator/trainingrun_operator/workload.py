@@ -210,6 +210,9 @@ def build_driver_job(run: RunSpec, settings: OperatorSettings) -> Manifest:
             },
         ],
         "resources": settings.default_resources,
+        # The driver leaves the pipeline's one-line error in the default termination message
+        # file; should it die before it can, the end of its log is the message instead.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     env_from = _credentials_env_from(run)
     if env_from:

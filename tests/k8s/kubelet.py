@@ -65,8 +65,12 @@ def _container_statuses(pod: dict[str, Any], state: dict[str, Any], ready: bool)
     ]  # fmt: skip
 
 
-def set_phase(plane: ControlPlane, pod: dict[str, Any], phase: str) -> None:
-    """Report `pod` as Running (and Ready), Succeeded (exit 0) or Failed (exit 1)."""
+def set_phase(plane: ControlPlane, pod: dict[str, Any], phase: str, message: str = "") -> None:
+    """Report `pod` as Running (and Ready), Succeeded (exit 0) or Failed (exit 1).
+
+    `message` is the container's termination message, as a kubelet reads it from the
+    container's terminationMessagePath.
+    """
     if phase == "Running":
         state: dict[str, Any] = {"running": {"startedAt": NOW}}
     else:
@@ -75,6 +79,8 @@ def set_phase(plane: ControlPlane, pod: dict[str, Any], phase: str) -> None:
         state = {
             "terminated": {"exitCode": code, "reason": reason, "startedAt": NOW, "finishedAt": NOW}
         }
+        if message:
+            state["terminated"]["message"] = message
     ready = phase == "Running"
     flag = "True" if ready else "False"
     conditions = [
@@ -90,6 +96,18 @@ def set_phase(plane: ControlPlane, pod: dict[str, Any], phase: str) -> None:
         "containerStatuses": _container_statuses(pod, state, ready),
         "startTime": NOW,
     }
+    _patch_status(plane, pod, status)
+
+
+def set_unschedulable(plane: ControlPlane, pod: dict[str, Any], message: str) -> None:
+    """Report `pod` as kube-scheduler does when no node has room for it."""
+    condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": message, "lastTransitionTime": NOW}  # fmt: skip
+    _patch_status(plane, pod, {"phase": "Pending", "conditions": [condition]})
+
+
+def _patch_status(plane: ControlPlane, pod: dict[str, Any], status: dict[str, Any]) -> None:
+    """Merge-patch the pod's status subresource."""
     meta = pod["metadata"]
     plane.kubectl(
         "patch", "pod", meta["name"], f"--namespace={meta['namespace']}", "--subresource=status",

@@ -177,6 +177,22 @@ def test_toggles_leave_out_what_they_disable(assets: Path) -> None:
     assert not by_kind(no_rbac, "ClusterRole") and not by_kind(no_rbac, "ClusterRoleBinding")
 
 
+def test_uninstall_first_deletes_the_runs_as_the_operator(assets: Path) -> None:
+    """A pre-delete hook Job runs trainingrun_operator.uninstall under the operator's account."""
+    objects = render(assets, "--set=operator.watchNamespaces={research}")
+    hook = by_kind(objects, "Job")["pulse-pulse-recursive-training-uninstall"]
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    pod = hook["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "pulse-pulse-recursive-training"
+    (container,) = pod["containers"]
+    assert container["command"] == [
+        "python", "-m", "trainingrun_operator.uninstall", "--timeout-seconds=300",
+    ]  # fmt: skip
+    assert container["env"] == [{"name": "PULSE_OPERATOR_NAMESPACES", "value": "research"}]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert not by_kind(render(assets, "--set=uninstall.deleteRuns=false"), "Job")
+
+
 def test_irsa_example_binds_an_annotated_run_service_account(assets: Path) -> None:
     """The S3/IRSA example: an annotated ServiceAccount bound to the driver ClusterRole."""
     objects = render(assets, f"--values={IRSA_VALUES}")

@@ -65,6 +65,14 @@ def test_printer_columns_and_short_name(pulse_install: ControlPlane, namespace: 
         ({"rules": ["tarot"]}, "spec.rules[0]"),
         ({"output": {}}, 'spec.output.uri: Required value'),
         ({"data": {"format": "xlsx"}}, 'spec.data.format: Unsupported value: "xlsx"'),
+        # Caught here, not by the Dask pods' creation at run time with a generic message.
+        ({"dask": {"resources": {"requests": {"cpu": "lots"}}}},
+         "spec.dask.resources.requests.cpu in body should match"),
+        ({"dask": {"workers": 1, "minWorkers": 2}}, "dask.minWorkers must not exceed"),
+        # What would not fit on the driver's command line ("argument list too long").
+        ({"variables": ["v" * 254]}, "spec.variables[0]: Too long"),
+        ({"variables": [f"v{i}" for i in range(257)]}, "spec.variables: Too many"),
+        ({"data": {"uri": "s3://b/" + "k" * 2048}}, "spec.data.uri: Too long"),
     ],
 )  # fmt: skip
 def test_invalid_specs_are_rejected_with_readable_messages(
@@ -89,6 +97,25 @@ def test_training_fields_are_immutable_but_suspend_is_not(
     paused = training_run(namespace, variables=["a", "b"], lags=3, suspend=True)
     stored = plane.apply({**paused, "spec": {**paused["spec"], "ttlSecondsAfterFinished": 60}})
     assert stored["spec"]["suspend"] is True
+    # What the operator cannot apply to a run's pods is refused, not accepted and ignored.
+    threads = rejection(plane, training_run(namespace, variables=["a", "b"], lags=3,
+                                            dask={"threads": 4}))  # fmt: skip
+    assert "dask.threads is immutable once the run exists" in threads
+    image = rejection(plane, training_run(namespace, variables=["a", "b"], lags=3, image="x:1"))
+    assert "image is immutable once the run exists" in image
+    # What it applies may change: workers, deadline, retries.
+    edited = training_run(namespace, variables=["a", "b"], lags=3, dask={"workers": 5},
+                          activeDeadlineSeconds=600, backoffLimit=4)  # fmt: skip
+    assert plane.apply(edited)["spec"]["dask"]["workers"] == 5
+
+
+def test_resource_quantities_may_be_strings_or_integers(
+    pulse_install: ControlPlane, namespace: str
+) -> None:
+    """dask.resources takes Kubernetes quantities as a container does."""
+    resources = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": 1}}
+    stored = pulse_install.apply(training_run(namespace, dask={"resources": resources}))
+    assert stored["spec"]["dask"]["resources"] == resources
 
 
 @pytest.mark.parametrize(

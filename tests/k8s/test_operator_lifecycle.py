@@ -48,25 +48,61 @@ def condition(run_status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(c for c in run_status["conditions"] if c["type"] == kind)
 
 
-def wait_workload(plane: ControlPlane, namespace: str, name: str = "run") -> dict[str, Any]:
-    """Wait until the run's DaskCluster, its scheduler and workers, and its driver pod exist."""
-    eventually(lambda: get(plane, "daskcluster", f"{name}-dask", namespace), WAIT_S, "DaskCluster")
-    workers = f"dask.org/cluster-name={name}-dask,dask.org/component=worker"
-    eventually(
-        lambda: items(plane, "pods", namespace, workers), WAIT_S, "the Dask controller's workers"
+def dask_pods(plane: ControlPlane, namespace: str, component: str, name: str = "run") -> list[Any]:
+    """The live scheduler or worker pods of the run's DaskCluster."""
+    selector = f"dask.org/cluster-name={name}-dask,dask.org/component={component}"
+    pods = items(plane, "pods", namespace, selector)
+    return [pod for pod in pods if not pod["metadata"].get("deletionTimestamp")]
+
+
+def start_dask(plane: ControlPlane, namespace: str, name: str = "run") -> None:
+    """Wait for the run's DaskCluster and all its pods, and report them Running."""
+    cluster = eventually(
+        lambda: get(plane, "daskcluster", f"{name}-dask", namespace), WAIT_S, "DaskCluster"
     )
+    replicas = cluster["spec"]["worker"]["replicas"]
+    scheduler = eventually(
+        lambda: dask_pods(plane, namespace, "scheduler", name), WAIT_S, "the scheduler pod"
+    )
+    workers = eventually(
+        lambda: (found := dask_pods(plane, namespace, "worker", name)) and len(found) >= replicas
+        and found,
+        WAIT_S,
+        "the Dask controller's workers",
+    )  # fmt: skip
+    for pod in [*scheduler, *workers]:
+        set_phase(plane, pod, "Running")
+
+
+def wait_workload(plane: ControlPlane, namespace: str, name: str = "run") -> dict[str, Any]:
+    """Run the run's Dask pods, then wait for its driver pod (made only once Dask runs)."""
+    start_dask(plane, namespace, name)
     pods = eventually(lambda: job_pods(plane, namespace, f"{name}-driver"), WAIT_S, "driver pod")
     return pods[-1]
 
 
+def phases(plane: ControlPlane, namespace: str, name: str = "run") -> list[str]:
+    """The phases the run passed, from its transition Events, oldest first."""
+    known = {"Pending", "Provisioning", "Running", "Suspended", "Succeeded", "Failed"}
+    return [reason for reason in events(plane, namespace, name) if reason in known]
+
+
+def run_events(
+    plane: ControlPlane, namespace: str, name: str = "run", uid: str = ""
+) -> list[dict[str, Any]]:
+    """The Events posted on the run (on the one with `uid`, when given), oldest first."""
+    selector = f"involvedObject.kind=TrainingRun,involvedObject.name={name}"
+    if uid:
+        selector += f",involvedObject.uid={uid}"
+    listed = plane.kubectl_json("get", "events", f"--namespace={namespace}",
+                                f"--field-selector={selector}")  # fmt: skip
+    # resourceVersion orders writes; the timestamps have one-second resolution.
+    return sorted(listed["items"], key=lambda e: int(e["metadata"]["resourceVersion"]))
+
+
 def events(plane: ControlPlane, namespace: str, name: str = "run") -> list[str]:
     """Reasons of the Events posted on the run, oldest first."""
-    listed = plane.kubectl_json(
-        "get", "events", f"--namespace={namespace}",
-        f"--field-selector=involvedObject.kind=TrainingRun,involvedObject.name={name}",
-    )  # fmt: skip
-    ordered = sorted(listed["items"], key=lambda e: e.get("firstTimestamp") or e["eventTime"])
-    return [event["reason"] for event in ordered]
+    return [event["reason"] for event in run_events(plane, namespace, name)]
 
 
 def patch_status_as_driver(plane: ControlPlane, namespace: str, patch: dict[str, Any]) -> None:
@@ -139,6 +175,8 @@ def test_happy_path_to_succeeded(
     assert {"Provisioning", "Running", "Succeeded", "DeleteCluster"} <= set(
         events(plane, namespace)
     )
+    # Forward only: no Provisioning again when the driver's pod stops before the Job completes.
+    assert phases(plane, namespace) == ["Pending", "Provisioning", "Running", "Succeeded"]
 
 
 def test_driver_may_only_patch_run_status(
@@ -147,7 +185,7 @@ def test_driver_may_only_patch_run_status(
     """The driver's ServiceAccount can patch the status but not the spec, nor read Secrets."""
     plane = pulse_install
     plane.apply(training_run(namespace))
-    wait_phase(plane, namespace, "Provisioning")
+    wait_workload(plane, namespace)
     kubeconfig = plane.kubeconfig_for_service_account(namespace, "pulse-trainingrun-driver")
     with pytest.raises(KubectlError, match=r'cannot (get|patch) resource "trainingruns"'):
         plane.kubectl(

@@ -10,11 +10,14 @@ in the real API server under the driver ServiceAccount's RBAC.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from .conftest import OperatorProcess
 from .controlplane import ControlPlane, free_port
 from .kubelet import eventually, items, job_pods, set_phase
 from .test_operator_crd import training_run
-from .test_operator_lifecycle import WAIT_S, wait_phase
+from .test_operator_lifecycle import WAIT_S, status, wait_phase
 
 pytestmark = pytest.mark.k8s
 
@@ -115,6 +118,32 @@ def one_pod(plane: ControlPlane, namespace: str, selector: str) -> dict[str, Any
     return eventually(lambda: items(plane, "pods", namespace, selector), WAIT_S, selector)[0]
 
 
+def start_local_dask(plane: ControlPlane, namespace: str, local_pods: LocalPods) -> None:
+    """Run the DaskCluster's scheduler and worker pods here and report them Running."""
+    cluster = "dask.org/cluster-name=run-dask"
+    scheduler = one_pod(plane, namespace, f"{cluster},dask.org/component=scheduler")
+    worker = one_pod(plane, namespace, f"{cluster},dask.org/component=worker")
+    dashboard = {"--dashboard-address=:8787": f"--dashboard-address=127.0.0.1:{free_port()}"}
+    port = {"--port=8786": f"--port={local_pods.port}"}
+    local_pods.run(scheduler, {}, {**dashboard, **port})
+    set_phase(plane, scheduler, "Running")
+    local_pods.run(worker, {}, {})
+    set_phase(plane, worker, "Running")
+
+
+def driver_pod(plane: ControlPlane, namespace: str) -> dict[str, Any]:
+    """The driver's pod, which exists once the Dask cluster runs."""
+    return eventually(lambda: job_pods(plane, namespace, "run-driver"), WAIT_S, "driver pod")[0]
+
+
+def synthetic_run(namespace: str, output: Path, **spec: Any) -> dict[str, Any]:
+    """A small synthetic run on one worker, its results in `output`."""
+    return training_run(
+        namespace, data={"uri": "builtin:synthetic?n_variables=3&years=6&seed=3"},
+        output={"uri": str(output)}, batchSizeDays=365, dask={"workers": 1}, **spec,
+    )  # fmt: skip
+
+
 def test_the_created_pods_run_the_real_pipeline_and_report_to_the_run(
     pulse_install: ControlPlane, pulse_operator: OperatorProcess, namespace: str,
     local_pods: LocalPods, tmp_path: Path,
@@ -122,22 +151,10 @@ def test_the_created_pods_run_the_real_pipeline_and_report_to_the_run(
     """A synthetic run goes to Succeeded with the results and progress the pipeline wrote."""
     plane = pulse_install
     output = tmp_path / "output"
-    plane.apply(training_run(
-        namespace, data={"uri": "builtin:synthetic?n_variables=3&years=6&seed=3"},
-        output={"uri": str(output)}, batchSizeDays=365, dask={"workers": 1},
-    ))  # fmt: skip
-    cluster = "dask.org/cluster-name=run-dask"
-    scheduler = one_pod(plane, namespace, f"{cluster},dask.org/component=scheduler")
-    worker = one_pod(plane, namespace, f"{cluster},dask.org/component=worker")
-    driver = eventually(lambda: job_pods(plane, namespace, "run-driver"), WAIT_S, "driver pod")[0]
+    plane.apply(synthetic_run(namespace, output))
+    start_local_dask(plane, namespace, local_pods)
+    driver = driver_pod(plane, namespace)
     driver_kubeconfig = plane.kubeconfig_for_service_account(namespace, "pulse-trainingrun-driver")
-
-    dashboard = {"--dashboard-address=:8787": f"--dashboard-address=127.0.0.1:{free_port()}"}
-    port = {"--port=8786": f"--port={local_pods.port}"}
-    local_pods.run(scheduler, {}, {**dashboard, **port})
-    set_phase(plane, scheduler, "Running")
-    local_pods.run(worker, {}, {})
-    set_phase(plane, worker, "Running")
     process = local_pods.run(driver, {"KUBECONFIG": str(driver_kubeconfig)}, {})
     set_phase(plane, driver, "Running")
     wait_phase(plane, namespace, "Running")
@@ -170,3 +187,136 @@ def test_the_created_pods_run_the_real_pipeline_and_report_to_the_run(
         progress["summary"] == f"evaluation {progress['batchesTotal']}/{progress['batchesTotal']}"
     )
     assert any((output / "checkpoints").rglob("*.npz")), "the driver passed --checkpoint-dir"
+
+
+class CuttableProxy:
+    """A TCP relay to the API server that the test can cut and restore, as a restart would.
+
+    Cut: the listening socket and every relayed connection close, so the driver's calls
+    fail with connection errors (refused, reset) exactly as while an API server restarts.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        """Relay 127.0.0.1:<port> to 127.0.0.1:`target_port`; not listening until restore()."""
+        self.target_port = target_port
+        self.port = free_port()
+        self.listener: socket.socket | None = None
+        self.connections: list[socket.socket] = []
+        self.lock = threading.Lock()
+
+    def restore(self) -> None:
+        """Listen (again) and relay every new connection."""
+        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        """Stop listening and close every relayed connection."""
+        with self.lock:
+            doomed, self.connections = self.connections, []
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        for connection in doomed:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        """Relay connections until the listener is closed."""
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.connections += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        """Copy bytes one way until either side closes."""
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_run_that_finishes_while_the_api_server_is_unreachable_reports_success(
+    pulse_install: ControlPlane, pulse_operator: OperatorProcess, namespace: str,
+    local_pods: LocalPods, tmp_path: Path,
+) -> None:  # fmt: skip
+    """Reporting is best effort: the driver outlives the outage and reports once it is over.
+
+    The driver reaches the API server through a relay that is cut after its first
+    progress report and restored only after the pipeline wrote its results: its patches
+    fail with connection errors meanwhile, and it must neither die nor exit non-zero.
+    """
+    plane = pulse_install
+    output = tmp_path / "output"
+    plane.apply(synthetic_run(namespace, output, backoffLimit=0))
+    start_local_dask(plane, namespace, local_pods)
+    driver = driver_pod(plane, namespace)
+    kubeconfig = plane.kubeconfig_for_service_account(namespace, "pulse-trainingrun-driver")
+    config = json.loads(kubeconfig.read_text())
+    proxy = CuttableProxy(int(config["clusters"][0]["cluster"]["server"].rsplit(":", 1)[1]))
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+    relayed = tmp_path / "relayed.kubeconfig"
+    relayed.write_text(json.dumps(config))
+    proxy.restore()
+    process = local_pods.run(driver, {"KUBECONFIG": str(relayed)}, {})
+    set_phase(plane, driver, "Running")
+    eventually(lambda: status(plane, namespace).get("progress"), RUN_TIMEOUT_S, "first progress")
+    proxy.cut()
+    eventually(lambda: (output / "results.json").is_file(), RUN_TIMEOUT_S, "the results")
+    log = tmp_path / f"{driver['metadata']['name']}.log"
+    eventually(lambda: "will retry" in log.read_text(), 30, "a failed status patch")
+    assert process.poll() is None, "the driver must wait for the API server, not exit"
+    proxy.restore()
+    try:
+        assert process.wait(120) == 0, log.read_text()
+    finally:
+        proxy.cut()
+    set_phase(plane, driver, "Succeeded")
+    done = wait_phase(plane, namespace, "Succeeded")
+    document = json.loads((output / "results.json").read_text())
+    assert done["results"]["uri"] == str(output / "results.json")
+    assert done["results"]["meanSkillVsPersistence"] == pytest.approx(
+        document["metrics"]["headline"]["mean_skill_vs_persistence"]
+    )
+    total = done["progress"]["batchesTotal"]
+    assert done["progress"]["summary"] == f"evaluation {total}/{total}"
+
+
+def test_a_failed_run_says_why_in_the_pipelines_own_words(
+    pulse_install: ControlPlane, pulse_operator: OperatorProcess, namespace: str,
+    local_pods: LocalPods, tmp_path: Path,
+) -> None:  # fmt: skip
+    """Unreadable data: status.message is the pipeline's one-line error, not the Job's."""
+    plane = pulse_install
+    missing = tmp_path / "no-such-data.csv"
+    run = training_run(namespace, data={"uri": str(missing)},
+                       output={"uri": str(tmp_path / "output")}, dask={"workers": 1},
+                       backoffLimit=0)  # fmt: skip
+    plane.apply(run)
+    start_local_dask(plane, namespace, local_pods)
+    driver = driver_pod(plane, namespace)
+    kubeconfig = plane.kubeconfig_for_service_account(namespace, "pulse-trainingrun-driver")
+    termination_log = tmp_path / "termination-log"
+    extra_env = {"KUBECONFIG": str(kubeconfig),
+                 "PULSE_TERMINATION_MESSAGE_PATH": str(termination_log)}  # fmt: skip
+    process = local_pods.run(driver, extra_env, {})
+    log = tmp_path / f"{driver['metadata']['name']}.log"
+    assert process.wait(RUN_TIMEOUT_S) == 1, log.read_text()
+    message = termination_log.read_text()
+    assert str(missing) in message and "\n" not in message.strip()
+    assert message.strip() in log.read_text(), "the line the pipeline printed, unchanged"
+    set_phase(plane, driver, "Failed", message=message)  # as the kubelet reports it
+
+    failed = wait_phase(plane, namespace, "Failed")
+    assert failed["message"].startswith(message.strip())
+    assert "backoff limit" in failed["message"]

@@ -1,4 +1,5 @@
-"""The driver passes SIGTERM on to the pipeline, so deleting a run does not wait out the grace.
+"""The driver passes SIGTERM on to the pipeline, so deleting a run does not wait out the grace;
+it hands the pipeline's error line to the kubelet.
 
 A real child process and a real signal to this process: the asyncio handler the driver
 installs must catch it, forward it, and report the child's death as 128 + signal.
@@ -10,8 +11,16 @@ import asyncio
 import os
 import signal
 import sys
+from pathlib import Path
 
-from trainingrun_operator.driver import wait_forwarding_signals
+import pytest
+
+from trainingrun_operator.driver import (
+    StderrTail,
+    pipeline_command,
+    wait_forwarding_signals,
+    write_termination_message,
+)
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -38,3 +47,29 @@ def test_handlers_are_removed_and_exit_codes_pass_through() -> None:
 
     assert asyncio.run(run()) == 3
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_the_pipelines_error_line_becomes_the_termination_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real pipeline, given data that does not exist: its ERROR line, and nothing else, is
+    what the driver leaves for the kubelet (and so for status.message)."""
+    missing = tmp_path / "missing.csv"
+
+    async def run() -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            *pipeline_command([f"--input-data={missing}", f"--output-dir={tmp_path / 'out'}"],
+                              tmp_path / "progress.jsonl"),
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stderr is not None
+        tail = StderrTail()
+        await tail.pump(process.stderr)
+        return await process.wait(), tail.message
+
+    code, message = asyncio.run(run())
+    assert code == 1
+    assert str(missing) in message and "\n" not in message and "ERROR" not in message
+    monkeypatch.setenv("PULSE_TERMINATION_MESSAGE_PATH", str(tmp_path / "termination-log"))
+    write_termination_message(message)
+    assert (tmp_path / "termination-log").read_text() == message

@@ -211,7 +211,8 @@ def test_crd_names_columns_and_status_subresource() -> None:
 
 
 def test_rbac_is_least_privilege() -> None:
-    """The driver may only get/patch run status; the operator never reads Secrets or pods."""
+    """The driver may only get/patch run status; the operator never reads Secrets, and reads
+    but never changes pods."""
     assert driver_rules() == [
         {
             "apiGroups": ["pulse.dev"],
@@ -221,7 +222,9 @@ def test_rbac_is_least_privilege() -> None:
     ]
     role = build_operator_rbac("pulse-system")[1]
     resources = {resource for rule in role["rules"] for resource in rule["resources"]}
-    assert not resources & {"secrets", "pods", "*"}
+    assert not resources & {"secrets", "*"}
+    pod_verbs = [rule["verbs"] for rule in role["rules"] if "pods" in rule["resources"]]
+    assert pod_verbs == [["get", "list", "watch"]]
     assert all("*" not in rule["verbs"] for rule in role["rules"])
     bind = next(rule for rule in role["rules"] if rule["verbs"] == ["bind"])
     assert bind["resourceNames"] == ["pulse-trainingrun-driver"]

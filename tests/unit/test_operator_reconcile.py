@@ -6,54 +6,152 @@ import datetime
 from typing import Any
 
 from trainingrun_operator.driver import pipeline_command, status_patch
-from trainingrun_operator.reconcile import Action, observe
+from trainingrun_operator.reconcile import (
+    Action,
+    Child,
+    Observed,
+    Pods,
+    observe,
+    read_pods,
+    start_blocker,
+)
 from trainingrun_operator.spec import RunSpec
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
 
 
 def run_body(
-    status: dict[str, Any] | None = None, generation: int = 1, **spec: Any
+    status: dict[str, Any] | None = None, generation: int = 1, uid: str = "u", **spec: Any
 ) -> dict[str, Any]:
     """A TrainingRun object."""
     return {
-        "metadata": {"name": "run", "namespace": "team", "uid": "u", "generation": generation},
+        "metadata": {
+            "name": "run", "namespace": "team", "uid": uid, "generation": generation,
+            "creationTimestamp": "2026-01-01T11:00:00Z",
+        },
         "spec": {"output": {"uri": "/out"}, **spec},
         "status": status or {},
-    }
+    }  # fmt: skip
 
 
-def job(suspend: bool = False, **status: Any) -> dict[str, Any]:
+def owned_by(uid: str, kind: str = "TrainingRun") -> dict[str, Any]:
+    """Metadata of a child whose controller is the object `uid`."""
+    owner = {"apiVersion": "pulse.dev/v1alpha1", "kind": kind, "name": "run", "uid": uid,
+             "controller": True}  # fmt: skip
+    return {"name": "x", "uid": f"child-of-{uid}", "ownerReferences": [owner],
+            "creationTimestamp": "2026-01-01T11:00:00Z"}  # fmt: skip
+
+
+def job(suspend: bool = False, owner: str = "u", **status: Any) -> dict[str, Any]:
     """A driver Job with `status`; conditions given as type=reason pairs."""
     conditions = [
         {"type": kind, "status": "True", "reason": reason, "message": f"{reason} happened"}
         for kind, reason in status.pop("conditions", {}).items()
     ]
-    return {"spec": {"suspend": suspend}, "status": {**status, "conditions": conditions}}
+    return {
+        "metadata": owned_by(owner),
+        "spec": {"suspend": suspend, "backoffLimit": 2},
+        "status": {**status, "conditions": conditions},
+    }
+
+
+def cluster(replicas: int = 2, owner: str = "u") -> dict[str, Any]:
+    """A DaskCluster of the run."""
+    return {"metadata": owned_by(owner), "spec": {"worker": {"replicas": replicas}}}
+
+
+WORKING = Pods(scheduler_ready=True, workers_ready=2)
 
 
 def outcome_of(
-    body: dict[str, Any], job_: dict[str, Any] | None, cluster: dict[str, Any] | None
+    body: dict[str, Any],
+    job_: dict[str, Any] | None,
+    cluster_: dict[str, Any] | None,
+    pods: Pods = WORKING,
+    waiting_for: str | None = None,
+    now: datetime.datetime = NOW,
 ) -> Any:
-    """observe() for `body` at NOW."""
-    return observe(body, RunSpec.from_body(body), job_, cluster, NOW)
+    """observe() for `body` at `now`."""
+    run = RunSpec.from_body(body)
+    observed = Observed(
+        Child("Job", "run-driver", job_, run.uid),
+        Child("DaskCluster", "run-dask", cluster_, run.uid),
+        pods,
+        waiting_for,
+    )
+    return observe(body, run, observed, now)
 
 
-def test_a_new_run_creates_both_children_and_is_pending() -> None:
-    """No children yet: create them; phase Pending; one transition Event."""
-    outcome = outcome_of(run_body(), None, None)
-    assert outcome.actions == (Action.CREATE_JOB, Action.CREATE_CLUSTER)
+def test_a_new_run_creates_its_dask_cluster_first_and_is_pending() -> None:
+    """No children yet: create the cluster only; the driver waits until it can work."""
+    outcome = outcome_of(run_body(), None, None, Pods())
+    assert outcome.actions == (Action.CREATE_CLUSTER,)
     assert outcome.status["phase"] == "Pending"
-    assert [e.reason for e in outcome.events] == ["Pending", "CreateJob", "CreateCluster"]
+    assert [e.reason for e in outcome.events] == ["Pending", "CreateCluster"]
+    conditions = {c["type"]: c["status"] for c in outcome.status["conditions"]}
+    assert conditions["Admitted"] == "True"
+
+
+def test_a_busy_cluster_keeps_the_run_pending_with_the_schedulers_reason() -> None:
+    """Unplaced Dask pods: no driver Job (no retry spent), the reason in status and a Warning."""
+    busy = Pods(dask_unschedulable="0/1 nodes are available: 1 Insufficient cpu.")
+    created = outcome_of(run_body(), None, None, Pods()).status
+    outcome = outcome_of(run_body(created), None, cluster(), busy)
+    assert outcome.actions == ()
+    assert outcome.status["phase"] == "Pending"
+    assert "Insufficient cpu" in outcome.status["message"]
+    assert [(e.type, e.reason) for e in outcome.events] == [("Warning", "Unschedulable")]
+    again = outcome_of(run_body(outcome.status), None, cluster(), busy)
+    assert again.events == ()
+
+
+def test_the_driver_starts_once_scheduler_and_min_workers_run() -> None:
+    """dask.minWorkers (default: all workers) must run before the driver Job is created."""
+    one = Pods(scheduler_ready=True, workers_ready=1)
+    assert outcome_of(run_body(), None, cluster(), one).actions == ()
+    body = run_body(dask={"workers": 2, "minWorkers": 1})
+    started = outcome_of(body, None, cluster(), one)
+    assert started.actions == (Action.CREATE_JOB,)
+    assert started.status["phase"] == "Provisioning"
+
+
+def test_runs_start_one_at_a_time_oldest_first() -> None:
+    """A run waits while another starts, or while an older one waits; never otherwise."""
+
+    def other(name: str, created: str, **status: Any) -> dict[str, Any]:
+        body = run_body(status)
+        body["metadata"].update(name=name, uid=name, creationTimestamp=created)
+        return body
+
+    me = run_body()  # created 11:00
+    admitted = [{"type": "Admitted", "status": "True"}]
+    starting = other("a", "2026-01-01T12:00:00Z", phase="Pending", conditions=admitted)
+    assert start_blocker(me, [me, starting]) == "team/a"
+    running = other("a", "2026-01-01T10:00:00Z", phase="Running", conditions=admitted)
+    assert start_blocker(me, [me, running]) is None
+    older_queued = other("b", "2026-01-01T10:00:00Z", phase="Pending")
+    assert start_blocker(me, [me, older_queued]) == "team/b"
+    younger_queued = other("c", "2026-01-01T12:00:00Z", phase="Pending")
+    assert start_blocker(me, [me, younger_queued]) is None
+    queued = outcome_of(run_body(), None, None, Pods(), waiting_for="team/a")
+    assert queued.actions == () and "team/a" in queued.status["message"]
+
+
+def test_startup_deadline_fails_a_run_that_never_started() -> None:
+    """startupDeadlineSeconds bounds the wait; the message keeps the reason of the wait."""
+    busy = Pods(dask_unschedulable="0/1 nodes are available: 1 Insufficient cpu.")
+    body = run_body({"phase": "Pending"}, startupDeadlineSeconds=7200)  # created 11:00
+    assert outcome_of(body, None, cluster(), busy).status["phase"] == "Pending"
+    late = NOW + datetime.timedelta(hours=2)
+    failed = outcome_of(body, None, cluster(), busy, now=late)
+    assert failed.status["phase"] == "Failed"
+    assert "Insufficient cpu" in failed.status["message"]
+    assert failed.actions == (Action.DELETE_CLUSTER,)
 
 
 def test_a_ready_driver_pod_means_running() -> None:
     """Job.status.ready >= 1 is the Running phase; nothing to do."""
-    outcome = outcome_of(
-        run_body({"phase": "Provisioning"}),
-        job(active=1, ready=1),
-        {"status": {"phase": "Running"}},
-    )
+    outcome = outcome_of(run_body({"phase": "Provisioning"}), job(active=1, ready=1), cluster())
     assert outcome.status["phase"] == "Running"
     assert outcome.actions == ()
     conditions = {c["type"]: c for c in outcome.status["conditions"]}
@@ -62,11 +160,23 @@ def test_a_ready_driver_pod_means_running() -> None:
     assert all(c["observedGeneration"] == 1 for c in conditions.values())
 
 
-def test_a_failed_job_fails_the_run_with_its_reason_and_drops_the_cluster() -> None:
-    """BackoffLimitExceeded / DeadlineExceeded become the Failed condition's reason."""
+def test_phases_only_move_forward() -> None:
+    """Running stays Running while the driver ends or retries; a finished run never restarts."""
+    between = outcome_of(run_body({"phase": "Running"}), job(active=0, ready=0), cluster(), Pods())
+    assert between.status["phase"] == "Running"
+    assert "Pending" not in between.status["message"]
+    done = {"phase": "Succeeded", "message": "the driver finished", "completionTime": "x"}
+    gone = outcome_of(run_body(done), None, None, Pods())
+    assert gone.status["phase"] == "Succeeded" and gone.actions == () and gone.events == ()
+
+
+def test_a_failed_job_fails_the_run_with_the_pipelines_line_and_drops_the_cluster() -> None:
+    """BackoffLimitExceeded is the reason; the driver's termination message is the message."""
     failed = job(failed=3, conditions={"Failed": "BackoffLimitExceeded"})
-    outcome = outcome_of(run_body({"phase": "Running"}), failed, {"status": {}})
+    pods = Pods(driver_failure="cannot read s3://data/x.csv: NoSuchKey")
+    outcome = outcome_of(run_body({"phase": "Running"}), failed, cluster(), pods)
     assert outcome.status["phase"] == "Failed"
+    assert outcome.status["message"].startswith("cannot read s3://data/x.csv: NoSuchKey")
     assert outcome.status["attempts"] == 3
     assert outcome.actions == (Action.DELETE_CLUSTER,)
     conditions = {c["type"]: c for c in outcome.status["conditions"]}
@@ -75,15 +185,35 @@ def test_a_failed_job_fails_the_run_with_its_reason_and_drops_the_cluster() -> N
     assert outcome.status["completionTime"] == "2026-01-01T12:00:00Z"
 
 
+def test_children_of_an_earlier_run_of_the_same_name_are_deleted_not_read() -> None:
+    """A Succeeded Job of a deleted run with this name never makes the new run Succeeded."""
+    old_job = job(owner="old", succeeded=1, conditions={"Complete": "Completed"})
+    outcome = outcome_of(run_body(), old_job, cluster(owner="old"), Pods())
+    assert outcome.status["phase"] == "Pending"
+    assert outcome.actions == (Action.DELETE_STALE_JOB, Action.DELETE_STALE_CLUSTER)
+    assert "completionTime" not in outcome.status and "startTime" not in outcome.status
+    someone_elses = job()
+    someone_elses["metadata"]["ownerReferences"] = []
+    taken = outcome_of(run_body(), someone_elses, None, Pods())
+    assert taken.actions == () and "not owned by this run" in taken.status["message"]
+
+
+def test_spec_edits_reach_the_children() -> None:
+    """dask.workers scales the cluster; activeDeadlineSeconds and backoffLimit patch the Job."""
+    body = run_body({"phase": "Running"}, dask={"workers": 3}, backoffLimit=5)
+    outcome = outcome_of(body, job(active=1, ready=1), cluster(replicas=2))
+    assert outcome.actions == (Action.SCALE_CLUSTER, Action.UPDATE_JOB)
+
+
 def test_suspend_and_resume_patch_the_job_and_the_cluster_follows() -> None:
-    """Suspended: Job suspended, cluster deleted; resumed: Job resumed, cluster recreated."""
-    suspended = outcome_of(
-        run_body({"phase": "Running"}, suspend=True), job(active=1), {"status": {}}
-    )
+    """Suspended: Job suspended, cluster deleted; resumed: cluster first, then the Job."""
+    suspended = outcome_of(run_body({"phase": "Running"}, suspend=True), job(active=1), cluster())
     assert suspended.actions == (Action.SUSPEND_JOB, Action.DELETE_CLUSTER)
     assert suspended.status["phase"] == "Suspended"
-    resumed = outcome_of(run_body({"phase": "Suspended"}, suspend=False), job(suspend=True), None)
-    assert resumed.actions == (Action.RESUME_JOB, Action.CREATE_CLUSTER)
+    resumed = outcome_of(run_body({"phase": "Suspended"}), job(suspend=True), None, Pods())
+    assert resumed.actions == (Action.CREATE_CLUSTER,)
+    ready = outcome_of(run_body({"phase": "Pending"}), job(suspend=True), cluster())
+    assert ready.actions == (Action.RESUME_JOB,)
 
 
 def test_ttl_deletes_the_run_only_once_expired() -> None:
@@ -102,12 +232,40 @@ def test_ttl_deletes_the_run_only_once_expired() -> None:
 def test_a_repeated_pass_changes_nothing() -> None:
     """Level-triggered: a pass over its own result patches nothing new and posts no Event."""
     body = run_body()
-    first = outcome_of(body, job(active=1, ready=1), {"status": {"phase": "Running"}})
-    again = outcome_of(
-        run_body(first.status), job(active=1, ready=1), {"status": {"phase": "Running"}}
-    )
+    first = outcome_of(body, job(active=1, ready=1), cluster())
+    again = outcome_of(run_body(first.status), job(active=1, ready=1), cluster())
     assert {**first.status, **again.status} == first.status
     assert again.events == () and again.actions == ()
+
+
+def pod(name: str, labels: dict[str, str], created: str, **status: Any) -> dict[str, Any]:
+    """A pod as the API returns it."""
+    return {"metadata": {"name": name, "labels": labels, "creationTimestamp": created},
+            "status": status}  # fmt: skip
+
+
+def test_pods_are_read_only_when_they_belong_to_this_runs_children() -> None:
+    """Dask pods older than the cluster and driver pods of another Job are not this run's."""
+    ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    unplaced = {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "message": "1 Insufficient cpu."}]}  # fmt: skip
+    scheduler = {"dask.org/cluster-name": "x", "dask.org/component": "scheduler"}
+    worker = {"dask.org/cluster-name": "x", "dask.org/component": "worker"}
+    failed = {"phase": "Failed", "containerStatuses": [
+        {"state": {"terminated": {"message": "Traceback\nValueError: bad\n"}}}]}  # fmt: skip
+    pods = [
+        pod("old-scheduler", scheduler, "2026-01-01T10:00:00Z", **ready),
+        pod("scheduler", scheduler, "2026-01-01T11:00:01Z", **ready),
+        pod("worker", worker, "2026-01-01T11:00:02Z", **unplaced),
+        pod("old-driver", {"batch.kubernetes.io/controller-uid": "old"}, "2026-01-01T10:00:00Z",
+            **failed),
+    ]  # fmt: skip
+    seen = read_pods(pods, cluster(), job())
+    assert seen.scheduler_ready and seen.workers_ready == 0
+    assert seen.dask_unschedulable == "Dask worker pod worker: 1 Insufficient cpu."
+    assert seen.driver_failure is None
+    pods[-1]["metadata"]["labels"]["batch.kubernetes.io/controller-uid"] = "child-of-u"
+    assert read_pods(pods, cluster(), job()).driver_failure == "ValueError: bad"
 
 
 def test_driver_turns_progress_lines_into_status_fields() -> None:

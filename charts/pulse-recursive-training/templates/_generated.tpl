@@ -46,6 +46,7 @@
   - watch
   - create
   - patch
+  - delete
 - apiGroups:
   - kubernetes.dask.org
   resources:
@@ -55,7 +56,16 @@
   - list
   - watch
   - create
+  - patch
   - delete
+- apiGroups:
+  - ''
+  resources:
+  - pods
+  verbs:
+  - get
+  - list
+  - watch
 - apiGroups:
   - ''
   resources:
