@@ -82,6 +82,8 @@ class LocalPods:
         process_env = {
             "PATH": f"{venv_bin}:{os.environ['PATH']}",
             "HOME": str(self.log_dir),
+            # The code under test, when the tests run it from a source tree.
+            **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
             **env,
             **extra_env,
         }
@@ -215,6 +217,10 @@ class CuttableProxy:
         with self.lock:
             doomed, self.connections = self.connections, []
         if self.listener is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would not, and
+            # the socket would go on accepting until that call returned.
+            with contextlib.suppress(OSError):
+                self.listener.shutdown(socket.SHUT_RDWR)
             self.listener.close()
             self.listener = None
         for connection in doomed:

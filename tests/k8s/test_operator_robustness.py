@@ -17,7 +17,7 @@ import pytest
 
 from .conftest import OperatorProcess
 from .controlplane import ControlPlane
-from .kubelet import eventually, get, job_pods, set_phase, set_unschedulable
+from .kubelet import eventually, get, items, job_pods, set_phase, set_unschedulable
 from .test_operator_crd import training_run
 from .test_operator_lifecycle import (
     WAIT_S,
@@ -58,7 +58,7 @@ def test_a_busy_cluster_makes_runs_wait_not_fail(
     warnings = [e for e in run_events(plane, namespace, "first") if e["type"] == "Warning"]
     assert any(INSUFFICIENT_CPU in e["message"] for e in warnings)
     second = eventually(
-        lambda: "first" in status(plane, namespace, "second").get("message", ""),
+        lambda: f"{namespace}/first" in status(plane, namespace, "second").get("message", ""),
         WAIT_S,
         "the second run to wait for the first",
     )
@@ -104,10 +104,16 @@ def test_a_recreated_run_never_adopts_the_old_runs_children(
     plane.kubectl("patch", "job", "run-driver", f"--namespace={namespace}", "--type=merge",
                   '--patch={"metadata": {"finalizers": null}}')  # fmt: skip
 
-    pod = wait_workload(plane, namespace)
-    job = get(plane, "job", "run-driver", namespace)
-    assert job is not None
-    assert job["metadata"]["ownerReferences"][0]["uid"] == new["metadata"]["uid"]
+    start_dask(plane, namespace)
+
+    def new_job() -> dict[str, Any] | None:
+        job = get(plane, "job", "run-driver", namespace)
+        owners = (job or {"metadata": {}})["metadata"].get("ownerReferences", [])
+        return job if owners and owners[0]["uid"] == new["metadata"]["uid"] else None
+
+    job = eventually(new_job, WAIT_S, "the new run's own Job")
+    selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
+    pod = eventually(lambda: items(plane, "pods", namespace, selector), WAIT_S, "its pod")[0]
     set_phase(plane, pod, "Running")
     running = wait_phase(plane, namespace, "Running")
     assert running["startTime"] >= new["metadata"]["creationTimestamp"]
