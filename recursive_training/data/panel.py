@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from recursive_training.constants import INTERCEPT
 from recursive_training.data.common import DataSource
 from recursive_training.exceptions import DataError
+from recursive_training.models.base import own_lag_names
 
 PANEL_START = pd.Timestamp("2000-01-03")
 BUSINESS_DAYS_PER_YEAR = 261
@@ -147,22 +148,21 @@ def panel_truth(spec: PanelSpec) -> PanelTruth:
 
 def panel_ground_truth(spec: PanelSpec, lags: int | None = None) -> pd.DataFrame:
     """True horizon-1 coefficients: one row per series (``market`` too), columns
-    ``intercept``, ``change.lag{l}`` (own changes) and ``market.change.lag{l}``.
+    the features of an ``ar`` model with the market as exog (``models.base``):
+    ``const``, ``own.change.lag{l}`` and ``market.change.lag{l}``.
 
     ``lags`` pads with zeros (or cuts) to the lags a model uses; default ``spec.lags``.
     """
     lags = spec.lags if lags is None else lags
     truth = panel_truth(spec)
-    columns = [INTERCEPT, *(f"change.lag{lag}" for lag in range(lags))]
-    if spec.market:
-        columns += [f"{MARKET}.change.lag{lag}" for lag in range(lags)]
+    columns = own_lag_names([MARKET] if spec.market else [], lags)
     table = pd.DataFrame(0.0, index=pd.Index(spec.names, name="unique_id"), columns=columns)
     kept = min(lags, spec.lags)
     table.loc[spec.series_names, INTERCEPT] = truth.intercept
     table.loc[spec.series_names, columns[1 : 1 + kept]] = truth.own[:, :kept]
     if spec.market:
         table.loc[spec.series_names, f"{MARKET}.change.lag0"] = truth.market
-        table.loc[MARKET, "change.lag0"] = MARKET_AR
+        table.loc[MARKET, "own.change.lag0"] = MARKET_AR
     return table
 
 

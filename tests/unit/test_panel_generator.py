@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from recursive_training.config import TrainingConfig
 from recursive_training.data import open_source
 from recursive_training.data.panel import (
     BLOCK_SERIES,
@@ -21,6 +22,7 @@ from recursive_training.data.panel import (
     write_panel,
 )
 from recursive_training.exceptions import DataError
+from recursive_training.stages import TrainingPipeline
 
 pytestmark = pytest.mark.unit
 
@@ -91,3 +93,27 @@ def test_bad_options_are_one_clear_line() -> None:
         open_source("builtin:panel?series=3")
     with pytest.raises(DataError, match="n_series >= 1"):
         open_source("builtin:panel?n_series=0")
+
+
+def test_an_ar_run_with_the_market_as_exog_recovers_the_ground_truth() -> None:
+    """The panel's truth is named like the ``ar`` model's features, and a run learns it."""
+    spec = PanelSpec(n_series=12, years=30, seed=6, lags=2)
+    config = TrainingConfig.build(
+        input_data="builtin:panel?n_series=12&years=30&seed=6&lags=2",
+        lags=3,
+        batch_size_days=3650,
+        ridge_alpha=0.0,
+        rules=["model"],
+        model="ar",
+        exog=[MARKET],
+    )
+    result = TrainingPipeline().execute(config)
+    truth = panel_ground_truth(spec, lags=3).loc[list(result.variables)]
+    assert list(truth.columns) == list(result.features)
+    error = np.abs(np.asarray(result.coefficients) - truth.to_numpy())
+    scale = panel_truth(spec).scale[:, None]
+    own = [c.startswith("own.") for c in truth.columns]
+    market = [c.startswith(f"{MARKET}.") for c in truth.columns]
+    assert np.all(error[:, own] < 0.05)
+    assert np.all(error[:, market] / scale < 0.05)  # in noise units per unit of market change
+    assert np.all(error[:, 0] / scale[:, 0] < 0.05)
