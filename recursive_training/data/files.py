@@ -58,8 +58,10 @@ def long_columns(columns: Sequence[Hashable], source: str) -> LongColumns | None
     a series column without the rest of a convention is an error naming ``source``."""
     lowered = {str(c).lower(): str(c) for c in columns}
     for _, series, times, values in LONG_CONVENTIONS:
-        found = [next((lowered[n] for n in names if n in lowered), None)
-                 for names in (series, times, values)]
+        found = [
+            next((lowered[n] for n in names if n in lowered), None)
+            for names in (series, times, values)
+        ]
         if all(found):
             return LongColumns(*found)  # type: ignore[arg-type]
     if lowered.keys() & {"unique_id", "variable"}:

@@ -264,9 +264,12 @@ def open_s3(uri: str, input_format: str, settings: S3Settings) -> DataSource:
             paths = [f"{i.location.bucket}/{i.location.key}" for i in items]
             return LongParquetSource(uri, paths, s3.arrow_filesystem(settings), layout, "s3://")
     folder = location.key.rstrip("/")
-    return S3Source(uri, input_format, settings, [
-        i for i in items if single or "/" not in i.location.key[len(folder) + 1 :]
-    ])
+    return S3Source(
+        uri,
+        input_format,
+        settings,
+        [i for i in items if single or "/" not in i.location.key[len(folder) + 1 :]],
+    )
 
 
 class S3Source(DataSource):

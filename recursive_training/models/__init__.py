@@ -10,7 +10,11 @@ from recursive_training.constants import DEFAULT_SCALE_WINDOW
 from recursive_training.exceptions import ConfigError
 from recursive_training.models.ar import AutoRegressive
 from recursive_training.models.base import Forecast, ModelStructure
-from recursive_training.models.memory import check_var_memory, default_memory_budget
+from recursive_training.models.memory import (
+    check_var_memory,
+    default_memory_budget,
+    series_per_shard,
+)
 from recursive_training.models.pooled import Pooled
 from recursive_training.models.var import VectorAutoRegressive
 from recursive_training.statistics import Moments
@@ -54,4 +58,5 @@ __all__ = [
     "build_structure",
     "check_var_memory",
     "default_memory_budget",
+    "series_per_shard",
 ]

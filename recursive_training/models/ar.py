@@ -61,6 +61,10 @@ class AutoRegressive(ModelStructure):
         predicted = predict_columns(coefficients, samples)
         return Forecast(predicted, samples.target, np.isfinite(predicted))
 
+    def shard_coefficients(self, coefficients: FloatArray, start: int, stop: int) -> FloatArray:
+        """Each series has its own row."""
+        return coefficients[start:stop]
+
     def combine_shards(self, parts: Sequence[Moments]) -> Moments:
         """Series shards are disjoint models: their statistics are concatenated in order."""
         return Moments(

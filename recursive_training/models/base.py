@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -88,6 +88,14 @@ class ModelStructure(ABC):
     @abstractmethod
     def predict(self, coefficients: FloatArray, levels: FloatArray, origins: ORIGINS) -> Forecast:
         """Predicted changes, in each series' own units, for these origins."""
+
+    def shard(self, start: int, stop: int) -> ModelStructure:
+        """The same structure over the series ``start:stop`` (and the same exog)."""
+        return replace(self, series=self.series[start:stop])
+
+    def shard_coefficients(self, coefficients: FloatArray, start: int, stop: int) -> FloatArray:
+        """The coefficients a shard of series predicts with: shared ones by default."""
+        return coefficients
 
     def combine_shards(self, parts: Sequence[Moments]) -> Moments:
         """Statistics of the whole set of series from those of disjoint series shards."""

@@ -24,6 +24,19 @@ DEFAULT_MEMORY_SHARE: Final = 0.5
 FALLBACK_MEMORY: Final = 4 * 2**30
 
 
+# Memory a task gives the derived arrays of one shard of series (changes, masks, targets,
+# weighted columns, the pooled scale sums), on top of the window it loaded: it bounds what
+# a task holds whatever the number of series.
+SHARD_BYTES: Final = 256 * 2**20
+# Float-sized arrays of (rows x series) a shard's statistics or predictions hold at once.
+DERIVED_ARRAYS: Final = 10
+
+
+def series_per_shard(window_rows: int) -> int:
+    """How many series a task processes at once so their derived arrays fit SHARD_BYTES."""
+    return max(1, SHARD_BYTES // (BYTES_PER_NUMBER * DERIVED_ARRAYS * max(window_rows, 1)))
+
+
 def var_memory_bytes(n_variables: int, lags: int, batch_rows: int) -> int:
     """Peak bytes of a VAR run in one process: the p x p systems of the statistics and
     solve, the p x V right-hand sides, and one batch's design (features and weighted copy)."""

@@ -73,6 +73,12 @@ class VectorAutoRegressive(ModelStructure):
         """One column of coefficients per target."""
         return {v: coefficients[:, j].tolist() for j, v in enumerate(self.series)}
 
+    def shard(self, start: int, stop: int) -> ModelStructure:
+        """A VAR's targets share features of every series: it has one shard, itself."""
+        if (start, stop) != (0, len(self.series)):
+            raise ValueError("a VAR is computed over all its series at once")
+        return self
+
     def combine_shards(self, parts: Sequence[Moments]) -> Moments:
         """A VAR's targets share their features, so it is never split by series."""
         if len(parts) != 1:

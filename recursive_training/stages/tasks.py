@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +50,9 @@ class TaskSpec:
     exog: tuple[str, ...]
     pooled_scale: str
     scale_window: int
+    # Series a task processes at once, set by the plan so a shard's derived arrays stay
+    # within models.memory.SHARD_BYTES (0: all at once).
+    shard_series: int
     # How to reach the data, not what it is: specs differing only here compute the same.
     s3: S3Settings = dataclasses.field(compare=False)
 
@@ -68,6 +71,7 @@ class TaskSpec:
             exog=tuple(config.exog),
             pooled_scale=config.pooled_scale,
             scale_window=config.scale_window,
+            shard_series=0,
             s3=config.s3_settings,
         )
 
@@ -147,7 +151,12 @@ def compute_batch_statistics(batch: TrainingBatch, spec: TaskSpec) -> BatchStati
     levels, stamps = load_window(batch, spec)
     origins = np.arange(first, stop) - spec.horizon - batch.window_rows[0]
     weights = forgetting_weights(stamps[origins + spec.horizon], batch.end, spec.half_life_days)
-    moments, complete = structure.statistics(levels, origins, weights)
+    parts = [
+        shard.statistics(window, origins, weights)
+        for _, shard, window in _shards(structure, levels, spec.shard_series)
+    ]
+    moments = structure.combine_shards([m for m, _ in parts])
+    complete = np.concatenate([c for _, c in parts], axis=1)
     # Rules count the samples the model learns from: whole rows for a VAR, series by series
     # for per-series structures (a missing outcome abstains).
     kept = complete.any(axis=1)
@@ -178,11 +187,15 @@ def evaluate_batch(
     structure = spec.structure(batch.variables)
     levels, stamps = load_window(batch, spec)
     every_origin = np.arange(*batch.eval_rows) - batch.window_rows[0]
-    forecast = structure.predict(coefficients, levels, every_origin)
-    kept = forecast.complete.any(axis=1)
-    origins, complete = every_origin[kept], forecast.complete[kept]
-    predicted = np.where(complete, forecast.predicted[kept], np.nan)
-    actual = np.where(complete, forecast.actual[kept], np.nan)
+    parts = [
+        shard.predict(structure.shard_coefficients(coefficients, *span), window, every_origin)
+        for span, shard, window in _shards(structure, levels, spec.shard_series)
+    ]
+    every_complete = np.concatenate([f.complete for f in parts], axis=1)
+    kept = every_complete.any(axis=1)
+    origins, complete = every_origin[kept], every_complete[kept]
+    predicted = np.where(complete, np.concatenate([f.predicted[kept] for f in parts], 1), np.nan)
+    actual = np.where(complete, np.concatenate([f.actual[kept] for f in parts], 1), np.nan)
     realized = stamps[origins + spec.horizon]
     weights = forgetting_weights(realized, batch.end, spec.half_life_days)
     hits, misses = sign_hits_misses(predicted, actual, weights)  # the model as a sign rule
@@ -203,7 +216,7 @@ def evaluate_batch(
         hits,
         misses,
         predictions,
-        _dropped(structure, len(every_origin), forecast.complete),
+        _dropped(structure, len(every_origin), every_complete),
         time.perf_counter() - began,
         current_worker(),
     )
@@ -213,3 +226,19 @@ def _dropped(structure: ModelStructure, n_origins: int, complete: NDArray[np.boo
     """Samples of these origins left out for a missing value."""
     whole = n_origins * structure.samples_per_origin()
     return whole - structure.sample_count(complete.sum(axis=0))
+
+
+def _shards(
+    structure: ModelStructure, levels: FloatArray, size: int
+) -> Iterator[tuple[tuple[int, int], ModelStructure, FloatArray]]:
+    """Each shard of ``size`` series: where its series sit, its structure and its window
+    (with the exog columns), so a task holds the derived arrays of one shard at a time;
+    one shard when size is 0."""
+    n = len(structure.series)
+    if size <= 0 or size >= n:
+        yield (0, n), structure, levels
+        return
+    for start in range(0, n, size):
+        stop = min(start + size, n)
+        columns = np.r_[start:stop, n : levels.shape[1]]
+        yield (start, stop), structure.shard(start, stop), levels[:, columns]

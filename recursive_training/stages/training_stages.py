@@ -32,6 +32,7 @@ from recursive_training.models import (
     VectorAutoRegressive,
     check_var_memory,
     default_memory_budget,
+    series_per_shard,
 )
 from recursive_training.parallel_trainer import TrainingBatch, check_batch_size, plan_batches
 from recursive_training.rules import (
@@ -202,13 +203,13 @@ def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPl
         fill_limit=config.fill_limit,
     )
     _require_samples(batches, source, config)
+    window_rows = max(b.window_rows[1] - b.window_rows[0] for b in batches)
     if structure.name == VectorAutoRegressive.name:
         check_var_memory(
-            len(variables),
-            config.lags,
-            max(b.window_rows[1] - b.window_rows[0] for b in batches),
-            config.max_memory or default_memory_budget(),
+            len(variables), config.lags, window_rows, config.max_memory or default_memory_budget()
         )
+    else:
+        spec = replace(spec, shard_series=series_per_shard(window_rows))
     log.info(
         "Planned %d batches of %d days over [%s, %s) for %d variables, model %s",
         len(batches),

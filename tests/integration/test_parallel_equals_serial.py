@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from recursive_training.config import TrainingConfig
 from recursive_training.engines import DaskEngine
 from recursive_training.stages import TrainingPipeline, TrainingResult
-from tests.unit.test_properties import panels, write
+from tests.unit.test_properties import panels, structure, structures, write
 
 pytestmark = [
     pytest.mark.timeout(900),
@@ -47,7 +48,7 @@ def assert_same(parallel: TrainingResult, serial: TrainingResult) -> None:
 
 
 @settings(
-    max_examples=6,
+    max_examples=10,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -56,11 +57,18 @@ def assert_same(parallel: TrainingResult, serial: TrainingResult) -> None:
     size=st.integers(3, 200),
     workers=st.sampled_from([1, 2]),
     half_life=st.sampled_from([None, 60.0]),
+    model=structures,
 )
 def test_dask_engine_equals_serial_engine(
-    clusters: dict[int, DaskEngine], panel: object, size: int, workers: int, half_life: float | None
+    clusters: dict[int, DaskEngine],
+    panel: pd.DataFrame,
+    size: int,
+    workers: int,
+    half_life: float | None,
+    model: str,
 ) -> None:
     config = TrainingConfig.build(
+        **structure(model, panel),
         input_data=write(panel),
         batch_size_days=size,
         lags=2,

@@ -6,6 +6,7 @@ References come from tests/unit/test_models.py (pandas shifts, rolling windows, 
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from recursive_training.config import TrainingConfig
 from recursive_training.exceptions import ConfigError, DataError, StateError
 from recursive_training.run_training import main
 from recursive_training.stages import TrainingPipeline, TrainingResult
+from recursive_training.stages.tasks import compute_batch_statistics, evaluate_batch
+from recursive_training.stages.training_stages import prepare
 from recursive_training.state import TrainingState
 from tests.reference import ridge_lstsq
 from tests.unit.test_models import HORIZON, LAGS, WINDOW, make_panel, own_design, pooled_frame
@@ -171,3 +174,45 @@ def test_exog_missing_from_the_data_is_named() -> None:
     path = write_panel(make_panel(seed=25, n_series=3, rows=60, n_exog=0, missing=0.0))
     with pytest.raises(DataError, match="market"):
         train(path, model="ar", exog=["market"])
+
+
+@pytest.mark.parametrize("model", ["ar", "pooled"])
+def test_tasks_give_the_same_numbers_whatever_the_shards_of_series(model: str) -> None:
+    """A task processes its series shard by shard to bound its memory; the shard size
+    (set by the plan) changes nothing beyond rounding."""
+    path = write_panel(make_panel(seed=26, n_series=11, rows=150, n_exog=1, missing=0.03))
+    config = TrainingConfig.build(
+        input_data=path,
+        lags=LAGS,
+        horizon=HORIZON,
+        model=model,
+        exog=["x0"],
+        batch_size_days=60,
+        scale_window=WINDOW,
+        rules=["momentum(3)"],
+        fill_limit=0,
+    )
+    plan = prepare(config, None)
+    assert plan.spec.shard_series >= 11
+    sharded = dataclasses.replace(plan.spec, shard_series=3)
+    structure = plan.structure
+    rows, q = len(structure.series), structure.n_features
+    coefficients = np.random.default_rng(1).standard_normal((rows, q) if model == "ar" else q)
+    for batch in plan.batches:
+        whole, parts = (
+            compute_batch_statistics(batch, plan.spec),
+            compute_batch_statistics(batch, sharded),
+        )
+        for name in ("xtx", "xty", "yty", "n"):
+            np.testing.assert_allclose(
+                getattr(parts.stats.moments, name), getattr(whole.stats.moments, name), rtol=1e-9
+            )
+        np.testing.assert_array_equal(parts.stats.rule_hits, whole.stats.rule_hits)
+        assert parts.dropped_missing == whole.dropped_missing
+        if batch.eval_rows[0] < batch.eval_rows[1]:
+            one, many = (
+                evaluate_batch(batch, plan.spec, coefficients),
+                evaluate_batch(batch, sharded, coefficients),
+            )
+            pd.testing.assert_frame_equal(many.predictions, one.predictions, rtol=1e-12)
+            np.testing.assert_allclose(many.errors.sq_error, one.errors.sq_error, rtol=1e-12)
