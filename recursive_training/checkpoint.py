@@ -10,7 +10,7 @@ new key and never reuses stale numbers. Each result is one ``.npz`` of plain arr
 
     DIR/<stage>/batch-<id>-<key>.npz
 
-Results are dataclasses of numbers, strings, arrays, nested dataclasses and DataFrames;
+Results are dataclasses of numbers, strings, arrays, nested dataclasses and Arrow tables;
 they are flattened to named arrays and rebuilt from the dataclass's type hints.
 """
 
@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 from numpy.typing import NDArray
 
 from recursive_training import storage
@@ -134,26 +134,25 @@ def flatten(value: Any, prefix: str = "") -> Arrays:
         for item in dataclasses.fields(value):
             arrays |= flatten(getattr(value, item.name), f"{prefix}{item.name}.")
         return arrays
-    if isinstance(value, pd.DataFrame):
-        return _flatten_frame(value, prefix)
+    if isinstance(value, pa.Table):
+        return _flatten_table(value, prefix)
     array = np.asarray(value)
     if array.dtype == object:
         raise TypeError(f"checkpoint field {prefix.rstrip('.')} is not a plain array")
     return {prefix.rstrip("."): array}
 
 
-def _flatten_frame(frame: pd.DataFrame, prefix: str) -> Arrays:
-    """A DataFrame as its column names plus one array per column (categoricals as codes)."""
-    arrays: Arrays = {f"{prefix}columns": np.asarray([str(c) for c in frame.columns])}
-    for column in frame.columns:
-        series = frame[column]
-        if isinstance(series.dtype, pd.CategoricalDtype):
-            arrays[f"{prefix}{column}.codes"] = series.cat.codes.to_numpy()
-            arrays[f"{prefix}{column}.categories"] = np.asarray(
-                [str(c) for c in series.cat.categories]
-            )
+def _flatten_table(table: pa.Table, prefix: str) -> Arrays:
+    """An Arrow table as its column names plus one array per column (dictionary columns as
+    indices and dictionary)."""
+    arrays: Arrays = {f"{prefix}columns": np.asarray(table.column_names)}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        values = column.combine_chunks()
+        if isinstance(values, pa.DictionaryArray):
+            arrays[f"{prefix}{name}.indices"] = values.indices.to_numpy(zero_copy_only=False)
+            arrays[f"{prefix}{name}.dictionary"] = np.asarray(values.dictionary.to_pylist())
         else:
-            arrays |= flatten(series.to_numpy(), f"{prefix}{column}.")
+            arrays[f"{prefix}{name}"] = values.to_numpy(zero_copy_only=False)
     return arrays
 
 
@@ -166,16 +165,18 @@ def rebuild(kind: Any, arrays: Arrays, prefix: str = "") -> Any:
             for item in dataclasses.fields(kind)
         }
         return kind(**values)
-    if kind is pd.DataFrame:
+    if kind is pa.Table:
         columns = [str(c) for c in arrays[f"{prefix}columns"]]
-        return pd.DataFrame({c: _column(arrays, f"{prefix}{c}") for c in columns})
+        return pa.table({c: _column(arrays, f"{prefix}{c}") for c in columns})
     value = arrays[prefix.rstrip(".")]
     return kind(value.item()) if kind in SCALARS else value
 
 
-def _column(arrays: Arrays, name: str) -> Any:
-    """One DataFrame column: a plain array or a categorical rebuilt from codes."""
-    if f"{name}.codes" in arrays:
-        categories = [str(c) for c in arrays[f"{name}.categories"]]
-        return pd.Categorical.from_codes(arrays[f"{name}.codes"], categories=pd.Index(categories))
-    return arrays[name]
+def _column(arrays: Arrays, name: str) -> pa.Array:
+    """One table column: a plain array or a dictionary array rebuilt from its parts."""
+    if f"{name}.indices" in arrays:
+        dictionary = [str(c) for c in arrays[f"{name}.dictionary"]]
+        return pa.DictionaryArray.from_arrays(
+            pa.array(arrays[f"{name}.indices"]), pa.array(dictionary, type=pa.string())
+        )
+    return pa.array(arrays[name])

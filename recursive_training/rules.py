@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 import numpy as np
@@ -74,6 +75,12 @@ def parse_rule(text: str) -> RuleSpec:
 
 def parse_rules(specs: Iterable[str]) -> tuple[RuleSpec, ...]:
     """Parse rule specs, rejecting duplicates."""
+    return _parse_rules(tuple(specs))
+
+
+@lru_cache(maxsize=64)
+def _parse_rules(specs: tuple[str, ...]) -> tuple[RuleSpec, ...]:
+    """``parse_rules``, once per rule list and process (every task parses its run's list)."""
     parsed = tuple(parse_rule(s) for s in specs)
     seen: set[str] = set()
     for rule in parsed:

@@ -61,7 +61,8 @@ class TrainingState:
         }
 
     def to_bytes(self) -> bytes:
-        """Serialize as a compressed ``.npz``."""
+        """Serialize as an ``.npz``, uncompressed: statistics are dense floats, which deflate
+        shrank by about 13% at four times the cost of the rest of writing them."""
         buffer = io.BytesIO()
         arrays: dict[str, Any] = {
             "header": np.array(json.dumps(self.header())),
@@ -71,7 +72,7 @@ class TrainingState:
             "model_hits": self.model_hits,
             "model_misses": self.model_misses,
         }
-        np.savez_compressed(buffer, **arrays)
+        np.savez(buffer, **arrays)
         return buffer.getvalue()
 
     @classmethod

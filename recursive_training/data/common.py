@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
+from recursive_training.arrays import FloatArray
 from recursive_training.exceptions import DataError
 
 
@@ -37,6 +39,21 @@ class DataSource(ABC):
     ) -> pd.DataFrame:
         """Rows with ``first <= timestamp <= last`` of ``variables``, as float64 columns."""
 
+    def load_array(
+        self, variables: Sequence[str], first: pd.Timestamp, last: pd.Timestamp
+    ) -> tuple[FloatArray, NDArray[np.datetime64]]:
+        """What ``load`` returns, as row-major (rows x variables) float64 values and the rows'
+        timestamps.
+
+        The tasks read windows this way; a source that holds arrays overrides it to skip
+        building a frame (with thousands of series, the column index alone costs more than
+        the arithmetic of a batch).
+        """
+        frame = self.load(variables, first, last)
+        # row-major whatever the frame's layout: the models sum in memory order, so the layout
+        # decides the last bits of every result
+        return np.ascontiguousarray(frame.to_numpy(dtype=np.float64)), frame.index.to_numpy()
+
     def check_variables(self, variables: Sequence[str]) -> None:
         """Fail with the list of available names when a variable is unknown."""
         available = self.variables()
@@ -59,19 +76,34 @@ class InMemorySource(DataSource):
 
     def __init__(self, uri: str, frame: pd.DataFrame) -> None:
         super().__init__(uri)
-        self._frame = validated_panel(frame, uri)
+        panel = validated_panel(frame, uri)
+        self._index = pd.DatetimeIndex(panel.index)
+        self._stamps = self._index.to_numpy()
+        self._names = tuple(str(name) for name in panel.columns)
+        self._positions = {name: j for j, name in enumerate(self._names)}
+        self._values: FloatArray = panel.to_numpy(dtype=np.float64)
 
     def timestamps(self) -> pd.DatetimeIndex:
-        return pd.DatetimeIndex(self._frame.index)
+        return self._index
 
     def variables(self) -> tuple[str, ...]:
-        return tuple(self._frame.columns)
+        return self._names
 
     def load(
         self, variables: Sequence[str], first: pd.Timestamp, last: pd.Timestamp
     ) -> pd.DataFrame:
+        values, _ = self.load_array(variables, first, last)
+        rows = self._index.slice_indexer(first, last)
+        return pd.DataFrame(values, index=self._index[rows], columns=list(variables))
+
+    def load_array(
+        self, variables: Sequence[str], first: pd.Timestamp, last: pd.Timestamp
+    ) -> tuple[FloatArray, NDArray[np.datetime64]]:
+        rows = self._index.slice_indexer(first, last)
+        if tuple(variables) == self._names:
+            return self._values[rows].copy(), self._stamps[rows]  # a copy: callers may fill it
         self.check_variables(variables)
-        return self._frame.loc[first:last, list(variables)]
+        return self._values[rows][:, [self._positions[v] for v in variables]], self._stamps[rows]
 
 
 def check_sorted(index: pd.Index, source: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from recursive_training.arrays import FloatArray
 from recursive_training.checkpoint import Checkpoint
@@ -84,7 +85,7 @@ class TrainingResult:
     resumed_from: str | None
     engine: str
     seconds: float
-    predictions: list[pd.DataFrame] = field(default_factory=list)
+    predictions: list[pa.Table] = field(default_factory=list)
 
     def predictions_frame(self) -> pd.DataFrame:
         """Every walk-forward prediction, sorted by origin then variable."""
@@ -99,7 +100,7 @@ class TrainingResult:
                     "actual": pd.Series(dtype="float64"),
                 }
             )
-        frame = pd.concat(self.predictions, ignore_index=True)
+        frame: pd.DataFrame = pa.concat_tables(self.predictions).to_pandas()
         return frame.sort_values(["origin", "variable"], kind="stable", ignore_index=True)
 
 
@@ -305,7 +306,7 @@ class TrainingPipeline:
         self,
         progress: ProgressCallback | None = None,
         engine: Engine | None = None,
-        predictions_sink: Callable[[pd.DataFrame], None] | None = None,
+        predictions_sink: Callable[[pa.Table], None] | None = None,
     ) -> None:
         self.progress = progress
         self.engine = engine
@@ -389,7 +390,8 @@ class TrainingPipeline:
         if self.predictions_sink is None:
             return evaluation
         self.predictions_sink(evaluation.predictions)
-        return replace(evaluation, predictions=evaluation.predictions.head(0).copy())  # no view
+        # an empty table of the same schema (a slice would keep the rows' buffers alive)
+        return replace(evaluation, predictions=evaluation.predictions.schema.empty_table())
 
 
 def _require_samples(
