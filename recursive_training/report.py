@@ -472,12 +472,15 @@ def _rule_trust(document: dict[str, Any], folder: Path) -> Section:
     if left_out:
         heading += f": the {len(shown) // 2} most and least trusted of {len(rules)} rules"
     axes.set_title(heading, fontweight="bold")
-    axes.legend(handles=_trust_legend(level), fontsize=8, loc="lower right")
+    axes.legend(handles=_trust_legend(_fdr(document)), fontsize=8, loc="lower right")
     path = _save(figure, folder / "rule_trust.png")
     headline = document["metrics"]["headline"]
     caption = (
-        f"{headline['rules_validated']} of {headline['rules_total']} rules are validated: the "
-        f"lower end of their {level} interval is above 0.5, a coin flip (dashed line)."
+        f"{headline['rules_validated']} of {headline['rules_total']} rules are validated: "
+        f"Benjamini-Hochberg over all rules at false discovery rate {_fdr(document)} rejects "
+        f"'hit rate <= 0.5' (a coin flip, dashed line). The {level} interval lies above 0.5 "
+        f"for {_count(headline['rules_validated_by_interval'], 'rule')}, a criterion that over "
+        "many rules also passes some by chance."
     )
     if left_out:
         caption += f" Left out of the chart, in the middle: {_count(left_out, 'rule')}; the "
@@ -485,10 +488,15 @@ def _rule_trust(document: dict[str, Any], folder: Path) -> Section:
     return Section(title, caption, path)
 
 
-def _trust_legend(level: str) -> list[Artist]:
+def _fdr(document: dict[str, Any]) -> str:
+    """The run's false discovery rate for rule validation, as printed."""
+    return f"{document['metrics']['headline']['fdr']:g}"
+
+
+def _trust_legend(fdr: str) -> list[Artist]:
     """Legend entries for the trust chart's bar colours and the coin-flip line."""
     return [
-        Patch(color=VALIDATED, label=f"validated ({level} interval above 0.5)"),
+        Patch(color=VALIDATED, label=f"validated (Benjamini-Hochberg, FDR {fdr})"),
         Patch(color=OTHER, label="not validated"),
         Line2D([], [], color="#d62728", ls="--", label="coin flip (0.5)"),
     ]
@@ -547,7 +555,11 @@ def _headline_table(document: dict[str, Any]) -> str:
     rows = [
         ("Mean skill vs persistence", _number(headline["mean_skill_vs_persistence"])),
         ("Mean directional accuracy", _number(headline["mean_directional_accuracy"])),
-        ("Rules validated", f"{headline['rules_validated']} of {headline['rules_total']}"),
+        (
+            "Rules validated",
+            f"{headline['rules_validated']} of {headline['rules_total']} at FDR "
+            f"{_fdr(document)} ({headline['rules_validated_by_interval']} by the interval alone)",
+        ),
         ("Samples trained / evaluated", f"{data['samples_trained']} / {data['samples_evaluated']}"),
         ("Horizon, lags", f"{config['horizon']} step(s), {config['lags']} lag(s)"),
     ]
@@ -581,13 +593,18 @@ def _rule_table(document: dict[str, Any]) -> str:
     level = f"{CONFIDENCE_LEVEL:.0%}"
     head = "".join(
         f"<th>{_e(h)}</th>"
-        for h in ("rule", "target", "hits", "misses", "trust", f"{level} interval", "validated")
-    )
+        for h in (
+            "rule", "target", "hits", "misses", "trust", f"{level} interval", "p-value",
+            "q-value (BH)", f"validated (FDR {_fdr(document)})", "interval above 0.5",
+        )
+    )  # fmt: skip
     rows = "".join(
         f"<tr><td>{_e(r['rule'])}</td><td>{_e(r['target'])}</td><td>{_e(_number(r['hits']))}</td>"
         f"<td>{_e(_number(r['misses']))}</td><td>{_e(_number(r['trust_mean']))}</td>"
         f"<td>{_e(_number(r['trust_lower']))} to {_e(_number(r['trust_upper']))}</td>"
-        f"<td>{'yes' if r['validated'] else 'no'}</td></tr>"
+        f"<td>{_e(_number(r['p_value']))}</td><td>{_e(_number(r['q_value']))}</td>"
+        f"<td>{'yes' if r['validated'] else 'no'}</td>"
+        f"<td>{'yes' if r['interval_above_half'] else 'no'}</td></tr>"
         for r in rules
     )
     return (

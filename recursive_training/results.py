@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from recursive_training import __version__, storage
 from recursive_training.config import TrainingConfig
 from recursive_training.constants import (
+    CONFIDENCE_LEVEL,
     DEFAULT_PREDICTIONS_FILE,
     DEFAULT_STATE_FILE,
     RESULTS_KIND,
@@ -32,6 +33,7 @@ from recursive_training.exceptions import OutputError
 from recursive_training.metrics import ErrorSums
 from recursive_training.rules import beta_trust
 from recursive_training.stages.training_stages import TrainingResult
+from recursive_training.trust import validate_rules
 
 log = logging.getLogger(__name__)
 # Predictions the spool gathers before it writes them (about 2 MiB): bounded, so the
@@ -44,26 +46,44 @@ def _mean(values: list[float | int | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+def rule_trust_table(
+    rule_table: list[tuple[str, str, float, float]], fdr: float
+) -> list[dict[str, Any]]:
+    """Counts, Beta trust and both verdicts of every rule: FDR-controlled and the interval's.
+
+    ``validated`` is the Benjamini-Hochberg decision at ``fdr`` over all rules of the run;
+    ``interval_above_half`` is the older, per-rule criterion (the credible interval's lower
+    end above one half), kept for comparison: over many rules it passes some by chance.
+    """
+    hits = np.array([r[2] for r in rule_table], dtype=np.float64)
+    misses = np.array([r[3] for r in rule_table], dtype=np.float64)
+    trust = beta_trust(hits, misses)
+    tested = validate_rules(hits, misses, fdr)
+    return [
+        {
+            "rule": rule,
+            "target": target,
+            "hits": h,
+            "misses": m,
+            "trust_mean": t.mean,
+            "trust_lower": t.lower,
+            "trust_upper": t.upper,
+            "p_value": float(p),
+            "q_value": float(q),
+            "validated": bool(v),
+            "interval_above_half": t.interval_above_half,
+        }
+        for (rule, target, h, m), t, p, q, v in zip(
+            rule_table, trust, tested.p_values, tested.q_values, tested.validated, strict=True
+        )
+    ]
+
+
 def build_document(result: TrainingResult) -> dict[str, Any]:
     """The versioned results JSON of a run (plain types only)."""
     variables = result.variables
     overall = result.errors.table(variables)
-    trust = beta_trust(
-        np.array([r[2] for r in result.rule_table]), np.array([r[3] for r in result.rule_table])
-    )
-    rules = [
-        {
-            "rule": rule,
-            "target": target,
-            "hits": hits,
-            "misses": misses,
-            "trust_mean": t.mean,
-            "trust_lower": t.lower,
-            "trust_upper": t.upper,
-            "validated": t.validated,
-        }
-        for (rule, target, hits, misses), t in zip(result.rule_table, trust, strict=True)
-    ]
+    rules = rule_trust_table(result.rule_table, result.config.fdr)
     batches = []
     for batch in result.batches:
         stats = result.statistics[batch.batch_id]
@@ -93,8 +113,10 @@ def build_document(result: TrainingResult) -> dict[str, Any]:
     headline = {
         "mean_skill_vs_persistence": _mean([m["skill_vs_persistence"] for m in overall.values()]),
         "mean_directional_accuracy": _mean([m["directional_accuracy"] for m in overall.values()]),
-        "rules_validated": sum(t.validated for t in trust),
+        "rules_validated": sum(r["validated"] for r in rules),
+        "rules_validated_by_interval": sum(r["interval_above_half"] for r in rules),
         "rules_total": len(rules),
+        "fdr": result.config.fdr,
     }
     return {
         "kind": RESULTS_KIND,
@@ -270,7 +292,10 @@ def summary(document: dict[str, Any]) -> str:
         f"Walk-forward: {data['samples_evaluated']} samples evaluated, mean skill vs persistence "
         f"{_fmt(headline['mean_skill_vs_persistence'])}, directional accuracy "
         f"{_fmt(headline['mean_directional_accuracy'])}",
-        f"Rules validated: {headline['rules_validated']} of {headline['rules_total']}",
+        f"Rules validated: {headline['rules_validated']} of {headline['rules_total']} at false "
+        f"discovery rate {headline['fdr']:g} (Benjamini-Hochberg); "
+        f"{headline['rules_validated_by_interval']} have their {CONFIDENCE_LEVEL:.0%} "
+        "interval above 0.5",
         "",
         f"{'variable':<24} {'n':>7} {'rmse':>11} {'skill':>7} {'dir.acc':>7}",
     ]

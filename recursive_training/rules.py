@@ -1,8 +1,8 @@
 """Rules that predict the sign of a variable's next change, and their Beta trust.
 
 A rule abstains when its prediction or the realized change is zero (or missing). Trust
-in a rule is the Beta(1 + hits, 1 + misses) posterior of its hit rate; the rule is
-*validated* when the lower end of the credible interval is above one half.
+in a rule is the Beta(1 + hits, 1 + misses) posterior of its hit rate. Whether a rule is
+*validated* is decided over all rules of a run at once, in ``trust.py``.
 """
 
 from __future__ import annotations
@@ -229,8 +229,12 @@ class Trust:
     upper: float
 
     @property
-    def validated(self) -> bool:
-        """True when the rule is better than a coin flip with the chosen confidence."""
+    def interval_above_half(self) -> bool:
+        """The lower end of the credible interval is above a coin flip.
+
+        Right for one rule looked at alone; over hundreds of rules it passes some by chance,
+        so it is reported beside, not instead of, the FDR-controlled verdict.
+        """
         return self.lower > 0.5
 
 

@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--scale-window", type=int, metavar="ROWS", help=_field_help("scale_window"))
     model.add_argument("--max-memory", metavar="SIZE", help=_field_help("max_memory"))
     model.add_argument("--rules", type=_rules, metavar="R1,R2,...", help=_field_help("rules"))
+    model.add_argument("--fdr", type=float, metavar="LEVEL", help=_field_help("fdr"))
 
     execution = parser.add_argument_group("execution")
     execution.add_argument("--use-dask", action="store_true", help=_field_help("use_dask"))

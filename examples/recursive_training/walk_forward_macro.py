@@ -39,10 +39,19 @@ def main() -> None:
     )
 
     rules = pd.DataFrame(document["rules"]).sort_values("trust_lower", ascending=False)
-    print("\nMost trusted rules (Beta posterior, 90% interval):")
+    print("\nMost trusted rules (Beta posterior, 90% interval; q: Benjamini-Hochberg q-value):")
     print(
         rules.head(8)[
-            ["rule", "target", "hits", "misses", "trust_mean", "trust_lower", "validated"]
+            [
+                "rule",
+                "target",
+                "hits",
+                "misses",
+                "trust_mean",
+                "trust_lower",
+                "q_value",
+                "validated",
+            ]
         ].to_string(index=False, float_format="%.3f")
     )
 

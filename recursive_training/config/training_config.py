@@ -109,6 +109,13 @@ class TrainingConfig(BaseModel):
         description="Rules whose trust is learned: momentum(W), mean_reversion(W), cross "
         "(every ordered pair), cross(U->V), model.",
     )
+    fdr: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="False discovery rate of rule validation: a rule is validated when "
+        "Benjamini-Hochberg over all rules of the run rejects 'hit rate <= 0.5' at this level.",
+    )
 
     # --- execution --------------------------------------------------------------------
     use_dask: bool = Field(False, description="Run batches on a local Dask cluster.")

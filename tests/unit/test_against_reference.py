@@ -162,6 +162,6 @@ def test_beta_trust_of_a_rule_with_no_evidence_is_a_coin_flip() -> None:
 
     (trust,) = beta_trust(np.array([0.0]), np.array([0.0]))
     assert (trust.mean, trust.lower, trust.upper) == pytest.approx((0.5, 0.05, 0.95))
-    assert not trust.validated
+    assert not trust.interval_above_half
     (strong,) = beta_trust(np.array([90.0]), np.array([10.0]))
-    assert strong.validated and strong.lower > 0.8
+    assert strong.interval_above_half and strong.lower > 0.8

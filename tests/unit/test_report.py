@@ -121,13 +121,16 @@ def test_many_rules_show_the_most_and_least_trusted(run: Run, tmp_path: Path) ->
     extra = [
         {"rule": f"cross(r{i}->t)", "target": "t", "hits": i, "misses": 100 - i,
          "trust_mean": (i + 1) / 102, "trust_lower": i / 102, "trust_upper": (i + 2) / 102,
-         "validated": i > 55}
+         "p_value": 0.5, "q_value": 0.5, "validated": i > 55, "interval_above_half": i > 50}
         for i in range(100)
     ]
     document["rules"] = extra
-    document["metrics"]["headline"].update(rules_validated=44, rules_total=100)
+    document["metrics"]["headline"].update(
+        rules_validated=44, rules_validated_by_interval=49, rules_total=100, fdr=0.05
+    )
     text = page_text(render_report(document, run[1], str(tmp_path)))
     assert "44 of 100 rules are validated" in text
+    assert "at false discovery rate 0.05" in text and "above 0.5 for 49 rules" in text
     assert "Left out of the chart, in the middle: 60 rules" in text
 
 
