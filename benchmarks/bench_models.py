@@ -71,7 +71,7 @@ def main() -> None:
     print(f"{'model':8} {'statistics':>11} {'solve':>8} {'predict':>8} {'vs dense':>9}")
     for model in ("ar", "pooled"):
         structure = build_structure(model, names, args.lags, 1)
-        moments = structure.statistics(levels, origins, weights)
+        moments, _ = structure.statistics(levels, origins, weights)
         coefficients = structure.solve(moments, 0.01, 30)
         assert coefficients is not None
         stats = best_of(args.repeat, lambda s=structure: s.statistics(levels, origins, weights))
