@@ -214,5 +214,7 @@ def test_tasks_give_the_same_numbers_whatever_the_shards_of_series(model: str) -
                 evaluate_batch(batch, plan.spec, coefficients),
                 evaluate_batch(batch, sharded, coefficients),
             )
-            pd.testing.assert_frame_equal(many.predictions, one.predictions, rtol=1e-12)
+            pd.testing.assert_frame_equal(
+                many.predictions.to_pandas(), one.predictions.to_pandas(), rtol=1e-12
+            )
             np.testing.assert_allclose(many.errors.sq_error, one.errors.sq_error, rtol=1e-12)
