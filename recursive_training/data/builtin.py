@@ -4,7 +4,9 @@
 training recovers it. Its changes follow a stable VAR(2):
 ``d_{t+1} = c + A_0 d_t + A_1 d_{t-1} + e``, on business days, with variables on very
 different scales (so a scale-free ridge penalty matters). Options ride in the URI:
-``builtin:synthetic?n_variables=100&years=30&seed=7``.
+``builtin:synthetic?n_variables=100&years=30&seed=7``. With ``signal=0`` every coefficient
+and drift is zero: independent random walks, where no model or rule can beat a coin flip
+(what the honesty of rule validation is checked on).
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ class SyntheticSpec:
     years: float = 20.0
     seed: int = 0
     noise: float = 1.0
+    signal: bool = True
 
     @classmethod
     def from_query(cls, query: str, uri: str) -> SyntheticSpec:
-        """Parse ``n_variables=..&years=..&seed=..&noise=..`` with clear errors."""
-        types = {"n_variables": int, "years": float, "seed": int, "noise": float}
-        values: dict[str, int | float] = {}
+        """Parse ``n_variables=..&years=..&seed=..&noise=..&signal=0|1`` with clear errors."""
+        types = {"n_variables": int, "years": float, "seed": int, "noise": float, "signal": int}
+        values: dict[str, int | float | bool] = {}
         for key, raw in parse_qsl(query, keep_blank_values=True):
             if key not in types:
                 raise DataError(
@@ -49,6 +52,10 @@ class SyntheticSpec:
                 values[key] = types[key](raw)
             except ValueError:
                 raise DataError(f"option {key}={raw!r} is not a number", source=uri) from None
+        if values.get("signal", 1) not in (0, 1):
+            raise DataError(f"option signal={values['signal']} must be 0 or 1", source=uri)
+        if "signal" in values:
+            values["signal"] = bool(values["signal"])
         spec = cls(**values)  # type: ignore[arg-type]
         if spec.n_variables < 1 or spec.years <= 0 or spec.noise < 0:
             raise DataError("n_variables >= 1, years > 0 and noise >= 0 are required", source=uri)
@@ -93,6 +100,8 @@ def synthetic_process(spec: SyntheticSpec) -> VarProcess:
     drift = rng.uniform(-0.05, 0.05, m)
     standardized = np.stack([a0, a1])
     coefficients = standardized * scale[None, :, None] / scale[None, None, :]
+    if not spec.signal:
+        return VarProcess(np.zeros(m), np.zeros_like(coefficients), scale)
     return VarProcess(intercept=drift * scale, coefficients=coefficients, scale=scale)
 
 

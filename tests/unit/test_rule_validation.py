@@ -4,6 +4,7 @@ its honesty on pure noise: hundreds of rules, none of which can predict anything
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from recursive_training.trust import bh_adjusted, bh_rejected, sign_test_p_value
 
 NOISE_VARIABLES = 30
 NOISE_SEEDS = 20
+NOISE_YEARS = 1.5
 NOISE_ROWS = 400
 
 
@@ -75,36 +77,29 @@ def test_trust_table_reports_both_verdicts() -> None:
     assert weak["q_value"] == pytest.approx(binomtest(55, 100, alternative="greater").pvalue)
 
 
-def write_noise_panel(path: Path, seed: int, link: float = 0.0) -> str:
-    """Independent Gaussian random walks on business days: no rule can beat a coin flip.
+def noise_run_headline(seed: int) -> dict[str, Any]:
+    """The headline of a run of every cross rule on independent random walks."""
+    config = TrainingConfig.build(
+        input_data=f"builtin:synthetic?n_variables={NOISE_VARIABLES}&years={NOISE_YEARS}"
+        f"&seed={seed}&signal=0",
+        rules=("cross",),
+        lags=1,
+        batch_size_days=10_000,
+        fdr=0.1,
+    )
+    headline: dict[str, Any] = build_document(TrainingPipeline().execute(config))["metrics"][
+        "headline"
+    ]
+    return headline
 
-    With ``link``, v01's change follows ``link`` times v00's previous change, so exactly
-    one rule, cross(v00->v01), is real.
-    """
-    rng = np.random.default_rng(seed)
-    changes = rng.standard_normal((NOISE_ROWS, NOISE_VARIABLES))
-    changes[1:, 1] += link * changes[:-1, 0]
-    levels = 100.0 + np.cumsum(changes, axis=0)
-    index = pd.bdate_range("2010-01-04", periods=NOISE_ROWS, name="timestamp")
-    frame = pd.DataFrame(levels, index=index, columns=[f"v{i:02d}" for i in range(NOISE_VARIABLES)])
-    frame.to_parquet(path)
-    return str(path)
 
-
-def test_on_pure_noise_fdr_control_validates_almost_nothing(tmp_path: Path) -> None:
+def test_on_pure_noise_fdr_control_validates_almost_nothing() -> None:
     """870 cross rules on 30 random walks, 20 seeds: BH at 0.1 may validate a rule in a run
-    with probability at most 0.1 (every hypothesis is null), so in at most ~2 runs of 20
-    (at most 4 asserted); the interval criterion passes about 5% of the rules in every run."""
+    with probability at most 0.1 (every hypothesis is null), so in about 2 runs of 20 (at
+    most 4 asserted); the interval criterion passes about 5% of the rules in every run."""
     runs_with_any, by_interval = 0, []
     for seed in range(NOISE_SEEDS):
-        config = TrainingConfig.build(
-            input_data=write_noise_panel(tmp_path / f"noise{seed}.parquet", seed),
-            rules=("cross",),
-            lags=1,
-            batch_size_days=10_000,
-            fdr=0.1,
-        )
-        headline = build_document(TrainingPipeline().execute(config))["metrics"]["headline"]
+        headline = noise_run_headline(seed)
         assert headline["rules_total"] == NOISE_VARIABLES * (NOISE_VARIABLES - 1)
         runs_with_any += headline["rules_validated"] > 0
         by_interval.append(headline["rules_validated_by_interval"])
@@ -113,8 +108,17 @@ def test_on_pure_noise_fdr_control_validates_almost_nothing(tmp_path: Path) -> N
 
 
 def test_a_real_link_among_noise_is_validated(tmp_path: Path) -> None:
+    """Random walks but for one link: v01's change follows half of v00's previous change."""
+    rng = np.random.default_rng(1)
+    changes = rng.standard_normal((NOISE_ROWS, NOISE_VARIABLES))
+    changes[1:, 1] += 0.5 * changes[:-1, 0]
+    index = pd.bdate_range("2010-01-04", periods=NOISE_ROWS, name="timestamp")
+    columns = [f"v{i:02d}" for i in range(NOISE_VARIABLES)]
+    pd.DataFrame(100.0 + np.cumsum(changes, axis=0), index, columns).to_parquet(
+        tmp_path / "linked.parquet"
+    )
     config = TrainingConfig.build(
-        input_data=write_noise_panel(tmp_path / "linked.parquet", seed=1, link=0.5),
+        input_data=str(tmp_path / "linked.parquet"),
         rules=("cross",),
         lags=1,
         batch_size_days=10_000,
@@ -134,3 +138,16 @@ def test_fdr_is_a_setting_with_bounds() -> None:
 def test_validate_rules_returns_one_entry_per_rule() -> None:
     validation = validate_rules(np.array([3.0, 80.0]), np.array([2.0, 20.0]), 0.05)
     assert validation.fdr == 0.05 and list(validation.validated) == [False, True]
+
+
+def test_synthetic_without_signal_is_independent_random_walks() -> None:
+    from recursive_training.data.builtin import SyntheticSpec, ground_truth, simulate
+    from recursive_training.exceptions import DataError
+
+    spec = SyntheticSpec.from_query("n_variables=5&years=40&seed=2&signal=0", "builtin:synthetic")
+    assert not ground_truth(spec, lags=3).to_numpy().any()
+    changes = simulate(spec).diff().iloc[3:].to_numpy()
+    lagged = np.corrcoef(changes[1:].T, changes[:-1].T)[:5, 5:]
+    assert np.abs(lagged).max() < 4 / np.sqrt(len(changes))
+    with pytest.raises(DataError, match="signal=2 must be 0 or 1"):
+        SyntheticSpec.from_query("signal=2", "builtin:synthetic")
