@@ -31,7 +31,7 @@ RULE_MESSAGE: Final = (
 # ttlSecondsAfterFinished may change: the operator applies them to the running run.
 IMMUTABLE_FIELDS: Final = (
     "variables", "startDate", "endDate", "batchSizeDays", "horizon", "lags", "ridgeAlpha",
-    "halfLifeDays", "rules", "data", "output", "resumeFrom", "image", "serviceAccountName",
+    "halfLifeDays", "rules", "fdr", "data", "output", "resumeFrom", "image", "serviceAccountName",
     "nodeSelector", "tolerations",
 )  # fmt: skip
 IMMUTABLE_DASK_FIELDS: Final = ("minWorkers", "threads", "resources", "image")
@@ -249,6 +249,16 @@ def build_spec_schema() -> Schema:
                 ],
             },
             "maxItems": 64,
+        },
+        "fdr": {
+            "type": "number",
+            "minimum": 0,
+            "exclusiveMinimum": True,
+            "maximum": 1,
+            "exclusiveMaximum": True,
+            "default": 0.1,
+            "description": "False discovery rate of rule validation (Benjamini-Hochberg over "
+            "all rules of the run).",
         },
         "data": {**_data_schema(), "default": {}},
         "output": _output_schema(),

@@ -38,6 +38,7 @@ class RunSpec:
     ridge_alpha: float = 0.01
     half_life_days: float | None = None
     rules: tuple[str, ...] = ()
+    fdr: float = 0.1
     resume_from: str | None = None
     workers: int = 2
     # Workers that must run before the driver starts; None: all of `workers`.
@@ -84,6 +85,7 @@ class RunSpec:
             ridge_alpha=spec.get("ridgeAlpha", cls.ridge_alpha),
             half_life_days=spec.get("halfLifeDays"),
             rules=tuple(spec.get("rules", ())),
+            fdr=spec.get("fdr", cls.fdr),
             resume_from=spec.get("resumeFrom"),
             workers=dask.get("workers", cls.workers),
             min_workers=dask.get("minWorkers"),
@@ -127,6 +129,7 @@ def cli_arguments(run: RunSpec, scheduler_address: str) -> list[str]:
         f"--horizon={run.horizon}",
         f"--lags={run.lags}",
         f"--ridge-alpha={run.ridge_alpha}",
+        f"--fdr={run.fdr}",
         f"--dask-scheduler-address={scheduler_address}",
         f"--output-dir={run.output_uri}",
         f"--checkpoint-dir={run.checkpoint_uri}",

@@ -41,6 +41,7 @@ def test_a_minimal_run_is_stored_with_defaults(pulse_install: ControlPlane, name
     assert spec["backoffLimit"] == 2
     assert spec["suspend"] is False
     assert spec["rules"] == ["momentum(5)", "mean_reversion(20)", "model"]
+    assert spec["fdr"] == 0.1
     assert spec["data"] == {"uri": "builtin:synthetic", "format": "auto"}
     assert spec["dask"] == {"workers": 2, "threads": 1}
 
@@ -63,6 +64,8 @@ def test_printer_columns_and_short_name(pulse_install: ControlPlane, namespace: 
         ({"backoffLimit": -1}, "spec.backoffLimit"),
         ({"rules": ["model", "momentum(x)"]}, "unknown rule; known rules: momentum(W)"),
         ({"rules": ["tarot"]}, "spec.rules[0]"),
+        ({"fdr": 0}, "spec.fdr in body should be greater than 0"),
+        ({"fdr": 1}, "spec.fdr in body should be less than 1"),
         ({"output": {}}, 'spec.output.uri: Required value'),
         ({"data": {"format": "xlsx"}}, 'spec.data.format: Unsupported value: "xlsx"'),
         # Caught here, not by the Dask pods' creation at run time with a generic message.
@@ -94,6 +97,8 @@ def test_training_fields_are_immutable_but_suspend_is_not(
     assert "variables is immutable once the run exists" in changed
     added = rejection(plane, training_run(namespace, variables=["a", "b"], lags=3, halfLifeDays=30))
     assert "halfLifeDays is immutable once the run exists" in added
+    fdr = rejection(plane, training_run(namespace, variables=["a", "b"], lags=3, fdr=0.05))
+    assert "fdr is immutable once the run exists" in fdr
     paused = training_run(namespace, variables=["a", "b"], lags=3, suspend=True)
     stored = plane.apply({**paused, "spec": {**paused["spec"], "ttlSecondsAfterFinished": 60}})
     assert stored["spec"]["suspend"] is True

@@ -23,6 +23,7 @@ DEFAULTED: dict[str, tuple[tuple[str, ...], str | None]] = {
     "horizon": (("horizon",), "horizon"),
     "lags": (("lags",), "lags"),
     "ridge_alpha": (("ridgeAlpha",), "ridge_alpha"),
+    "fdr": (("fdr",), "fdr"),
     # RunSpec keeps rules empty and passes no --rules then: the pipeline's default applies.
     "rules": (("rules",), None),
 }
