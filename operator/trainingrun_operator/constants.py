@@ -55,6 +55,12 @@ CONDITION_RUNNING: Final = "Running"
 CONDITION_SUSPENDED: Final = "Suspended"
 CONDITION_COMPLETE: Final = "Complete"
 CONDITION_FAILED: Final = "Failed"
+# kstatus conventions (sigs.k8s.io/cli-utils; what Flux, kpt and Argo CD's readers expect):
+# Reconciling while the run is in flight, Stalled once it failed, Ready once it succeeded or
+# while it is suspended (nothing left to do: what the spec asks for is reached).
+CONDITION_RECONCILING: Final = "Reconciling"
+CONDITION_STALLED: Final = "Stalled"
+CONDITION_KSTATUS_READY: Final = "Ready"
 
 # Environment of the driver container: where it reports to, where it leaves its last word.
 ENV_RUN_NAME: Final = "PULSE_TRAININGRUN_NAME"

@@ -24,8 +24,11 @@ from trainingrun_operator.constants import (
     CONDITION_ADMITTED,
     CONDITION_COMPLETE,
     CONDITION_FAILED,
+    CONDITION_KSTATUS_READY,
     CONDITION_READY,
+    CONDITION_RECONCILING,
     CONDITION_RUNNING,
+    CONDITION_STALLED,
     CONDITION_SUSPENDED,
     DASHBOARD_PORT,
     DASK_LABEL_CLUSTER,
@@ -390,6 +393,7 @@ def observe(
         CONDITION_SUSPENDED: phase == SUSPENDED,
         CONDITION_COMPLETE: phase == SUCCEEDED,
         CONDITION_FAILED: phase == FAILED,
+        **kstatus_truth(phase),
     }
     new["conditions"] = [
         _condition(previous, kind, true, reason, message, generation, stamp)
@@ -406,6 +410,37 @@ def observe(
         Event("Normal", action.name.title().replace("_", ""), action.value) for action in actions
     ]
     return Outcome(new, tuple(actions), tuple(events))
+
+
+def kstatus_truth(phase: str) -> dict[str, bool]:
+    """The kstatus conditions of a run in `phase`.
+
+    kstatus (and Flux, kpt) read Reconciling=True as InProgress, Stalled=True as Failed,
+    Ready=False as InProgress and Ready=True as Current. A run reconciles until it finishes;
+    a suspended one has reached what its spec asks for, so it reads Current, not InProgress.
+    """
+    return {
+        CONDITION_RECONCILING: phase in (PENDING, PROVISIONING, RUNNING),
+        CONDITION_STALLED: phase == FAILED,
+        CONDITION_KSTATUS_READY: phase in (SUCCEEDED, SUSPENDED),
+    }
+
+
+def invalid_spec_outcome(body: Mapping[str, Any], message: str, now: datetime.datetime) -> Outcome:
+    """A run whose spec cannot be read: Failed and Stalled at once, nothing created."""
+    status: Mapping[str, Any] = body.get("status") or {}
+    previous = list(status.get("conditions", []))
+    generation = int(body["metadata"].get("generation", 1))
+    kinds = (CONDITION_ADMITTED, CONDITION_READY, CONDITION_RUNNING, CONDITION_SUSPENDED,
+             CONDITION_COMPLETE)  # fmt: skip
+    truth = {**dict.fromkeys(kinds, False), CONDITION_FAILED: True, **kstatus_truth(FAILED)}
+    conditions = [
+        _condition(previous, kind, true, "InvalidSpec", message, generation, _now_text(now))
+        for kind, true in truth.items()
+    ]
+    new = {"phase": FAILED, "message": message, "observedGeneration": generation,
+           "conditions": conditions}  # fmt: skip
+    return Outcome(new, (), (Event("Warning", "InvalidSpec", message),))
 
 
 # Waiting reasons a user should look at: posted as Warning Events.
@@ -669,11 +704,7 @@ async def sync_run(
             try:
                 outcome = await reconcile(api, body, settings, now, watched_runs)
             except InvalidSpecError as e:
-                outcome = Outcome(
-                    {"phase": FAILED, "message": str(e)},
-                    (),
-                    (Event("Warning", "InvalidSpec", str(e)),),
-                )
+                outcome = invalid_spec_outcome(body, str(e), now)
             # Only what changed, so an idle run costs two GETs per resync and no write.
             changed = {k: v for k, v in outcome.status.items() if current.get(k) != v}
             if changed and Action.DELETE_RUN not in outcome.actions:
