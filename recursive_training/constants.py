@@ -11,8 +11,10 @@ STATE_KIND: Final = "pulse.dev/TrainingState"
 
 DEFAULT_INPUT_DATA: Final = "builtin:synthetic"
 DEFAULT_RESULTS_FILE: Final = "results.json"
-DEFAULT_STATE_FILE: Final = "state.npz"
-DEFAULT_PREDICTIONS_FILE: Final = "predictions.parquet"
+STATE_FILE: Final = "state-{run_id}.npz"
+PREDICTIONS_FILE: Final = "predictions-{run_id}.parquet"
+"""A run's data files carry its id, so writing them never touches an earlier run's files;
+``results.json`` names them and is written last (docs/outputs.md)."""
 
 CONFIDENCE_LEVEL: Final = 0.90
 """Width of the credible interval reported for rule trust."""

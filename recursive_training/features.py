@@ -42,3 +42,15 @@ def design(
 def complete_rows(features: FloatArray, targets: FloatArray) -> NDArray[np.bool_]:
     """Samples with every feature and every target present."""
     return np.asarray(np.isfinite(features).all(axis=1) & np.isfinite(targets).all(axis=1))
+
+
+def usable_by_variable(
+    levels: FloatArray, origins: NDArray[np.intp], lags: int, horizon: int
+) -> NDArray[np.int64]:
+    """Per column of ``levels``, the samples whose own values are all present: the origin,
+    the ``lags`` rows before it (for its changes) and the target row."""
+    present = np.isfinite(levels)
+    usable = present[origins + horizon].copy()
+    for lag in range(lags + 1):
+        usable &= present[origins - lag]
+    return np.asarray(usable.sum(axis=0), dtype=np.int64)

@@ -1,8 +1,10 @@
 """The results document, its files, and the short summary printed after a run.
 
-Files of one run, in ``output_dir``: ``predictions.parquet`` (every walk-forward
-prediction), ``state.npz`` (to resume from) and the results JSON, written last: its
-presence means the run finished and the other two belong to it.
+Files of one run, in ``output_dir``: ``predictions-<run id>.parquet`` (every walk-forward
+prediction), ``state-<run id>.npz`` (to resume from) and the results JSON, which names
+them and is written last, in one atomic step: it is the commit. Before it, an earlier
+run's results JSON still names that run's own files, which nothing here has touched;
+after it, the earlier run's files are deleted. See docs/outputs.md.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import io
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -20,16 +23,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recursive_training import __version__, storage
+from recursive_training import __version__, interrupts, storage
 from recursive_training.config import TrainingConfig
 from recursive_training.constants import (
     CONFIDENCE_LEVEL,
-    DEFAULT_PREDICTIONS_FILE,
-    DEFAULT_STATE_FILE,
+    PREDICTIONS_FILE,
     RESULTS_KIND,
     RESULTS_SCHEMA_VERSION,
+    STATE_FILE,
 )
-from recursive_training.exceptions import OutputError
+from recursive_training.exceptions import OutputError, StateError
 from recursive_training.metrics import ErrorSums
 from recursive_training.rules import beta_trust
 from recursive_training.stages.training_stages import TrainingResult
@@ -152,8 +155,44 @@ def build_document(result: TrainingResult) -> dict[str, Any]:
         "rules": rules,
         "metrics": {"headline": headline, "overall": overall},
         "batches": batches,
-        "files": {"state": DEFAULT_STATE_FILE, "predictions": DEFAULT_PREDICTIONS_FILE},
+        "files": {
+            role: _reference(location, result.config.results_path)
+            for role, location in data_files(result.config, result.run_id).items()
+        },
     }
+
+
+def data_files(config: TrainingConfig, run_id: str) -> dict[str, str]:
+    """Where the run ``run_id`` writes its state and predictions."""
+    return {
+        "state": storage.join(config.output_dir, STATE_FILE.format(run_id=run_id)),
+        "predictions": storage.join(config.output_dir, PREDICTIONS_FILE.format(run_id=run_id)),
+    }
+
+
+def _reference(location: str, results_path: str) -> str:
+    """How the results document names a file: relative to its own folder when inside it."""
+    folder, _, name = location.rpartition("/")
+    if folder == results_path.rpartition("/")[0]:
+        return name
+    return location if "://" in location else str(Path(location).resolve())
+
+
+def resolve_reference(reference: str, results_path: str) -> str:
+    """The location of a file the results document at ``results_path`` names."""
+    if "://" in reference or Path(reference).is_absolute():
+        return reference
+    return storage.join(results_path.rpartition("/")[0] or ".", reference)
+
+
+def referenced_files(data: bytes, results_path: str) -> dict[str, str] | None:
+    """The data files a results document names, or None when ``data`` is not one."""
+    try:
+        document = json.loads(data)
+        files = document["files"] if document.get("kind") == RESULTS_KIND else None
+        return {str(k): resolve_reference(str(v), results_path) for k, v in files.items()}
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return None
 
 
 def check_output_free(config: TrainingConfig) -> None:
@@ -174,7 +213,7 @@ class PredictionsSpool:
 
     def __init__(self) -> None:
         self._folder = tempfile.TemporaryDirectory(prefix="pulse-predictions-")
-        self.path = Path(self._folder.name) / DEFAULT_PREDICTIONS_FILE
+        self.path = Path(self._folder.name) / PREDICTIONS_FILE.format(run_id="spool")
         self._writer: pq.ParquetWriter | None = None
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
@@ -228,58 +267,96 @@ class PredictionsSpool:
 
 
 def write_outputs(
-    result: TrainingResult, config: TrainingConfig, predictions: Path | None = None
-) -> dict[str, Any]:
-    """Write predictions, state, then results (each atomically); undo all on failure.
+    result: TrainingResult,
+    config: TrainingConfig,
+    document: dict[str, Any],
+    predictions: Path | None = None,
+    on_commit: Callable[[], None] | None = None,
+) -> None:
+    """Write predictions and state, then commit ``document``; all of it or none.
 
     ``predictions`` is the spooled Parquet file when the run used a PredictionsSpool;
-    otherwise the predictions the result holds are written.
+    otherwise the predictions the result holds are written. ``on_commit`` is called the
+    moment the results document is in place (signals are held from the write until then).
     """
-    document = build_document(result)
     if predictions is None:
         buffer = io.BytesIO()
         result.predictions_frame().to_parquet(buffer, index=False)
+    locations = data_files(config, result.run_id)
     files: list[tuple[str, bytes | Path, str]] = [
         (
-            storage.join(config.output_dir, DEFAULT_PREDICTIONS_FILE),
+            locations["predictions"],
             buffer.getvalue() if predictions is None else predictions,
             "application/vnd.apache.parquet",
         ),
-        (
-            storage.join(config.output_dir, DEFAULT_STATE_FILE),
-            result.state.to_bytes(),
-            "application/octet-stream",
-        ),
-        (
-            config.results_path,
-            json.dumps(document, indent=2, allow_nan=False).encode(),
-            "application/json",
-        ),
+        (locations["state"], result.state.to_bytes(), "application/octet-stream"),
     ]
     # stored with S3 objects, so a reader can match the three files of one run
     metadata = {"run-id": result.run_id, "config-hash": document["config_hash"]}
-    written: list[str] = []
+    earlier = _earlier_files(config)
+    started: list[str] = []
+    committed = False
     try:
         for location, data, content_type in files:
+            started.append(location)  # before the write: an interrupted write is undone too
             storage.write_bytes(
                 location, data, config.s3_settings, content_type=content_type, metadata=metadata
             )
-            written.append(location)
-    except (OSError, OutputError) as e:
-        for location in written:
-            _remove_partial(location, config)
-        if isinstance(e, OutputError):
+        with interrupts.held():
+            try:
+                storage.write_bytes(
+                    config.results_path,
+                    json.dumps(document, indent=2, allow_nan=False).encode(),
+                    config.s3_settings,
+                    content_type="application/json",
+                    metadata=metadata,
+                )
+            except OutputError:
+                if not _landed_anyway(config, result.run_id):
+                    raise
+            committed = True
+            if on_commit is not None:
+                on_commit()
+            for location in sorted(set(earlier) - set(locations.values())):
+                _remove_leftover(location, config, "of the replaced run")
+    except BaseException as e:
+        if committed:  # a signal held during the commit: the results stand
             raise
-        raise OutputError(f"cannot write results to {config.output_dir}: {e}") from e
-    return document
+        with interrupts.held():
+            for location in started:
+                _remove_leftover(location, config, "of the failed run")
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write results to {config.output_dir}: {e}") from e
+        raise
 
 
-def _remove_partial(location: str, config: TrainingConfig) -> None:
-    """Delete a file of a failed run; if that fails too, say so and keep the first error."""
+def _earlier_files(config: TrainingConfig) -> list[str]:
+    """The data files of the run whose results this one replaces (deleted after the commit)."""
+    if not config.overwrite or not storage.exists(config.results_path, config.s3_settings):
+        return []
+    try:
+        data = storage.read_bytes(config.results_path, config.s3_settings)
+    except StateError:
+        return []
+    return list((referenced_files(data, config.results_path) or {}).values())
+
+
+def _landed_anyway(config: TrainingConfig, run_id: str) -> bool:
+    """True when a results write that reported an error stored them all the same (an S3
+    PUT whose answer was lost); the data files must then stay."""
+    try:
+        data = storage.read_bytes(config.results_path, config.s3_settings)
+        return bool(json.loads(data).get("run_id") == run_id)
+    except (StateError, ValueError, AttributeError):
+        return False
+
+
+def _remove_leftover(location: str, config: TrainingConfig, whose: str) -> None:
+    """Delete a file no results document names; if that fails, say so and carry on."""
     try:
         storage.remove(location, config.s3_settings)
     except (OSError, OutputError) as e:
-        log.warning("could not remove %s of the failed run (%s); delete it by hand", location, e)
+        log.warning("could not remove %s %s (%s); delete it by hand", location, whose, e)
 
 
 def summary(document: dict[str, Any]) -> str:

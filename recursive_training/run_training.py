@@ -1,7 +1,10 @@
 """Command line of the pipeline: ``pulse-train`` / ``python -m recursive_training.run_training``.
 
-Settings come from defaults < ``--config`` YAML < flags. Exit status is 0 on success and
-1 on any error a user can fix, which is reported in one line without a traceback.
+Settings come from defaults < ``--config`` YAML < flags. Exit status is 0 when the run's
+results are complete and 1 when no new results were written (an error a user can fix,
+reported in one line without a traceback, or Ctrl-C); 143 after SIGTERM. Only the
+standard library is imported at the top, so the signal handlers are in place before the
+slow imports (pandas, boto3, pydantic) begin: an interruption at any moment gets one line.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from recursive_training import __version__
-from recursive_training.config import TrainingConfig, load_config_file
+from recursive_training import __version__, interrupts
 from recursive_training.exceptions import ConfigError, TrainingError
+
+if TYPE_CHECKING:
+    from recursive_training.config import TrainingConfig
 
 log = logging.getLogger("recursive_training")
 
@@ -52,6 +57,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _field_help(name: str, extra: str = "") -> str:
     """A flag's help: the config field's description, ``extra``, and its default."""
+    from recursive_training.config import TrainingConfig
+
     field = TrainingConfig.model_fields[name]
     default = field.default
     shown = ",".join(default) if isinstance(default, tuple) else default
@@ -104,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size-days", type=int, metavar="DAYS", help=_field_help("batch_size_days")
     )
     data.add_argument("--fill-limit", type=int, metavar="ROWS", help=_field_help("fill_limit"))
+    data.add_argument("--max-batches", type=int, metavar="N", help=_field_help("max_batches"))
 
     model = parser.add_argument_group("model and rules")
     model.add_argument("--horizon", type=int, metavar="STEPS", help=_field_help("horizon"))
@@ -186,6 +194,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def create_config_from_args(args: argparse.Namespace) -> TrainingConfig:
     """Merge defaults, the YAML file and the flags into one validated TrainingConfig."""
+    from recursive_training.config import TrainingConfig, load_config_file
+
     given: dict[str, Any] = dict(vars(args))
     given.pop("progress_file", None)  # where progress goes, not how the run trains
     fields = load_config_file(given.pop("config")) if "config" in given else {}
@@ -224,77 +234,58 @@ def setup_logging(level: str = "INFO", log_dir: str | None = None) -> Path | Non
     return path
 
 
-def run(config: TrainingConfig, progress_file: str | None = None) -> dict[str, Any]:
-    """Run training with ``config``, write its files, and return the results document.
-
-    With ``progress_file``, progress and the results' location and headline metrics are
-    also appended there as JSON lines (see ``ProgressFile``).
-    """
-    # Imported here, not at the top: --help, --version and a bad flag need none of the
-    # numeric, storage or progress libraries these bring (pandas, pyarrow, tqdm, boto3).
-    from recursive_training import storage
-    from recursive_training.progress import ProgressBar, ProgressFile
-    from recursive_training.results import PredictionsSpool, check_output_free, write_outputs
-    from recursive_training.stages import TrainingPipeline
-    from recursive_training.state import TrainingState
-
-    check_output_free(config)
-    state = None
-    if config.resume_from:
-        data = storage.read_bytes(config.resume_from, config.s3_settings)
-        state = TrainingState.from_bytes(data, config.resume_from)
-    reporter = ProgressFile(progress_file) if progress_file else None
-    try:
-        with ProgressBar(config.progress) as bar, PredictionsSpool() as spool:
-
-            def progress(stage: str, done: int, total: int) -> None:
-                bar(stage, done, total)
-                if reporter is not None:
-                    reporter(stage, done, total)
-
-            pipeline = TrainingPipeline(progress=progress, predictions_sink=spool)
-            result = pipeline.execute(config, state)
-            document = write_outputs(result, config, spool.finish(result.predictions_frame()))
-            log.info("Wrote %s", config.results_path)
-            if reporter is not None:
-                reporter.results(config.results_path, document["metrics"]["headline"])
-            if config.report_dir:
-                from recursive_training.report import render_report
-
-                pages = render_report(document, spool.read(), config.report_dir)
-                log.info("Report: %s", pages[-1])
-    finally:
-        if reporter is not None:
-            reporter.close()
-    return document
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: 0 on success, 1 on a user-fixable error (one line, no traceback)."""
+    """Entry point: 0 with complete results, 1 without (one line, no traceback), 143 on SIGTERM."""
+    interrupts.handle_termination()
+    outcome = None
     try:
+        from recursive_training.results import summary
+        from recursive_training.runner import Outcome, run
+
+        outcome = Outcome()
         args = parse_args(argv)
         config = create_config_from_args(args)
         setup_logging(config.log_level, config.log_dir)
-        document = run(config, getattr(args, "progress_file", None))
+        document = run(config, getattr(args, "progress_file", None), outcome)
+        _print(summary(document))
     except SystemExit as e:  # --help and --version
         return int(e.code or 0)
     except TrainingError as e:
-        if not logging.getLogger().handlers:
-            setup_logging()
+        _ensure_logging()
         log.error("%s", e)
         return 1
-    except KeyboardInterrupt:
-        log.error("interrupted; no results were written")
-        return 1
-    from recursive_training.results import summary  # loaded by run() already
-
-    print(summary(document))
+    except KeyboardInterrupt as e:
+        _ensure_logging()
+        terminated = isinstance(e, interrupts.Terminated)
+        cause = "terminated (SIGTERM)" if terminated else "interrupted"
+        if outcome is not None and outcome.results is not None:
+            log.warning("%s after the results were complete: %s", cause, outcome.results)
+            return 0
+        log.error("%s; no new results were written (earlier results are unchanged)", cause)
+        return interrupts.Terminated.exit_status if terminated else 1
     return 0
 
 
+def _ensure_logging() -> None:
+    """Console logging, if the run failed before it was set up."""
+    if not logging.getLogger().handlers:
+        setup_logging()
+
+
+def _print(text: str) -> None:
+    """Print to stdout; a reader that stopped early (``| head``) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # later flushes at exit would fail again: point stdout at nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def cli() -> NoReturn:
-    """Console-script wrapper."""
-    sys.exit(main())
+    """Console-script wrapper: once ``main`` has decided the outcome, nothing may change it."""
+    code = main()
+    interrupts.ignore_interruptions()  # atexit hooks (Dask, temporary folders) run undisturbed
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,12 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectTimeoutError,
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
     ProfileNotFound,
+    ReadTimeoutError,
 )
 
 from recursive_training.exceptions import OutputError, TrainingError
@@ -60,7 +62,7 @@ def client(settings: S3Settings) -> Any:
 def _client(settings: S3Settings, pid: int) -> Any:
     """Build the client; ``pid`` in the key keeps a forked worker from reusing the parent's."""
     config = Config(
-        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         region_name=settings.region,
@@ -107,6 +109,17 @@ def describe_error(
         return (
             f"cannot {action} {where}: incomplete AWS credential settings ({error}); "
             f"{_CREDENTIAL_FIX}"
+        )
+    if isinstance(error, ReadTimeoutError | ConnectTimeoutError):
+        waited, flag = (
+            ("answer", f"--s3-read-timeout {settings.read_timeout:g}s")
+            if isinstance(error, ReadTimeoutError)
+            else ("accept a connection", f"--s3-connect-timeout {settings.connect_timeout:g}s")
+        )
+        return (
+            f"cannot {action} {where}: S3 endpoint {settings.describe_endpoint()} did not "
+            f"{waited} within {flag} in {settings.max_attempts} attempts (--s3-max-attempts); "
+            "check the server, or raise those settings for a slow one"
         )
     if isinstance(error, botocore_errors.ConnectionError | HTTPClientError):
         return (

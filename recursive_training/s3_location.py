@@ -54,9 +54,9 @@ class S3Settings:
 
     endpoint_url: str | None = None
     region: str | None = None
-    max_attempts: int = 4
+    max_attempts: int = 3
     connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    read_timeout: float = 8.0
 
     def describe_endpoint(self) -> str:
         """The endpoint a client built from these settings talks to, for messages."""

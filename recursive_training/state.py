@@ -90,7 +90,10 @@ class TrainingState:
                 stats = SufficientStats(moments, arrays["rule_hits"], arrays["rule_misses"])
                 model_hits, model_misses = arrays["model_hits"], arrays["model_misses"]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-            raise StateError(f"{source} is not a Pulse training state file ({e})") from e
+            raise StateError(
+                f"{source} is not a Pulse training state file ({_why_unreadable(e, data)}); pass "
+                "the state file or results.json that a run wrote to --resume-from"
+            ) from e
         if header.get("kind") != STATE_KIND or header.get("schema_version") != STATE_SCHEMA_VERSION:
             raise StateError(
                 f"{source} has kind {header.get('kind')!r} version "
@@ -146,6 +149,20 @@ class TrainingState:
                     f"{field}={_show(saved.get(field))} but this run has {field}={_show(value)}; "
                     "use the same setting or start afresh"
                 )
+
+
+def _why_unreadable(error: Exception, data: bytes) -> str:
+    """What is wrong with a file that does not load, in our words: numpy's own messages
+    suggest loading a pickled file "unsafely", which a state file never needs."""
+    if isinstance(error, KeyError):
+        return f"it has no {error} entry"
+    if isinstance(error, json.JSONDecodeError):
+        return "its header is not JSON"
+    if "pickle" in str(error) and data.startswith(b"PK"):
+        return "it holds pickled Python objects, which a state file never does"
+    if isinstance(error, zipfile.BadZipFile) or not isinstance(error, OSError):
+        return "it is not an .npz archive of plain arrays"
+    return str(error)
 
 
 def _show(value: object) -> str:

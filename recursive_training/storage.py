@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 from recursive_training.exceptions import OutputError, StateError
@@ -80,7 +81,7 @@ def write_bytes(
             prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
         )
     except OSError as e:
-        raise OutputError(f"cannot write into {path.parent}: {e.strerror or e}") from e
+        raise OutputError(_folder_problem(path.parent, e)) from e
     try:
         with os.fdopen(handle, "wb") as stream:
             if isinstance(data, bytes):
@@ -96,6 +97,37 @@ def write_bytes(
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def check_writable(folder: str, settings: S3Settings = DEFAULT_S3) -> None:
+    """Write and delete a probe file in ``folder``, so a run that could not save its results
+    fails before training instead of at its end. A missing local folder is not created:
+    the probe goes into its nearest existing ancestor."""
+    probe = f".pulse-write-probe-{uuid.uuid4().hex[:12]}"
+    if is_s3_uri(folder):
+        from recursive_training import s3  # boto3, for S3 locations only
+
+        location = S3Location.parse(folder).child(probe)
+        s3.put_bytes(location, b"", settings, content_type="text/plain", metadata={})
+        s3.delete(location, settings)
+        return
+    path = Path(folder)
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor))
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        (existing / probe).touch(exist_ok=False)
+        (existing / probe).unlink()
+    except OSError as e:
+        raise OutputError(_folder_problem(path, e)) from e
+
+
+def _folder_problem(folder: Path, error: OSError) -> str:
+    """Why nothing can be written into ``folder``, naming a file that stands in its way."""
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        return f"cannot write into {folder}: {blocker} is a file, not a folder; choose another path"
+    return f"cannot write into {folder}: {error.strerror or error}"
 
 
 def remove(location: str, settings: S3Settings = DEFAULT_S3) -> None:

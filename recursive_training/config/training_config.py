@@ -58,6 +58,12 @@ class TrainingConfig(BaseModel):
     fill_limit: int = Field(
         3, ge=0, description="Forward-fill at most this many consecutive missing values."
     )
+    max_batches: int = Field(
+        5000,
+        ge=1,
+        description="Refuse a date range that makes more batches than this (a typing error in "
+        "a date or --batch-size-days); 5000 is 1-day batches over 13 years.",
+    )
 
     # --- model ------------------------------------------------------------------------
     horizon: int = Field(1, ge=1, description="Forecast horizon h in steps (rows).")
@@ -186,13 +192,17 @@ class TrainingConfig(BaseModel):
     s3_output_file: str | None = Field(
         None, description="Write the results JSON to this s3://bucket/key (sets output_file)."
     )
+    # The defaults give up on an endpoint that accepts connections and never answers
+    # within about 30 s: 3 attempts x 8 s plus backoff (tests/integration/s3).
     s3_max_attempts: int = Field(
-        4, ge=1, description="Attempts per S3 request (retries with backoff) before failing."
+        3, ge=1, description="Attempts per S3 request (retries with backoff) before failing."
     )
     s3_connect_timeout: float = Field(
         5.0, gt=0, description="Seconds to wait for an S3 connection."
     )
-    s3_read_timeout: float = Field(30.0, gt=0, description="Seconds to wait for an S3 response.")
+    s3_read_timeout: float = Field(
+        8.0, gt=0, description="Seconds to wait for each part of an S3 response."
+    )
 
     # --- logging ----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
+from recursive_training import features as feats
 from recursive_training.arrays import FloatArray
 from recursive_training.config import TrainingConfig
 from recursive_training.data import open_source
@@ -102,6 +103,8 @@ class BatchStatistics:
     dropped_missing: int
     seconds: float
     worker: str
+    candidates: int  # samples realized in the batch, complete or not
+    usable: NDArray[np.int64]  # per variable, the samples with its own values all present
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,13 @@ def compute_batch_statistics(batch: TrainingBatch, spec: TaskSpec) -> BatchStati
     if first >= stop:
         empty = SufficientStats(structure.zeros(), np.zeros(n_entries), np.zeros(n_entries))
         return BatchStatistics(
-            batch.batch_id, empty, 0, time.perf_counter() - began, current_worker()
+            batch.batch_id,
+            empty,
+            0,
+            time.perf_counter() - began,
+            current_worker(),
+            0,
+            np.zeros(len(batch.variables), dtype=np.int64),
         )
     levels, stamps = load_window(batch, spec)
     origins = np.arange(first, stop) - spec.horizon - batch.window_rows[0]
@@ -189,6 +198,8 @@ def compute_batch_statistics(batch: TrainingBatch, spec: TaskSpec) -> BatchStati
         _dropped(structure, len(origins), complete),
         time.perf_counter() - began,
         current_worker(),
+        len(origins),
+        feats.usable_by_variable(levels, origins, spec.lags, spec.horizon),
     )
 
 

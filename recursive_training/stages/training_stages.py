@@ -27,6 +27,7 @@ from recursive_training.constants import MODEL_RULE
 from recursive_training.data import DataSource, open_source
 from recursive_training.engines import Engine, create_engine
 from recursive_training.exceptions import DataError, StateError
+from recursive_training.guards import check_batch_count, check_coverage
 from recursive_training.metrics import ErrorSums
 from recursive_training.models import (
     ModelStructure,
@@ -192,6 +193,7 @@ def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPl
     timestamps = source.timestamps()
     start, end = resolve_range(config, timestamps, resume_state, source.uri)
     check_batch_size(timestamps[(timestamps >= start) & (timestamps < end)], config.batch_size_days)
+    check_batch_count(start, end, config)
     batches = plan_batches(
         timestamps,
         start,
@@ -342,6 +344,7 @@ class TrainingPipeline:
                 on_result=scan,
             )
             assert scan.complete, "every batch's statistics must have been folded"
+            check_coverage(plan.batches[0].variables, statistics.values(), plan.source)
             evaluations = self._collect(
                 "evaluation",
                 engine,

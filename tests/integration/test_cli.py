@@ -53,7 +53,14 @@ def test_default_run_writes_results_state_and_predictions(tmp_path: Path) -> Non
     document = json.loads((out / "results.json").read_text())
     assert document["kind"] == "pulse.dev/TrainingResults" and document["schema_version"] == 1
     assert document["data"]["variables"] == ["spx_close", "us_10y_yield", "gdp_growth"]
-    assert (out / "state.npz").is_file() and (out / "predictions.parquet").is_file()
+    run_id = document["run_id"]
+    assert document["files"] == {
+        "state": f"state-{run_id}.npz",
+        "predictions": f"predictions-{run_id}.parquet",
+    }
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["results.json", *document["files"].values()]
+    )
     assert "mean skill vs persistence" in done.stdout
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
     (log_file,) = (tmp_path / "logs").iterdir()
@@ -246,7 +253,7 @@ def test_resume_state_of_another_layout_is_refused(tmp_path: Path) -> None:
         "--input-data",
         SMALL,
         "--resume-from",
-        str(first / "state.npz"),
+        str(first / "results.json"),
         "--lags",
         "3",
     )
@@ -307,3 +314,126 @@ def test_macro_data_runs_offline(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     data = json.loads((tmp_path / "results.json").read_text())["data"]
     assert data["start"].startswith("1959-01-01") and data["rows"] == 203
+
+
+def test_a_variable_without_values_is_named_and_a_sparse_one_warned_about(
+    tmp_path: Path, panel: pd.DataFrame
+) -> None:
+    panel = panel.assign(empty=np.nan, sparse=panel["spx_close"])
+    panel.loc[panel.index[:300], "sparse"] = np.nan
+    data = tmp_path / "panel.csv"
+    panel.to_csv(data)
+    assert_clean_failure(
+        tmp_path,
+        ["panel.csv", "no usable values for variable 'empty'", "--variables"],
+        "--input-data",
+        str(data),
+    )
+    done = pulse_train(
+        "--input-data",
+        str(data),
+        "--variables",
+        "spx_close,sparse",
+        "--output-dir",
+        str(tmp_path / "out"),
+    )
+    assert done.returncode == 0, done.stderr
+    (warning,) = [line for line in done.stderr.splitlines() if "WARNING" in line]
+    assert "'sparse' has values for only" in warning
+
+
+def test_an_earlier_run_survives_a_failed_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    assert pulse_train("--input-data", SMALL, "--output-dir", str(out)).returncode == 0
+    (out / "blocker").write_text("")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    done = pulse_train(
+        "--input-data",
+        SMALL,
+        "--output-dir",
+        str(out),
+        "--overwrite",
+        "--output-file",
+        "blocker/results.json",
+        "--lags",
+        "2",
+    )
+    assert done.returncode == 1
+    assert f"{out / 'blocker'} is a file, not a folder" in done.stderr
+    assert "Planned" not in done.stderr, "the output was not checked before training"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_resume_from_a_results_file_and_no_unsafe_hint_for_a_pickle(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    args = ("--input-data", SMALL, "--lags", "2")
+    done = pulse_train(*args, "--output-dir", str(first), "--end-date", "2001-06-01")
+    assert done.returncode == 0, done.stderr
+    done = pulse_train(
+        *args,
+        "--output-dir",
+        str(tmp_path / "second"),
+        "--resume-from",
+        str(first / "results.json"),
+    )
+    assert done.returncode == 0, done.stderr
+    second = json.loads((tmp_path / "second" / "results.json").read_text())
+    assert second["data"]["start"].startswith("2001-06-01")
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, header=np.array([{"kind": "x"}], dtype=object))
+    assert_clean_failure(
+        tmp_path,
+        ["pickled.npz", "holds pickled Python objects"],
+        *args,
+        "--resume-from",
+        str(pickled),
+    )
+    assert "allow_pickle" not in pulse_train(*args, "--resume-from", str(pickled)).stderr
+
+
+def test_an_absurd_number_of_batches_is_refused_before_planning(tmp_path: Path) -> None:
+    assert_clean_failure(
+        tmp_path,
+        ["makes 8005 batches, more than --max-batches 5000", "--batch-size-days"],
+        "--end-date",
+        "9999-01-01",
+    )
+    assert_clean_failure(
+        tmp_path,
+        ["makes 1095 batches, more than --max-batches 1000"],
+        "--input-data",
+        SMALL,
+        "--batch-size-days",
+        "1",
+        "--max-batches",
+        "1000",
+    )
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
+    """stdout is a pipe whose reader has already gone, as with ``| head -1`` once it has
+    its line."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "recursive_training.run_training",
+                "--input-data",
+                SMALL,
+                "--output-dir",
+                str(tmp_path / "out"),
+            ],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+    assert (tmp_path / "out" / "results.json").is_file()

@@ -70,8 +70,11 @@ def test_child_and_str() -> None:
         (client_error("SlowDown", "Reduce your rate"), "SlowDown: Reduce your rate"),
         (EndpointConnectionError(endpoint_url="http://minio:9000"),
          "S3 endpoint http://minio:9000 is unreachable or dropped the connection, 3 attempts made"),
-        (ConnectTimeoutError(endpoint_url="http://minio:9000"), "is unreachable"),
-        (ReadTimeoutError(endpoint_url="http://minio:9000"), "is unreachable"),
+        (ConnectTimeoutError(endpoint_url="http://minio:9000"),
+         "did not accept a connection within --s3-connect-timeout 5s in 3 attempts "
+         "(--s3-max-attempts)"),
+        (ReadTimeoutError(endpoint_url="http://minio:9000"),
+         "did not answer within --s3-read-timeout 8s in 3 attempts (--s3-max-attempts)"),
         (NoCredentialsError(), "no AWS credentials found; set AWS_ACCESS_KEY_ID"),
     ],
 )

@@ -79,18 +79,22 @@ def test_same_results_from_s3_as_from_local_files(
                  "--s3-endpoint-url", s3_server.endpoint, *MODEL_ARGS)
     assert remote.returncode == 0, remote.stderr
 
-    assert keys(s3, bucket, "run/") == ["run/predictions.parquet", "run/results.json",
-                                        "run/state.npz"]
     document = json.loads(get(s3, bucket, "run/results.json"))
+    files = document["files"]
+    assert keys(s3, bucket, "run/") == sorted(
+        f"run/{name}" for name in ["results.json", *files.values()]
+    )
     expected = json.loads((tmp_path / "out" / "results.json").read_text())
     assert document["data"]["source"] == f"s3://{bucket}/data/{path}"
     assert learned(document) == learned(expected)
-    state = TrainingState.from_bytes(get(s3, bucket, "run/state.npz"), "s3 state")
-    local_state = TrainingState.from_bytes((tmp_path / "out" / "state.npz").read_bytes(), "local")
+    state = TrainingState.from_bytes(get(s3, bucket, f"run/{files['state']}"), "s3 state")
+    local_state = TrainingState.from_bytes(
+        (tmp_path / "out" / expected["files"]["state"]).read_bytes(), "local"
+    )
     for name in ("xtx", "xty", "yty", "rule_hits", "rule_misses"):
         np.testing.assert_array_equal(getattr(state.stats, name), getattr(local_state.stats, name))
-    predictions = pd.read_parquet(io.BytesIO(get(s3, bucket, "run/predictions.parquet")))
-    local_predictions = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    predictions = pd.read_parquet(io.BytesIO(get(s3, bucket, f"run/{files['predictions']}")))
+    local_predictions = pd.read_parquet(tmp_path / "out" / expected["files"]["predictions"])
     pd.testing.assert_frame_equal(predictions, local_predictions)
 
 
@@ -106,8 +110,9 @@ def test_results_carry_content_type_and_run_metadata(
     document = json.loads(get(s3, bucket, "runs/first/results.json"))
     assert document["config"]["input_data"] == f"s3://{bucket}/{path}"
     for key, content_type in [("results.json", "application/json"),
-                              ("state.npz", "application/octet-stream"),
-                              ("predictions.parquet", "application/vnd.apache.parquet")]:
+                              (document["files"]["state"], "application/octet-stream"),
+                              (document["files"]["predictions"],
+                               "application/vnd.apache.parquet")]:
         head = s3.head_object(Bucket=bucket, Key=f"runs/first/{key}")
         assert head["ContentType"] == content_type
         assert head["Metadata"] == {"run-id": document["run_id"],
@@ -125,9 +130,10 @@ def test_results_file_elsewhere_and_no_secret_in_logs_or_results(
                *MODEL_ARGS)
     assert done.returncode == 0, done.stderr
     assert keys(s3, bucket, "index/") == ["index/run.json"]
-    assert keys(s3, bucket, "run/") == ["run/predictions.parquet", "run/state.npz"]
     (log_file,) = (tmp_path / "logs").iterdir()
     results = get(s3, bucket, "index/run.json").decode()
+    files = json.loads(results)["files"]
+    assert sorted(files.values()) == [f"s3://{bucket}/{key}" for key in keys(s3, bucket, "run/")]
     written = done.stdout + done.stderr + log_file.read_text() + results
     environment = aws_environment()
     assert environment["AWS_SECRET_ACCESS_KEY"] not in written
@@ -141,11 +147,11 @@ def test_resume_from_state_in_s3(cli: Cli, s3: Any, bucket: str, s3_server: Moto
               *MODEL_ARGS)
     first = cli(*common, "--end-date", "2017-06-01", "--output-dir", f"s3://{bucket}/first")
     assert first.returncode == 0, first.stderr
-    second = cli(*common, "--resume-from", f"s3://{bucket}/first/state.npz",
+    second = cli(*common, "--resume-from", f"s3://{bucket}/first/results.json",
                  "--output-dir", f"s3://{bucket}/second")
     assert second.returncode == 0, second.stderr
     document = json.loads(get(s3, bucket, "second/results.json"))
-    assert document["resumed_from"] == f"s3://{bucket}/first/state.npz"
+    assert document["resumed_from"] == f"s3://{bucket}/first/results.json"
     assert document["data"]["start"].startswith("2017-06-01")
 
     missing = cli(*common, "--resume-from", f"s3://{bucket}/first/nope.npz",

@@ -1,0 +1,118 @@
+"""Real signals at random moments: whatever the moment, one of two clean outcomes.
+
+A CLI subprocess replaces an earlier run's results (``--overwrite``) and gets a real
+SIGINT or SIGTERM after a delay that hypothesis draws over the whole life of the run:
+imports, planning, both map stages, writing, the exit (atexit hooks). The outcome must be
+either complete new results and exit 0, or the earlier results untouched and exit 1
+(143 after SIGTERM), with one line saying which, no traceback, no temporary file left in
+the output folder or the temporary directory.
+
+The delay is counted from the moment the process has installed its SIGTERM handler (read
+from /proc/PID/status), i.e. from the first line of ``main``: before it, the interpreter
+is still starting and its own default behaviour applies. It is drawn as a fraction of how
+long an undisturbed run of the same command took on this machine, so the draws cover the
+whole run however loaded the machine is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from .test_cli import SMALL
+
+RUN = ("--input-data", SMALL, "--lags", "2", "--batch-size-days", "60", "--overwrite")
+
+
+def handles(pid: int, signum: int) -> bool:
+    """True once process ``pid`` has a handler of its own for ``signum``."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True  # already gone: nothing left to wait for
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) >> (signum - 1) & 1)
+
+
+def start(out: Path, spool: Path) -> subprocess.Popen[str]:
+    """The CLI writing into ``out`` (temporary files in ``spool``), once ``main`` runs."""
+    environment = {**os.environ, "TMPDIR": str(spool)}
+    environment.pop("DASK_SCHEDULER_ADDRESS", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "recursive_training.run_training", *RUN, "--output-dir", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    began = time.monotonic()
+    while not handles(process.pid, signal.SIGTERM) and time.monotonic() - began < 60:
+        time.sleep(0.002)
+    return process
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """A folder holding one finished run, and how many seconds its ``main`` took."""
+    folder = tmp_path_factory.mktemp("earlier")
+    process = start(folder, tmp_path_factory.mktemp("spool"))
+    began = time.monotonic()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    return folder, time.monotonic() - began
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(moment=st.floats(0.0, 1.05), signum=st.sampled_from([signal.SIGINT, signal.SIGTERM]))
+def test_a_signal_at_any_moment_leaves_one_of_two_clean_outcomes(
+    earlier: tuple[Path, float],
+    tmp_path_factory: pytest.TempPathFactory,
+    moment: float,
+    signum: int,
+) -> None:
+    folder, duration = earlier
+    work = tmp_path_factory.mktemp("run")
+    out, spool = work / "out", work / "tmp"
+    spool.mkdir()
+    out.mkdir()
+    for file in folder.iterdir():
+        (out / file.name).write_bytes(file.read_bytes())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    process = start(out, spool)
+    try:
+        time.sleep(moment * duration)
+        if process.poll() is None:
+            process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    event(f"exit status {process.returncode}")  # --hypothesis-show-statistics
+    assert "Traceback" not in stderr, stderr
+    assert not list(spool.iterdir()), "temporary files left in TMPDIR"
+    if process.returncode == 0:
+        document = json.loads(after["results.json"])
+        assert sorted(after) == sorted(["results.json", *document["files"].values()])
+        assert before["results.json"] != after["results.json"]
+        assert "Trained on" in stdout or "after the results were complete" in stderr
+    else:
+        expected = 1 if signum == signal.SIGINT else 128 + signal.SIGTERM
+        assert process.returncode == expected, stderr
+        assert after == before
+        (last,) = [line for line in stderr.splitlines() if "ERROR" in line]
+        assert "no new results were written (earlier results are unchanged)" in last
