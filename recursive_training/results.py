@@ -189,10 +189,12 @@ def referenced_files(data: bytes, results_path: str) -> dict[str, str] | None:
     """The data files a results document names, or None when ``data`` is not one."""
     try:
         document = json.loads(data)
-        files = document["files"] if document.get("kind") == RESULTS_KIND else None
-        return {str(k): resolve_reference(str(v), results_path) for k, v in files.items()}
+        if document.get("kind") != RESULTS_KIND:
+            return None
+        files = document["files"].items()
     except (ValueError, TypeError, AttributeError, KeyError):
         return None
+    return {str(k): resolve_reference(str(v), results_path) for k, v in files}
 
 
 def check_output_free(config: TrainingConfig) -> None:
