@@ -40,11 +40,12 @@ examples:
   pulse-train --input-data builtin:macro --variables realgdp,cpi,unemp --batch-size-days 1825
   pulse-train --input-data prices.parquet --start-date 2010-01-01 --end-date 2020-01-01 \\
               --use-dask --max-workers 4 --report out/report
-  pulse-train --config run.yaml --resume-from out/state.npz --start-date 2020-01-01
+  pulse-train --config run.yaml --resume-from out/results.json --start-date 2020-01-01
   pulse-train --input-data s3://prices/daily/ --output-dir s3://results/run-42 \\
               --s3-endpoint-url http://minio:9000         # MinIO; credentials from AWS_*
 
-Exit status: 0 on success, 1 on a configuration, data or execution error.
+Exit status: 0 when the results are complete; 1 when no new results were written (a
+configuration, data or execution error, or Ctrl-C); 143 after SIGTERM.
 """
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -215,6 +216,24 @@ def test_unreachable_endpoint_fails_fast_after_bounded_retries(cli: Cli, bucket:
     line = one_line_error(done)
     assert "is unreachable" in line and "3 attempts" in line and "--s3-endpoint-url" in line
     assert time.monotonic() - began < 60
+
+
+def test_an_endpoint_that_never_answers_fails_within_the_default_timeouts(
+    cli: Cli, bucket: str
+) -> None:
+    """A local socket accepts connections (the kernel completes the handshake for its
+    backlog) and never sends a byte: the defaults must give up within about 30 s."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        began = time.monotonic()
+        done = cli("--input-data", f"s3://{bucket}/data/", "--s3-endpoint-url",
+                   f"http://127.0.0.1:{silent.getsockname()[1]}")
+        took = time.monotonic() - began
+    line = one_line_error(done)
+    assert "did not answer within --s3-read-timeout 8s in 3 attempts" in line
+    assert "--s3-max-attempts" in line
+    assert took < 35, f"{took:.0f} s"
 
 
 def test_server_gone_mid_run_leaves_no_results(
