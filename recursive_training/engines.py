@@ -25,6 +25,7 @@ from typing import Any, Final, TypeVar
 
 import numpy as np
 
+from recursive_training import interrupts
 from recursive_training.config import TrainingConfig
 from recursive_training.exceptions import ExecutionError, TrainingError
 from recursive_training.parallel_trainer import TrainingBatch
@@ -222,11 +223,18 @@ class DaskEngine(Engine):
         from distributed import Client, LocalCluster
 
         workers = max_workers or os.cpu_count() or 1
-        with dask.config.set(WORKER_MALLOC):
-            cluster = LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-            )
-        client = Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
+        cluster = client = None
+        try:
+            # a signal in the middle of a start would leave worker processes nobody closes:
+            # hold it until both are up, then close them here
+            with interrupts.held(), dask.config.set(WORKER_MALLOC):
+                cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+                )
+                client = Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
+        except BaseException:
+            _close(client, cluster)
+            raise
         return cls(client, cluster, f"local Dask cluster ({workers} workers)", deadlines)
 
     @classmethod
@@ -356,9 +364,16 @@ class DaskEngine(Engine):
 
     def close(self) -> None:
         """Disconnect; stop the local cluster if this engine started it."""
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        _close(self.client, self.cluster)
+
+
+def _close(client: Any | None, cluster: Any | None) -> None:
+    """Close the client and the cluster, if there are any, without being interrupted."""
+    with interrupts.held():
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def serial_is_enough(batches: Sequence[TrainingBatch], lags: int) -> str | None:

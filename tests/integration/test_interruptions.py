@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -116,3 +117,63 @@ def test_a_signal_at_any_moment_leaves_one_of_two_clean_outcomes(
         assert after == before
         (last,) = [line for line in stderr.splitlines() if "ERROR" in line]
         assert "no new results were written (earlier results are unchanged)" in last
+
+
+def test_sigterm_on_a_local_dask_cluster_stops_it_and_leaves_nothing(tmp_path: Path) -> None:
+    """The local cluster is forced for a small run by lowering the work threshold in the
+    subprocess (a real LocalCluster, real worker processes, a real SIGTERM)."""
+    out, spool = tmp_path / "out", tmp_path / "tmp"
+    spool.mkdir()
+    environment = {**os.environ, "TMPDIR": str(spool)}
+    environment.pop("DASK_SCHEDULER_ADDRESS", None)
+    program = (
+        "import recursive_training.engines as engines; engines.MIN_LOCAL_DASK_WORK = 0; "
+        "from recursive_training.run_training import cli; cli()"
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            program,
+            *RUN,
+            "--use-dask",
+            "--max-workers",
+            "2",
+            "--output-dir",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    try:
+        assert process.stderr is not None
+        seen = []
+        for line in process.stderr:
+            seen.append(line)
+            if "Running on" in line:
+                break
+        assert "Dask" in seen[-1], "".join(seen)
+        workers = psutil.Process(process.pid).children(recursive=True)
+        assert workers, "the local cluster started no worker process"
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = "".join(seen) + rest
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    # the workers' own logs may show the tasks they were running being cancelled; the
+    # driver must not show the interruption itself, nor a half-built object's finalizer
+    assert "Terminated" not in stderr and "Exception ignored" not in stderr, stderr
+    assert stderr.splitlines()[-1].endswith(
+        "terminated (SIGTERM); no new results were written (earlier results are unchanged)"
+    )
+    assert not out.exists() or not any(out.iterdir())
+    # Dask's own scratch folder stays after any run (the next cluster start purges the
+    # folders of workers that are gone); nothing of the run's own may stay
+    assert [p.name for p in spool.iterdir()] == ["dask-scratch-space"]
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"worker processes left running: {alive}"
