@@ -2,11 +2,11 @@
 
     python hack/compare_results.py BEFORE_DIR AFTER_DIR [--tolerance 1e-12]
 
-Each directory holds a run's results.json (and, when written, predictions.parquet and
-state.npz). Prints every difference, one per line, and exits 1 when there is any; so a
-refactoring can show that it changed no number. Ignored: when and how long a run took,
-where it ran and was written (run_id, created, seconds, workers, config.output_dir,
-resumed_from).
+Each directory holds a run's results.json and the predictions and state files it names
+(runs before the run-unique names: predictions.parquet and state.npz). Prints every
+difference, one per line, and exits 1 when there is any; so a refactoring can show that
+it changed no number. Ignored: when and how long a run took, where it ran and was written
+(run_id, created, seconds, workers, config.output_dir, resumed_from, files).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-IGNORED_KEYS = frozenset({"run_id", "created", "seconds", "workers"})
+IGNORED_KEYS = frozenset({"run_id", "created", "seconds", "workers", "files"})
 IGNORED_PATHS = frozenset({"config.output_dir", "resumed_from"})
 
 
@@ -77,18 +77,25 @@ def array_differences(
         yield f"{name}: values differ"
 
 
+def _data_files(directory: Path, document: dict[str, Any]) -> tuple[Path, Path]:
+    """The predictions and state files a results document names (next to it)."""
+    files = document.get("files", {})
+    return (
+        directory / Path(files.get("predictions", "predictions.parquet")).name,
+        directory / Path(files.get("state", "state.npz")).name,
+    )
+
+
 def compare_runs(before: Path, after: Path, tolerance: float) -> list[str]:
     """All differences between the outputs in two run directories."""
-    found = list(
-        differences(
-            json.loads((before / "results.json").read_text()),
-            json.loads((after / "results.json").read_text()),
-            tolerance,
-        )
+    documents = [json.loads((d / "results.json").read_text()) for d in (before, after)]
+    found = list(differences(*documents, tolerance))
+    (old_predictions, old_state_file), (new_predictions, new_state_file) = (
+        _data_files(d, document) for d, document in zip((before, after), documents, strict=True)
     )
-    if (before / "predictions.parquet").exists():
-        old = pd.read_parquet(before / "predictions.parquet")
-        new = pd.read_parquet(after / "predictions.parquet")
+    if old_predictions.exists():
+        old = pd.read_parquet(old_predictions)
+        new = pd.read_parquet(new_predictions)
         if list(old.columns) != list(new.columns) or len(old) != len(new):
             found.append(f"predictions: {old.shape} before, {new.shape} after")
         else:
@@ -103,8 +110,8 @@ def compare_runs(before: Path, after: Path, tolerance: float) -> list[str]:
                     ),
                     tolerance,
                 )
-    if (before / "state.npz").exists():
-        with np.load(before / "state.npz") as old_state, np.load(after / "state.npz") as new_state:
+    if old_state_file.exists():
+        with np.load(old_state_file) as old_state, np.load(new_state_file) as new_state:
             if set(old_state.files) != set(new_state.files):
                 found.append(
                     f"state: {sorted(old_state.files)} before, {sorted(new_state.files)} after"

@@ -29,7 +29,8 @@ from .servers import Cli, MotoServer, TcpProxy, aws_environment, free_port
 
 MODEL_ARGS = ("--batch-size-days", "120", "--lags", "3", "--rules", "momentum(5),cross,model")
 # Fields of the results that depend on where and when a run happened, not on what it learned.
-RUN_FIELDS = {"run_id", "created", "seconds", "config", "config_hash", "resumed_from", "engine"}
+RUN_FIELDS = {"run_id", "created", "seconds", "config", "config_hash", "resumed_from", "engine",
+              "files"}
 BATCH_RUN_FIELDS = {"seconds", "workers"}
 
 
