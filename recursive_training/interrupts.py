@@ -13,10 +13,19 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import FrameType
 from typing import Final
 
 HANDLED: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass
+class Outcome:
+    """Where the run's results are once they are complete (None until then), so whoever
+    catches an interruption can say truthfully whether they exist."""
+
+    results: str | None = None
 
 
 class Terminated(KeyboardInterrupt):

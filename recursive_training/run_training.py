@@ -235,15 +235,14 @@ def setup_logging(level: str = "INFO", log_dir: str | None = None) -> Path | Non
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, outcome: interrupts.Outcome | None = None) -> int:
     """Entry point: 0 with complete results, 1 without (one line, no traceback), 143 on SIGTERM."""
-    interrupts.handle_termination()
-    outcome = None
+    outcome = outcome or interrupts.Outcome()
     try:
+        interrupts.handle_termination()
         from recursive_training.results import summary
-        from recursive_training.runner import Outcome, run
+        from recursive_training.runner import run
 
-        outcome = Outcome()
         args = parse_args(argv)
         config = create_config_from_args(args)
         setup_logging(config.log_level, config.log_dir)
@@ -259,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _ensure_logging()
         terminated = isinstance(e, interrupts.Terminated)
         cause = "terminated (SIGTERM)" if terminated else "interrupted"
-        if outcome is not None and outcome.results is not None:
+        if outcome.results is not None:
             log.warning("%s after the results were complete: %s", cause, outcome.results)
             return 0
         log.error("%s; no new results were written (earlier results are unchanged)", cause)
@@ -284,7 +283,11 @@ def _print(text: str) -> None:
 
 def cli() -> NoReturn:
     """Console-script wrapper: once ``main`` has decided the outcome, nothing may change it."""
-    code = main()
+    outcome = interrupts.Outcome()
+    try:
+        code = main(outcome=outcome)
+    except KeyboardInterrupt:  # in the instant after main had settled the outcome and said it
+        code = 0 if outcome.results else 1
     interrupts.ignore_interruptions()  # atexit hooks (Dask, temporary folders) run undisturbed
     sys.exit(code)
 

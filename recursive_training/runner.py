@@ -1,20 +1,16 @@
-"""One run of the pipeline from a validated config: check, train, write, report.
-
-``Outcome`` records the moment the results were committed, so whoever catches an
-interruption or an error can say truthfully whether the run's results exist.
-"""
+"""One run of the pipeline from a validated config: check, train, write, report."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from recursive_training import interrupts, storage
 from recursive_training.config import TrainingConfig
+from recursive_training.interrupts import Outcome
 from recursive_training.progress import ProgressBar, ProgressFile
 from recursive_training.results import (
     PredictionsSpool,
@@ -27,13 +23,6 @@ from recursive_training.stages import TrainingPipeline
 from recursive_training.state import TrainingState
 
 log = logging.getLogger("recursive_training")
-
-
-@dataclass
-class Outcome:
-    """Where the run's results are, once they are complete (None until then)."""
-
-    results: str | None = None
 
 
 def run(
