@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -40,7 +41,7 @@ from threadpoolctl import threadpool_limits
 
 from recursive_training.config import TrainingConfig
 from recursive_training.data import open_source
-from recursive_training.run_training import run
+from recursive_training.runner import run
 
 LAGS = 5
 HORIZON = 1
@@ -99,7 +100,8 @@ def pulse_run(size: Size, output_dir: str, batch_days: int) -> None:
 
 def pulse_predictions(output_dir: str) -> tuple[pd.DataFrame, int]:
     """A run's walk-forward predictions (origins x variables) and how many batches made them."""
-    frame = pd.read_parquet(Path(output_dir) / "predictions.parquet")
+    files = json.loads((Path(output_dir) / "results.json").read_text())["files"]
+    frame = pd.read_parquet(Path(output_dir) / files["predictions"])
     wide = frame.pivot(index="origin", columns="variable", values="predicted")
     wide.columns = wide.columns.astype(str)
     return wide.sort_index(), int(frame["batch_id"].nunique())
