@@ -127,11 +127,16 @@ def test_a_real_link_among_noise_is_validated(tmp_path: Path) -> None:
     assert [r["rule"] for r in rules if r["validated"]] == ["cross(v00->v01)"]
 
 
-def test_fdr_is_a_setting_with_bounds() -> None:
-    assert TrainingConfig.build().fdr == 0.1
+def test_fdr_is_a_setting_of_the_yaml_and_the_cli(tmp_path: Path) -> None:
     from recursive_training.exceptions import ConfigError
+    from recursive_training.run_training import create_config_from_args, parse_args
 
-    with pytest.raises(ConfigError, match=r"fdr \(--fdr\)"):
+    assert TrainingConfig.build().fdr == 0.1
+    (tmp_path / "run.yaml").write_text("fdr: 0.05\n", encoding="utf-8")
+    config_file = ["--config", str(tmp_path / "run.yaml")]
+    assert create_config_from_args(parse_args(config_file)).fdr == 0.05
+    assert create_config_from_args(parse_args([*config_file, "--fdr", "0.2"])).fdr == 0.2
+    with pytest.raises(ConfigError, match=r"fdr \(--fdr\): Input should be less than 1"):
         TrainingConfig.build(fdr=1.0)
 
 
