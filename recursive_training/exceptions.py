@@ -8,7 +8,15 @@ from __future__ import annotations
 
 
 class TrainingError(Exception):
-    """Base class of every error a user can cause and fix."""
+    """Base class of every error a user can cause and fix.
+
+    ``retryable`` says whether running the same command again may succeed (an unreachable
+    server, a failed batch) or will fail the same way (a bad flag, unreadable data). The
+    exit status is 1 either way; ``--progress-file`` records it for the Kubernetes driver,
+    which then fails the run at once instead of spending its retries.
+    """
+
+    retryable: bool = False
 
 
 class ConfigError(TrainingError):
@@ -33,3 +41,5 @@ class OutputError(TrainingError):
 
 class ExecutionError(TrainingError):
     """The execution engine failed: scheduler unreachable, deadline exceeded, batch failed."""
+
+    retryable = True

@@ -59,7 +59,9 @@ class ProgressFile:
 
     Lines are ``{"event": "progress", "stage": S, "done": D, "total": T}`` as batches finish
     and, once the results are written, one ``{"event": "results", "uri": U, "headline": H}``
-    line. Each line is flushed whole, so a reader tailing the file never sees half a record.
+    line; a run that fails with a ``TrainingError`` ends with ``{"event": "error",
+    "message": M, "retryable": R}``. Each line is flushed whole, so a reader tailing the
+    file never sees half a record.
     This is how the Kubernetes driver (``trainingrun_operator.driver``) follows a run without
     importing the pipeline.
     """
@@ -80,6 +82,10 @@ class ProgressFile:
     def results(self, uri: str, headline: dict[str, object]) -> None:
         """Record where the results went and their headline metrics."""
         self._write({"event": "results", "uri": uri, "headline": headline})
+
+    def error(self, message: str, retryable: bool) -> None:
+        """Record the run's one-line error and whether running it again may succeed."""
+        self._write({"event": "error", "message": message, "retryable": retryable})
 
     def close(self) -> None:
         """Close the file."""

@@ -5,6 +5,8 @@ results are complete and 1 when no new results were written (an error a user can
 reported in one line without a traceback, or Ctrl-C); 143 after SIGTERM. Only the
 standard library is imported at the top, so the signal handlers are in place before the
 slow imports (pandas, boto3, pydantic) begin: an interruption at any moment gets one line.
+With ``--progress-file`` an error is also recorded there with whether a retry may help
+(``TrainingError.retryable``), so the Kubernetes driver stops retrying a bad input.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ if __package__ in (None, ""):  # run as a file: put the project, not this folder
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -238,6 +241,7 @@ def setup_logging(level: str = "INFO", log_dir: str | None = None) -> Path | Non
 def main(argv: Sequence[str] | None = None, outcome: interrupts.Outcome | None = None) -> int:
     """Entry point: 0 with complete results, 1 without (one line, no traceback), 143 on SIGTERM."""
     outcome = outcome or interrupts.Outcome()
+    args = None
     try:
         interrupts.handle_termination()
         args = parse_args(argv)
@@ -254,6 +258,7 @@ def main(argv: Sequence[str] | None = None, outcome: interrupts.Outcome | None =
     except TrainingError as e:
         _ensure_logging()
         log.error("%s", e)
+        _record_error(getattr(args, "progress_file", None), e)
         return 1
     except KeyboardInterrupt as e:
         _ensure_logging()
@@ -265,6 +270,18 @@ def main(argv: Sequence[str] | None = None, outcome: interrupts.Outcome | None =
         log.error("%s; no new results were written (earlier results are unchanged)", cause)
         return interrupts.Terminated.exit_status if terminated else 1
     return 0
+
+
+def _record_error(progress_file: str | None, error: TrainingError) -> None:
+    """Leave the error and whether a retry may help in the progress file, when there is one."""
+    if not progress_file:
+        return
+    from recursive_training.progress import ProgressFile
+
+    with contextlib.suppress(TrainingError):
+        reporter = ProgressFile(progress_file)
+        reporter.error(str(error), error.retryable)
+        reporter.close()
 
 
 def _ensure_logging() -> None:

@@ -38,6 +38,7 @@ from botocore.exceptions import (
 from recursive_training.exceptions import OutputError, TrainingError
 from recursive_training.s3_location import S3Location, S3Settings
 
+_THROTTLING_CODES: Final = frozenset({"SlowDown", "Throttling", "RequestTimeout"})
 _MISSING_KEY_CODES: Final = frozenset({"NoSuchKey", "404", "NotFound"})
 _DENIED_CODES: Final = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled"})
 _CREDENTIAL_HINTS: Final = {
@@ -138,7 +139,19 @@ def translated(
     try:
         yield
     except (ClientError, BotoCoreError) as e:
-        raise kind(describe_error(e, location, action, settings)) from e
+        error = kind(describe_error(e, location, action, settings))
+        error.retryable = transient(e)
+        raise error from e
+
+
+def transient(error: Exception) -> bool:
+    """True for an S3 failure a later attempt may not meet: the connection, a 5xx, throttling."""
+    if isinstance(error, botocore_errors.ConnectionError | HTTPClientError):
+        return True
+    if isinstance(error, ClientError):
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return status >= 500 or error.response.get("Error", {}).get("Code") in _THROTTLING_CODES
+    return False
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,10 @@ ENV_RUN_NAME: Final = "PULSE_TRAININGRUN_NAME"
 ENV_RUN_NAMESPACE: Final = "PULSE_TRAININGRUN_NAMESPACE"
 ENV_TERMINATION_MESSAGE_PATH: Final = "PULSE_TERMINATION_MESSAGE_PATH"
 TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
+# Exit status of a driver whose pipeline failed in a way a retry cannot fix (a bad input:
+# the pipeline recorded its error as not retryable). The Job's podFailurePolicy fails the
+# run at once on it instead of spending backoffLimit. Unused by Python, shells and signals.
+EXIT_DO_NOT_RETRY: Final = 3
 
 # Labels the dask-kubernetes controller puts on the pods of a DaskCluster.
 DASK_LABEL_CLUSTER: Final = "dask.org/cluster-name"

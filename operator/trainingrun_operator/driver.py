@@ -6,16 +6,18 @@ This is the container command of the run's Job pod::
 
 It starts ``python -m recursive_training.run_training <flags> --progress-file F`` (an
 argument list, no shell), follows F's JSON lines and merge-patches the run's status
-subresource with ``progress`` and, at the end, ``results`` (uri and headline metrics).
-It exits with the pipeline's exit code, so the Job's retries and failure accounting see
-the truth. SIGTERM and SIGINT are passed on to the pipeline: as a container's PID 1 the
-driver would otherwise ignore them, and every deletion of a run or of its Job would wait
-out the pod's whole grace period. Reporting never fails the work: a status the API
-server cannot take (it may be restarting) is retried, with a bounded backoff once the
-pipeline has exited, and the exit code stays the pipeline's. The pipeline's stderr passes
-through; when it fails, its last ERROR line becomes the container's termination message,
-which the operator shows as the failed run's ``status.message``. The driver needs only
-get/patch on ``trainingruns/status`` in its own namespace, and it never imports the
+subresource with ``progress`` and, at the end, ``results`` (uri and headline metrics). It
+exits with the pipeline's exit code, so the Job's retries and failure accounting see the
+truth, except when the pipeline recorded its error as not retryable (a bad flag, unreadable
+data): then it exits ``EXIT_DO_NOT_RETRY`` (3), on which the Job's podFailurePolicy fails
+the run without retrying it. SIGTERM and SIGINT are passed on to the pipeline: as a
+container's PID 1 the driver would otherwise ignore them, and every deletion of a run or of
+its Job would wait out the pod's whole grace period. Reporting never fails the work: a
+status the API server cannot take (it may be restarting) is retried, with a bounded backoff
+once the pipeline has exited, and the exit code stays the pipeline's. The pipeline's stderr
+passes through; when it fails, its last ERROR line becomes the container's termination
+message, which the operator shows as the failed run's ``status.message``. The driver needs
+only get/patch on ``trainingruns/status`` in its own namespace, and it never imports the
 pipeline: the CLI, the JSON lines and the ERROR line are the whole contract.
 """
 
@@ -38,6 +40,7 @@ from trainingrun_operator.constants import (
     ENV_RUN_NAME,
     ENV_RUN_NAMESPACE,
     ENV_TERMINATION_MESSAGE_PATH,
+    EXIT_DO_NOT_RETRY,
     TERMINATION_MESSAGE_PATH,
 )
 from trainingrun_operator.exceptions import DriverError, KubeError
@@ -78,6 +81,20 @@ def status_patch(record: dict[str, Any]) -> dict[str, Any] | None:
             }
         }
     return None
+
+
+def not_retryable(progress_file: Path) -> bool:
+    """True when the pipeline recorded an error that running it again would meet again."""
+    if not progress_file.exists():
+        return False
+    for line in progress_file.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if record.get("event") == "error" and record.get("retryable") is False:
+            return True
+    return False
 
 
 class StatusReporter:
@@ -237,6 +254,9 @@ async def drive(cli_args: Sequence[str], namespace: str, name: str) -> int:
         await pump
         if code != 0:
             write_termination_message(tail.message or f"the pipeline exited {code}")
+            if not_retryable(progress_file):
+                log.error("the pipeline's error is not retryable: exiting %d", EXIT_DO_NOT_RETRY)
+                code = EXIT_DO_NOT_RETRY
         try:
             await follower
         except DriverError as e:

@@ -19,6 +19,7 @@ from trainingrun_operator.constants import (
     DRIVER_SERVICE_ACCOUNT,
     ENV_RUN_NAME,
     ENV_RUN_NAMESPACE,
+    EXIT_DO_NOT_RETRY,
     KIND,
     LABEL_COMPONENT,
     LABEL_MANAGED_BY,
@@ -195,6 +196,25 @@ def driver_arguments(run: RunSpec) -> list[str]:
     return cli_arguments(run, scheduler_address(run))
 
 
+def pod_failure_policy() -> dict[str, Any]:
+    """What a failed driver pod costs: nothing when it was disrupted, the run when it cannot
+    succeed.
+
+    A pod the cluster took away (eviction, preemption, node drain: the DisruptionTarget
+    condition) does not count against backoffLimit; a driver that exits EXIT_DO_NOT_RETRY
+    (the pipeline's error is a bad input) fails the Job at once; any other failure is a
+    retry, resumed from checkpoints.
+    """
+    disrupted = [{"type": "DisruptionTarget", "status": "True"}]
+    do_not_retry = {"containerName": "driver", "operator": "In", "values": [EXIT_DO_NOT_RETRY]}
+    return {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": disrupted},
+            {"action": "FailJob", "onExitCodes": do_not_retry},
+        ]
+    }
+
+
 def build_driver_job(run: RunSpec, settings: OperatorSettings) -> Manifest:
     """The batch/v1 Job whose pod runs the driver; retries, deadline and suspend are the Job's."""
     container: dict[str, Any] = {
@@ -227,6 +247,7 @@ def build_driver_job(run: RunSpec, settings: OperatorSettings) -> Manifest:
     pod["automountServiceAccountToken"] = True
     job_spec: dict[str, Any] = {
         "backoffLimit": run.backoff_limit,
+        "podFailurePolicy": pod_failure_policy(),
         "suspend": run.suspend,
         "template": {"metadata": {"labels": labels(run, "driver")}, "spec": pod},
     }

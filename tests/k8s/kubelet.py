@@ -65,16 +65,24 @@ def _container_statuses(pod: dict[str, Any], state: dict[str, Any], ready: bool)
     ]  # fmt: skip
 
 
-def set_phase(plane: ControlPlane, pod: dict[str, Any], phase: str, message: str = "") -> None:
-    """Report `pod` as Running (and Ready), Succeeded (exit 0) or Failed (exit 1).
+def set_phase(
+    plane: ControlPlane,
+    pod: dict[str, Any],
+    phase: str,
+    message: str = "",
+    exit_code: int = 1,
+    disrupted: bool = False,
+) -> None:
+    """Report `pod` as Running (and Ready), Succeeded (exit 0) or Failed (exit `exit_code`).
 
     `message` is the container's termination message, as a kubelet reads it from the
-    container's terminationMessagePath.
+    container's terminationMessagePath. `disrupted` adds the DisruptionTarget condition
+    that the eviction API, preemption or a node drain puts on a pod it takes away.
     """
     if phase == "Running":
         state: dict[str, Any] = {"running": {"startedAt": NOW}}
     else:
-        code = 0 if phase == "Succeeded" else 1
+        code = 0 if phase == "Succeeded" else exit_code
         reason = "Completed" if code == 0 else "Error"
         state = {
             "terminated": {"exitCode": code, "reason": reason, "startedAt": NOW, "finishedAt": NOW}
@@ -87,6 +95,9 @@ def set_phase(plane: ControlPlane, pod: dict[str, Any], phase: str, message: str
         {"type": kind, "status": flag, "lastTransitionTime": NOW}
         for kind in ("Initialized", "ContainersReady", "Ready")
     ]
+    if disrupted:
+        eviction = {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}
+        conditions.append({**eviction, "lastTransitionTime": NOW})
     status = {
         "phase": phase,
         "conditions": [

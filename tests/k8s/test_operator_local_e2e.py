@@ -302,12 +302,14 @@ def test_a_failed_run_says_why_in_the_pipelines_own_words(
     pulse_install: ControlPlane, pulse_operator: OperatorProcess, namespace: str,
     local_pods: LocalPods, tmp_path: Path,
 ) -> None:  # fmt: skip
-    """Unreadable data: status.message is the pipeline's one-line error, not the Job's."""
+    """Unreadable data: status.message is the pipeline's one-line error, not the Job's, and
+    the run fails after one attempt although backoffLimit allows more (a retry would meet
+    the same missing file): the driver exits 3, which the Job's podFailurePolicy fails on."""
     plane = pulse_install
     missing = tmp_path / "no-such-data.csv"
     run = training_run(namespace, data={"uri": str(missing)},
                        output={"uri": str(tmp_path / "output")}, dask={"workers": 1},
-                       backoffLimit=0)  # fmt: skip
+                       backoffLimit=2)  # fmt: skip
     plane.apply(run)
     start_local_dask(plane, namespace, local_pods)
     driver = driver_pod(plane, namespace)
@@ -317,12 +319,13 @@ def test_a_failed_run_says_why_in_the_pipelines_own_words(
                  "PULSE_TERMINATION_MESSAGE_PATH": str(termination_log)}  # fmt: skip
     process = local_pods.run(driver, extra_env, {})
     log = tmp_path / f"{driver['metadata']['name']}.log"
-    assert process.wait(RUN_TIMEOUT_S) == 1, log.read_text()
+    assert process.wait(RUN_TIMEOUT_S) == 3, log.read_text()
     message = termination_log.read_text()
     assert str(missing) in message and "\n" not in message.strip()
     assert message.strip() in log.read_text(), "the line the pipeline printed, unchanged"
-    set_phase(plane, driver, "Failed", message=message)  # as the kubelet reports it
+    set_phase(plane, driver, "Failed", message=message, exit_code=3)  # as the kubelet reports it
 
     failed = wait_phase(plane, namespace, "Failed")
     assert failed["message"].startswith(message.strip())
-    assert "backoff limit" in failed["message"]
+    assert "FailJob rule" in failed["message"]
+    assert len(job_pods(plane, namespace, "run-driver")) == 1, "a missing file was retried"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 
 from trainingrun_operator.driver import (
     StderrTail,
+    not_retryable,
     pipeline_command,
     wait_forwarding_signals,
     write_termination_message,
@@ -70,6 +73,32 @@ def test_the_pipelines_error_line_becomes_the_termination_message(
     code, message = asyncio.run(run())
     assert code == 1
     assert str(missing) in message and "\n" not in message and "ERROR" not in message
+    # Missing data stays missing: the driver will exit 3 and the Job will not retry.
+    assert not_retryable(tmp_path / "progress.jsonl")
     monkeypatch.setenv("PULSE_TERMINATION_MESSAGE_PATH", str(tmp_path / "termination-log"))
     write_termination_message(message)
     assert (tmp_path / "termination-log").read_text() == message
+
+
+def test_an_unreachable_endpoint_is_worth_a_retry(tmp_path: Path) -> None:
+    """The real pipeline against a closed port: its error is recorded as retryable, so the
+    driver keeps the pipeline's exit status 1 and the Job retries."""
+    progress = tmp_path / "progress.jsonl"
+    closed = f"http://127.0.0.1:{_closed_port()}"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    command = pipeline_command(
+        ["--input-data=s3://prices/daily.csv", f"--s3-endpoint-url={closed}",
+         f"--output-dir={tmp_path / 'out'}"], progress,
+    )  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, timeout=120, check=False)
+    assert result.returncode == 1
+    assert b"unreachable" in result.stderr
+    assert not not_retryable(progress)
+    assert '"retryable": true' in progress.read_text()
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -101,6 +101,26 @@ def test_translated_raises_the_callers_error_chained(kind: type[DataError | Outp
     assert caught.value.__cause__ is original
 
 
+@pytest.mark.parametrize(
+    ("error", "retryable"),
+    [
+        (EndpointConnectionError(endpoint_url="http://minio:9000"), True),
+        (ReadTimeoutError(endpoint_url="http://minio:9000"), True),
+        (client_error("SlowDown"), True),
+        (ClientError({"Error": {"Code": "InternalError"},
+                      "ResponseMetadata": {"HTTPStatusCode": 500}}, "GetObject"), True),
+        (client_error("NoSuchKey"), False),
+        (client_error("AccessDenied"), False),
+        (NoCredentialsError(), False),
+    ],
+)  # fmt: skip
+def test_translated_errors_say_whether_a_retry_may_help(error: Exception, retryable: bool) -> None:
+    """The connection, a 5xx or throttling may pass; a missing key or a refusal will not."""
+    with pytest.raises(DataError) as caught, translated(DataError, WHERE, "read", SETTINGS):
+        raise error
+    assert caught.value.retryable is retryable
+
+
 def build(**fields: Any) -> TrainingConfig:
     """A config from these fields."""
     return TrainingConfig.build(**fields)
