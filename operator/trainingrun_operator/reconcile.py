@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from trainingrun_operator import kube
+from trainingrun_operator.children import Child, Pods, read_pods
 from trainingrun_operator.constants import (
     API_VERSION,
     CONDITION_ADMITTED,
@@ -31,12 +32,9 @@ from trainingrun_operator.constants import (
     CONDITION_STALLED,
     CONDITION_SUSPENDED,
     DASHBOARD_PORT,
-    DASK_LABEL_CLUSTER,
-    DASK_LABEL_COMPONENT,
     DRIVER_SERVICE_ACCOUNT,
     FAILED,
     FINISHED_PHASES,
-    JOB_LABEL_CONTROLLER_UID,
     KIND,
     LABEL_RUN,
     MANAGER,
@@ -51,6 +49,7 @@ from trainingrun_operator.objects import Manifest
 from trainingrun_operator.rbac import build_driver_role_binding, build_service_account
 from trainingrun_operator.settings import OperatorSettings
 from trainingrun_operator.spec import RunSpec
+from trainingrun_operator.start_queue import is_admitted, start_blocker
 from trainingrun_operator.workload import (
     build_dask_cluster,
     build_driver_job,
@@ -96,62 +95,12 @@ class Outcome:
 
 
 @dataclasses.dataclass(frozen=True)
-class Child:
-    """What was found under a child's name: ours (owned by this run), an earlier run's, or not."""
-
-    kind: str
-    name: str
-    found: Manifest | None
-    owner_uid: str
-
-    @property
-    def ours(self) -> Manifest | None:
-        """The object when this run is its controller; never read the state of another's."""
-        if self.found is None:
-            return None
-        owners = self.found["metadata"].get("ownerReferences", [])
-        mine = any(o.get("uid") == self.owner_uid and o.get("controller") for o in owners)
-        return self.found if mine else None
-
-    @property
-    def stale(self) -> bool:
-        """An earlier TrainingRun of the same name owns it: it goes, then ours is made."""
-        if self.found is None or self.ours is not None:
-            return False
-        owners = self.found["metadata"].get("ownerReferences", [])
-        return any(o.get("kind") == KIND and o.get("apiVersion") == API_VERSION for o in owners)
-
-    @property
-    def foreign(self) -> bool:
-        """Something else holds the name: the run cannot start until it is removed."""
-        return self.found is not None and self.ours is None and not self.stale
-
-    @property
-    def deleting(self) -> bool:
-        """Deletion of the object has begun."""
-        return bool(self.found and self.found["metadata"].get("deletionTimestamp"))
-
-
-@dataclasses.dataclass(frozen=True)
-class Pods:
-    """What the run's pods show, as far as starting the run depends on it."""
-
-    scheduler_ready: bool = False
-    workers_ready: int = 0
-    # Why a Dask pod is not placed (the scheduler's PodScheduled message), if one is not.
-    dask_unschedulable: str | None = None
-    driver_unschedulable: str | None = None
-    # The one line the last failed driver left (its container's termination message).
-    driver_failure: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
 class Observed:
     """The run's children as read in one pass."""
 
     job: Child
     cluster: Child
-    pods: Pods = Pods()
+    pods: Pods = dataclasses.field(default_factory=Pods)
     # The run this one waits for before it may create its Dask cluster (one starts at a time).
     waiting_for: str | None = None
 
@@ -193,14 +142,6 @@ def _condition(
         "observedGeneration": generation,
         "lastTransitionTime": now if changed or old is None else old["lastTransitionTime"],
     }  # fmt: skip
-
-
-def is_admitted(status: Mapping[str, Any]) -> bool:
-    """True when the run's status says it was let start (its Admitted condition is True)."""
-    return any(
-        c.get("type") == CONDITION_ADMITTED and c.get("status") == "True"
-        for c in status.get("conditions", [])
-    )
 
 
 def _previous_reason(status: Mapping[str, Any]) -> str | None:
@@ -445,107 +386,6 @@ def invalid_spec_outcome(body: Mapping[str, Any], message: str, now: datetime.da
 
 # Waiting reasons a user should look at: posted as Warning Events.
 WARNING_REASONS = frozenset({"Unschedulable", "NameTaken"})
-
-
-def _ready(pod: Mapping[str, Any]) -> bool:
-    """A pod that runs and is Ready."""
-    conditions = pod.get("status", {}).get("conditions", [])
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    return bool(pod.get("status", {}).get("phase") == "Running" and ready)
-
-
-def _unschedulable(pod: Mapping[str, Any]) -> str | None:
-    """The scheduler's message for a pod it cannot place (e.g. `... Insufficient cpu.`)."""
-    for condition in pod.get("status", {}).get("conditions", []):
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            return str(condition.get("message") or condition.get("reason") or "unschedulable")
-    return None
-
-
-def _termination_line(pod: Mapping[str, Any]) -> str | None:
-    """The last non-empty line of the driver container's termination message."""
-    for container in pod.get("status", {}).get("containerStatuses", []):
-        message = (container.get("state", {}).get("terminated") or {}).get("message") or ""
-        lines = [line.strip() for line in message.splitlines() if line.strip()]
-        if lines:
-            return lines[-1]
-    return None
-
-
-def read_pods(
-    pods: list[Manifest], cluster: Mapping[str, Any] | None, job: Mapping[str, Any] | None
-) -> Pods:
-    """Sum up the run's pods: those of its DaskCluster (made after it) and of its driver Job."""
-    alive = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    dask: list[Manifest] = []
-    if cluster is not None:
-        born = cluster["metadata"]["creationTimestamp"]
-        name = cluster["metadata"]["name"]
-        dask = [
-            p for p in alive
-            if p["metadata"].get("labels", {}).get(DASK_LABEL_CLUSTER) == name
-            # An earlier cluster of the same name may still have pods on their way out.
-            and p["metadata"]["creationTimestamp"] >= born
-        ]  # fmt: skip
-
-    def component(pod: Mapping[str, Any]) -> str:
-        return str(pod["metadata"].get("labels", {}).get(DASK_LABEL_COMPONENT, ""))
-
-    schedulers = [p for p in dask if component(p) == "scheduler"]
-    workers = [p for p in dask if component(p) == "worker"]
-    unplaced = [
-        f"Dask {component(p)} pod {p['metadata']['name']}: {reason}"
-        for p in schedulers + workers
-        if (reason := _unschedulable(p))
-    ]
-    drivers: list[Manifest] = []
-    if job is not None:
-        uid = job["metadata"]["uid"]
-        drivers = sorted(
-            (
-                p
-                for p in pods
-                if p["metadata"].get("labels", {}).get(JOB_LABEL_CONTROLLER_UID) == uid
-            ),
-            key=lambda p: p["metadata"]["creationTimestamp"],
-        )
-    failures = [line for p in drivers if (line := _termination_line(p))]
-    driver_unplaced = [r for p in drivers if (r := _unschedulable(p))]
-    return Pods(
-        scheduler_ready=any(_ready(p) for p in schedulers),
-        workers_ready=sum(_ready(p) for p in workers),
-        dask_unschedulable=unplaced[0] if unplaced else None,
-        driver_unschedulable=driver_unplaced[-1] if driver_unplaced else None,
-        driver_failure=failures[-1] if failures else None,
-    )
-
-
-def _start_key(run: Mapping[str, Any]) -> tuple[str, str, str]:
-    """Queue order: creation time, then namespace and name."""
-    meta = run["metadata"]
-    return (meta["creationTimestamp"], meta["namespace"], meta["name"])
-
-
-def start_blocker(body: Mapping[str, Any], runs: list[Manifest]) -> str | None:
-    """The run `body` must wait for before it starts, or None when it may start now.
-
-    One run starts at a time: a run is let create its Dask cluster only when no other run
-    is starting (admitted, but its driver not yet running) and no older run is waiting.
-    Runs that hold part of the capacity they need can then never wait on each other, so
-    a busy cluster delays runs and never wedges them.
-    """
-    mine = _start_key(body)
-    for other in sorted(runs, key=_start_key):
-        meta = other["metadata"]
-        status: Mapping[str, Any] = other.get("status") or {}
-        spec: Mapping[str, Any] = other.get("spec") or {}
-        if _start_key(other) == mine or meta.get("deletionTimestamp") or spec.get("suspend"):
-            continue
-        if status.get("phase") in (*FINISHED_PHASES, RUNNING, SUSPENDED):
-            continue
-        if is_admitted(status) or _start_key(other) < mine:
-            return f"{meta['namespace']}/{meta['name']}"
-    return None
 
 
 async def ensure_driver_identity(api: kube.Kube, run: RunSpec) -> None:

@@ -5,17 +5,11 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from trainingrun_operator.children import Child, Pods, read_pods
 from trainingrun_operator.driver import pipeline_command, status_patch
-from trainingrun_operator.reconcile import (
-    Action,
-    Child,
-    Observed,
-    Pods,
-    observe,
-    read_pods,
-    start_blocker,
-)
+from trainingrun_operator.reconcile import Action, Observed, observe
 from trainingrun_operator.spec import RunSpec
+from trainingrun_operator.start_queue import start_blocker
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
 
