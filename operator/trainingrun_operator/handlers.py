@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import kopf
+import prometheus_client
 from kopf._core.intents.filters import MetaFilterToken  # the type of kopf.PRESENT
 
 from trainingrun_operator import kube
@@ -38,6 +39,7 @@ from trainingrun_operator.constants import (
     VERSION,
 )
 from trainingrun_operator.exceptions import KubeError
+from trainingrun_operator.metrics import OperatorMetrics
 from trainingrun_operator.reconcile import PassQueue, sync_run
 from trainingrun_operator.settings import OperatorSettings
 
@@ -91,15 +93,25 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     # shallow copy of this memo).
     memo.queue = PassQueue()
     memo.stats = ReconcileStats()
+    memo.metrics = OperatorMetrics.create()
+    memo.metrics.count_watch_restarts(show_debug=memo.settings.log_level == "DEBUG")
+    memo.metrics_server = None
+    if memo.settings.metrics_port:
+        served = prometheus_client.start_http_server(
+            memo.settings.metrics_port, registry=memo.metrics.registry
+        )
+        memo.metrics_server = served[0]
     memo.resync = asyncio.create_task(_resync_forever(memo))
 
 
 @kopf.on.cleanup()
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the resync loop."""
+    """Stop the resync loop and the metrics server."""
     memo.resync.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await memo.resync
+    if memo.metrics_server is not None:
+        memo.metrics_server.shutdown()
 
 
 @kopf.on.probe(id="now")
@@ -120,12 +132,16 @@ def operator_reconcile_metrics(memo: Any, **_: Any) -> dict[str, float]:
 async def _sync(memo: Any, namespace: str, name: str) -> None:
     """One timed reconcile pass of `namespace/name`."""
     started = time.perf_counter()
-    failed = True
+    error: BaseException | None = None
     try:
         await sync_run(memo.kube, namespace, name, memo.settings, memo.queue)
-        failed = False
+    except BaseException as e:
+        error = e
+        raise
     finally:
-        memo.stats.record(time.perf_counter() - started, failed)
+        seconds = time.perf_counter() - started
+        memo.stats.record(seconds, error is not None)
+        memo.metrics.record_pass(seconds, error)
 
 
 async def _resync_forever(memo: Any) -> None:
@@ -133,14 +149,19 @@ async def _resync_forever(memo: Any) -> None:
     settings: OperatorSettings = memo.settings
     while True:
         await asyncio.sleep(settings.resync_seconds)
+        listed: set[tuple[str, str]] | None = set()
         for namespace in settings.namespaces or (None,):
             try:
                 runs = await memo.kube.list_objects(kube.TRAINING_RUNS, namespace)
             except KubeError:
                 log.exception("resync: cannot list TrainingRuns; retrying next period")
+                listed = None
                 continue
             for run in runs:
                 meta = run["metadata"]
+                memo.metrics.runs.observe(run)
+                if listed is not None:
+                    listed.add((meta["namespace"], meta["name"]))
                 try:
                     await _sync(memo, meta["namespace"], meta["name"])
                 except KubeError:
@@ -149,15 +170,22 @@ async def _resync_forever(memo: Any) -> None:
                         meta["namespace"],
                         meta["name"],
                     )
+        if listed is not None:
+            memo.metrics.runs.retain(listed)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def trainingrun_event(
-    type: str, namespace: str | None, name: str, memo: Any, **_: Any
+    type: str, namespace: str | None, name: str, body: kopf.Body, memo: Any, **_: Any
 ) -> None:
     """The run appeared, changed or was listed after a restart: reconcile it now."""
-    if type != "DELETED" and namespace:
-        await _sync(memo, namespace, name)
+    if not namespace:
+        return
+    if type == "DELETED":
+        memo.metrics.runs.forget(namespace, name)
+        return
+    memo.metrics.runs.observe(body)
+    await _sync(memo, namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)

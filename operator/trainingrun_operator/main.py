@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resync-seconds", type=float, help="seconds between resync passes")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--liveness-endpoint", help="e.g. http://0.0.0.0:8080/healthz; '' = off")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus metrics port; 0 = off")
     return parser
 
 

@@ -37,11 +37,17 @@ class OperatorSettings:
     log_level: str = "INFO"
     # Liveness endpoint served by kopf (`@kopf.on.probe` results); empty disables it.
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
+    # Port of the Prometheus metrics endpoint (text format, any path, e.g. /metrics); 0 = off.
+    metrics_port: int = 9090
 
     def __post_init__(self) -> None:
         """Reject values that would only fail later."""
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"{ENV_PREFIX}LOG_LEVEL", self.log_level, " | ".join(LOG_LEVELS))
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(
+                f"{ENV_PREFIX}METRICS_PORT", str(self.metrics_port), "a port, 0 to 65535"
+            )
         if self.resync_seconds <= 0:
             raise SettingsError(
                 f"{ENV_PREFIX}RESYNC_SECONDS", str(self.resync_seconds), "a positive number"
@@ -77,6 +83,11 @@ def _parse(name: str, raw: str) -> Any:
             return float(raw)
         except ValueError as e:
             raise SettingsError(f"{ENV_PREFIX}RESYNC_SECONDS", raw, "a number of seconds") from e
+    if name == "metrics_port":
+        try:
+            return int(raw)
+        except ValueError as e:
+            raise SettingsError(f"{ENV_PREFIX}METRICS_PORT", raw, "a port, 0 to 65535") from e
     if name == "log_level":
         return raw.upper()
     return raw

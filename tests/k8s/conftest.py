@@ -121,11 +121,18 @@ class OperatorProcess:
     """A controller process (ours or dask-kubernetes') run under a ServiceAccount kubeconfig."""
 
     def __init__(
-        self, name: str, args: list[str], kubeconfig: Path, log_dir: Path, liveness_url: str = ""
+        self,
+        name: str,
+        args: list[str],
+        kubeconfig: Path,
+        log_dir: Path,
+        liveness_url: str = "",
+        metrics_url: str = "",
     ) -> None:
         """Prepare; nothing runs until start()."""
         self.name = name
         self.liveness_url = liveness_url
+        self.metrics_url = metrics_url
         self.args = args
         self.kubeconfig = kubeconfig
         self.log_path = log_dir / f"{name}.log"
@@ -202,10 +209,13 @@ def pulse_operator(
 
     kubeconfig = pulse_install.kubeconfig_for_service_account(DEFAULT_NAMESPACE, OPERATOR_NAME)
     liveness = f"http://127.0.0.1:{free_port()}/healthz"
+    metrics_port = free_port()
     args = [
         _python(), "-m", "trainingrun_operator.main", f"--namespace={namespace}",
         "--resync-seconds=1", "--log-level=DEBUG", f"--liveness-endpoint={liveness}",
+        f"--metrics-port={metrics_port}",
     ]  # fmt: skip
-    process = OperatorProcess("pulse-operator", args, kubeconfig, tmp_path, liveness)
+    process = OperatorProcess("pulse-operator", args, kubeconfig, tmp_path, liveness,
+                              f"http://127.0.0.1:{metrics_port}/metrics")  # fmt: skip
     yield process.start()
     process.stop()
