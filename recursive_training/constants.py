@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from typing import Final
 
-RESULTS_SCHEMA_VERSION: Final = 1
+RESULTS_SCHEMA_VERSION: Final = 2
 STATE_SCHEMA_VERSION: Final = 1
 RESULTS_KIND: Final = "pulse.dev/TrainingResults"
 STATE_KIND: Final = "pulse.dev/TrainingState"
+SERIES_METRICS_KIND: Final = "pulse.dev/SeriesMetrics"
+RULE_TRUST_KIND: Final = "pulse.dev/RuleTrust"
 
 DEFAULT_INPUT_DATA: Final = "builtin:synthetic"
 DEFAULT_RESULTS_FILE: Final = "results.json"
 STATE_FILE: Final = "state-{run_id}.npz"
 PREDICTIONS_FILE: Final = "predictions-{run_id}.parquet"
+METRICS_FILE: Final = "metrics-{run_id}.parquet"
+RULES_FILE: Final = "rules-{run_id}.parquet"
 """A run's data files carry its id, so writing them never touches an earlier run's files;
 ``results.json`` names them and is written last (docs/outputs.md)."""
+
+SERIES_DETAIL_LIMIT: Final = 200
+"""Up to this many series, the results document also lists every series' metrics (overall
+and per batch), coefficients and every rule; beyond it only their summary, and the full
+tables are in the metrics and rules Parquet files (which every run writes)."""
 
 CONFIDENCE_LEVEL: Final = 0.90
 """Width of the credible interval reported for rule trust."""

@@ -7,6 +7,7 @@ predicts no change, so its squared error is the squared actual change.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,23 +60,41 @@ class ErrorSums:
             self.misses + other.misses,
         )
 
+    def arrays(self) -> dict[str, FloatArray]:
+        """Metrics of every variable at once (NaN where undefined): the O(V) path that the
+        per-series table and summary take at any number of series."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            called = self.hits + self.misses
+            return {
+                "n": self.n,
+                "mae": np.where(self.n > 0, self.abs_error / self.n, np.nan),
+                "rmse": np.where(self.n > 0, np.sqrt(self.sq_error / self.n), np.nan),
+                "directional_accuracy": np.where(called > 0, self.hits / called, np.nan),
+                "skill_vs_persistence": np.where(
+                    self.sq_actual != 0, 1.0 - self.sq_error / self.sq_actual, np.nan
+                ),
+                "rms_change": np.where(self.n > 0, np.sqrt(self.sq_actual / self.n), np.nan),
+            }
+
     def table(self, variables: list[str]) -> dict[str, dict[str, float | int | None]]:
-        """Metrics per variable: n, mae, rmse, directional_accuracy, skill_vs_persistence."""
-        return {v: self._metrics(j) for j, v in enumerate(variables)}
-
-    def _metrics(self, j: int) -> dict[str, float | int | None]:
-        n = int(self.n[j])
-        called = self.hits[j] + self.misses[j]
-        return {
-            "n": n,
-            "mae": _ratio(self.abs_error[j], n),
-            "rmse": None if n == 0 else float(np.sqrt(self.sq_error[j] / n)),
-            "directional_accuracy": _ratio(self.hits[j], called),
-            "skill_vs_persistence": None
-            if self.sq_actual[j] == 0
-            else float(1.0 - self.sq_error[j] / self.sq_actual[j]),
-        }
+        """Metrics per variable: n, then TABLE_METRICS."""
+        return rows(self.arrays(), variables, range(len(variables)))
 
 
-def _ratio(numerator: float, denominator: float) -> float | None:
-    return None if denominator == 0 else float(numerator / denominator)
+TABLE_METRICS = ("mae", "rmse", "directional_accuracy", "skill_vs_persistence", "rms_change")
+"""The metrics of a variable in the results document, after its sample count ``n``."""
+
+
+def rows(
+    arrays: dict[str, FloatArray], variables: list[str], indices: Iterable[int]
+) -> dict[str, dict[str, float | int | None]]:
+    """The document's metrics of the variables at ``indices`` (None where undefined)."""
+    return {
+        variables[j]: {"n": int(arrays["n"][j])}
+        | {name: _defined(arrays[name][j]) for name in TABLE_METRICS}
+        for j in indices
+    }
+
+
+def _defined(value: np.float64) -> float | None:
+    return None if np.isnan(value) else float(value)

@@ -1,12 +1,17 @@
 """The run's report: charts to look at instead of numbers to read, on one HTML page.
 
-``render_report`` draws PNGs from the results document and the walk-forward predictions:
-one per shown variable (predicted against actual change, calibration, cumulative skill
-against persistence), a skill heatmap of variables x batches, the skill of each batch
-across variables, and the trust of every rule. It then writes ``index.html`` with every
-PNG embedded, so the page can be copied alone. Figures are drawn on
-``matplotlib.figure.Figure`` (Agg canvas, no pyplot), so no global matplotlib state is
-touched, and every file is written atomically.
+``render_report`` draws PNGs from the results document, the per-series metrics table and
+the walk-forward predictions. Up to SERIES_DETAIL_LIMIT series: one chart per shown
+variable (predicted against actual change, calibration, cumulative skill against
+persistence), a skill heatmap of variables x batches, the skill of each batch across
+variables, and the trust of every rule. Beyond it, distributions instead of one chart per
+series: a histogram of skill across series, skill against the series' scale, the same
+walk-forward charts for the best and worst few series only (reading just their rows of
+the predictions file), the skill of each batch across series and the most and least
+trusted rules, so the number of charts and the time to draw them are bounded at any V.
+It then writes ``index.html`` with every PNG embedded, so the page can be copied alone.
+Figures are drawn on ``matplotlib.figure.Figure`` (Agg canvas, no pyplot), so no global
+matplotlib state is touched, and every file is written atomically.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import base64
 import html
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -23,6 +28,7 @@ from typing import Any, Final, TypeVar
 import matplotlib
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
@@ -36,7 +42,13 @@ from recursive_training.constants import CONFIDENCE_LEVEL
 from recursive_training.exceptions import OutputError
 
 MAX_VARIABLE_CHARTS: Final = 12
-"""Variables drawn one chart each (in data order); the tables list every variable."""
+"""Variables drawn one chart each (in data order) in a report that lists every series."""
+EXTREME_CHARTS: Final = 3
+"""Best and worst series drawn one chart each in a report of many series."""
+HISTOGRAM_BINS: Final = 60
+TAIL_QUANTILE: Final = 0.01
+"""Skill below this quantile across series is drawn at the lower edge of the distribution
+charts (skill is at most 1 but unbounded below: one hopeless series would flatten the rest)."""
 MAX_HEATMAP_ROWS: Final = 40
 """Variables in the skill heatmap; beyond this, the best and worst half of it."""
 MAX_RULE_BARS: Final = 40
@@ -60,17 +72,50 @@ class Section:
     path: Path | None = None
 
 
-def render_report(document: dict[str, Any], predictions: pd.DataFrame, out_dir: str) -> list[Path]:
-    """Write the charts and ``index.html`` into ``out_dir``; return their paths, the page last."""
+Predictions = pd.DataFrame | Path
+"""Walk-forward predictions: a frame, or a Parquet file of which only the drawn series are read."""
+
+
+def render_report(
+    document: dict[str, Any], series: pd.DataFrame, predictions: Predictions, out_dir: str
+) -> list[Path]:
+    """Write the charts and ``index.html`` into ``out_dir``; return their paths, the page last.
+
+    ``series`` is the per-series metrics table (metrics.parquet) of the same run.
+    """
     folder = _prepare_folder(out_dir)
-    sections = {
-        "Walk-forward predictions": _variable_sections(document, predictions, folder),
-        "Skill against persistence by batch": [
-            _skill_heatmap(document, folder),
-            _skill_by_batch(document, folder),
-        ],
-        "Rule trust": [_rule_trust(document, folder)],
-    }
+    if document["series_detail"]["listed"]:
+        variables: list[str] = document["data"]["variables"]
+        sections = {
+            "Walk-forward predictions": _variable_sections(
+                document,
+                variables[:MAX_VARIABLE_CHARTS],
+                predictions,
+                folder,
+                left_out=len(variables) - MAX_VARIABLE_CHARTS,
+            ),
+            "Skill against persistence by batch": [
+                _skill_heatmap(document, folder),
+                _skill_by_batch(document, folder),
+            ],
+            "Rule trust": [_rule_trust(document, folder)],
+        }
+    else:
+        across = document["metrics"]["across_series"]
+        extremes = [m["series"] for m in across["best"][:EXTREME_CHARTS]]
+        worst = [m["series"] for m in across["worst"][:EXTREME_CHARTS]][::-1]
+        extremes += [name for name in worst if name not in extremes]
+        sections = {
+            "Skill across series": [
+                _skill_histogram(document, series, folder),
+                _skill_against_scale(series, folder),
+            ],
+            "Walk-forward predictions of the best and worst series": _variable_sections(
+                document, extremes, predictions, folder
+            ),
+            "Skill against persistence by batch": [_skill_by_batch(document, folder)],
+            "Rule trust": [_rule_trust(document, folder)],
+        }
     page = folder / "index.html"
     _write(page, _page(document, sections).encode())
     charts = [s.path for group in sections.values() for s in group if s.path is not None]
@@ -121,9 +166,9 @@ def _number(value: float | int | None) -> str:
 
 
 def _count(n: int, noun: str) -> str:
-    """``n`` and ``noun``, plural unless n is 1 (English ``-s``/``-es`` only)."""
-    if n == 1:
-        return f"1 {noun}"
+    """``n`` and ``noun``, plural unless n is 1 (English ``-s``/``-es``, and ``series``)."""
+    if n == 1 or noun.endswith("series"):
+        return f"{n} {noun}"
     return f"{n} {noun}{'es' if noun.endswith(('s', 'ch')) else 's'}"
 
 
@@ -146,22 +191,56 @@ def _date_axis(axes: Axes) -> None:
 # --- per-variable charts ---------------------------------------------------------------
 
 
+def _predictions_of(predictions: Predictions, names: Sequence[str]) -> pd.DataFrame:
+    """The walk-forward predictions of ``names`` only, in time order.
+
+    From a file, only those rows are materialized: the file of a run of 100,000 series
+    holds a hundred million predictions, of which the report draws a few thousand.
+    """
+    columns = ["realized", "variable", "predicted", "actual"]
+    if isinstance(predictions, pd.DataFrame):
+        frame = predictions.loc[predictions["variable"].isin(names), columns]
+    else:
+        try:
+            table = pq.read_table(
+                predictions, columns=columns, filters=[("variable", "in", list(names))]
+            )
+        except OSError as e:
+            raise OutputError(f"cannot read the predictions {predictions}: {e}") from e
+        frame = table.to_pandas()
+    return frame.sort_values("realized", kind="stable", ignore_index=True)
+
+
+def _series_metrics(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Whole-run metrics of the series the document names: all, or the best and worst."""
+    metrics = document["metrics"]
+    if "overall" in metrics:
+        return dict(metrics["overall"])
+    across = metrics["across_series"]
+    return {m["series"]: m for m in [*across["best"], *across["worst"]]}
+
+
 def _variable_sections(
-    document: dict[str, Any], predictions: pd.DataFrame, folder: Path
+    document: dict[str, Any],
+    names: Sequence[str],
+    predictions: Predictions,
+    folder: Path,
+    left_out: int = 0,
 ) -> list[Section]:
-    """One chart per shown variable, or why there are none."""
-    variables: list[str] = document["data"]["variables"]
-    if predictions.empty:
+    """One walk-forward chart per series in ``names`` and a note on the ``left_out`` ones
+    (the variables after the first few), or why there are none."""
+    frame = _predictions_of(predictions, names) if names else pd.DataFrame()
+    if frame.empty:
         return [Section("No walk-forward predictions", _why_not_evaluated(document))]
-    shown = variables[:MAX_VARIABLE_CHARTS]
+    known = _series_metrics(document)
+    by_name = dict(tuple(frame.groupby("variable", observed=True, sort=False)))
     sections = []
-    for index, name in enumerate(shown, start=1):
-        frame = predictions[predictions["variable"] == name]
-        if frame.empty:
+    for index, name in enumerate(names, start=1):
+        if name not in by_name:
             sections.append(Section(name, "No walk-forward prediction of this variable."))
             continue
         path = folder / f"variable_{index:02d}_{_slug(name)}.png"
-        metrics = document["metrics"]["overall"].get(name, {})
+        metrics = known.get(name, {})
         sections.append(
             Section(
                 name,
@@ -169,15 +248,15 @@ def _variable_sections(
                 f"{_number(metrics.get('skill_vs_persistence'))}, directional accuracy "
                 f"{_number(metrics.get('directional_accuracy'))}, RMSE "
                 f"{_number(metrics.get('rmse'))} over {_number(metrics.get('n'))} predictions.",
-                _variable_chart(name, frame, int(document["config"]["horizon"]), path),
+                _variable_chart(name, by_name[name], int(document["config"]["horizon"]), path),
             )
         )
-    if len(variables) > len(shown):
+    if left_out > 0:
         sections.append(
             Section(
-                f"{_count(len(variables) - len(shown), 'more variable')} not drawn",
-                f"Only the first {len(shown)} variables (in data order) get a chart; the table "
-                "above lists them all. Choose which with --variables.",
+                f"{_count(left_out, 'more variable')} not drawn",
+                f"Only the first {len(names)} variables (in data order) get a chart; the "
+                "table above lists them all. Choose which with --variables.",
             )
         )
     return sections
@@ -278,6 +357,102 @@ def _calibration(axes: Axes, predicted: FloatArray, actual: FloatArray) -> None:
     axes.legend(loc="upper left", fontsize=8)
 
 
+# --- skill across series ---------------------------------------------------------------
+
+
+def _skill_range(skill: FloatArray) -> tuple[float, float]:
+    """The x range of the distribution charts: from the TAIL_QUANTILE of skill (or 0) to the
+    best skill (or 0), so that zero, where the model ties persistence, is always in view."""
+    low = min(float(np.quantile(skill, TAIL_QUANTILE)), 0.0)
+    high = max(float(skill.max()), 0.0)
+    return (low, high) if high > low else (low - 0.1, high + 0.1)
+
+
+def _skill_histogram(document: dict[str, Any], series: pd.DataFrame, folder: Path) -> Section:
+    """How many series reach each skill, the ones below the range stacked in the first bar."""
+    title = "Distribution of skill across series"
+    skill = series["skill_vs_persistence"].to_numpy(dtype=np.float64, na_value=np.nan)
+    skill = skill[~np.isnan(skill)]
+    if skill.size == 0:
+        return Section(title, NOT_EVALUATED)
+    low, high = _skill_range(skill)
+    below = int((skill < low).sum())
+    median = float(np.median(skill))
+
+    figure = Figure(figsize=(10, 4.5), layout="constrained")
+    axes = figure.subplots()
+    axes.hist(np.clip(skill, low, high), bins=HISTOGRAM_BINS, range=(low, high), color=PREDICTED)
+    axes.axvline(0.0, color="#d62728", ls="--", lw=1.2, label="persistence (skill 0)")
+    axes.axvline(median, color="black", lw=1.2, label=f"median ({median:.3g})")
+    axes.set(xlabel="skill vs persistence (1 - SSE / SSE of no change)", ylabel="series")
+    axes.set_title(f"Skill vs persistence across {_count(skill.size, 'series')}", fontweight="bold")
+    axes.legend(fontsize=8, loc="upper left")
+    path = _save(figure, folder / "skill_histogram.png")
+    share = document["metrics"]["across_series"]["skill_vs_persistence"]["share_positive"]
+    caption = (
+        f"Right of the dashed line the model beats predicting no change: {share:.1%} of the "
+        "series with a defined skill."
+    )
+    if below:
+        caption += (
+            f" {_count(below, 'series')} with skill below {low:.3g} (the worst "
+            f"{TAIL_QUANTILE:.0%}) are counted in the leftmost bar."
+        )
+    return Section(title, caption, path)
+
+
+def _skill_against_scale(series: pd.DataFrame, folder: Path) -> Section:
+    """Skill of every series against its scale, with the median skill along the scale."""
+    title = "Skill against the series' scale"
+    skill = series["skill_vs_persistence"].to_numpy(dtype=np.float64, na_value=np.nan)
+    scale = series["rms_change"].to_numpy(dtype=np.float64, na_value=np.nan)
+    shown = ~np.isnan(skill) & (np.nan_to_num(scale) > 0)
+    if not shown.any():
+        return Section(title, NOT_EVALUATED)
+    skill, scale = skill[shown], scale[shown]
+    low, high = _skill_range(skill)
+    dense = skill.size > 2000
+
+    figure = Figure(figsize=(10, 5), layout="constrained")
+    axes = figure.subplots()
+    axes.scatter(
+        scale,
+        np.clip(skill, low, high),
+        s=3 if dense else 12,
+        alpha=0.2 if dense else 0.7,
+        color=PREDICTED,
+        edgecolors="none",
+        rasterized=True,
+    )
+    edges = np.geomspace(scale.min(), scale.max(), 21) if scale.max() > scale.min() else None
+    if edges is not None:
+        bins = np.clip(np.searchsorted(edges, scale, side="right") - 1, 0, len(edges) - 2)
+        centres, medians = [], []
+        for b in range(len(edges) - 1):
+            inside = skill[bins == b]
+            if inside.size >= 5:
+                centres.append(float(np.sqrt(edges[b] * edges[b + 1])))
+                medians.append(float(np.median(inside)))
+        axes.plot(centres, medians, color="black", lw=1.5, marker="o", ms=3, label="median skill")
+    axes.axhline(0.0, color="#d62728", ls="--", lw=1, label="persistence (skill 0)")
+    axes.set_xscale("log")
+    axes.set_ylim(low - 0.02 * (high - low), high + 0.02 * (high - low))
+    axes.set(
+        xlabel="scale: RMS of the actual change (units of the series, log)",
+        ylabel="skill vs persistence",
+    )
+    axes.set_title(f"Skill against scale, {_count(skill.size, 'series')}", fontweight="bold")
+    axes.legend(fontsize=8, loc="lower right")
+    path = _save(figure, folder / "skill_vs_scale.png")
+    return Section(
+        title,
+        "Each dot is a series. A trend in the median line means the model's quality depends on "
+        "the series' scale (for example near-constant or very noisy series); skill below the "
+        "chart is drawn at its lower edge.",
+        path,
+    )
+
+
 # --- skill by batch ----------------------------------------------------------------------
 
 
@@ -373,11 +548,14 @@ def _skill_by_batch(document: dict[str, Any], folder: Path) -> Section:
     batches = _evaluated_batches(document)
     if not batches:
         return Section(title, NOT_EVALUATED)
-    variables: list[str] = document["data"]["variables"]
-    skills = np.array([[_skill(b["metrics"][v]) for v in variables] for b in batches])
-    defined = ~np.isnan(skills).all(axis=1)
-    quartiles = np.full((len(batches), 3), np.nan)
-    quartiles[defined] = np.nanpercentile(skills[defined], [25, 50, 75], axis=1).T
+    quartiles = np.array(
+        [
+            [np.nan if b["skill_across_series"][q] is None else b["skill_across_series"][q]
+             for q in ("p25", "p50", "p75")]
+            for b in batches
+        ],
+        dtype=np.float64,
+    )  # fmt: skip
     positions = np.arange(len(batches))
     headline = document["metrics"]["headline"]["mean_skill_vs_persistence"]
 
@@ -432,10 +610,10 @@ def _rule_label(rule: dict[str, Any]) -> str:
 def _rule_trust(document: dict[str, Any], folder: Path) -> Section:
     """Trust of each rule with its credible interval, bars growing from a coin flip (0.5)."""
     title = "Rule trust"
-    rules = sorted(document["rules"], key=lambda r: -float(r["trust_mean"]))
-    if not rules:
+    shown, left_out = _shown_rules(document)
+    if not shown:
         return Section(title, "The run learned no rules (--rules was empty).")
-    shown, left_out = _ends(rules, MAX_RULE_BARS)
+    rules_total = len(shown) + left_out
     means = np.array([r["trust_mean"] for r in shown], dtype=np.float64)
     lower = np.array([r["trust_lower"] for r in shown], dtype=np.float64)
     upper = np.array([r["trust_upper"] for r in shown], dtype=np.float64)
@@ -470,7 +648,7 @@ def _rule_trust(document: dict[str, Any], folder: Path) -> Section:
     axes.set_xlabel(f"trust: posterior mean hit rate, with {level} credible interval")
     heading = "Rule trust"
     if left_out:
-        heading += f": the {len(shown) // 2} most and least trusted of {len(rules)} rules"
+        heading += f": the {len(shown) // 2} most and least trusted of {rules_total} rules"
     axes.set_title(heading, fontweight="bold")
     axes.legend(handles=_trust_legend(_fdr(document)), fontsize=8, loc="lower right")
     path = _save(figure, folder / "rule_trust.png")
@@ -483,14 +661,32 @@ def _rule_trust(document: dict[str, Any], folder: Path) -> Section:
         "many rules also passes some by chance."
     )
     if left_out:
-        caption += f" Left out of the chart, in the middle: {_count(left_out, 'rule')}; the "
-        caption += "table below lists them all."
+        caption += f" Left out of the chart, in the middle: {_count(left_out, 'rule')}; "
+        caption += "the table below lists them all." if "rules" in document else _IN_RULES_FILE
     return Section(title, caption, path)
 
 
 def _fdr(document: dict[str, Any]) -> str:
     """The run's false discovery rate for rule validation, as printed."""
     return f"{document['metrics']['headline']['fdr']:g}"
+
+
+_IN_RULES_FILE: Final = "rules.parquet (next to results.json) lists them all."
+
+
+def _shown_rules(document: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """The rules to chart, most trusted first, and how many are left out in the middle.
+
+    A document listing every rule gives its most and least trusted MAX_RULE_BARS; one of
+    many series keeps only its extremes, which are the same rules.
+    """
+    if "rules" in document:
+        ranked = sorted(document["rules"], key=lambda r: -float(r["trust_mean"]))
+        return _ends(ranked, MAX_RULE_BARS)
+    extremes = document["rule_extremes"]
+    half = MAX_RULE_BARS // 2
+    shown = [*extremes["most_trusted"][:half], *extremes["least_trusted"][-half:]]
+    return shown, document["metrics"]["headline"]["rules_total"] - len(shown)
 
 
 def _trust_legend(fdr: str) -> list[Artist]:
@@ -534,13 +730,12 @@ def _page(document: dict[str, Any], sections: dict[str, list[Section]]) -> str:
         f"<style>{STYLE}</style></head><body>",
         f"<h1>Training report: run {_e(document['run_id'])}</h1>",
         f'<p class="meta">{_e(data["source"])}, {_e(str(data["start"])[:10])} to '
-        f"{_e(str(data['end'])[:10])}: {_count(len(data['variables']), 'variable')}, "
+        f"{_e(str(data['end'])[:10])}: {_count(data['series'], 'series')}, "
         f"{_count(data['batches'], 'batch')} of {_e(document['config']['batch_size_days'])} days "
         f"({len(_evaluated_batches(document))} evaluated walk-forward). Created "
         f"{_e(document['created'])}.</p>",
         _headline_table(document),
-        "<h2>Per variable (whole run)</h2>",
-        _variable_table(document),
+        _series_tables(document),
     ]
     for heading, group in sections.items():
         parts.append(f"<h2>{_e(heading)}</h2>")
@@ -552,8 +747,12 @@ def _page(document: dict[str, Any], sections: dict[str, list[Section]]) -> str:
 def _headline_table(document: dict[str, Any]) -> str:
     """The run's headline numbers as a two-column table."""
     headline, data, config = document["metrics"]["headline"], document["data"], document["config"]
+    share = headline["share_skill_positive"]
     rows = [
+        ("Series", _number(headline["series"])),
         ("Mean skill vs persistence", _number(headline["mean_skill_vs_persistence"])),
+        ("Median skill vs persistence", _number(headline["median_skill_vs_persistence"])),
+        ("Series beating persistence", "n/a" if share is None else f"{share:.1%}"),
         ("Mean directional accuracy", _number(headline["mean_directional_accuracy"])),
         (
             "Rules validated",
@@ -567,19 +766,60 @@ def _headline_table(document: dict[str, Any]) -> str:
     return f"<h2>Headline</h2><table>{body}</table>"
 
 
-def _variable_table(document: dict[str, Any]) -> str:
-    """Every variable's whole-run metrics, negative skill marked."""
+def _series_tables(document: dict[str, Any]) -> str:
+    """Every series' metrics when the document lists them; else their distribution and the
+    best and worst series, with where the rest are."""
+    metrics = document["metrics"]
+    if "overall" in metrics:
+        return "<h2>Per variable (whole run)</h2>" + _variable_table(metrics["overall"].items())
+    across = metrics["across_series"]
+    names = list(QUANTILE_LABELS)
+    head = "".join(f"<th>{_e(h)}</th>" for h in ("across series", "count", "mean", *names))
+    rows = "".join(
+        f"<tr><td>{_e(label)}</td>"
+        + "".join(
+            f"<td>{_e(_number(across[key][q]))}</td>"
+            for q in ("count", "mean", *QUANTILE_LABELS.values())
+        )
+        + "</tr>"
+        for label, key in (
+            ("skill vs persistence", "skill_vs_persistence"),
+            ("directional accuracy", "directional_accuracy"),
+        )
+    )
+    return (
+        f"<h2>Across {_count(across['count'], 'series')} (whole run)</h2>"
+        f"<table><tr>{head}</tr>{rows}</table>"
+        f'<p class="note">{_count(across["evaluated"], "series")} evaluated; every series\' '
+        "metrics are in metrics.parquet next to results.json.</p>"
+        f"<h3>Best {len(across['best'])} by skill</h3>"
+        + _variable_table((m["series"], m) for m in across["best"])
+        + f"<h3>Worst {len(across['worst'])} by skill</h3>"
+        + _variable_table((m["series"], m) for m in across["worst"])
+    )
+
+
+QUANTILE_LABELS: Final = {"min": "min", "5%": "p05", "25%": "p25", "median": "p50",
+                          "75%": "p75", "95%": "p95", "max": "max"}  # fmt: skip
+
+
+def _variable_table(metrics: Iterable[tuple[str, dict[str, Any]]]) -> str:
+    """Whole-run metrics of the given variables, negative skill marked."""
     head = "".join(
         f"<th>{h}</th>"
-        for h in ("variable", "n", "MAE", "RMSE", "directional accuracy", "skill vs persistence")
-    )
+        for h in (
+            "variable", "n", "MAE", "RMSE", "RMS change", "directional accuracy",
+            "skill vs persistence",
+        )
+    )  # fmt: skip
     rows = []
-    for name, m in document["metrics"]["overall"].items():
+    for name, m in metrics:
         skill = m["skill_vs_persistence"]
         worse = ' class="worse"' if skill is not None and skill < 0 else ""
         rows.append(
             f"<tr><td>{_e(name)}</td><td>{_e(_number(m['n']))}</td><td>{_e(_number(m['mae']))}</td>"
-            f"<td>{_e(_number(m['rmse']))}</td><td>{_e(_number(m['directional_accuracy']))}</td>"
+            f"<td>{_e(_number(m['rmse']))}</td><td>{_e(_number(m['rms_change']))}</td>"
+            f"<td>{_e(_number(m['directional_accuracy']))}</td>"
             f"<td{worse}>{_e(_number(skill))}</td></tr>"
         )
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
@@ -587,6 +827,8 @@ def _variable_table(document: dict[str, Any]) -> str:
 
 def _rule_table(document: dict[str, Any]) -> str:
     """Every rule's counts and trust, most trusted first, folded away (there can be thousands)."""
+    if "rules" not in document:
+        return f'<p class="note">The trust of every rule: {_IN_RULES_FILE}</p>'
     rules = sorted(document["rules"], key=lambda r: -float(r["trust_mean"]))
     if not rules:
         return ""

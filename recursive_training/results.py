@@ -1,7 +1,8 @@
 """The results document, its files, and the short summary printed after a run.
 
 Files of one run, in ``output_dir``: ``predictions-<run id>.parquet`` (every walk-forward
-prediction), ``state-<run id>.npz`` (to resume from) and the results JSON, which names
+prediction), ``metrics-<run id>.parquet`` (one row per series), ``rules-<run id>.parquet``
+(every rule's trust), ``state-<run id>.npz`` (to resume from) and the results JSON, which names
 them and is written last, in one atomic step: it is the commit. Before it, an earlier
 run's results JSON still names that run's own files, which nothing here has touched;
 after it, the earlier run's files are deleted. See docs/outputs.md.
@@ -21,20 +22,27 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recursive_training import __version__, interrupts, storage
 from recursive_training.config import TrainingConfig
 from recursive_training.constants import (
     CONFIDENCE_LEVEL,
+    METRICS_FILE,
     PREDICTIONS_FILE,
     RESULTS_KIND,
     RESULTS_SCHEMA_VERSION,
+    RULE_TRUST_KIND,
+    RULES_FILE,
+    SERIES_DETAIL_LIMIT,
+    SERIES_METRICS_KIND,
     STATE_FILE,
 )
 from recursive_training.exceptions import OutputError, StateError
 from recursive_training.metrics import ErrorSums
 from recursive_training.rules import beta_trust
+from recursive_training.series_metrics import series_summary, series_table, skill_spread
 from recursive_training.stages.training_stages import TrainingResult
 from recursive_training.trust import validate_rules
 
@@ -44,14 +52,11 @@ log = logging.getLogger(__name__)
 SPOOL_ROWS: Final = 2**16
 
 
-def _mean(values: list[float | int | None]) -> float | None:
-    present = [float(v) for v in values if v is not None]
-    return float(np.mean(present)) if present else None
+EXTREME_RULES: Final = 20
+"""Most and least trusted rules kept in the results document at any number of series."""
 
 
-def rule_trust_table(
-    rule_table: list[tuple[str, str, float, float]], fdr: float
-) -> list[dict[str, Any]]:
+def rule_trust_table(rule_table: list[tuple[str, str, float, float]], fdr: float) -> pa.Table:
     """Counts, Beta trust and both verdicts of every rule: FDR-controlled and the interval's.
 
     ``validated`` is the Benjamini-Hochberg decision at ``fdr`` over all rules of the run;
@@ -62,66 +67,95 @@ def rule_trust_table(
     misses = np.array([r[3] for r in rule_table], dtype=np.float64)
     trust = beta_trust(hits, misses)
     tested = validate_rules(hits, misses, fdr)
-    return [
+    return pa.table(
         {
-            "rule": rule,
-            "target": target,
-            "hits": h,
-            "misses": m,
-            "trust_mean": t.mean,
-            "trust_lower": t.lower,
-            "trust_upper": t.upper,
-            "p_value": float(p),
-            "q_value": float(q),
-            "validated": bool(v),
-            "interval_above_half": t.interval_above_half,
+            "rule": pa.array([r[0] for r in rule_table], pa.string()),
+            "target": pa.array([r[1] for r in rule_table], pa.string()),
+            "hits": pa.array(hits),
+            "misses": pa.array(misses),
+            "trust_mean": pa.array(trust.mean, pa.float64()),
+            "trust_lower": pa.array(trust.lower, pa.float64()),
+            "trust_upper": pa.array(trust.upper, pa.float64()),
+            "p_value": pa.array(tested.p_values, pa.float64()),
+            "q_value": pa.array(tested.q_values, pa.float64()),
+            "validated": pa.array(tested.validated, pa.bool_()),
+            "interval_above_half": pa.array(trust.interval_above_half, pa.bool_()),
         }
-        for (rule, target, h, m), t, p, q, v in zip(
-            rule_table, trust, tested.p_values, tested.q_values, tested.validated, strict=True
-        )
-    ]
+    )
 
 
-def build_document(result: TrainingResult) -> dict[str, Any]:
-    """The versioned results JSON of a run (plain types only)."""
+def metrics_table(result: TrainingResult) -> pa.Table:
+    """The per-series metrics of a run (``metrics.parquet``)."""
+    dropped = np.zeros(len(result.variables))
+    for evaluation in result.evaluations.values():
+        dropped = dropped + evaluation.dropped_missing  # a count per series or for all
+    return series_table(result.variables, result.errors, dropped)
+
+
+def stamped(table: pa.Table, kind: str, run_id: str) -> pa.Table:
+    """``table`` with its kind and run id in the Parquet metadata (to match a run's files)."""
+    return table.replace_schema_metadata({"pulse.dev/kind": kind, "pulse.dev/run-id": run_id})
+
+
+def build_document(result: TrainingResult, rules: pa.Table | None = None) -> dict[str, Any]:
+    """The versioned results JSON of a run (plain types only).
+
+    The series' names, every series' metrics (overall and per batch), every rule and the
+    coefficients (unless one model serves all) are listed only up to SERIES_DETAIL_LIMIT
+    series; the summary across series is there at any size. ``rules`` is the run's
+    rule_trust_table when the caller has it.
+    """
     variables = result.variables
-    overall = result.errors.table(variables)
-    rules = rule_trust_table(result.rule_table, result.config.fdr)
+    detailed = len(variables) <= SERIES_DETAIL_LIMIT
+    if rules is None:
+        rules = rule_trust_table(result.rule_table, result.config.fdr)
+    by_trust = rules.take(
+        pc.sort_indices(rules, [("trust_mean", "descending")]) if len(rules) else []
+    )
     batches = []
     for batch in result.batches:
         stats = result.statistics[batch.batch_id]
         evaluation = result.evaluations.get(batch.batch_id)
         errors = evaluation.errors if evaluation else ErrorSums.zeros(len(variables))
-        batches.append(
-            {
-                "batch_id": batch.batch_id,
-                "start": batch.start.isoformat(),
-                "end": batch.end.isoformat(),
-                "samples_trained": stats.stats.n,
-                "samples_evaluated": result.structure.sample_count(errors.n),
-                "evaluated": evaluation is not None,
-                "dropped_missing": stats.dropped_missing
-                + (evaluation.dropped_missing if evaluation else 0),
-                "seconds": {
-                    "statistics": stats.seconds,
-                    "evaluation": evaluation.seconds if evaluation else 0.0,
-                },
-                "workers": {
-                    "statistics": stats.worker,
-                    "evaluation": evaluation.worker if evaluation else None,
-                },
-                "metrics": errors.table(variables),
-            }
-        )
+        record: dict[str, Any] = {
+            "batch_id": batch.batch_id,
+            "start": batch.start.isoformat(),
+            "end": batch.end.isoformat(),
+            "samples_trained": stats.stats.n,
+            "samples_evaluated": result.structure.sample_count(errors.n),
+            "evaluated": evaluation is not None,
+            "dropped_missing": stats.dropped_missing
+            + (evaluation.dropped_missing if evaluation else 0),
+            "seconds": {
+                "statistics": stats.seconds,
+                "evaluation": evaluation.seconds if evaluation else 0.0,
+            },
+            "workers": {
+                "statistics": stats.worker,
+                "evaluation": evaluation.worker if evaluation else None,
+            },
+            "skill_across_series": skill_spread(errors),
+        }
+        if detailed:
+            record["metrics"] = errors.table(variables)
+        batches.append(record)
+    across = series_summary(variables, result.errors)
+    skill = across["skill_vs_persistence"]
     headline = {
-        "mean_skill_vs_persistence": _mean([m["skill_vs_persistence"] for m in overall.values()]),
-        "mean_directional_accuracy": _mean([m["directional_accuracy"] for m in overall.values()]),
-        "rules_validated": sum(r["validated"] for r in rules),
-        "rules_validated_by_interval": sum(r["interval_above_half"] for r in rules),
+        "series": len(variables),
+        "mean_skill_vs_persistence": skill["mean"],
+        "median_skill_vs_persistence": skill["p50"],
+        "share_skill_positive": skill["share_positive"],
+        "mean_directional_accuracy": across["directional_accuracy"]["mean"],
+        "rules_validated": int(pc.sum(rules["validated"]).as_py() or 0),
+        "rules_validated_by_interval": int(pc.sum(rules["interval_above_half"]).as_py() or 0),
         "rules_total": len(rules),
         "fdr": result.config.fdr,
     }
-    return {
+    metrics: dict[str, Any] = {"headline": headline, "across_series": across}
+    if detailed:
+        metrics["overall"] = result.errors.table(variables)
+    document: dict[str, Any] = {
         "kind": RESULTS_KIND,
         "schema_version": RESULTS_SCHEMA_VERSION,
         "run_id": result.run_id,
@@ -134,7 +168,7 @@ def build_document(result: TrainingResult) -> dict[str, Any]:
         "resumed_from": result.resumed_from,
         "data": {
             "source": result.source,
-            "variables": variables,
+            "series": len(variables),
             "start": result.start.isoformat(),
             "end": result.end.isoformat(),
             "rows": result.n_rows,
@@ -150,23 +184,47 @@ def build_document(result: TrainingResult) -> dict[str, Any]:
             "half_life_days": result.config.half_life_days,
             "samples": result.state.stats.n,
             "min_train_samples": result.config.evaluation_threshold(len(result.features)),
-            "coefficients": result.structure.coefficient_table(result.coefficients),
         },
-        "rules": rules,
-        "metrics": {"headline": headline, "overall": overall},
+        "series_detail": {"listed": detailed, "limit": SERIES_DETAIL_LIMIT},
+        "metrics": metrics,
+        "rule_extremes": {
+            "most_trusted": by_trust.slice(0, EXTREME_RULES).to_pylist(),
+            "least_trusted": by_trust.slice(
+                max(len(rules) - EXTREME_RULES, EXTREME_RULES)
+            ).to_pylist(),
+        },
         "batches": batches,
         "files": {
             role: _reference(location, result.config.results_path)
             for role, location in data_files(result.config, result.run_id).items()
         },
     }
+    coefficients = result.structure.coefficient_table(result.coefficients)
+    if len(coefficients) <= SERIES_DETAIL_LIMIT:  # a pooled model's one row at any V
+        document["model"]["coefficients"] = coefficients
+    if detailed:
+        document["data"]["variables"] = variables
+        document["rules"] = rules.to_pylist()
+    return document
+
+
+PARQUET: Final = "application/vnd.apache.parquet"
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """``table`` as a Parquet file in memory (zstd: the tables are numbers and names)."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression="zstd")
+    return bytes(buffer.getvalue())
 
 
 def data_files(config: TrainingConfig, run_id: str) -> dict[str, str]:
-    """Where the run ``run_id`` writes its state and predictions."""
+    """Where the run ``run_id`` writes its state, predictions, metrics and rule tables."""
     return {
         "state": storage.join(config.output_dir, STATE_FILE.format(run_id=run_id)),
         "predictions": storage.join(config.output_dir, PREDICTIONS_FILE.format(run_id=run_id)),
+        "metrics": storage.join(config.output_dir, METRICS_FILE.format(run_id=run_id)),
+        "rules": storage.join(config.output_dir, RULES_FILE.format(run_id=run_id)),
     }
 
 
@@ -254,11 +312,6 @@ class PredictionsSpool:
             self._writer = None
         return self.path
 
-    def read(self) -> pd.DataFrame:
-        """All predictions, sorted by origin then variable (for the report)."""
-        frame = pd.read_parquet(self.path)
-        return frame.sort_values(["origin", "variable"], kind="stable", ignore_index=True)
-
     def __enter__(self) -> PredictionsSpool:
         return self
 
@@ -275,7 +328,8 @@ def write_outputs(
     predictions: Path | None = None,
     on_commit: Callable[[], None] | None = None,
 ) -> None:
-    """Write predictions and state, then commit ``document``; all of it or none.
+    """Write predictions, state, the metrics and rule tables, then commit ``document``; all
+    of it or none.
 
     ``predictions`` is the spooled Parquet file when the run used a PredictionsSpool;
     otherwise the predictions the result holds are written. ``on_commit`` is called the
@@ -289,11 +343,25 @@ def write_outputs(
         (
             locations["predictions"],
             buffer.getvalue() if predictions is None else predictions,
-            "application/vnd.apache.parquet",
+            PARQUET,
         ),
         (locations["state"], result.state.to_bytes(), "application/octet-stream"),
+        (
+            locations["metrics"],
+            parquet_bytes(stamped(metrics_table(result), SERIES_METRICS_KIND, result.run_id)),
+            PARQUET,
+        ),
+        (
+            locations["rules"],
+            parquet_bytes(
+                stamped(
+                    rule_trust_table(result.rule_table, config.fdr), RULE_TRUST_KIND, result.run_id
+                )
+            ),
+            PARQUET,
+        ),
     ]
-    # stored with S3 objects, so a reader can match the three files of one run
+    # stored with S3 objects, so a reader can match the files of one run
     metadata = {"run-id": result.run_id, "config-hash": document["config_hash"]}
     earlier = _earlier_files(config)
     started: list[str] = []
@@ -361,30 +429,46 @@ def _remove_leftover(location: str, config: TrainingConfig, whose: str) -> None:
         log.warning("could not remove %s %s (%s); delete it by hand", location, whose, e)
 
 
+SUMMARY_ROWS: Final = 12
+"""Series listed in the terminal summary: all of them up to this, else the best and worst half."""
+
+
 def summary(document: dict[str, Any]) -> str:
-    """A few lines for the terminal: what ran, how well, where the files are."""
+    """A few lines for the terminal, as many for 100,000 series as for 3: what ran, how
+    well across series, the best and worst series, where the files are."""
     data, headline = document["data"], document["metrics"]["headline"]
+    across = document["metrics"]["across_series"]
+    skill = across["skill_vs_persistence"]
+    share = skill["share_positive"]
     lines = [
-        f"Trained on {len(data['variables'])} variables, {data['start'][:10]} to "
+        f"Trained on {across['count']} series, {data['start'][:10]} to "
         f"{data['end'][:10]}: {data['samples_trained']} samples in {data['batches']} batches "
         f"({document['seconds']:.1f}s, {document['engine']})",
         f"Walk-forward: {data['samples_evaluated']} samples evaluated, mean skill vs persistence "
-        f"{_fmt(headline['mean_skill_vs_persistence'])}, directional accuracy "
+        f"{_fmt(skill['mean'])} (median {_fmt(skill['p50'])}, "
+        f"{'n/a' if share is None else f'{share:.0%}'} of series above 0), directional accuracy "
         f"{_fmt(headline['mean_directional_accuracy'])}",
         f"Rules validated: {headline['rules_validated']} of {headline['rules_total']} at false "
         f"discovery rate {headline['fdr']:g} (Benjamini-Hochberg); "
         f"{headline['rules_validated_by_interval']} have their {CONFIDENCE_LEVEL:.0%} "
         "interval above 0.5",
         "",
-        f"{'variable':<24} {'n':>7} {'rmse':>11} {'skill':>7} {'dir.acc':>7}",
+        f"{'series':<24} {'n':>7} {'rmse':>11} {'skill':>7} {'dir.acc':>7}",
     ]
-    for name, m in list(document["metrics"]["overall"].items())[:12]:
+    overall = document["metrics"].get("overall", {})
+    if across["count"] <= SUMMARY_ROWS and overall:
+        listed = [{"series": name} | m for name, m in overall.items()]
+    else:
+        half = SUMMARY_ROWS // 2
+        listed = [*across["best"][:half], None, *across["worst"][:half][::-1]]
+    for m in listed:
+        if m is None:
+            lines.append(f"{'...':<24} (best above, worst below; every series in metrics.parquet)")
+            continue
         lines.append(
-            f"{name:<24} {m['n']:>7} {_fmt(m['rmse'], 11)} {_fmt(m['skill_vs_persistence'], 7)} "
-            f"{_fmt(m['directional_accuracy'], 7)}"
+            f"{m['series'][:24]:<24} {m['n']:>7} {_fmt(m['rmse'], 11)} "
+            f"{_fmt(m['skill_vs_persistence'], 7)} {_fmt(m['directional_accuracy'], 7)}"
         )
-    if len(document["metrics"]["overall"]) > 12:
-        lines.append(f"... and {len(document['metrics']['overall']) - 12} more in the results file")
     return "\n".join(lines)
 
 

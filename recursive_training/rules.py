@@ -222,15 +222,15 @@ def _cross_all_pairs(
 
 @dataclass(frozen=True)
 class Trust:
-    """Beta posterior summary of a rule's hit rate."""
+    """Beta posterior summary of the hit rate of each of a set of rules (arrays)."""
 
-    mean: float
-    lower: float
-    upper: float
+    mean: FloatArray
+    lower: FloatArray
+    upper: FloatArray
 
     @property
-    def interval_above_half(self) -> bool:
-        """The lower end of the credible interval is above a coin flip.
+    def interval_above_half(self) -> NDArray[np.bool_]:
+        """Where the lower end of the credible interval is above a coin flip.
 
         Right for one rule looked at alone; over hundreds of rules it passes some by chance,
         so it is reported beside, not instead of, the FDR-controlled verdict.
@@ -238,17 +238,12 @@ class Trust:
         return self.lower > 0.5
 
 
-def beta_trust(hits: FloatArray, misses: FloatArray) -> list[Trust]:
-    """Beta(1 + hits, 1 + misses) mean and central credible interval for each rule."""
+def beta_trust(hits: FloatArray, misses: FloatArray) -> Trust:
+    """Beta(1 + hits, 1 + misses) mean and central credible interval of each rule."""
     # The Beta quantile itself (scipy.stats.beta.ppf calls it): scipy.stats alone takes
     # about 0.5 s to import, which every run and --help paid when it was imported here.
     from scipy.special import betaincinv
 
     a, b = 1.0 + np.asarray(hits, float), 1.0 + np.asarray(misses, float)
     tail = (1.0 - CONFIDENCE_LEVEL) / 2
-    lower = betaincinv(a, b, tail)
-    upper = betaincinv(a, b, 1.0 - tail)
-    mean = a / (a + b)
-    return [
-        Trust(float(m), float(lo), float(hi)) for m, lo, hi in zip(mean, lower, upper, strict=True)
-    ]
+    return Trust(a / (a + b), betaincinv(a, b, tail), betaincinv(a, b, 1.0 - tail))

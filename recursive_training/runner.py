@@ -6,7 +6,7 @@ import logging
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recursive_training import interrupts, storage
 from recursive_training.config import TrainingConfig
@@ -16,11 +16,15 @@ from recursive_training.results import (
     PredictionsSpool,
     build_document,
     check_output_free,
+    metrics_table,
     referenced_files,
     write_outputs,
 )
 from recursive_training.stages import TrainingPipeline
 from recursive_training.state import TrainingState
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("recursive_training")
 
@@ -56,7 +60,7 @@ def run(
             report = _StagedReport(config.report_dir) if config.report_dir else None
             try:
                 if report is not None:
-                    report.render(document, spool)
+                    report.render(document, metrics_table(result).to_pandas(), predictions)
 
                 def committed() -> None:
                     outcome.results = config.results_path
@@ -95,11 +99,12 @@ class _StagedReport:
         self.target = Path(target)
         self.staged = self.target.with_name(f".{self.target.name}.{uuid.uuid4().hex[:12]}.tmp")
 
-    def render(self, document: dict[str, Any], spool: PredictionsSpool) -> None:
-        """Render the charts and page into the staging folder."""
+    def render(self, document: dict[str, Any], series: pd.DataFrame, predictions: Path) -> None:
+        """Render the charts and page into the staging folder, reading from the predictions
+        file only the series it draws."""
         from recursive_training.report import render_report
 
-        render_report(document, spool.read(), str(self.staged))
+        render_report(document, series, predictions, str(self.staged))
 
     def install(self) -> None:
         """Swap the staged report in for an earlier one (signals are held by the caller)."""

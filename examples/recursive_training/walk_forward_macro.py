@@ -13,7 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from recursive_training.config import TrainingConfig
-from recursive_training.results import build_document
+from recursive_training.results import build_document, metrics_table, rule_trust_table
 from recursive_training.stages import TrainingPipeline
 
 
@@ -30,7 +30,9 @@ def main() -> None:
     result = TrainingPipeline().execute(config)
     document = build_document(result)
 
-    metrics = pd.DataFrame(document["metrics"]["overall"]).T.astype({"n": int})
+    # The same tables as metrics.parquet and rules.parquet: they hold every series and rule
+    # at any size, where the results document lists them only for small runs.
+    metrics = metrics_table(result).to_pandas().set_index("series")
     print("Walk-forward metrics (each batch predicted by a model fitted on earlier data only):")
     print(
         metrics[["n", "rmse", "skill_vs_persistence", "directional_accuracy"]].to_string(
@@ -38,7 +40,8 @@ def main() -> None:
         )
     )
 
-    rules = pd.DataFrame(document["rules"]).sort_values("trust_lower", ascending=False)
+    rules = rule_trust_table(result.rule_table, config.fdr).to_pandas()
+    rules = rules.sort_values("trust_lower", ascending=False)
     print("\nMost trusted rules (Beta posterior, 90% interval; q: Benjamini-Hochberg q-value):")
     print(
         rules.head(8)[

@@ -160,8 +160,6 @@ def _change_scales(result: TrainingResult) -> np.ndarray:
 def test_beta_trust_of_a_rule_with_no_evidence_is_a_coin_flip() -> None:
     from recursive_training.rules import beta_trust
 
-    (trust,) = beta_trust(np.array([0.0]), np.array([0.0]))
-    assert (trust.mean, trust.lower, trust.upper) == pytest.approx((0.5, 0.05, 0.95))
-    assert not trust.interval_above_half
-    (strong,) = beta_trust(np.array([90.0]), np.array([10.0]))
-    assert strong.interval_above_half and strong.lower > 0.8
+    trust = beta_trust(np.array([0.0, 90.0]), np.array([0.0, 10.0]))
+    assert (trust.mean[0], trust.lower[0], trust.upper[0]) == pytest.approx((0.5, 0.05, 0.95))
+    assert trust.interval_above_half.tolist() == [False, True] and trust.lower[1] > 0.8

@@ -17,31 +17,32 @@ import pytest
 from recursive_training.config import TrainingConfig
 from recursive_training.exceptions import OutputError
 from recursive_training.report import render_report
-from recursive_training.results import build_document
+from recursive_training.results import build_document, metrics_table
 from recursive_training.stages import TrainingPipeline
 
 SMALL = "builtin:synthetic?n_variables=3&years=3"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-Run = tuple[dict[str, Any], pd.DataFrame]
+Run = tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]
+"""The results document, the per-series metrics table and the predictions of a run."""
 
 
 def train(output_dir: Path, batch_size_days: int) -> Run:
-    """The results document and predictions of a serial run on small synthetic data."""
+    """The results document, metrics and predictions of a serial run on small synthetic data."""
     config = TrainingConfig.build(
         input_data=SMALL, batch_size_days=batch_size_days, output_dir=str(output_dir)
     )
     result = TrainingPipeline().execute(config)
-    return build_document(result), result.predictions_frame()
+    return build_document(result), metrics_table(result).to_pandas(), result.predictions_frame()
 
 
 def renamed(run: Run, old: str, new: str) -> Run:
     """The same run with variable ``old`` called ``new`` everywhere."""
-    document, predictions = run
+    document, series, predictions = run
     text = json.dumps(document).replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1])
     predictions = predictions.assign(
         variable=predictions["variable"].cat.rename_categories({old: new})
     )
-    return json.loads(text), predictions
+    return json.loads(text), series.replace({"series": {old: new}}), predictions
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +63,14 @@ def page_text(pages: list[Path]) -> str:
 
 
 def test_report_writes_readable_pngs_and_the_page_last(run: Run, pages: list[Path]) -> None:
-    document, _ = run
+    document, _, _ = run
     variables = document["data"]["variables"]
     assert pages[-1].name == "index.html"
     assert {p.name for p in pages[:-1]} == {
         *(f"variable_{i:02d}_{v}.png" for i, v in enumerate(variables, start=1)),
-        "skill_heatmap.png", "skill_by_batch.png", "rule_trust.png",
+        "skill_heatmap.png",
+        "skill_by_batch.png",
+        "rule_trust.png",
     }
     for png in pages[:-1]:
         assert png.read_bytes().startswith(PNG_SIGNATURE)
@@ -85,7 +88,7 @@ def test_page_is_self_contained_and_embeds_every_png(pages: list[Path]) -> None:
 
 
 def test_page_names_every_variable_and_rule(run: Run, pages: list[Path]) -> None:
-    document, _ = run
+    document, _, _ = run
     text = page_text(pages)
     for variable in document["data"]["variables"]:
         assert f"<td>{variable}</td>" in text
@@ -97,7 +100,7 @@ def test_page_names_every_variable_and_rule(run: Run, pages: list[Path]) -> None
 
 
 def test_page_shows_skill_computed_from_the_predictions(run: Run, pages: list[Path]) -> None:
-    _, predictions = run
+    _, _, predictions = run
     text = page_text(pages)
     for variable, frame in predictions.groupby("variable", observed=True):
         error = np.sum((frame["predicted"] - frame["actual"]) ** 2)
@@ -108,8 +111,7 @@ def test_page_shows_skill_computed_from_the_predictions(run: Run, pages: list[Pa
 
 def test_variable_names_are_escaped_in_the_page(run: Run, tmp_path: Path) -> None:
     name = r"<b>x&y</b> $\frac$"
-    document, predictions = renamed(run, run[0]["data"]["variables"][0], name)
-    pages = render_report(document, predictions, str(tmp_path))
+    pages = render_report(*renamed(run, run[0]["data"]["variables"][0], name), str(tmp_path))
     text = page_text(pages)
     assert "&lt;b&gt;x&amp;y&lt;/b&gt;" in text
     assert "<b>" not in text
@@ -128,16 +130,16 @@ def test_many_rules_show_the_most_and_least_trusted(run: Run, tmp_path: Path) ->
     document["metrics"]["headline"].update(
         rules_validated=44, rules_validated_by_interval=49, rules_total=100, fdr=0.05
     )
-    text = page_text(render_report(document, run[1], str(tmp_path)))
+    text = page_text(render_report(document, *run[1:], str(tmp_path)))
     assert "44 of 100 rules are validated" in text
     assert "at false discovery rate 0.05" in text and "above 0.5 for 49 rules" in text
     assert "Left out of the chart, in the middle: 60 rules" in text
 
 
 def test_run_without_evaluated_batches_still_renders(tmp_path: Path) -> None:
-    document, predictions = train(tmp_path / "run", batch_size_days=5000)
+    document, series, predictions = train(tmp_path / "run", batch_size_days=5000)
     assert predictions.empty
-    pages = render_report(document, predictions, str(tmp_path / "report"))
+    pages = render_report(document, series, predictions, str(tmp_path / "report"))
     assert [p.name for p in pages] == ["rule_trust.png", "index.html"]
     text = page_text(pages)
     assert "No batch was evaluated" in text

@@ -70,7 +70,7 @@ def test_bh_of_no_rules_and_of_one() -> None:
 
 def test_trust_table_reports_both_verdicts() -> None:
     table = [("momentum(5)", "a", 90.0, 10.0), ("momentum(5)", "b", 55.0, 45.0)]
-    strong, weak = rule_trust_table(table, fdr=0.1)
+    strong, weak = rule_trust_table(table, fdr=0.1).to_pylist()
     assert strong["validated"] and strong["interval_above_half"]
     assert not weak["validated"] and not weak["interval_above_half"]
     assert strong["p_value"] == pytest.approx(binomtest(90, 100, alternative="greater").pvalue)

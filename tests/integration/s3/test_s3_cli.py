@@ -98,6 +98,9 @@ def test_same_results_from_s3_as_from_local_files(
     predictions = pd.read_parquet(io.BytesIO(get(s3, bucket, f"run/{files['predictions']}")))
     local_predictions = pd.read_parquet(tmp_path / "out" / expected["files"]["predictions"])
     pd.testing.assert_frame_equal(predictions, local_predictions)
+    metrics = pd.read_parquet(io.BytesIO(get(s3, bucket, f"run/{files['metrics']}")))
+    local_metrics = pd.read_parquet(tmp_path / "out" / expected["files"]["metrics"])
+    pd.testing.assert_frame_equal(metrics, local_metrics)
 
 
 def test_results_carry_content_type_and_run_metadata(
@@ -114,7 +117,9 @@ def test_results_carry_content_type_and_run_metadata(
     for key, content_type in [("results.json", "application/json"),
                               (document["files"]["state"], "application/octet-stream"),
                               (document["files"]["predictions"],
-                               "application/vnd.apache.parquet")]:
+                               "application/vnd.apache.parquet"),
+                              (document["files"]["metrics"], "application/vnd.apache.parquet"),
+                              (document["files"]["rules"], "application/vnd.apache.parquet")]:
         head = s3.head_object(Bucket=bucket, Key=f"runs/first/{key}")
         assert head["ContentType"] == content_type
         assert head["Metadata"] == {"run-id": document["run_id"],
