@@ -13,10 +13,16 @@ from trainingrun_operator.settings import ENV_PREFIX, OperatorSettings
 from trainingrun_operator.workload import container_security_context, pod_security_context
 
 HEALTH_PORT = 8080
+METRICS_PORT = OperatorSettings.metrics_port
 
 
 def _deployment(
-    name: str, namespace: str, image: str, command: list[str], env: list[dict[str, str]]
+    name: str,
+    namespace: str,
+    image: str,
+    command: list[str],
+    env: list[dict[str, str]],
+    more_ports: tuple[dict[str, object], ...] = (),
 ) -> Manifest:
     """A one-replica, hardened Deployment whose kopf process serves /healthz on HEALTH_PORT."""
     selector = {"app.kubernetes.io/name": name}
@@ -26,7 +32,7 @@ def _deployment(
         "image": image,
         "command": command,
         "env": env,
-        "ports": [{"name": "health", "containerPort": HEALTH_PORT}],
+        "ports": [{"name": "health", "containerPort": HEALTH_PORT}, *more_ports],
         "livenessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 3},
         "readinessProbe": probe,
         "resources": {
@@ -80,8 +86,10 @@ def build_operator_deployment(
             "name": f"{ENV_PREFIX}LIVENESS_ENDPOINT",
             "value": f"http://0.0.0.0:{HEALTH_PORT}/healthz",
         },
+        {"name": f"{ENV_PREFIX}METRICS_PORT", "value": str(METRICS_PORT)},
     ]
-    return _deployment(name, namespace, image, ["pulse-operator"], env)
+    metrics = {"name": "metrics", "containerPort": METRICS_PORT}
+    return _deployment(name, namespace, image, ["pulse-operator"], env, (metrics,))
 
 
 def dask_controller_command() -> list[str]:

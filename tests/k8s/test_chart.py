@@ -10,6 +10,7 @@ adopt), with this test playing kubelet so the Deployments become available.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -163,7 +164,11 @@ def test_values_reach_the_operator(assets: Path) -> None:
     assert env["PULSE_OPERATOR_MEMORY"] == "4Gi"
     assert env["PULSE_OPERATOR_IMAGE"] == "pulse-recursive-training:9.9"
     assert env["PULSE_OPERATOR_LIVENESS_ENDPOINT"] == "http://0.0.0.0:9090/healthz"
-    assert container["ports"] == [{"name": "health", "containerPort": 9090}]
+    assert env["PULSE_OPERATOR_METRICS_PORT"] == "9090"
+    assert container["ports"] == [
+        {"name": "health", "containerPort": 9090},
+        {"name": "metrics", "containerPort": 9090},
+    ]
 
 
 def test_toggles_leave_out_what_they_disable(assets: Path) -> None:
@@ -239,9 +244,24 @@ def test_service_monitor_needs_its_crd(assets: Path) -> None:
         "--api-versions=monitoring.coreos.com/v1/ServiceMonitor",
     )
     monitor = by_kind(objects, "ServiceMonitor")["pulse-pulse-recursive-training"]
-    assert monitor["spec"]["endpoints"][0]["port"] == "health"
-    service = by_kind(objects, "Service")["pulse-pulse-recursive-training"]
-    assert service["spec"]["ports"][0]["targetPort"] == "health"
+    assert monitor["spec"]["endpoints"][0] == {"port": "metrics", "path": "/metrics",
+                                               "interval": "30s"}  # fmt: skip
+    service = by_kind(objects, "Service")["pulse-pulse-recursive-training-metrics"]
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    selected = monitor["spec"]["selector"]["matchLabels"].items()
+    assert selected <= service["metadata"]["labels"].items()
+
+
+def test_grafana_dashboard_is_loaded_by_label(assets: Path) -> None:
+    """The dashboard ConfigMap carries the sidecar's label and the chart's dashboard JSON."""
+    assert not any(name.endswith("-dashboard") for name in by_kind(render(assets), "ConfigMap"))
+    objects = render(assets, "--set=metrics.grafanaDashboard.enabled=true",
+                     "--set=metrics.grafanaDashboard.annotations.grafana_folder=Pulse")  # fmt: skip
+    config_map = by_kind(objects, "ConfigMap")["pulse-pulse-recursive-training-dashboard"]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Pulse"}
+    shipped = json.loads((CHART / "dashboards" / "pulse-operator.json").read_text())
+    assert json.loads(config_map["data"]["pulse-operator.json"]) == shipped
 
 
 # --- against a real API server -----------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -11,6 +13,8 @@ from trainingrun_operator.exceptions import KubeError, KubeUnreachableError
 from trainingrun_operator.metrics import WATCH_LOGGER, OperatorMetrics
 
 pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def sample(metrics: OperatorMetrics, name: str, **labels: str) -> float | None:
@@ -52,3 +56,18 @@ def test_watch_restarts_are_counted_from_kopfs_log_without_showing_its_debug_lin
     finally:
         watcher.filters.clear()
         watcher.setLevel(logging.NOTSET)
+
+
+def test_the_dashboard_queries_only_series_the_operator_exports() -> None:
+    """Every pulse_* name in the chart's Grafana dashboard is one the registry serves."""
+    dashboard = REPO / "charts" / "pulse-recursive-training" / "dashboards" / "pulse-operator.json"
+    queried = set(re.findall(r"\bpulse_\w+", dashboard.read_text()))
+    metrics = OperatorMetrics.create()
+    metrics.record_pass(0.01, KubeError("GET", "runs", 500, "oops"))
+    metrics.runs.observe({
+        "metadata": {"namespace": "ns", "name": "run"},
+        "status": {"phase": "Running", "startTime": "2026-01-01T00:00:00Z",
+                   "progress": {"batchesCompleted": 1, "batchesTotal": 2}},
+    })  # fmt: skip
+    served = {sample.name for family in metrics.registry.collect() for sample in family.samples}
+    assert queried and queried <= served, queried - served
