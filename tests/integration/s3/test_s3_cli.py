@@ -93,7 +93,11 @@ def test_same_results_from_s3_as_from_local_files(
     local_state = TrainingState.from_bytes(
         (tmp_path / "out" / expected["files"]["state"]).read_bytes(), "local"
     )
-    for name in ("xtx", "xty", "yty", "rule_hits", "rule_misses"):
+    for name in ("xtx", "xty", "yty", "n"):
+        np.testing.assert_array_equal(
+            getattr(state.stats.moments, name), getattr(local_state.stats.moments, name)
+        )
+    for name in ("rule_hits", "rule_misses"):
         np.testing.assert_array_equal(getattr(state.stats, name), getattr(local_state.stats, name))
     predictions = pd.read_parquet(io.BytesIO(get(s3, bucket, f"run/{files['predictions']}")))
     local_predictions = pd.read_parquet(tmp_path / "out" / expected["files"]["predictions"])
