@@ -31,8 +31,8 @@ RULE_MESSAGE: Final = (
 # ttlSecondsAfterFinished may change: the operator applies them to the running run.
 IMMUTABLE_FIELDS: Final = (
     "variables", "startDate", "endDate", "batchSizeDays", "horizon", "lags", "ridgeAlpha",
-    "halfLifeDays", "rules", "fdr", "data", "output", "resumeFrom", "image", "serviceAccountName",
-    "nodeSelector", "tolerations",
+    "halfLifeDays", "rules", "fdr", "model", "data", "output", "resumeFrom", "image",
+    "serviceAccountName", "nodeSelector", "tolerations",
 )  # fmt: skip
 IMMUTABLE_DASK_FIELDS: Final = ("minWorkers", "threads", "resources", "image")
 # A Kubernetes resource.Quantity ("500m", "2Gi", 1), as controller-gen writes its pattern.
@@ -45,6 +45,7 @@ QUANTITY_PATTERN: Final = (
 URI_MAX: Final = 2048
 NAME_MAX: Final = 253
 VARIABLES_MAX: Final = 256
+EXOG_MAX: Final = 64
 
 
 def _string(description: str, **extra: Any) -> Schema:
@@ -149,6 +150,46 @@ def _data_schema() -> Schema:
                 "S3-compatible endpoint URL (MinIO, Ceph).", pattern="^https?://", maxLength=URI_MAX
             ),
         },
+    }
+
+
+def _model_schema() -> Schema:
+    """spec.model: the model structure and its settings (the pipeline's --model flags)."""
+    return {
+        "type": "object",
+        "description": "Model structure: var regresses every variable on the lags of every "
+        "variable; ar fits one model per series on its own lags; pooled fits one model shared "
+        "by all series. ar and pooled grow linearly with the number of series.",
+        "default": {},
+        "properties": {
+            "structure": _string("var, ar or pooled.", enum=["var", "ar", "pooled"], default="var"),
+            "exog": {
+                "type": "array",
+                "description": "Shared regressors of ar and pooled: variables whose lags every "
+                "series also uses (a market index, say); they are not modelled themselves. "
+                "When spec.variables is given, list them there too.",
+                "items": {"type": "string", "minLength": 1, "maxLength": NAME_MAX},
+                "maxItems": EXOG_MAX,
+                "x-kubernetes-list-type": "set",
+            },
+            "pooledScale": _string(
+                "How pooled puts series of different scales on one footing: rms divides each "
+                "sample by its series' RMS change over the scaleWindow changes up to its origin "
+                "(no look-ahead); none pools the raw changes.",
+                enum=["rms", "none"],
+                default="rms",
+            ),
+            "scaleWindow": _integer(
+                "Changes in the pooled rms scale.", 1, default=52, maximum=100000
+            ),
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.structure != 'var' || !has(self.exog) || size(self.exog) == 0",
+                "message": "model.exog applies to structure ar and pooled; var already "
+                "regresses every series on the lags of every variable",
+            }
+        ],
     }
 
 
@@ -260,6 +301,7 @@ def build_spec_schema() -> Schema:
             "description": "False discovery rate of rule validation (Benjamini-Hochberg over "
             "all rules of the run).",
         },
+        "model": _model_schema(),
         "data": {**_data_schema(), "default": {}},
         "output": _output_schema(),
         "dask": _dask_schema(),
@@ -324,6 +366,12 @@ def build_spec_schema() -> Schema:
                 "rule": "!has(self.startDate) || !has(self.endDate) "
                 "|| self.endDate > self.startDate",
                 "message": "endDate must be after startDate",
+            },
+            {
+                "rule": "!has(self.variables) || !has(self.model) || !has(self.model.exog) "
+                "|| self.model.exog.all(name, name in self.variables)",
+                "message": "every model.exog must be among spec.variables (or leave out "
+                "variables to use every variable of the data)",
             },
             *presence_rules,
         ],

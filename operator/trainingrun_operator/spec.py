@@ -39,6 +39,10 @@ class RunSpec:
     half_life_days: float | None = None
     rules: tuple[str, ...] = ()
     fdr: float = 0.1
+    model: str = "var"
+    exog: tuple[str, ...] = ()
+    pooled_scale: str = "rms"
+    scale_window: int = 52
     resume_from: str | None = None
     workers: int = 2
     # Workers that must run before the driver starts; None: all of `workers`.
@@ -64,6 +68,7 @@ class RunSpec:
         data: Mapping[str, Any] = spec.get("data") or {}
         output: Mapping[str, Any] = spec.get("output") or {}
         dask: Mapping[str, Any] = spec.get("dask") or {}
+        model: Mapping[str, Any] = spec.get("model") or {}
         if not output.get("uri"):
             raise InvalidSpecError("output.uri", "is required")
         return cls(
@@ -86,6 +91,10 @@ class RunSpec:
             half_life_days=spec.get("halfLifeDays"),
             rules=tuple(spec.get("rules", ())),
             fdr=spec.get("fdr", cls.fdr),
+            model=model.get("structure", cls.model),
+            exog=tuple(model.get("exog", ())),
+            pooled_scale=model.get("pooledScale", cls.pooled_scale),
+            scale_window=model.get("scaleWindow", cls.scale_window),
             resume_from=spec.get("resumeFrom"),
             workers=dask.get("workers", cls.workers),
             min_workers=dask.get("minWorkers"),
@@ -130,6 +139,9 @@ def cli_arguments(run: RunSpec, scheduler_address: str) -> list[str]:
         f"--lags={run.lags}",
         f"--ridge-alpha={run.ridge_alpha}",
         f"--fdr={run.fdr}",
+        f"--model={run.model}",
+        f"--pooled-scale={run.pooled_scale}",
+        f"--scale-window={run.scale_window}",
         f"--dask-scheduler-address={scheduler_address}",
         f"--output-dir={run.output_uri}",
         f"--checkpoint-dir={run.checkpoint_uri}",
@@ -143,6 +155,7 @@ def cli_arguments(run: RunSpec, scheduler_address: str) -> list[str]:
         "--end-date": run.end_date,
         "--half-life-days": run.half_life_days,
         "--rules": ",".join(run.rules),
+        "--exog": ",".join(run.exog),
         "--resume-from": run.resume_from,
         "--s3-endpoint-url": run.data_endpoint,
     }

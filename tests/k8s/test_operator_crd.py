@@ -42,6 +42,7 @@ def test_a_minimal_run_is_stored_with_defaults(pulse_install: ControlPlane, name
     assert spec["suspend"] is False
     assert spec["rules"] == ["momentum(5)", "mean_reversion(20)", "model"]
     assert spec["fdr"] == 0.1
+    assert spec["model"] == {"structure": "var", "pooledScale": "rms", "scaleWindow": 52}
     assert spec["data"] == {"uri": "builtin:synthetic", "format": "auto"}
     assert spec["dask"] == {"workers": 2, "threads": 1}
 
@@ -66,6 +67,14 @@ def test_printer_columns_and_short_name(pulse_install: ControlPlane, namespace: 
         ({"rules": ["tarot"]}, "spec.rules[0]"),
         ({"fdr": 0}, "spec.fdr in body should be greater than 0"),
         ({"fdr": 1}, "spec.fdr in body should be less than 1"),
+        ({"model": {"structure": "arima"}}, 'spec.model.structure: Unsupported value: "arima"'),
+        ({"model": {"structure": "pooled", "pooledScale": "max"}},
+         'spec.model.pooledScale: Unsupported value: "max"'),
+        ({"model": {"structure": "ar", "scaleWindow": 0}}, "spec.model.scaleWindow"),
+        ({"model": {"structure": "ar", "exog": ["m", "m"]}}, ".spec.model.exog: duplicate entries"),
+        ({"model": {"exog": ["market"]}}, "model.exog applies to structure ar and pooled"),
+        ({"variables": ["a", "b"], "model": {"structure": "ar", "exog": ["market"]}},
+         "every model.exog must be among spec.variables"),
         ({"output": {}}, 'spec.output.uri: Required value'),
         ({"data": {"format": "xlsx"}}, 'spec.data.format: Unsupported value: "xlsx"'),
         # Caught here, not by the Dask pods' creation at run time with a generic message.
@@ -99,6 +108,9 @@ def test_training_fields_are_immutable_but_suspend_is_not(
     assert "halfLifeDays is immutable once the run exists" in added
     fdr = rejection(plane, training_run(namespace, variables=["a", "b"], lags=3, fdr=0.05))
     assert "fdr is immutable once the run exists" in fdr
+    model = rejection(plane, training_run(namespace, variables=["a", "b"], lags=3,
+                                          model={"structure": "ar"}))  # fmt: skip
+    assert "model is immutable once the run exists" in model
     paused = training_run(namespace, variables=["a", "b"], lags=3, suspend=True)
     stored = plane.apply({**paused, "spec": {**paused["spec"], "ttlSecondsAfterFinished": 60}})
     assert stored["spec"]["suspend"] is True
@@ -112,6 +124,19 @@ def test_training_fields_are_immutable_but_suspend_is_not(
     edited = training_run(namespace, variables=["a", "b"], lags=3, dask={"workers": 5},
                           activeDeadlineSeconds=600, backoffLimit=4)  # fmt: skip
     assert plane.apply(edited)["spec"]["dask"]["workers"] == 5
+
+
+def test_a_model_with_exog_among_the_variables_or_without_variables_is_accepted(
+    pulse_install: ControlPlane, namespace: str
+) -> None:
+    """exog is checked against spec.variables only when the run lists variables."""
+    model = {"structure": "ar", "exog": ["market"]}
+    listed = training_run(namespace, "listed", variables=["a", "market"], model=model)
+    assert pulse_install.apply(listed)["spec"]["model"]["exog"] == ["market"]
+    unlisted = training_run(namespace, "unlisted", model={**model, "structure": "pooled"})
+    stored = pulse_install.apply(unlisted)["spec"]["model"]
+    assert stored == {"structure": "pooled", "exog": ["market"], "pooledScale": "rms",
+                      "scaleWindow": 52}  # fmt: skip
 
 
 def test_resource_quantities_may_be_strings_or_integers(

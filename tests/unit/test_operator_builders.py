@@ -66,6 +66,24 @@ def test_driver_arguments_are_a_valid_pulse_train_command_line() -> None:
     assert config.dask_scheduler_address == "tcp://run-dask-scheduler.team.svc.cluster.local:8786"
 
 
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ({"structure": "ar", "exog": ["market"]}, ("ar", ("market",), "rms", 52)),
+        ({"structure": "pooled", "exog": ["market", "rates"], "pooledScale": "none",
+          "scaleWindow": 20}, ("pooled", ("market", "rates"), "none", 20)),
+        ({}, ("var", (), "rms", 52)),
+    ],
+)  # fmt: skip
+def test_spec_model_reaches_the_pipeline(
+    model: dict[str, Any], expected: tuple[str, tuple[str, ...], str, int]
+) -> None:
+    """spec.model's structure, exog and pooled scale become the run's --model flags."""
+    run = RunSpec.from_body(body(variables=["spx", "market", "rates"], model=model))
+    config = create_config_from_args(parse_args(driver_arguments(run)))
+    assert (config.model, config.exog, config.pooled_scale, config.scale_window) == expected
+
+
 def test_children_are_owned_by_the_run_and_labelled() -> None:
     """The garbage collector deletes both children with the run; labels name the run."""
     run = RunSpec.from_body(body())

@@ -24,6 +24,9 @@ DEFAULTED: dict[str, tuple[tuple[str, ...], str | None]] = {
     "lags": (("lags",), "lags"),
     "ridge_alpha": (("ridgeAlpha",), "ridge_alpha"),
     "fdr": (("fdr",), "fdr"),
+    "model": (("model", "structure"), "model"),
+    "pooled_scale": (("model", "pooledScale"), "pooled_scale"),
+    "scale_window": (("model", "scaleWindow"), "scale_window"),
     # RunSpec keeps rules empty and passes no --rules then: the pipeline's default applies.
     "rules": (("rules",), None),
 }
