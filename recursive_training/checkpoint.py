@@ -10,6 +10,9 @@ new key and never reuses stale numbers. Each result is one ``.npz`` of plain arr
 
     DIR/<stage>/batch-<id>-<key>.npz
 
+A batch split into series shards has one task, so one file, per shard (the shard is an
+argument, so it is in the key); results are told apart by (batch id, first series).
+
 Results are dataclasses of numbers, strings, arrays, nested dataclasses and Arrow tables;
 they are flattened to named arrays and rebuilt from the dataclass's type hints.
 """
@@ -31,12 +34,36 @@ from numpy.typing import NDArray
 
 from recursive_training import storage
 from recursive_training.exceptions import StateError
-from recursive_training.parallel_trainer import TrainingBatch
+from recursive_training.parallel_trainer import SeriesShard, TrainingBatch
 from recursive_training.s3_location import S3Settings
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, NDArray[Any]]
 SCALARS: tuple[type, ...] = (bool, int, float, str)
+TaskKey = tuple[int, int]  # (batch id, position of the task's first series)
+
+
+class TaskResult(Protocol):
+    """A map-stage result: which batch, and which of its series shards, it is about."""
+
+    @property
+    def batch_id(self) -> int:
+        """The batch's id."""
+
+    @property
+    def first_series(self) -> int:
+        """Position of the task's first series among the batch's (0: the whole batch)."""
+
+
+def task_key(arguments: tuple[Any, ...]) -> TaskKey:
+    """The key of the result ``task(*arguments)`` returns."""
+    shard = next((a for a in arguments if isinstance(a, SeriesShard)), None)
+    return _batch_of(arguments).batch_id, 0 if shard is None else shard.start
+
+
+def result_key(result: TaskResult) -> TaskKey:
+    """The key of a task's result: its batch and shard."""
+    return result.batch_id, result.first_series
 
 
 @runtime_checkable
@@ -77,7 +104,7 @@ class Checkpoint:
 
 
 class StageCheckpoint:
-    """Saved results of one stage: ``restored`` by batch id, ``missing`` argument tuples."""
+    """Saved results of one stage: ``restored`` by task key, ``missing`` argument tuples."""
 
     def __init__(
         self, checkpoint: Checkpoint, stage: str, kind: type, arguments: Sequence[tuple[Any, ...]]
@@ -85,25 +112,25 @@ class StageCheckpoint:
         self.checkpoint = checkpoint
         self.stage = stage
         self.kind = kind
-        self.arguments = {_batch_of(args).batch_id: args for args in arguments}
-        self.restored: dict[int, Any] = {}
-        for batch_id, args in self.arguments.items():
+        self.arguments = {task_key(args): args for args in arguments}
+        self.restored: dict[TaskKey, Any] = {}
+        for key, args in self.arguments.items():
             result = self._load(checkpoint.location(stage, args))
             if result is not None:
-                self.restored[batch_id] = result
+                self.restored[key] = result
         self.missing = [args for k, args in self.arguments.items() if k not in self.restored]
         if self.restored:
             log.info(
-                "Stage %s: %d of %d batches restored from checkpoint %s",
+                "Stage %s: %d of %d tasks restored from checkpoint %s",
                 stage,
                 len(self.restored),
                 len(self.arguments),
                 checkpoint.directory,
             )
 
-    def save(self, result: Any) -> None:
-        """Save a finished batch's result (atomically)."""
-        location = self.checkpoint.location(self.stage, self.arguments[result.batch_id])
+    def save(self, result: TaskResult) -> None:
+        """Save a finished task's result (atomically)."""
+        location = self.checkpoint.location(self.stage, self.arguments[result_key(result)])
         buffer = io.BytesIO()
         np.savez(buffer, allow_pickle=False, **flatten(result))
         storage.write_bytes(location, buffer.getvalue(), self.checkpoint.settings)

@@ -46,6 +46,22 @@ class TrainingBatch:
         return f"batch {self.batch_id} [{self.start:%Y-%m-%d}, {self.end:%Y-%m-%d})"
 
 
+@dataclass(frozen=True)
+class SeriesShard:
+    """The series at positions ``[start, stop)`` of a batch's series: what one task of a
+    per-series structure (ar, pooled) loads and processes."""
+
+    start: int
+    stop: int
+
+
+def series_shards(n_series: int, size: int) -> list[SeriesShard]:
+    """Consecutive shards of ``size`` series covering ``n_series`` (one when size is 0)."""
+    if size <= 0 or size >= n_series:
+        return [SeriesShard(0, n_series)]
+    return [SeriesShard(start, min(start + size, n_series)) for start in range(0, n_series, size)]
+
+
 def batch_boundaries(
     start: pd.Timestamp, end: pd.Timestamp, batch_size_days: int
 ) -> list[pd.Timestamp]:

@@ -11,8 +11,9 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,8 +27,14 @@ from recursive_training.engines import current_worker
 from recursive_training.exceptions import DataError
 from recursive_training.metrics import ErrorSums
 from recursive_training.models import ModelStructure, build_structure
-from recursive_training.parallel_trainer import TrainingBatch
-from recursive_training.rules import fixed_rule_counts, parse_rules, rule_entries, sign_hits_misses
+from recursive_training.parallel_trainer import SeriesShard, TrainingBatch
+from recursive_training.rules import (
+    fixed_rule_counts,
+    fixed_rules,
+    parse_rules,
+    rule_entries,
+    sign_hits_misses,
+)
 from recursive_training.s3_location import S3Settings
 from recursive_training.statistics import SufficientStats, forgetting_weights
 
@@ -88,6 +95,11 @@ class TaskSpec:
             self.scale_window,
         )
 
+    def task_structure(self, batch: TrainingBatch, shard: SeriesShard | None) -> ModelStructure:
+        """The structure a task works on: the batch's, or one shard of its series."""
+        structure = self.structure(batch.variables)
+        return structure if shard is None else structure.shard(shard.start, shard.stop)
+
     def fingerprint(self) -> str:
         """Hash of every field that changes what the tasks compute (all but ``compare=False``)."""
         compared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
@@ -99,6 +111,9 @@ class BatchStatistics:
     """Map-stage output: the batch's training statistics, referenced at the batch end."""
 
     batch_id: int
+    # Position of the task's first series among the batch's (0 for a whole batch): results
+    # of one batch's shard tasks are told apart and merged in series order by it.
+    first_series: int
     stats: SufficientStats
     dropped_missing: int
     seconds: float
@@ -113,6 +128,7 @@ class BatchEvaluation:
     (``prediction_table``)."""
 
     batch_id: int
+    first_series: int  # as in BatchStatistics
     errors: ErrorSums
     model_hits: FloatArray
     model_misses: FloatArray
@@ -122,11 +138,15 @@ class BatchEvaluation:
     worker: str
 
 
-def load_window(batch: TrainingBatch, spec: TaskSpec) -> tuple[FloatArray, NDArray[np.datetime64]]:
-    """The batch's rows (levels, rows x variables), forward-filled up to the limit, and
-    their timestamps (so a worker never needs the source's whole time index)."""
+def load_window(
+    batch: TrainingBatch, spec: TaskSpec, columns: Sequence[str] | None = None
+) -> tuple[FloatArray, NDArray[np.datetime64]]:
+    """The batch's rows of ``columns`` (default: all its variables) as levels (rows x
+    columns), forward-filled up to the limit, and their timestamps (so a worker never
+    needs the source's whole time index)."""
     source = open_source(spec.input_data, spec.input_format, spec.s3)
-    levels, stamps = source.load_array(batch.variables, batch.window_first, batch.window_last)
+    variables = batch.variables if columns is None else columns
+    levels, stamps = source.load_array(variables, batch.window_first, batch.window_last)
     expected = batch.window_rows[1] - batch.window_rows[0]
     if len(levels) != expected:
         raise DataError(
@@ -152,25 +172,30 @@ def forward_fill(levels: FloatArray, limit: int) -> FloatArray:
     return filled
 
 
-def compute_batch_statistics(batch: TrainingBatch, spec: TaskSpec) -> BatchStatistics:
-    """Model statistics and fixed-rule counts of the samples realized in the batch."""
+def compute_batch_statistics(
+    batch: TrainingBatch, spec: TaskSpec, shard: SeriesShard | None = None
+) -> BatchStatistics:
+    """Model statistics and fixed-rule counts of the samples realized in the batch, over
+    its series or, given a shard, over those series only (the only ones loaded)."""
     began = time.perf_counter()
     rules = parse_rules(spec.rules)
-    structure = spec.structure(batch.variables)
+    structure = spec.task_structure(batch, shard)
+    first_series = 0 if shard is None else shard.start
     n_entries = len(rule_entries(rules, structure.series))
     first, stop = batch.train_rows
     if first >= stop:
         empty = SufficientStats(structure.zeros(), np.zeros(n_entries), np.zeros(n_entries))
         return BatchStatistics(
             batch.batch_id,
+            first_series,
             empty,
             0,
             time.perf_counter() - began,
             current_worker(),
             0,
-            np.zeros(len(batch.variables), dtype=np.int64),
+            np.zeros(len(structure.columns), dtype=np.int64),
         )
-    levels, stamps = load_window(batch, spec)
+    levels, stamps = load_window(batch, spec, structure.columns)
     origins = np.arange(first, stop) - spec.horizon - batch.window_rows[0]
     weights = forgetting_weights(stamps[origins + spec.horizon], batch.end, spec.half_life_days)
     parts = [
@@ -194,6 +219,7 @@ def compute_batch_statistics(batch: TrainingBatch, spec: TaskSpec) -> BatchStati
     )
     return BatchStatistics(
         batch.batch_id,
+        first_series,
         SufficientStats(moments, hits, misses),
         _dropped(structure, len(origins), complete),
         time.perf_counter() - began,
@@ -234,12 +260,16 @@ def prediction_table(
 
 
 def evaluate_batch(
-    batch: TrainingBatch, spec: TaskSpec, coefficients: FloatArray
+    batch: TrainingBatch,
+    spec: TaskSpec,
+    coefficients: FloatArray,
+    shard: SeriesShard | None = None,
 ) -> BatchEvaluation:
-    """Predict the samples whose origin is in the batch with the model known at its start."""
+    """Predict the samples whose origin is in the batch with the model known at its start;
+    given a shard, only its series, with its ``coefficients`` (``shard_coefficients``)."""
     began = time.perf_counter()
-    structure = spec.structure(batch.variables)
-    levels, stamps = load_window(batch, spec)
+    structure = spec.task_structure(batch, shard)
+    levels, stamps = load_window(batch, spec, structure.columns)
     every_origin = np.arange(*batch.eval_rows) - batch.window_rows[0]
     parts = [
         shard.predict(structure.shard_coefficients(coefficients, *span), window, every_origin)
@@ -265,6 +295,7 @@ def evaluate_batch(
     )
     return BatchEvaluation(
         batch.batch_id,
+        0 if shard is None else shard.start,
         ErrorSums.from_predictions(predicted, actual),
         hits,
         misses,
@@ -273,6 +304,92 @@ def evaluate_batch(
         time.perf_counter() - began,
         current_worker(),
     )
+
+
+def merge_statistics(
+    structure: ModelStructure, rules: Sequence[str], parts: Sequence[BatchStatistics]
+) -> BatchStatistics:
+    """One batch's statistics from those of its shard tasks (in series order): what one
+    task over all its series computes (the same shards, so the same numbers)."""
+    if len(parts) == 1:
+        return parts[0]
+    widths = [len(p.usable) - len(structure.exog) for p in parts]
+    n_fixed = len(fixed_rules(parse_rules(rules)))
+
+    def entries(counts: list[FloatArray]) -> FloatArray:
+        """Rule entries are rule-major over the series: interleave the shards per rule."""
+        per_rule = [c.reshape(n_fixed, w) for c, w in zip(counts, widths, strict=True)]
+        return np.concatenate(per_rule, axis=1).ravel()
+
+    stats = SufficientStats(
+        structure.combine_shards([p.stats.moments for p in parts]),
+        entries([p.stats.rule_hits for p in parts]),
+        entries([p.stats.rule_misses for p in parts]),
+    )
+    usable = [p.usable[:w] for p, w in zip(parts, widths, strict=True)]
+    return BatchStatistics(
+        parts[0].batch_id,
+        0,
+        stats,
+        sum(p.dropped_missing for p in parts),
+        sum(p.seconds for p in parts),
+        _workers(p.worker for p in parts),
+        parts[0].candidates,
+        np.concatenate([*usable, parts[0].usable[widths[0] :]]),
+    )
+
+
+def merge_evaluations(
+    structure: ModelStructure, parts: Sequence[BatchEvaluation]
+) -> BatchEvaluation:
+    """One batch's evaluation from those of its shard tasks (in series order), predictions
+    in the order one task writes them (origin, then series)."""
+    if len(parts) == 1:
+        return parts[0]
+    errors = ErrorSums(
+        *(
+            np.concatenate([getattr(p.errors, f.name) for p in parts])
+            for f in dataclasses.fields(ErrorSums)
+        )
+    )
+    tables = [p.predictions for p in parts]
+    variable = np.concatenate(
+        [
+            t.column("variable").combine_chunks().indices.to_numpy(zero_copy_only=False)
+            + p.first_series
+            for t, p in zip(tables, parts, strict=True)
+        ]
+    )
+
+    def column(name: str) -> NDArray[Any]:
+        return np.concatenate([t.column(name).to_numpy() for t in tables])
+
+    origin = column("origin")
+    order = np.lexsort((variable, origin))
+    return BatchEvaluation(
+        parts[0].batch_id,
+        0,
+        errors,
+        np.concatenate([p.model_hits for p in parts]),
+        np.concatenate([p.model_misses for p in parts]),
+        prediction_table(
+            origin[order],
+            column("realized")[order],
+            parts[0].batch_id,
+            variable[order],
+            structure.series,
+            column("predicted")[order],
+            column("actual")[order],
+        ),
+        sum(p.dropped_missing for p in parts),
+        sum(p.seconds for p in parts),
+        _workers(p.worker for p in parts),
+    )
+
+
+def _workers(names: Iterable[str]) -> str:
+    """The workers that ran a batch's tasks, each once."""
+    return ",".join(dict.fromkeys(names))
 
 
 def _dropped(structure: ModelStructure, n_origins: int, complete: NDArray[np.bool_]) -> int:

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from recursive_training.arrays import FloatArray
-from recursive_training.checkpoint import Checkpoint
+from recursive_training.checkpoint import Checkpoint, result_key, task_key
 from recursive_training.config import TrainingConfig
 from recursive_training.constants import MODEL_RULE
 from recursive_training.data import DataSource, open_source
@@ -36,7 +36,13 @@ from recursive_training.models import (
     default_memory_budget,
     series_per_shard,
 )
-from recursive_training.parallel_trainer import TrainingBatch, check_batch_size, plan_batches
+from recursive_training.parallel_trainer import (
+    SeriesShard,
+    TrainingBatch,
+    check_batch_size,
+    plan_batches,
+    series_shards,
+)
 from recursive_training.rules import (
     RuleSpec,
     check_rule_variables,
@@ -50,6 +56,8 @@ from recursive_training.stages.tasks import (
     TaskSpec,
     compute_batch_statistics,
     evaluate_batch,
+    merge_evaluations,
+    merge_statistics,
 )
 from recursive_training.state import TrainingState
 from recursive_training.statistics import SufficientStats, decay_factor
@@ -158,6 +166,32 @@ class RunPlan:
     batches: list[TrainingBatch]
     initial: SufficientStats
     spec: TaskSpec
+    # The series shards each batch is split into, one task per (batch, shard); (None,): one
+    # task per batch (var, and rules crossing series, need all series in one task).
+    shards: tuple[SeriesShard | None, ...] = (None,)
+
+    def statistics_tasks(self) -> list[tuple[Any, ...]]:
+        """The statistics stage's task arguments: every batch x shard."""
+        return [_with_shard((b, self.spec), s) for b in self.batches for s in self.shards]
+
+    def evaluation_tasks(self, models: dict[int, FloatArray]) -> list[tuple[Any, ...]]:
+        """The evaluation stage's task arguments: every batch with a model and origins x
+        shard, each with the coefficients its series predict with."""
+        return [
+            _with_shard((b, self.spec, self._coefficients(models[b.batch_id], s)), s)
+            for b in self.batches
+            if b.batch_id in models and b.eval_rows[0] < b.eval_rows[1]
+            for s in self.shards
+        ]
+
+    def _coefficients(self, model: FloatArray, shard: SeriesShard | None) -> FloatArray:
+        if shard is None:
+            return model
+        return self.structure.shard_coefficients(model, shard.start, shard.stop)
+
+
+def _with_shard(arguments: tuple[Any, ...], shard: SeriesShard | None) -> tuple[Any, ...]:
+    return arguments if shard is None else (*arguments, shard)
 
 
 @dataclass(frozen=True)
@@ -213,6 +247,7 @@ def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPl
         )
     else:
         spec = replace(spec, shard_series=series_per_shard(window_rows))
+    shards = _task_shards(structure, rules, spec.shard_series)
     log.info(
         "Planned %d batches of %d days over [%s, %s) for %d variables, model %s",
         len(batches),
@@ -234,7 +269,19 @@ def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPl
         batches=batches,
         initial=_initial_prefix(resume_state, start, config, structure, rules),
         spec=spec,
+        shards=shards,
     )
+
+
+def _task_shards(
+    structure: ModelStructure, rules: Sequence[RuleSpec], size: int
+) -> tuple[SeriesShard | None, ...]:
+    """How each batch is split over tasks: per-series structures by series shards of
+    ``size`` (each task loads only its series), unless a rule crosses series."""
+    if structure.name == VectorAutoRegressive.name or any(r.kind == "cross" for r in rules):
+        return (None,)
+    shards = series_shards(len(structure.series), size)
+    return (None,) if len(shards) == 1 else tuple(shards)
 
 
 def reduce_run(
@@ -339,7 +386,8 @@ class TrainingPipeline:
                 "statistics",
                 engine,
                 compute_batch_statistics,
-                [(b, plan.spec) for b in plan.batches],
+                plan.statistics_tasks(),
+                lambda parts: merge_statistics(plan.structure, config.rules, parts),
                 checkpoint,
                 on_result=scan,
             )
@@ -349,11 +397,8 @@ class TrainingPipeline:
                 "evaluation",
                 engine,
                 evaluate_batch,
-                [
-                    (b, plan.spec, scan.models[b.batch_id])
-                    for b in plan.batches
-                    if b.batch_id in scan.models and b.eval_rows[0] < b.eval_rows[1]
-                ],
+                plan.evaluation_tasks(scan.models),
+                lambda parts: merge_evaluations(plan.structure, parts),
                 checkpoint,
                 on_result=self._hand_over_predictions,
             )
@@ -365,27 +410,46 @@ class TrainingPipeline:
         engine: Engine,
         task: Callable[..., StageResult],
         arguments: Sequence[tuple[Any, ...]],
+        merge: Callable[[list[StageResult]], StageResult],
         checkpoint: Checkpoint | None = None,
         on_result: Callable[[StageResult], StageResult] | None = None,
     ) -> dict[int, StageResult]:
-        """Run a map stage, keyed by batch id, reporting progress as batches finish.
+        """Run a map stage's tasks (one per batch, or per batch x series shard), keyed by
+        batch id, reporting progress as batches finish.
 
-        Batches saved in ``checkpoint`` are restored instead of run; new ones are saved there.
-        ``on_result`` sees every result (restored or new) before it is kept.
+        A batch's shard results are kept until all have arrived, then ``merge``d in series
+        order into the batch's result. Tasks saved in ``checkpoint`` are restored instead of
+        run; new ones are saved there. ``on_result`` sees every batch's result (restored or
+        new) before it is kept.
         """
         keep = on_result or (lambda result: result)
+        tasks_of: dict[int, int] = {}
+        for args in arguments:
+            batch_id = task_key(args)[0]
+            tasks_of[batch_id] = tasks_of.get(batch_id, 0) + 1
+        pending: dict[int, dict[int, StageResult]] = {}
+        results: dict[int, StageResult] = {}
+
+        def arrive(result: StageResult) -> None:
+            batch_id, first_series = result_key(result)
+            parts = pending.setdefault(batch_id, {})
+            parts[first_series] = result
+            if len(parts) == tasks_of[batch_id]:
+                del pending[batch_id]
+                results[batch_id] = keep(merge([parts[k] for k in sorted(parts)]))
+
         saved = checkpoint.stage(stage, task, arguments) if checkpoint else None
-        restored = saved.restored.items() if saved else ()
-        results: dict[int, StageResult] = {k: keep(r) for k, r in restored}
+        for result in saved.restored.values() if saved else ():
+            arrive(result)
         if self.progress:
-            self.progress(stage, len(results), len(arguments))
+            self.progress(stage, len(results), len(tasks_of))
         with closing(engine.map_unordered(task, saved.missing if saved else arguments)) as done:
             for result in done:
                 if saved:
                     saved.save(result)
-                results[result.batch_id] = keep(result)
+                arrive(result)
                 if self.progress:
-                    self.progress(stage, len(results), len(arguments))
+                    self.progress(stage, len(results), len(tasks_of))
         return results
 
     def _hand_over_predictions(self, evaluation: BatchEvaluation) -> BatchEvaluation:

@@ -14,6 +14,9 @@ from hypothesis import strategies as st
 from recursive_training.config import TrainingConfig
 from recursive_training.engines import DaskEngine
 from recursive_training.stages import TrainingPipeline, TrainingResult
+from recursive_training.stages.training_stages import prepare
+from tests.unit.test_models import make_panel
+from tests.unit.test_models_pipeline import assert_same_run, split_tasks, write_panel
 from tests.unit.test_properties import panels, structure, structures, write
 
 pytestmark = [
@@ -79,3 +82,26 @@ def test_dask_engine_equals_serial_engine(
     serial = TrainingPipeline().execute(config)
     parallel = TrainingPipeline(engine=clusters[workers]).execute(config)
     assert_same(parallel, serial)
+
+
+@pytest.mark.parametrize("model", ["ar", "pooled"])
+def test_batch_by_shard_tasks_on_dask_equal_one_serial_task_per_batch(
+    clusters: dict[int, DaskEngine], monkeypatch: pytest.MonkeyPatch, model: str
+) -> None:
+    """(batch x 3-series shard) tasks spread over 2 worker processes give the serial run of
+    one task per batch."""
+    path = write_panel(make_panel(seed=31, n_series=10, rows=240, n_exog=1, missing=0.03))
+    config = TrainingConfig.build(
+        input_data=path,
+        model=model,
+        exog=["x0"],
+        lags=3,
+        batch_size_days=40,
+        half_life_days=90.0,
+        rules=["momentum(3)", "mean_reversion(5)", "model"],
+        min_train_samples=10,
+    )
+    serial = TrainingPipeline().execute(config)
+    split_tasks(monkeypatch, 3)
+    assert len(prepare(config, None).shards) == 4
+    assert_same_run(TrainingPipeline(engine=clusters[2]).execute(config), serial)

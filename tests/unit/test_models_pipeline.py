@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 
 from recursive_training.config import TrainingConfig
+from recursive_training.data.common import InMemorySource
 from recursive_training.exceptions import ConfigError, DataError, StateError
 from recursive_training.run_training import main
-from recursive_training.stages import TrainingPipeline, TrainingResult
+from recursive_training.stages import TrainingPipeline, TrainingResult, training_stages
 from recursive_training.stages.tasks import compute_batch_statistics, evaluate_batch
 from recursive_training.stages.training_stages import prepare
 from recursive_training.state import TrainingState
@@ -74,7 +75,19 @@ def predictions_of(result: TrainingResult, batch_id: int, name: str) -> pd.Serie
     return mine.set_index("origin")["predicted"]
 
 
-def test_ar_walk_forward_predictions_equal_per_series_refits_on_earlier_samples() -> None:
+def split_tasks(monkeypatch: pytest.MonkeyPatch, series_per_task: int) -> None:
+    """Make the plan split every batch into tasks of ``series_per_task`` series (the memory
+    budget would give one task per batch at these sizes)."""
+    monkeypatch.setattr(training_stages, "series_per_shard", lambda rows: series_per_task)
+
+
+@pytest.mark.parametrize("series_per_task", [0, 3])
+def test_ar_walk_forward_predictions_equal_per_series_refits_on_earlier_samples(
+    monkeypatch: pytest.MonkeyPatch, series_per_task: int
+) -> None:
+    """Whether a batch is one task or seven (of 3 series), predictions equal the refits."""
+    if series_per_task:
+        split_tasks(monkeypatch, series_per_task)
     panel = make_panel(seed=21, n_series=20, rows=260, n_exog=1, missing=0.02)
     result = train(write_panel(panel), model="ar", exog=["x0"])
     stamps = pd.bdate_range("2010-01-04", periods=len(panel))
@@ -98,8 +111,13 @@ def test_ar_walk_forward_predictions_equal_per_series_refits_on_earlier_samples(
     assert checked >= 20
 
 
-@pytest.mark.parametrize("scale", ["rms", "none"])
-def test_pooled_walk_forward_predictions_equal_a_stacked_refit(scale: str) -> None:
+@pytest.mark.parametrize(("scale", "series_per_task"), [("rms", 0), ("none", 0), ("rms", 5)])
+def test_pooled_walk_forward_predictions_equal_a_stacked_refit(
+    monkeypatch: pytest.MonkeyPatch, scale: str, series_per_task: int
+) -> None:
+    """Whether a batch is one task or three (of <= 5 series), predictions equal the refit."""
+    if series_per_task:
+        split_tasks(monkeypatch, series_per_task)
     panel = make_panel(seed=22, n_series=12, rows=220, n_exog=1, missing=0.02)
     series = [f"s{i}" for i in range(12)]
     result = train(write_panel(panel), model="pooled", exog=["x0"], pooled_scale=scale)
@@ -218,3 +236,98 @@ def test_tasks_give_the_same_numbers_whatever_the_shards_of_series(model: str) -
                 many.predictions.to_pandas(), one.predictions.to_pandas(), rtol=1e-12
             )
             np.testing.assert_allclose(many.errors.sq_error, one.errors.sq_error, rtol=1e-12)
+
+
+def assert_same_run(got: TrainingResult, expected: TrainingResult) -> None:
+    """Same model, rule counts, error sums, state and predictions (to 1e-9)."""
+    np.testing.assert_allclose(got.coefficients, expected.coefficients, rtol=1e-9, atol=1e-12)
+    assert [r[:2] for r in got.rule_table] == [r[:2] for r in expected.rule_table]
+    np.testing.assert_allclose(
+        [r[2:] for r in got.rule_table], [r[2:] for r in expected.rule_table], rtol=1e-9
+    )
+    for field in dataclasses.fields(got.errors):
+        np.testing.assert_allclose(
+            getattr(got.errors, field.name), getattr(expected.errors, field.name), rtol=1e-9
+        )
+    for name in ("xtx", "xty", "yty", "n"):
+        np.testing.assert_allclose(
+            getattr(got.state.stats.moments, name),
+            getattr(expected.state.stats.moments, name),
+            rtol=1e-9,
+            atol=1e-12,
+        )
+    assert sorted(got.statistics) == sorted(expected.statistics)
+    for k, stats in got.statistics.items():
+        other = expected.statistics[k]
+        assert (stats.dropped_missing, stats.candidates) == (
+            other.dropped_missing,
+            other.candidates,
+        )
+        np.testing.assert_array_equal(stats.usable, other.usable)
+    pd.testing.assert_frame_equal(
+        got.predictions_frame(), expected.predictions_frame(), rtol=1e-9, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("model", ["ar", "pooled"])
+def test_batch_by_shard_tasks_equal_one_task_per_batch_and_load_only_their_series(
+    monkeypatch: pytest.MonkeyPatch, model: str
+) -> None:
+    """Tasks of (batch x 4 series) give the run of one task per batch, and each task reads
+    only its own series and the exog from the source."""
+    panel = make_panel(seed=27, n_series=11, rows=200, n_exog=1, missing=0.03)
+    path = write_panel(panel)
+    whole = train(
+        path, model=model, exog=["x0"], rules=["momentum(3)", "mean_reversion(4)", "model"]
+    )
+    loaded: list[tuple[str, ...]] = []
+    load_array = InMemorySource.load_array
+
+    def recording(self: InMemorySource, variables: object, *window: object) -> object:
+        loaded.append(tuple(variables))  # type: ignore[arg-type]
+        return load_array(self, variables, *window)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(InMemorySource, "load_array", recording)
+    split_tasks(monkeypatch, 4)
+    split = train(
+        path, model=model, exog=["x0"], rules=["momentum(3)", "mean_reversion(4)", "model"]
+    )
+    assert_same_run(split, whole)
+    series = [f"s{i}" for i in range(11)]
+    shards = [(*series[i : i + 4], "x0") for i in range(0, 11, 4)]
+    assert set(loaded) == set(shards), "each task loads its 4 series and the exog, no more"
+    statistics_tasks = len(whole.batches) * 3
+    assert len(loaded) > statistics_tasks
+
+
+def test_a_run_of_shard_tasks_resumed_from_its_checkpoints_equals_one_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A crash mid-evaluation keeps every finished (batch, shard) task; the restarted run
+    runs only the others and ends where one uninterrupted run ends."""
+    path = write_panel(make_panel(seed=28, n_series=10, rows=200, n_exog=1, missing=0.02))
+    split_tasks(monkeypatch, 4)
+    fields = {"model": "ar", "exog": ["x0"], "checkpoint_dir": str(tmp_path)}
+
+    def crash_in_evaluation(stage: str, done: int, total: int) -> None:
+        if stage == "evaluation" and done == 2:
+            raise KeyboardInterrupt
+
+    settings = {
+        "input_data": path, "lags": LAGS, "horizon": HORIZON, "ridge_alpha": ALPHA,
+        "fill_limit": 0, "batch_size_days": 45, "min_train_samples": MIN_SAMPLES,
+        "rules": ["momentum(3)", "model"], **fields,
+    }  # fmt: skip
+    config = TrainingConfig.build(**settings)
+    with pytest.raises(KeyboardInterrupt):
+        TrainingPipeline(progress=crash_in_evaluation).execute(config)
+    batches = len(prepare(config, None).batches)
+    assert len(list((tmp_path / "statistics").iterdir())) == 3 * batches, "one file per task"
+    evaluated = {p.name for p in (tmp_path / "evaluation").iterdir()}
+    assert len(evaluated) >= 6
+    calls: list[tuple[str, int, int]] = []
+    resumed = TrainingPipeline(progress=lambda *call: calls.append(call)).execute(config)
+    assert calls[0] == ("statistics", batches, batches), "statistics were recomputed"
+    assert {p.name for p in (tmp_path / "evaluation").iterdir()} >= evaluated
+    settings.pop("checkpoint_dir")
+    assert_same_run(resumed, TrainingPipeline().execute(TrainingConfig.build(**settings)))

@@ -29,6 +29,7 @@ from recursive_training.config import TrainingConfig
 from recursive_training.exceptions import ExecutionError
 from recursive_training.stages import TrainingPipeline, TrainingResult
 from tests.integration.dask.conftest import DaskCluster
+from tests.unit.test_models_pipeline import assert_same_run, split_tasks
 
 SMALL = "builtin:synthetic?n_variables=6&years=8&seed=11"
 # 100 variables x 5 lags: each 5-year batch takes a worker a noticeable fraction of a
@@ -102,6 +103,29 @@ def test_remote_cluster_equals_serial_and_reports_progress(
         assert [c for c in calls if c[0] == stage] == expected
 
 
+def test_batch_by_shard_tasks_on_a_remote_cluster_equal_serial(
+    dask_cluster: DaskCluster, observer: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ar run split into (batch x 4-series shard) tasks on the remote scheduler gives the
+    serial run of one task per batch; every shard task ran on a worker."""
+    config = settings(
+        input_data="builtin:panel?n_series=14&years=6&seed=5", model="ar", exog=["market"],
+        batch_size_days=365, rules=["momentum(5)", "model"],
+    )  # fmt: skip
+    serial = TrainingPipeline().execute(config)
+    split_tasks(monkeypatch, 4)
+    calls: Progress = []
+    remote = TrainingPipeline(progress=recorder(calls)).execute(
+        config.model_copy(update={"dask_scheduler_address": dask_cluster.address})
+    )
+    assert_same_run(remote, serial)
+    workers = set(observer.scheduler_info()["workers"])
+    ran_on = {w for s in remote.statistics.values() for w in s.worker.split(",")}
+    assert ran_on <= workers, "shard tasks ran in the driver"
+    batches = len(remote.batches)
+    assert [c for c in calls if c[0] == "statistics"][-1] == ("statistics", batches, batches)
+
+
 def test_a_worker_killed_mid_run_changes_nothing(
     new_cluster: Callable[[int], AbstractContextManager[DaskCluster]],
 ) -> None:
@@ -168,7 +192,7 @@ def test_restart_after_a_crash_reuses_checkpointed_batches(
     assert ("evaluation", 3, n_evaluations) in calls
     assert ("evaluation", 0, n_evaluations) not in calls, "evaluations were recomputed"
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in saved} == saved
-    assert f"Stage statistics: {n_statistics} of {n_statistics} batches restored" in caplog.text
+    assert f"Stage statistics: {n_statistics} of {n_statistics} tasks restored" in caplog.text
     assert_same(resumed, TrainingPipeline().execute(settings()))
 
     calls.clear()
