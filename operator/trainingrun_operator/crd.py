@@ -451,6 +451,9 @@ def build_crd() -> dict[str, Any]:
         {"name": "Skill", "type": "number", "jsonPath": ".status.results.meanSkillVsPersistence",
          "description": "Mean skill vs persistence of the learned model (walk-forward)"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Dashboard", "type": "string", "priority": 1,
+         "jsonPath": ".status.daskCluster.dashboardAddress",
+         "description": "In-cluster address of the run's Dask dashboard (kubectl get -o wide)"},
     ]  # fmt: skip
     version = {
         "name": API_VERSION_NAME,

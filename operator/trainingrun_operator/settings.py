@@ -27,7 +27,7 @@ class OperatorSettings:
     namespaces: tuple[str, ...] = ()
     # Image of driver, scheduler and workers when a TrainingRun sets neither image nor dask.image.
     image: str = DEFAULT_IMAGE
-    # CPU request and limit of the driver and of each Dask pod without spec.dask.resources.
+    # CPU request (no limit) of the driver and of each Dask pod without spec.dask.resources.
     cpu: str = "1"
     # Memory request and limit of the driver and of each Dask pod without spec.dask.resources.
     memory: str = "2Gi"
@@ -55,9 +55,17 @@ class OperatorSettings:
 
     @property
     def default_resources(self) -> dict[str, dict[str, str]]:
-        """Requests and limits of a pod whose run does not set its own."""
-        amounts = {"cpu": self.cpu, "memory": self.memory}
-        return {"requests": dict(amounts), "limits": dict(amounts)}
+        """Requests and limits of a pod whose run does not set its own.
+
+        Memory is limited to what is requested (a pod past it is killed, not the node); CPU
+        is only requested: a CFS limit throttles a worker in 100 ms slices even when the
+        node is idle, which stretches every batch, while a request alone still reserves the
+        CPU and lets a busy pod use idle cores.
+        """
+        return {
+            "requests": {"cpu": self.cpu, "memory": self.memory},
+            "limits": {"memory": self.memory},
+        }
 
     @classmethod
     def from_env(

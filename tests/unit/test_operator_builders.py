@@ -180,6 +180,18 @@ def test_dask_cluster_has_scheduler_service_and_sized_workers() -> None:
     assert ports == {"tcp-comm": 8786, "http-dashboard": 8787}
 
 
+def test_default_pods_request_cpu_without_a_limit_that_would_throttle_them() -> None:
+    """Without spec.dask.resources: CPU requested, not limited; memory limited to its request."""
+    run = RunSpec.from_body(body())
+    cluster = build_dask_cluster(run, SETTINGS)
+    pods = [cluster["spec"]["worker"]["spec"], cluster["spec"]["scheduler"]["spec"],
+            build_driver_job(run, SETTINGS)["spec"]["template"]["spec"]]  # fmt: skip
+    for pod in pods:
+        resources = pod["containers"][0]["resources"]
+        assert resources["requests"] == {"cpu": SETTINGS.cpu, "memory": SETTINGS.memory}
+        assert resources["limits"] == {"memory": SETTINGS.memory}
+
+
 def test_a_run_without_output_is_an_invalid_spec() -> None:
     """The schema requires output.uri; the parser still says which field is missing."""
     with pytest.raises(InvalidSpecError, match=r"spec\.output\.uri: is required"):
@@ -226,6 +238,7 @@ def test_crd_names_columns_and_status_subresource() -> None:
         "Progress",
         "Skill",
         "Age",
+        "Dashboard",
     ]
 
 
