@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 from recursive_training.exceptions import DataError
 
@@ -36,6 +37,12 @@ class TrainingBatch:
     window_rows: tuple[int, int]
     window_first: pd.Timestamp
     window_last: pd.Timestamp
+    # The window's timestamps (a few KB): a task hands them to the source, so a worker never
+    # builds the source's whole time index (a scan of every file of a long panel). Not in
+    # the batch's repr or equality: the fields above already determine them.
+    window_stamps: NDArray[np.datetime64] = field(
+        default_factory=lambda: np.empty(0, dtype="datetime64[ns]"), repr=False, compare=False
+    )
 
     @property
     def is_empty(self) -> bool:
@@ -112,6 +119,7 @@ def plan_batches(
                 window_rows=window,
                 window_first=timestamps[window[0]] if window[1] > window[0] else edges[k],
                 window_last=timestamps[window[1] - 1] if window[1] > window[0] else edges[k],
+                window_stamps=timestamps[window[0] : window[1]].to_numpy(),
             )
         )
     return batches

@@ -54,6 +54,18 @@ class DataSource(ABC):
         # decides the last bits of every result
         return np.ascontiguousarray(frame.to_numpy(dtype=np.float64)), frame.index.to_numpy()
 
+    def load_window(
+        self,
+        variables: Sequence[str],
+        first: pd.Timestamp,
+        last: pd.Timestamp,
+        stamps: NDArray[np.datetime64],
+    ) -> tuple[FloatArray, NDArray[np.datetime64]]:
+        """``load_array`` of a planned window whose timestamps ``stamps`` (rows of
+        ``timestamps()`` from ``first`` to ``last``) the caller knows: a source that would
+        otherwise scan its files for the time index (long Parquet) uses them instead."""
+        return self.load_array(variables, first, last)
+
     def check_variables(self, variables: Sequence[str]) -> None:
         """Fail with the list of available names when a variable is unknown."""
         available = self.variables()

@@ -44,7 +44,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from numpy.typing import NDArray
 
+from recursive_training.arrays import FloatArray
 from recursive_training.data.common import DataSource
 from recursive_training.data.files import (
     SUFFIXES,
@@ -105,6 +107,11 @@ class _LongFile:
             raise DataError(f"cannot read as PARQUET: {one_line(e)}", source=self.name) from e
         check_schema(opened.schema_arrow, self._columns, self.name)
         return opened
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The file's Arrow schema (from its footer)."""
+        return self._file.schema_arrow
 
     @cached_property
     def row_groups(self) -> list[_RowGroup]:
@@ -316,10 +323,17 @@ class LongParquetSource(DataSource):
 
     def _keys(self, variables: Sequence[str]) -> list[Any]:
         """Series names as the series column stores them (text or integers)."""
-        self._catalogued()
-        if self._series_type is not None and pa.types.is_integer(self._series_type):
+        if pa.types.is_integer(self._series_column_type()):
             return [int(v) for v in variables]
         return list(variables)
+
+    def _series_column_type(self) -> pa.DataType:
+        """The series column's value type, from the first file's footer (no scan)."""
+        if self._series_type is None:
+            field = self.files[0].schema.field(self.columns.series)
+            value = field.type
+            self._series_type = value.value_type if pa.types.is_dictionary(value) else value
+        return self._series_type
 
     def load(
         self, variables: Sequence[str], first: pd.Timestamp, last: pd.Timestamp
@@ -327,13 +341,28 @@ class LongParquetSource(DataSource):
         """The shard as a (window timestamps x variables) float64 frame (module docstring)."""
         self.check_variables(variables)
         index = self.timestamps()
-        window = index[index.slice_indexer(first, last)]
+        return self._load(variables, index[index.slice_indexer(first, last)])
+
+    def load_window(
+        self,
+        variables: Sequence[str],
+        first: pd.Timestamp,
+        last: pd.Timestamp,
+        stamps: NDArray[np.datetime64],
+    ) -> tuple[FloatArray, NDArray[np.datetime64]]:
+        """The planned window at ``stamps`` without the time-index scan (variables were
+        checked when the run was planned)."""
+        frame = self._load(variables, pd.DatetimeIndex(stamps))
+        return np.ascontiguousarray(frame.to_numpy(dtype=np.float64)), frame.index.to_numpy()
+
+    def _load(self, variables: Sequence[str], window: pd.DatetimeIndex) -> pd.DataFrame:
+        """The shard over the rows ``window`` of the time index."""
         stamps = window.as_unit("ns").asi8
         width = len(variables)
         values = np.full(len(window) * width, np.nan)
         counts = np.zeros(len(window) * width, dtype=np.int64)
         if len(window) and width:
-            shard = pa.array(self._keys(variables), type=self._series_type)
+            shard = pa.array(self._keys(variables), type=self._series_column_type())
             read = [self.columns.series, self.columns.time, self.columns.value]
             for file, groups in self.plan(variables, window[0], window[-1]):
                 for group in groups:

@@ -146,8 +146,13 @@ def load_window(
     needs the source's whole time index)."""
     source = open_source(spec.input_data, spec.input_format, spec.s3)
     variables = batch.variables if columns is None else columns
-    levels, stamps = source.load_array(variables, batch.window_first, batch.window_last)
     expected = batch.window_rows[1] - batch.window_rows[0]
+    if len(batch.window_stamps) == expected:  # planned batches carry their timestamps
+        levels, stamps = source.load_window(
+            variables, batch.window_first, batch.window_last, batch.window_stamps
+        )
+    else:
+        levels, stamps = source.load_array(variables, batch.window_first, batch.window_last)
     if len(levels) != expected:
         raise DataError(
             f"{batch}: expected {expected} rows between {batch.window_first} and "

@@ -181,6 +181,37 @@ def test_a_shard_reads_only_its_row_groups(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(got, expected)
 
 
+def test_a_task_given_its_window_timestamps_never_scans_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's first load of a planned window (timestamps carried by the batch) reads
+    only the shard's row groups: no pass over the id and time columns of the whole panel,
+    and the same values as a load through the time index."""
+    spec = PanelSpec(n_series=200, years=4, seed=4)
+    path = write_panel(spec, tmp_path / "panel.parquet", rows_per_group=20 * spec.n_rows)
+    columns = LongColumns("unique_id", "ds", "y")
+    driver = LongParquetSource("driver", [str(path)], pafs.LocalFileSystem(), columns)
+    shard = list(driver.variables()[35:75])
+    first, last = pd.Timestamp("2001-01-01"), pd.Timestamp("2001-12-31")
+    expected = driver.load(shard, first, last)
+    stamps = driver.timestamps()[driver.timestamps().slice_indexer(first, last)].to_numpy()
+    handler = CountingHandler()
+    worker = LongParquetSource("worker", [str(path)], pafs.PyFileSystem(handler), columns)
+
+    def no_scan(self: LongParquetSource) -> None:
+        raise AssertionError("the worker scanned the files for the time index")
+
+    monkeypatch.setattr(LongParquetSource, "_scan", no_scan)
+    values, got_stamps = worker.load_window(shard, first, last, stamps)
+    np.testing.assert_array_equal(values, expected.to_numpy())
+    np.testing.assert_array_equal(got_stamps, expected.index.to_numpy())
+    metadata = pq.ParquetFile(path).metadata
+    planned = sum(
+        metadata.row_group(g).column(c).total_compressed_size for g in (2, 3, 4) for c in range(3)
+    )
+    assert handler.read[str(path)] <= planned + metadata.serialized_size + (64 << 10)
+
+
 def test_csv_in_either_convention_and_in_any_row_order(tmp_path: Path) -> None:
     rows = random_long(4)
     rows.to_csv(tmp_path / "nixtla.csv", index=False)

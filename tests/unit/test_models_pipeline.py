@@ -15,8 +15,13 @@ import pandas as pd
 import pytest
 
 from recursive_training.config import TrainingConfig
+from recursive_training.data import open_source
 from recursive_training.data.common import InMemorySource
+from recursive_training.data.long import LongParquetSource
+from recursive_training.data.panel import PanelSpec
+from recursive_training.data.panel import write_panel as write_long_panel
 from recursive_training.exceptions import ConfigError, DataError, StateError
+from recursive_training.parallel_trainer import SeriesShard
 from recursive_training.run_training import main
 from recursive_training.stages import TrainingPipeline, TrainingResult, training_stages
 from recursive_training.stages.tasks import compute_batch_statistics, evaluate_batch
@@ -331,3 +336,30 @@ def test_a_run_of_shard_tasks_resumed_from_its_checkpoints_equals_one_run(
     assert {p.name for p in (tmp_path / "evaluation").iterdir()} >= evaluated
     settings.pop("checkpoint_dir")
     assert_same_run(resumed, TrainingPipeline().execute(TrainingConfig.build(**settings)))
+
+
+def test_tasks_on_a_long_parquet_panel_never_scan_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker process (a fresh source) runs a planned batch's shard task from the
+    timestamps the batch carries: it never scans the panel for its time index, and
+    computes what the driver's source computes."""
+    panel = write_long_panel(PanelSpec(n_series=30, years=3, seed=2), tmp_path / "p.parquet")
+    config = TrainingConfig.build(
+        input_data=str(panel), model="ar", exog=["market"], lags=3, batch_size_days=365,
+        rules=["momentum(3)"],
+    )  # fmt: skip
+    plan = prepare(config, None)
+    shard = SeriesShard(10, 20)
+    expected = [compute_batch_statistics(b, plan.spec, shard) for b in plan.batches]
+    open_source.cache_clear()  # what a worker process starts with
+
+    def no_scan(self: LongParquetSource) -> None:
+        raise AssertionError("a task scanned the panel for its time index")
+
+    monkeypatch.setattr(LongParquetSource, "_scan", no_scan)
+    for batch, known in zip(plan.batches, expected, strict=True):
+        got = compute_batch_statistics(batch, plan.spec, shard)
+        np.testing.assert_array_equal(got.stats.moments.xtx, known.stats.moments.xtx)
+        np.testing.assert_array_equal(got.stats.rule_hits, known.stats.rule_hits)
+    open_source.cache_clear()
