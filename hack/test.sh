@@ -28,6 +28,9 @@ fi
 if [[ "${PULSE_SKIP_K8S_SETUP:-0}" != 1 ]]; then
   eval "$(hack/envtest.sh)"
   export KUBEBUILDER_ASSETS
+  # The kstatus program tests/k8s/test_gitops_health.py runs: built here, not in a fixture,
+  # so a cold build (~2.5 min) is a setup step and not part of a test's timeout.
+  hack/kstatus.sh >/dev/null
 fi
 
 if [[ "${PULSE_WITH_DOCKER:-0}" == 1 && -x hack/docker-setup.sh ]]; then
