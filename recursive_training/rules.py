@@ -138,12 +138,16 @@ def rule_entries(rules: Sequence[RuleSpec], variables: Sequence[str]) -> list[tu
 def _rolling_mean(levels: FloatArray, origins: NDArray[np.intp], window: int) -> FloatArray:
     """Mean of the ``window`` levels ending at each origin; NaN if any is missing or unloaded.
 
-    Gathered per origin rather than by cumulative sums, which one missing value would
-    poison for every later row of the window.
+    Summed per origin, oldest level first, rather than by cumulative sums, which one
+    missing value would poison for every later row of the window; one slice of rows at a
+    time rather than one (origins x window x variables) gather, which cost more than the
+    rest of the batch with thousands of series. The order of the additions is the gather's.
     """
-    rows = origins[:, None] + np.arange(1 - window, 1)[None, :]
-    mean: FloatArray = levels[np.maximum(rows, 0)].mean(axis=1)
-    mean[rows[:, 0] < 0] = np.nan
+    total = levels[np.maximum(origins - (window - 1), 0)]
+    for back in range(window - 2, -1, -1):
+        total += levels[np.maximum(origins - back, 0)]
+    mean: FloatArray = total / window
+    mean[origins < window - 1] = np.nan
     return mean
 
 
