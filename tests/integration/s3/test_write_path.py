@@ -26,7 +26,12 @@ from recursive_training import s3 as s3_module
 from recursive_training import storage
 from recursive_training.config import TrainingConfig
 from recursive_training.exceptions import OutputError
-from recursive_training.results import build_document, referenced_files, write_outputs
+from recursive_training.results import (
+    build_document,
+    data_files,
+    referenced_files,
+    write_outputs,
+)
 from recursive_training.stages import TrainingPipeline
 from recursive_training.stages.training_stages import TrainingResult
 from recursive_training.state import TrainingState
@@ -34,14 +39,14 @@ from recursive_training.state import TrainingState
 from .servers import MotoServer, aws_environment
 
 SMALL = "builtin:synthetic?n_variables=2&years=2&seed=3"
+# Every data file of a run (whatever their number and order), then results.json last.
+FILES = [*data_files(TrainingConfig(), "run"), "results"]
 LOCAL_STEPS = [  # (call, which call of it): a file's write ends with fsync, then its rename
-    (f"{call} of {role}", call, n)
-    for n, role in enumerate(["predictions", "state", "results"])
+    (f"{call} of file {n + 1} of {len(FILES)}", call, n)
+    for n in range(len(FILES))
     for call in ("write", "rename")
 ]
-S3_STEPS = [
-    (f"PUT of {role}", "put", n) for n, role in enumerate(["predictions", "state", "results"])
-]
+S3_STEPS = [(f"PUT of file {n + 1} of {len(FILES)}", "put", n) for n in range(len(FILES))]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +84,7 @@ class Listing:
 
 
 def assert_one_whole_run(files: dict[str, bytes], config: TrainingConfig, run_id: str) -> None:
-    """Exactly results.json and the two files it names, which belong to ``run_id``."""
+    """Exactly results.json and the files it names, which belong to ``run_id``."""
     document = json.loads(files["results.json"])
     assert document["run_id"] == run_id
     named = referenced_files(files["results.json"], config.results_path)
@@ -162,7 +167,7 @@ def test_a_fault_at_any_step_leaves_one_whole_run(
         monkeypatch.setattr(s3_module, "put_bytes", fault.wrap(s3_module.put_bytes))
     commits: list[str] = []
     later = fresh(result, config)
-    # the results file is the last of the three: a signal after any of its steps is held
+    # the results file is the last: a signal after any of its steps is held
     # until the commit is done, so the run's results stand
     commits_anyway = kind == "signal" and step >= len(steps) - (2 if backend == "local" else 1)
     expected = KeyboardInterrupt if kind == "signal" else OutputError
