@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from recursive_training.data.panel import PanelSpec, write_panel
 from tests.e2e.cluster import KubeCluster, eventually, pod_start_seconds, timestamp
 from tests.e2e.conftest import BUCKET, ROOT, Say
 from tests.integration.s3.servers import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
@@ -37,6 +38,9 @@ pytestmark = pytest.mark.timeout(900)
 
 CHART = ROOT / "charts" / "pulse-recursive-training"
 EXAMPLE = ROOT / "manifests" / "examples" / "trainingrun-synthetic.yaml"
+PANEL_EXAMPLE = ROOT / "manifests" / "examples" / "trainingrun-panel-ar.yaml"
+# A universe of series read from S3: 2,000 series (and the market) x 4 years, long Parquet.
+PANEL = PanelSpec(n_series=2000, years=4, seed=13)
 RELEASE, RELEASE_NAMESPACE = "pulse", "pulse-system"
 RUN_NAMESPACE = "pulse-e2e"
 CREDENTIALS_SECRET = "pulse-s3"
@@ -229,6 +233,52 @@ def test_example_run_succeeds_on_real_pods_and_writes_to_s3(
 ) -> None:  # fmt: skip
     """The shipped example, applied as is, reaches Succeeded and matches a local run."""
     run_example_and_check(pulse_release, node_s3, say, tmp_path)
+
+
+def test_an_ar_run_on_a_long_parquet_panel_in_s3_succeeds_and_matches_a_local_run(
+    run_namespace: str, pulse_release: KubeCluster, node_s3: MotoServer, say: Say,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """The shipped panel example (spec.model ar with the market as exog) on 2,000 series
+    of long Parquet in S3: Succeeded, and the metrics of a local run on the same file."""
+    panel = write_panel(PANEL, tmp_path / "panel.parquet")
+    bucket, key = "pulse-data", "panel/panel.parquet"
+    node_s3.client().create_bucket(Bucket=bucket)
+    node_s3.client().upload_file(str(panel), bucket, key)
+    manifest: dict[str, Any] = yaml.safe_load(PANEL_EXAMPLE.read_text())
+    name = manifest["metadata"]["name"]
+    spec = manifest["spec"]
+    assert spec["data"]["uri"] == f"s3://{bucket}/panel/" and spec["model"]["structure"] == "ar"
+    assert spec["output"]["uri"] == f"s3://{BUCKET}/{name}"
+    spec["dask"].update(workers=2, resources={"requests": {"cpu": "300m", "memory": "1Gi"}})
+    started = time.monotonic()
+    stored = apply(pulse_release, manifest)
+    wait_for_phase(pulse_release, name, "Succeeded")
+    on_cluster = time.monotonic() - started
+    document = results_from_s3(node_s3, name)
+    assert document["data"]["series"] == PANEL.n_series
+    flags = [flag for flag in cli_arguments(RunSpec.from_body(stored), "")
+             if not flag.startswith(("--dask-scheduler-address", "--output-dir",
+                                     "--checkpoint-dir", "--input-data"))]  # fmt: skip
+    folder = tmp_path / "local"
+    command = [sys.executable, "-m", "recursive_training.run_training", *flags,
+               f"--input-data={panel}", f"--output-dir={folder}"]  # fmt: skip
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DASK_"))}
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env=environment, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    local = time.monotonic() - started
+    say(f"ar on {PANEL.n_series} series from S3: kubectl apply -> Succeeded in "
+        f"{on_cluster:.1f} s; the same flags in one local process {local:.1f} s")  # fmt: skip
+    reference = json.loads((folder / "results.json").read_text())
+    same_data = {k: v for k, v in reference["data"].items() if k != "source"}
+    assert {k: v for k, v in document["data"].items() if k != "source"} == same_data
+    got, want = numbers(document["metrics"]), numbers(reference["metrics"])
+    assert got.keys() == want.keys() and len(want) > 10
+    different = {k: (got[k], want[k]) for k in want
+                 if not math.isclose(got[k], want[k], rel_tol=1e-9, abs_tol=1e-12)}  # fmt: skip
+    assert not different, different
 
 
 def test_run_survives_losing_a_worker_pod_and_the_operator_pod(
