@@ -31,11 +31,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_pipeline import Size, parse_size  # the same workloads (script folder on sys.path)
 from sklearn.linear_model import LinearRegression
 from threadpoolctl import threadpool_limits
 
@@ -45,28 +45,6 @@ from recursive_training.runner import run
 
 LAGS = 5
 HORIZON = 1
-
-
-@dataclass(frozen=True)
-class Size:
-    """A synthetic VAR workload: variables x years of business days."""
-
-    variables: int
-    years: int
-
-    @property
-    def uri(self) -> str:
-        """The builtin data set of this size."""
-        return f"builtin:synthetic?n_variables={self.variables}&years={self.years}&seed=1"
-
-    def __str__(self) -> str:
-        return f"{self.variables}x{self.years}"
-
-
-def parse_size(text: str) -> Size:
-    """``VARIABLESxYEARS`` as on the command line."""
-    variables, _, years = text.partition("x")
-    return Size(int(variables), int(years))
 
 
 def best_of(repeat: int, work: Callable[[], object]) -> tuple[float, float, object]:
