@@ -49,6 +49,15 @@ LOCAL_STEPS = [  # (call, which call of it): a file's write ends with fsync, the
 S3_STEPS = [(f"PUT of file {n + 1} of {len(FILES)}", "put", n) for n in range(len(FILES))]
 
 
+@pytest.fixture(autouse=True)
+def sigint_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt, as in any interactive process: a shell starts a
+    background job (a CI runner's, say) with SIGINT ignored, and Python keeps it so."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def result() -> TrainingResult:
     """One small run's result; each write below gives it a fresh run id."""
