@@ -12,13 +12,12 @@ and drift is zero: independent random walks, where no model or rule can beat a c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
 
 import numpy as np
 import pandas as pd
 
 from recursive_training.constants import INTERCEPT
-from recursive_training.data.common import DataSource, InMemorySource
+from recursive_training.data.common import DataSource, InMemorySource, query_options
 from recursive_training.data.panel import PanelSource, PanelSpec
 from recursive_training.exceptions import DataError
 from recursive_training.features import feature_names
@@ -42,16 +41,7 @@ class SyntheticSpec:
     def from_query(cls, query: str, uri: str) -> SyntheticSpec:
         """Parse ``n_variables=..&years=..&seed=..&noise=..&signal=0|1`` with clear errors."""
         types = {"n_variables": int, "years": float, "seed": int, "noise": float, "signal": int}
-        values: dict[str, int | float | bool] = {}
-        for key, raw in parse_qsl(query, keep_blank_values=True):
-            if key not in types:
-                raise DataError(
-                    f"unknown option {key!r}; options are {', '.join(types)}", source=uri
-                )
-            try:
-                values[key] = types[key](raw)
-            except ValueError:
-                raise DataError(f"option {key}={raw!r} is not a number", source=uri) from None
+        values: dict[str, int | float | bool] = {**query_options(query, types, uri)}
         if values.get("signal", 1) not in (0, 1):
             raise DataError(f"option signal={values['signal']} must be 0 or 1", source=uri)
         if "signal" in values:

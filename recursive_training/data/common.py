@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from urllib.parse import parse_qsl
 
 import numpy as np
 import pandas as pd
@@ -161,3 +162,18 @@ def validated_panel(frame: pd.DataFrame, source: str) -> pd.DataFrame:
             )
         columns[str(name)] = numeric.astype("float64")
     return pd.DataFrame(columns, index=frame.index)
+
+
+def query_options(
+    query: str, types: dict[str, type[int] | type[float]], uri: str
+) -> dict[str, int | float]:
+    """The ``key=value&...`` options of a builtin source, each converted by ``types``."""
+    values: dict[str, int | float] = {}
+    for key, raw in parse_qsl(query, keep_blank_values=True):
+        if key not in types:
+            raise DataError(f"unknown option {key!r}; options are {', '.join(types)}", source=uri)
+        try:
+            values[key] = types[key](raw)
+        except ValueError:
+            raise DataError(f"option {key}={raw!r} is not a number", source=uri) from None
+    return values

@@ -24,7 +24,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from urllib.parse import parse_qsl
 
 import numpy as np
 import pandas as pd
@@ -32,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recursive_training.constants import INTERCEPT
-from recursive_training.data.common import DataSource
+from recursive_training.data.common import DataSource, query_options
 from recursive_training.exceptions import DataError
 from recursive_training.models.base import own_lag_names
 
@@ -69,16 +68,7 @@ class PanelSpec:
             "market": int,
             "noise": float,
         }
-        values: dict[str, int | float | bool] = {}
-        for key, raw in parse_qsl(query, keep_blank_values=True):
-            if key not in types:
-                raise DataError(
-                    f"unknown option {key!r}; options are {', '.join(types)}", source=uri
-                )
-            try:
-                values[key] = types[key](raw)
-            except ValueError:
-                raise DataError(f"option {key}={raw!r} is not a number", source=uri) from None
+        values: dict[str, int | float | bool] = {**query_options(query, types, uri)}
         if "market" in values:
             values["market"] = bool(values["market"])
         spec = cls(**values)  # type: ignore[arg-type]
