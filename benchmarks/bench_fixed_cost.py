@@ -35,7 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_pipeline import Size, parse_size  # the same workloads (script folder on sys.path)
+from bench_pipeline import (  # the same workloads (script folder on sys.path)
+    Size,
+    add_sizes_argument,
+)
 from sklearn.linear_model import LinearRegression
 from threadpoolctl import threadpool_limits
 
@@ -162,12 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--sizes",
-        type=lambda s: [parse_size(p) for p in s.split(",")],
-        default=[parse_size(s) for s in ("10x30", "50x30", "100x30")],
-        help="comma-separated VARIABLESxYEARS workloads (default: 10x30,50x30,100x30)",
-    )
+    add_sizes_argument(parser, "10x30,50x30,100x30")
     parser.add_argument("--batch-days", type=int, default=365, help="fold length (default 365)")
     parser.add_argument("--repeat", type=int, default=3, help="best of N per side (default 3)")
     args = parser.parse_args()

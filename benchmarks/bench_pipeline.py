@@ -53,6 +53,16 @@ def parse_size(text: str) -> Size:
     return Size(int(variables), int(years))
 
 
+def add_sizes_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--sizes``: comma-separated VARIABLESxYEARS workloads."""
+    parser.add_argument(
+        "--sizes",
+        type=lambda s: [parse_size(p) for p in s.split(",")],
+        default=[parse_size(s) for s in default.split(",")],
+        help=f"comma-separated VARIABLESxYEARS workloads (default: {default})",
+    )
+
+
 def run_pipeline(size: Size, lags: int, batch_days: int) -> tuple[TrainingResult, float]:
     """A serial pipeline run (data source opened beforehand) and its wall time."""
     config = TrainingConfig.build(
@@ -131,12 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--sizes",
-        type=lambda s: [parse_size(p) for p in s.split(",")],
-        default=[parse_size(s) for s in ("10x10", "30x20", "100x30")],
-        help="comma-separated VARIABLESxYEARS workloads (default: 10x10,30x20,100x30)",
-    )
+    add_sizes_argument(parser, "10x10,30x20,100x30")
     parser.add_argument("--lags", type=int, default=5, help="lags per variable (default: 5)")
     parser.add_argument(
         "--batch-days", type=int, default=365, help="batch size in days (default: 365)"

@@ -15,26 +15,15 @@ that both decide the same, and prints the ratio. Run with ``--help`` for the opt
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from bench_models import best_of  # script folder on sys.path
 
 from recursive_training.config import TrainingConfig
 from recursive_training.results import build_document
 from recursive_training.stages import TrainingPipeline
 from recursive_training.trust import validate_rules
-
-
-def best_of(repeat: int, run: Callable[[], object]) -> float:
-    """Fastest of ``repeat`` runs, in seconds (the machine is shared)."""
-    times = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return min(times)
 
 
 def reference_decisions(hits: np.ndarray, misses: np.ndarray, fdr: float) -> np.ndarray:
