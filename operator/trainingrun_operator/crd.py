@@ -435,6 +435,8 @@ def build_status_schema() -> Schema:
             },
             "daskCluster": {
                 "type": "object",
+                "description": "The run's Dask cluster while it may exist; removed when the run "
+                "ends or is suspended (the cluster is deleted then).",
                 "properties": {"name": {"type": "string"}, "dashboardAddress": {"type": "string"}},
             },
             "attempts": integer,

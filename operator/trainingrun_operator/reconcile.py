@@ -300,7 +300,9 @@ def observe(
         "observedGeneration": generation,
         "attempts": int(job_status.get("failed", 0)) + int(job_status.get("active", 0))
         + int(job_status.get("succeeded", 0)),
-        "daskCluster": {
+        # The cluster is deleted once the run ends or is suspended: None (a merge patch's null)
+        # removes its name and dashboard address instead of leaving a dead link in status.
+        "daskCluster": None if finished or run.suspend else {
             "name": cluster_name(run),
             "dashboardAddress": f"http://{cluster_name(run)}-scheduler.{run.namespace}:{DASHBOARD_PORT}",
         },

@@ -1,4 +1,4 @@
-"""What `kubectl get -o wide` and `kubectl describe` show of a running run: its Dask dashboard."""
+"""What `kubectl get -o wide` and `kubectl describe` show: a running run's Dask dashboard."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ pytestmark = pytest.mark.k8s
 def test_a_running_run_shows_its_dask_dashboard(
     pulse_install: ControlPlane, pulse_operator: OperatorProcess, namespace: str
 ) -> None:
-    """The scheduler Service's dashboard port, in status, the wide table and describe."""
+    """The scheduler Service's dashboard port, in status, the wide table and describe; gone
+    from all three once the run has ended and its cluster is deleted."""
     plane = pulse_install
     plane.apply(training_run(namespace))
-    set_phase(plane, wait_workload(plane, namespace), "Running")
+    driver = wait_workload(plane, namespace)
+    set_phase(plane, driver, "Running")
     running = wait_phase(plane, namespace, "Running")
     address = f"http://run-dask-scheduler.{namespace}:8787"
     assert running["daskCluster"] == {"name": "run-dask", "dashboardAddress": address}
@@ -32,3 +34,12 @@ def test_a_running_run_shows_its_dask_dashboard(
     assert header.split()[-1] == "DASHBOARD" and row.split()[-1] == address
     described = plane.kubectl("describe", "tr", "run", f"--namespace={namespace}").stdout
     assert f"Dashboard Address:  {address}" in described
+
+    set_phase(plane, driver, "Succeeded")
+    done = wait_phase(plane, namespace, "Succeeded")
+    assert "daskCluster" not in done
+    wide = plane.kubectl("get", "tr", "run", f"--namespace={namespace}", "-o", "wide").stdout
+    header, row = wide.splitlines()[:2]
+    assert header.split()[-1] == "DASHBOARD" and address not in row
+    described = plane.kubectl("describe", "tr", "run", f"--namespace={namespace}").stdout
+    assert "Dashboard Address" not in described

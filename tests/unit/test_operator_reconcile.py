@@ -179,6 +179,19 @@ def test_a_failed_job_fails_the_run_with_the_pipelines_line_and_drops_the_cluste
     assert outcome.status["completionTime"] == "2026-01-01T12:00:00Z"
 
 
+def test_the_dashboard_address_leaves_status_with_the_cluster() -> None:
+    """A finished or suspended run's cluster is deleted: null (merge patch) drops its address."""
+    address = "http://run-dask-scheduler.team:8787"
+    running = outcome_of(run_body({"phase": "Running"}), job(active=1, ready=1), cluster())
+    assert running.status["daskCluster"] == {"name": "run-dask", "dashboardAddress": address}
+    shown = {"phase": "Running", "daskCluster": running.status["daskCluster"]}
+    done = job(succeeded=1, conditions={"Complete": "Completed"})
+    succeeded = outcome_of(run_body(shown), done, cluster())
+    assert succeeded.status["phase"] == "Succeeded" and succeeded.status["daskCluster"] is None
+    suspended = outcome_of(run_body(shown, suspend=True), job(active=1), cluster())
+    assert suspended.status["daskCluster"] is None
+
+
 def test_children_of_an_earlier_run_of_the_same_name_are_deleted_not_read() -> None:
     """A Succeeded Job of a deleted run with this name never makes the new run Succeeded."""
     old_job = job(owner="old", succeeded=1, conditions={"Complete": "Completed"})
