@@ -29,8 +29,6 @@ DASK_API_VERSION: Final = f"{DASK_GROUP}/{DASK_VERSION}"
 DEFAULT_IMAGE: Final = "pulse-recursive-training:0.1.0"
 DEFAULT_NAMESPACE: Final = "pulse-system"
 OPERATOR_NAME: Final = "pulse-operator"
-DRIVER_ROLE_NAME: Final = "pulse-trainingrun-driver"
-DRIVER_SERVICE_ACCOUNT: Final = "pulse-trainingrun-driver"
 DASK_CONTROLLER_NAME: Final = "dask-kubernetes-operator"
 
 SCHEDULER_PORT: Final = 8786

@@ -310,7 +310,8 @@ def build_spec_schema() -> Schema:
             maxLength=NAME_MAX * 2,
         ),
         "serviceAccountName": _string(
-            "ServiceAccount of the driver pod; it must be allowed to patch trainingruns/status.",
+            "ServiceAccount of the driver pod (default: the run's own); the operator binds it "
+            "a Role that may patch this run's status only.",
             maxLength=NAME_MAX,
         ),
         "nodeSelector": {

@@ -20,11 +20,7 @@ from trainingrun_operator.deployment import (
     build_operator_deployment,
 )
 from trainingrun_operator.objects import Manifest
-from trainingrun_operator.rbac import (
-    build_dask_controller_rbac,
-    build_driver_cluster_role,
-    build_operator_rbac,
-)
+from trainingrun_operator.rbac import build_dask_controller_rbac, build_operator_rbac
 from trainingrun_operator.settings import OperatorSettings
 
 DASK_RESOURCES = ("daskcluster", "daskworkergroup", "daskjob", "daskautoscaler")
@@ -69,7 +65,6 @@ def build_install(
         "namespace.yaml": [build_namespace(namespace)],
         "rbac.yaml": [
             *build_operator_rbac(namespace),
-            build_driver_cluster_role(),
             *build_dask_controller_rbac(namespace),
         ],
         "deployments.yaml": [

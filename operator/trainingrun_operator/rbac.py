@@ -12,8 +12,6 @@ from typing import Any
 from trainingrun_operator.constants import (
     DASK_CONTROLLER_NAME,
     DASK_GROUP,
-    DRIVER_ROLE_NAME,
-    DRIVER_SERVICE_ACCOUNT,
     GROUP,
     OPERATOR_NAME,
     PLURAL,
@@ -49,22 +47,18 @@ def operator_rules() -> list[Manifest]:
         # Application: the run's pods, watched; a starting run waits for its Dask pods and
         # reports why they are not placed, a failed run shows its driver's termination message.
         _rule([""], ["pods"], ["get", "list", "watch"]),
-        # Application: the driver's ServiceAccount and its RoleBinding in each run namespace.
+        # Application: each run's driver identity, owned by the run: its ServiceAccount, a
+        # Role naming the run alone (driver_rules) and the RoleBinding. RBAC's escalation
+        # check lets the operator write only Roles within its own grants (the status rule
+        # above), so these verbs cannot hand out more than the operator holds.
         _rule([""], ["serviceaccounts"], ["get", "create"]),
-        _rule(["rbac.authorization.k8s.io"], ["rolebindings"], ["get", "create"]),
-        # Application: bind the driver ClusterRole, and no other, in those RoleBindings.
-        _rule(
-            ["rbac.authorization.k8s.io"],
-            ["clusterroles"],
-            ["bind"],
-            resourceNames=[DRIVER_ROLE_NAME],
-        ),
+        _rule(["rbac.authorization.k8s.io"], ["roles", "rolebindings"], ["get", "create"]),
     ]
 
 
-def driver_rules() -> list[Manifest]:
-    """What a driver pod may do: read and patch the status of TrainingRuns in its namespace."""
-    return [_rule([GROUP], [f"{PLURAL}/status"], ["get", "patch"])]
+def driver_rules(run_name: str) -> list[Manifest]:
+    """What the driver of run `run_name` may do: read and patch that run's status, no other's."""
+    return [_rule([GROUP], [f"{PLURAL}/status"], ["get", "patch"], resourceNames=[run_name])]
 
 
 def dask_controller_rules() -> list[Manifest]:
@@ -118,9 +112,9 @@ def _subject(name: str, namespace: str) -> Manifest:
     return {"kind": "ServiceAccount", "name": name, "namespace": namespace}
 
 
-def _role_ref(name: str) -> Manifest:
-    """A reference to a ClusterRole."""
-    return {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name}
+def _role_ref(name: str, kind: str = "ClusterRole") -> Manifest:
+    """A reference to a ClusterRole (or a Role of the binding's namespace)."""
+    return {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name}
 
 
 def build_cluster_role_binding(name: str, namespace: str) -> Manifest:
@@ -143,24 +137,6 @@ def build_operator_rbac(namespace: str, name: str = OPERATOR_NAME) -> list[Manif
     ]
 
 
-def build_driver_cluster_role(name: str = DRIVER_ROLE_NAME) -> Manifest:
-    """The ClusterRole that RoleBindings grant to drivers, one namespace at a time."""
-    return _cluster_role(name, driver_rules())
-
-
-def build_driver_role_binding(
-    namespace: str, service_account: str = DRIVER_SERVICE_ACCOUNT
-) -> Manifest:
-    """The RoleBinding that lets the drivers of `namespace` patch TrainingRun status there only."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": DRIVER_ROLE_NAME, "namespace": namespace},
-        "roleRef": _role_ref(DRIVER_ROLE_NAME),
-        "subjects": [_subject(service_account, namespace)],
-    }
-
-
 def build_dask_controller_rbac(namespace: str, name: str = DASK_CONTROLLER_NAME) -> list[Manifest]:
     """ServiceAccount, ClusterRole and binding of the dask-kubernetes controller."""
     return [
@@ -168,3 +144,24 @@ def build_dask_controller_rbac(namespace: str, name: str = DASK_CONTROLLER_NAME)
         _cluster_role(name, dask_controller_rules()),
         build_cluster_role_binding(name, namespace),
     ]
+
+
+def build_run_role(name: str, namespace: str, run_name: str) -> Manifest:
+    """The Role of one run's driver: `driver_rules(run_name)` in the run's namespace."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name, "namespace": namespace},
+        "rules": driver_rules(run_name),
+    }
+
+
+def build_run_role_binding(name: str, namespace: str, service_account: str) -> Manifest:
+    """Bind the Role `name` to the ServiceAccount `service_account` of the same namespace."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": namespace},
+        "roleRef": _role_ref(name, "Role"),
+        "subjects": [_subject(service_account, namespace)],
+    }

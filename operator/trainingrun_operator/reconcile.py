@@ -32,7 +32,6 @@ from trainingrun_operator.constants import (
     CONDITION_STALLED,
     CONDITION_SUSPENDED,
     DASHBOARD_PORT,
-    DRIVER_SERVICE_ACCOUNT,
     FAILED,
     FINISHED_PHASES,
     KIND,
@@ -46,12 +45,12 @@ from trainingrun_operator.constants import (
 )
 from trainingrun_operator.exceptions import InvalidSpecError
 from trainingrun_operator.objects import Manifest
-from trainingrun_operator.rbac import build_driver_role_binding, build_service_account
 from trainingrun_operator.settings import OperatorSettings
 from trainingrun_operator.spec import RunSpec
 from trainingrun_operator.start_queue import is_admitted, start_blocker
 from trainingrun_operator.workload import (
     build_dask_cluster,
+    build_driver_identity,
     build_driver_job,
     cluster_name,
     job_name,
@@ -391,12 +390,9 @@ WARNING_REASONS = frozenset({"Unschedulable", "NameTaken"})
 
 
 async def ensure_driver_identity(api: kube.Kube, run: RunSpec) -> None:
-    """Create the namespace's driver ServiceAccount and RoleBinding, unless the run has its own."""
-    if run.service_account_name:
-        return
-    account = build_service_account(DRIVER_SERVICE_ACCOUNT, run.namespace)
-    await api.ensure(kube.SERVICE_ACCOUNTS, account)
-    await api.ensure(kube.ROLE_BINDINGS, build_driver_role_binding(run.namespace))
+    """Create the run's driver ServiceAccount (unless the spec names one), Role and RoleBinding."""
+    for manifest in build_driver_identity(run):
+        await api.ensure(kube.IDENTITY_RESOURCES[manifest["kind"]], manifest)
 
 
 async def read_children(

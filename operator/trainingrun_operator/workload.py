@@ -16,7 +16,6 @@ from trainingrun_operator.constants import (
     API_VERSION,
     DASHBOARD_PORT,
     DASK_API_VERSION,
-    DRIVER_SERVICE_ACCOUNT,
     ENV_RUN_NAME,
     ENV_RUN_NAMESPACE,
     EXIT_DO_NOT_RETRY,
@@ -29,6 +28,7 @@ from trainingrun_operator.constants import (
     SCHEDULER_PORT,
 )
 from trainingrun_operator.objects import Manifest
+from trainingrun_operator.rbac import build_run_role, build_run_role_binding, build_service_account
 from trainingrun_operator.settings import OperatorSettings
 from trainingrun_operator.spec import RunSpec, cli_arguments
 
@@ -46,6 +46,16 @@ def cluster_name(run: RunSpec) -> str:
 def job_name(run: RunSpec) -> str:
     """Name of the run's driver Job."""
     return f"{run.name}-driver"
+
+
+def driver_identity_name(run: RunSpec) -> str:
+    """Name of the run's driver ServiceAccount, Role and RoleBinding."""
+    return f"{run.name}-driver"
+
+
+def driver_service_account(run: RunSpec) -> str:
+    """The driver pod's ServiceAccount: the one the spec names, else the run's own."""
+    return run.service_account_name or driver_identity_name(run)
 
 
 def scheduler_address(run: RunSpec) -> str:
@@ -191,6 +201,33 @@ def build_dask_cluster(run: RunSpec, settings: OperatorSettings) -> Manifest:
     }
 
 
+def _owned(manifest: Manifest, run: RunSpec, component: str) -> Manifest:
+    """`manifest` with the run's labels and its controller reference."""
+    manifest["metadata"]["labels"] = labels(run, component)
+    manifest["metadata"]["ownerReferences"] = [owner_reference(run)]
+    return manifest
+
+
+def build_driver_identity(run: RunSpec) -> list[Manifest]:
+    """What lets this run's driver report, and nothing more: a Role naming only this run's
+    status, bound to the driver's ServiceAccount (the run's own unless the spec names one).
+
+    One ServiceAccount per run, because a Role bound to a ServiceAccount that several runs
+    share would let each of their drivers write the others' status. All are owned by the
+    run, so the garbage collector revokes the grant with the run.
+    """
+    name = driver_identity_name(run)
+    identity = [
+        _owned(build_run_role(name, run.namespace, run.name), run, "driver"),
+        _owned(
+            build_run_role_binding(name, run.namespace, driver_service_account(run)), run, "driver"
+        ),
+    ]
+    if not run.service_account_name:
+        identity.insert(0, _owned(build_service_account(name, run.namespace), run, "driver"))
+    return identity
+
+
 def driver_arguments(run: RunSpec) -> list[str]:
     """Arguments of the driver: the ``pulse-train`` flags it passes through."""
     return cli_arguments(run, scheduler_address(run))
@@ -241,7 +278,7 @@ def build_driver_job(run: RunSpec, settings: OperatorSettings) -> Manifest:
         run,
         container,
         restartPolicy="Never",
-        serviceAccountName=run.service_account_name or DRIVER_SERVICE_ACCOUNT,
+        serviceAccountName=driver_service_account(run),
     )
     # The driver patches its TrainingRun's status, so it (alone) gets an API token.
     pod["automountServiceAccountToken"] = True

@@ -23,7 +23,7 @@ import yaml
 from trainingrun_operator.crd import build_crd
 from trainingrun_operator.deployment import build_operator_deployment
 from trainingrun_operator.manifests import build_dask_crds
-from trainingrun_operator.rbac import dask_controller_rules, driver_rules, operator_rules
+from trainingrun_operator.rbac import dask_controller_rules, operator_rules
 from trainingrun_operator.settings import OperatorSettings
 from trainingrun_operator.workload import container_security_context, pod_security_context
 
@@ -102,7 +102,6 @@ def test_default_render_has_both_controllers_and_their_rbac(assets: Path) -> Non
     assert set(by_kind(objects, "ClusterRole")) == {
         "pulse-pulse-recursive-training",
         "pulse-pulse-recursive-training-dask",
-        "pulse-trainingrun-driver",
     }
     assert len(by_kind(objects, "ClusterRoleBinding")) == 2
     assert not by_kind(objects, "ServiceMonitor")
@@ -112,7 +111,6 @@ def test_rbac_rules_are_the_builders(assets: Path) -> None:
     """The ClusterRoles' rules are exactly those of trainingrun_operator.rbac."""
     roles = by_kind(render(assets), "ClusterRole")
     assert roles["pulse-pulse-recursive-training"]["rules"] == operator_rules()
-    assert roles["pulse-trainingrun-driver"]["rules"] == driver_rules()
     assert roles["pulse-pulse-recursive-training-dask"]["rules"] == dask_controller_rules()
 
 
@@ -198,17 +196,14 @@ def test_uninstall_first_deletes_the_runs_as_the_operator(assets: Path) -> None:
     assert not by_kind(render(assets, "--set=uninstall.deleteRuns=false"), "Job")
 
 
-def test_irsa_example_binds_an_annotated_run_service_account(assets: Path) -> None:
-    """The S3/IRSA example: an annotated ServiceAccount bound to the driver ClusterRole."""
+def test_irsa_example_creates_an_annotated_run_service_account(assets: Path) -> None:
+    """The S3/IRSA example: an annotated ServiceAccount, bound to no cluster-wide driver role
+    (the operator binds each run's own Role to it)."""
     objects = render(assets, f"--values={IRSA_VALUES}")
     account = by_kind(objects, "ServiceAccount")["pulse-runs"]
     assert account["metadata"]["namespace"] == "research"
     assert "eks.amazonaws.com/role-arn" in account["metadata"]["annotations"]
-    binding = next(iter(by_kind(objects, "RoleBinding").values()))
-    assert binding["roleRef"]["name"] == "pulse-trainingrun-driver"
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "pulse-runs", "namespace": "research"}
-    ]
+    assert not by_kind(objects, "RoleBinding")
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -107,7 +108,7 @@ def events(plane: ControlPlane, namespace: str, name: str = "run") -> list[str]:
 
 def patch_status_as_driver(plane: ControlPlane, namespace: str, patch: dict[str, Any]) -> None:
     """Patch the run's status with the driver ServiceAccount's token, as the driver pod does."""
-    kubeconfig = plane.kubeconfig_for_service_account(namespace, "pulse-trainingrun-driver")
+    kubeconfig = plane.kubeconfig_for_service_account(namespace, "run-driver")
     plane.kubectl(
         "patch", "trainingrun", "run", f"--namespace={namespace}", "--subresource=status",
         "--type=merge", f"--patch={json.dumps({'status': patch})}", kubeconfig=kubeconfig,
@@ -186,7 +187,7 @@ def test_driver_may_only_patch_run_status(
     plane = pulse_install
     plane.apply(training_run(namespace))
     wait_workload(plane, namespace)
-    kubeconfig = plane.kubeconfig_for_service_account(namespace, "pulse-trainingrun-driver")
+    kubeconfig = plane.kubeconfig_for_service_account(namespace, "run-driver")
     with pytest.raises(KubectlError, match=r'cannot (get|patch) resource "trainingruns"'):
         plane.kubectl(
             "patch", "trainingrun", "run", f"--namespace={namespace}", "--type=merge",
@@ -194,6 +195,49 @@ def test_driver_may_only_patch_run_status(
         )  # fmt: skip
     with pytest.raises(KubectlError, match="cannot list resource"):
         plane.kubectl("get", "secrets", f"--namespace={namespace}", kubeconfig=kubeconfig)
+
+
+def test_a_driver_cannot_write_another_runs_status(
+    pulse_install: ControlPlane, pulse_operator: OperatorProcess, namespace: str
+) -> None:
+    """Two runs in one namespace: each driver's own token may patch its run's status and is
+    Forbidden on the other's; the grant (ServiceAccount, Role, binding) goes with its run."""
+    plane = pulse_install
+    for name in ("a", "b"):
+        plane.apply(training_run(namespace, name))
+        # Runs start one at a time: b's cluster comes once a's driver runs.
+        set_phase(plane, wait_workload(plane, namespace, name), "Running")
+    as_a = plane.kubeconfig_for_service_account(namespace, "a-driver")
+    as_b = plane.kubeconfig_for_service_account(namespace, "b-driver")
+
+    def patch(run: str, kubeconfig: Path) -> None:
+        plane.kubectl(
+            "patch", "trainingrun", run, f"--namespace={namespace}", "--subresource=status",
+            "--type=merge", '--patch={"status": {"message": "forged"}}', kubeconfig=kubeconfig,
+        )  # fmt: skip
+
+    for own, other, kubeconfig in (("a", "b", as_a), ("b", "a", as_b)):
+        patch(own, kubeconfig)
+        # kubectl reads the object before it patches: the read is refused already.
+        forbidden = (rf'forbidden: .*:{own}-driver" cannot (get|patch) resource '
+                     rf'"trainingruns/status" .* in the namespace "{namespace}"')  # fmt: skip
+        with pytest.raises(KubectlError, match=forbidden):
+            patch(other, kubeconfig)
+    # The same answer from the authorizer itself (a SubjectAccessReview, as admin).
+    can_i = plane.kubectl(
+        "auth", "can-i", "patch", "trainingruns/b", "--subresource=status",
+        f"--namespace={namespace}", f"--as=system:serviceaccount:{namespace}:a-driver",
+        check=False,
+    )  # fmt: skip
+    assert can_i.stdout.strip() == "no"
+    plane.kubectl("delete", "trainingrun", "a", f"--namespace={namespace}", "--wait=true")
+    eventually(
+        lambda: not plane.kubectl(
+            "get", "serviceaccount,role,rolebinding", f"--namespace={namespace}",
+            "--selector=pulse.dev/trainingrun=a", "--output=name",
+        ).stdout.strip(),
+        WAIT_S, "run a's driver identity to be collected",
+    )  # fmt: skip
 
 
 def owned_objects(plane: ControlPlane, namespace: str) -> list[str]:

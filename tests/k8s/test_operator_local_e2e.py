@@ -156,7 +156,7 @@ def test_the_created_pods_run_the_real_pipeline_and_report_to_the_run(
     plane.apply(synthetic_run(namespace, output))
     start_local_dask(plane, namespace, local_pods)
     driver = driver_pod(plane, namespace)
-    driver_kubeconfig = plane.kubeconfig_for_service_account(namespace, "pulse-trainingrun-driver")
+    driver_kubeconfig = plane.kubeconfig_for_service_account(namespace, "run-driver")
     process = local_pods.run(driver, {"KUBECONFIG": str(driver_kubeconfig)}, {})
     set_phase(plane, driver, "Running")
     wait_phase(plane, namespace, "Running")
@@ -267,7 +267,7 @@ def test_a_run_that_finishes_while_the_api_server_is_unreachable_reports_success
     plane.apply(synthetic_run(namespace, output, backoffLimit=0))
     start_local_dask(plane, namespace, local_pods)
     driver = driver_pod(plane, namespace)
-    kubeconfig = plane.kubeconfig_for_service_account(namespace, "pulse-trainingrun-driver")
+    kubeconfig = plane.kubeconfig_for_service_account(namespace, "run-driver")
     config = json.loads(kubeconfig.read_text())
     proxy = CuttableProxy(int(config["clusters"][0]["cluster"]["server"].rsplit(":", 1)[1]))
     config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
@@ -313,7 +313,7 @@ def test_a_failed_run_says_why_in_the_pipelines_own_words(
     plane.apply(run)
     start_local_dask(plane, namespace, local_pods)
     driver = driver_pod(plane, namespace)
-    kubeconfig = plane.kubeconfig_for_service_account(namespace, "pulse-trainingrun-driver")
+    kubeconfig = plane.kubeconfig_for_service_account(namespace, "run-driver")
     termination_log = tmp_path / "termination-log"
     extra_env = {"KUBECONFIG": str(kubeconfig),
                  "PULSE_TERMINATION_MESSAGE_PATH": str(termination_log)}  # fmt: skip

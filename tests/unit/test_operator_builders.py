@@ -15,6 +15,7 @@ from trainingrun_operator.settings import OperatorSettings
 from trainingrun_operator.spec import RunSpec
 from trainingrun_operator.workload import (
     build_dask_cluster,
+    build_driver_identity,
     build_driver_job,
     driver_arguments,
 )
@@ -146,7 +147,7 @@ def test_driver_job_carries_retry_deadline_suspend_and_scheduling() -> None:
     assert job["spec"]["suspend"] is True
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
-    assert pod["serviceAccountName"] == "pulse-trainingrun-driver"
+    assert pod["serviceAccountName"] == "run-driver"
     assert pod["nodeSelector"] == {"pool": "batch"}
     assert pod["containers"][0]["image"] == "registry/pulse:1"
     env = {item["name"]: item for item in pod["containers"][0]["env"]}
@@ -245,11 +246,12 @@ def test_crd_names_columns_and_status_subresource() -> None:
 def test_rbac_is_least_privilege() -> None:
     """The driver may only get/patch run status; the operator never reads Secrets, and reads
     but never changes pods."""
-    assert driver_rules() == [
+    assert driver_rules("run") == [
         {
             "apiGroups": ["pulse.dev"],
             "resources": ["trainingruns/status"],
             "verbs": ["get", "patch"],
+            "resourceNames": ["run"],
         }
     ]
     role = build_operator_rbac("pulse-system")[1]
@@ -258,8 +260,29 @@ def test_rbac_is_least_privilege() -> None:
     pod_verbs = [rule["verbs"] for rule in role["rules"] if "pods" in rule["resources"]]
     assert pod_verbs == [["get", "list", "watch"]]
     assert all("*" not in rule["verbs"] for rule in role["rules"])
-    bind = next(rule for rule in role["rules"] if rule["verbs"] == ["bind"])
-    assert bind["resourceNames"] == ["pulse-trainingrun-driver"]
+    assert not any({"bind", "escalate"} & set(rule["verbs"]) for rule in role["rules"])
+
+
+def test_each_run_has_its_own_driver_identity_owned_by_it() -> None:
+    """A ServiceAccount, a Role naming the run alone and its binding, all owned by the run; a
+    run that names a ServiceAccount gets the Role bound to it and no account of its own."""
+    own = build_driver_identity(RunSpec.from_body(body()))
+    assert [(m["kind"], m["metadata"]["name"]) for m in own] == [
+        ("ServiceAccount", "run-driver"), ("Role", "run-driver"), ("RoleBinding", "run-driver"),
+    ]  # fmt: skip
+    for manifest in own:
+        assert manifest["metadata"]["namespace"] == "team"
+        [owner] = manifest["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == ("TrainingRun", "u-1", True)
+    assert own[1]["rules"] == driver_rules("run")
+    assert own[2]["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "run-driver",
+    }  # fmt: skip
+    assert own[2]["subjects"] == [{"kind": "ServiceAccount", "name": "run-driver",
+                                   "namespace": "team"}]  # fmt: skip
+    named = build_driver_identity(RunSpec.from_body(body(serviceAccountName="pulse-runs")))
+    assert [m["kind"] for m in named] == ["Role", "RoleBinding"]
+    assert named[1]["subjects"][0]["name"] == "pulse-runs"
 
 
 def test_settings_come_from_the_environment_and_flags_override() -> None:

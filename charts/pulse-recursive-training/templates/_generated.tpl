@@ -76,28 +76,11 @@
 - apiGroups:
   - rbac.authorization.k8s.io
   resources:
+  - roles
   - rolebindings
   verbs:
   - get
   - create
-- apiGroups:
-  - rbac.authorization.k8s.io
-  resources:
-  - clusterroles
-  verbs:
-  - bind
-  resourceNames:
-  - pulse-trainingrun-driver
-{{- end }}
-
-{{- define "pulse-recursive-training.driverRules" -}}
-- apiGroups:
-  - pulse.dev
-  resources:
-  - trainingruns/status
-  verbs:
-  - get
-  - patch
 {{- end }}
 
 {{- define "pulse-recursive-training.daskControllerRules" -}}
@@ -169,8 +152,4 @@
 - --liveness=http://0.0.0.0:8080/healthz
 - -m
 - dask_kubernetes.operator.controller
-{{- end }}
-
-{{- define "pulse-recursive-training.driverRoleName" -}}
-pulse-trainingrun-driver
 {{- end }}
