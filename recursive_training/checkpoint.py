@@ -91,13 +91,7 @@ class Checkpoint:
         """Where the result of ``task(*arguments)`` is saved."""
         digest = hashlib.sha256()
         for argument in arguments:
-            if isinstance(argument, np.ndarray):
-                digest.update(f"{argument.dtype}{argument.shape}".encode())
-                digest.update(np.ascontiguousarray(argument).tobytes())
-            elif isinstance(argument, Fingerprinted):
-                digest.update(argument.fingerprint().encode())
-            else:
-                digest.update(repr(argument).encode())
+            _digest(digest, argument)
         batch = _batch_of(arguments)
         name = f"batch-{batch.batch_id:05d}-{digest.hexdigest()[:16]}.npz"
         return storage.join(storage.join(self.directory, stage), name)
@@ -149,6 +143,22 @@ class StageCheckpoint:
             return None
 
 
+def _digest(digest: Any, argument: Any) -> None:
+    """Feed what in ``argument`` changes a result to ``digest``: array bytes (a repr would
+    elide them), a spec's fingerprint, each item of a tuple (per-horizon models)."""
+    if isinstance(argument, np.ndarray):
+        digest.update(f"{argument.dtype}{argument.shape}".encode())
+        digest.update(np.ascontiguousarray(argument).tobytes())
+    elif isinstance(argument, Fingerprinted):
+        digest.update(argument.fingerprint().encode())
+    elif isinstance(argument, tuple) and not dataclasses.is_dataclass(argument):
+        digest.update(f"tuple{len(argument)}".encode())
+        for item in argument:
+            _digest(digest, item)
+    else:
+        digest.update(repr(argument).encode())
+
+
 def _batch_of(arguments: tuple[Any, ...]) -> TrainingBatch:
     """The batch a task's arguments are about (its first TrainingBatch)."""
     return next(a for a in arguments if isinstance(a, TrainingBatch))
@@ -163,6 +173,11 @@ def flatten(value: Any, prefix: str = "") -> Arrays:
         return arrays
     if isinstance(value, pa.Table):
         return _flatten_table(value, prefix)
+    if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+        arrays = {f"{prefix}count": np.asarray(len(value))}
+        for i, item in enumerate(value):
+            arrays |= flatten(item, f"{prefix}{i}.")
+        return arrays
     array = np.asarray(value)
     if array.dtype == object:
         raise TypeError(f"checkpoint field {prefix.rstrip('.')} is not a plain array")
@@ -192,6 +207,10 @@ def rebuild(kind: Any, arrays: Arrays, prefix: str = "") -> Any:
             for item in dataclasses.fields(kind)
         }
         return kind(**values)
+    if typing.get_origin(kind) is tuple and dataclasses.is_dataclass(typing.get_args(kind)[0]):
+        item = typing.get_args(kind)[0]
+        count = int(arrays[f"{prefix}count"])
+        return tuple(rebuild(item, arrays, f"{prefix}{i}.") for i in range(count))
     if kind is pa.Table:
         columns = [str(c) for c in arrays[f"{prefix}columns"]]
         return pa.table({c: _column(arrays, f"{prefix}{c}") for c in columns})

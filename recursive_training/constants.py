@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
-RESULTS_SCHEMA_VERSION: Final = 2
-STATE_SCHEMA_VERSION: Final = 1
+RESULTS_SCHEMA_VERSION: Final = 3
+STATE_SCHEMA_VERSION: Final = 2
 RESULTS_KIND: Final = "pulse.dev/TrainingResults"
 STATE_KIND: Final = "pulse.dev/TrainingState"
 SERIES_METRICS_KIND: Final = "pulse.dev/SeriesMetrics"

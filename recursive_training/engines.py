@@ -383,7 +383,7 @@ def serial_is_enough(batches: Sequence[TrainingBatch], lags: int) -> str | None:
         return f"only {len(working)} batch(es) hold samples"
     variables = len(working[0].variables)
     features = 1 + variables * lags
-    samples = sum(b.train_rows[1] - b.train_rows[0] for b in working)
+    samples = sum(b.train_samples for b in working)
     work = samples * features * (features + variables)
     if work < MIN_LOCAL_DASK_WORK:
         return (

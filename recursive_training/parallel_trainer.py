@@ -23,17 +23,20 @@ from recursive_training.exceptions import DataError
 class TrainingBatch:
     """One date range ``[start, end)`` and the global rows it needs.
 
-    Row numbers index the source's timestamps. ``train_rows`` are realization rows whose
-    samples this batch adds to the statistics; ``eval_rows`` are origin rows it predicts;
-    ``window_rows`` is what it loads: both, plus lags, rule history and fill margin.
+    Row numbers index the source's timestamps. Per horizon (in the order of ``horizons``),
+    ``train_rows`` are the realization rows whose samples this batch adds to the statistics
+    and ``eval_rows`` the origin rows it predicts; ``window_rows`` is what it loads: every
+    horizon's rows, plus lags, rule history and fill margin. A horizon's rows are those a
+    run of that horizon alone plans, so each horizon computes what it would alone.
     """
 
     batch_id: int
     start: pd.Timestamp
     end: pd.Timestamp
     variables: tuple[str, ...]
-    train_rows: tuple[int, int]
-    eval_rows: tuple[int, int]
+    horizons: tuple[int, ...]
+    train_rows: tuple[tuple[int, int], ...]
+    eval_rows: tuple[tuple[int, int], ...]
     window_rows: tuple[int, int]
     window_first: pd.Timestamp
     window_last: pd.Timestamp
@@ -46,8 +49,13 @@ class TrainingBatch:
 
     @property
     def is_empty(self) -> bool:
-        """True when the batch has no row to train on and none to evaluate."""
-        return self.train_rows[0] >= self.train_rows[1] and self.eval_rows[0] >= self.eval_rows[1]
+        """True when the batch has no row to train on and none to evaluate, at any horizon."""
+        return not any(a < b for a, b in (*self.train_rows, *self.eval_rows))
+
+    @property
+    def train_samples(self) -> int:
+        """Realization rows trained on, summed over horizons."""
+        return sum(b - a for a, b in self.train_rows if b > a)
 
     def __str__(self) -> str:
         return f"batch {self.batch_id} [{self.start:%Y-%m-%d}, {self.end:%Y-%m-%d})"
@@ -85,17 +93,18 @@ def plan_batches(
     batch_size_days: int,
     variables: Sequence[str],
     lags: int,
-    horizon: int,
+    horizons: Sequence[int],
     history: int,
     fill_limit: int,
 ) -> list[TrainingBatch]:
     """Cut ``[start, end)`` into batches; every sample lands in exactly one batch per role.
 
-    A sample with origin row o is usable when ``o >= lags`` (its lagged changes exist) and
-    its realization row ``o + horizon`` is before ``end``. It trains the batch holding its
-    realization and is evaluated by the batch holding its origin. Windows also load
+    A sample of horizon h with origin row o is usable when ``o >= lags`` (its lagged changes
+    exist) and its realization row ``o + h`` is before ``end``. It trains the batch holding
+    its realization and is evaluated by the batch holding its origin. Windows also load
     ``history`` rows (the longest rule window) and ``fill_limit`` rows before the first
-    origin, so forward-filling and rules see the same values in every batching.
+    origin, so forward-filling and rules see the same values in every batching (and a
+    window widened for other horizons changes nothing).
     """
     rows = int(timestamps.searchsorted(end))
     edges = batch_boundaries(start, end, batch_size_days)
@@ -103,10 +112,18 @@ def plan_batches(
     positions[-1] = rows
     batches = []
     for k, (lo, hi) in enumerate(itertools.pairwise(positions)):
-        train = (max(lo, lags + horizon), hi)
-        evaluate = (max(lo, lags), min(hi, rows - horizon))
-        first = max(0, min(train[0] - horizon, evaluate[0]) - max(lags, history) - fill_limit)
-        last = min(rows, max(train[1], evaluate[1] + horizon))
+        train = tuple((max(lo, lags + h), hi) for h in horizons)
+        evaluate = tuple((max(lo, lags), min(hi, rows - h)) for h in horizons)
+        first = max(
+            0,
+            min(min(t[0] - h, e[0]) for h, t, e in zip(horizons, train, evaluate, strict=True))
+            - max(lags, history)
+            - fill_limit,
+        )
+        last = min(
+            rows,
+            max(max(t[1], e[1] + h) for h, t, e in zip(horizons, train, evaluate, strict=True)),
+        )
         window = (first, max(first, last))
         batches.append(
             TrainingBatch(
@@ -114,6 +131,7 @@ def plan_batches(
                 start=edges[k],
                 end=edges[k + 1],
                 variables=tuple(variables),
+                horizons=tuple(horizons),
                 train_rows=train,
                 eval_rows=evaluate,
                 window_rows=window,

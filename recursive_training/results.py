@@ -85,7 +85,35 @@ def rule_trust_table(rule_table: list[tuple[str, str, float, float]], fdr: float
 
 
 def metrics_table(result: TrainingResult) -> pa.Table:
-    """The per-series metrics of a run (``metrics.parquet``)."""
+    """The per-series metrics of a run (``metrics.parquet``): one row per series and
+    horizon, horizon by horizon."""
+    return pa.concat_tables(
+        [_with_horizon(_horizon_metrics(r), r.structure.horizon, 1) for r in _horizons(result)]
+    )
+
+
+def run_rules_table(result: TrainingResult) -> pa.Table:
+    """Every rule of every horizon (``rules.parquet``), each horizon's rules validated
+    among themselves, as a run of that horizon alone validates them."""
+    return pa.concat_tables(
+        [
+            _with_horizon(rule_trust_table(r.rule_table, result.config.fdr), r.structure.horizon, 2)
+            for r in _horizons(result)
+        ]
+    )
+
+
+def _horizons(result: TrainingResult) -> tuple[TrainingResult, ...]:
+    return result.by_horizon or (result,)
+
+
+def _with_horizon(table: pa.Table, horizon: int, position: int) -> pa.Table:
+    """``table`` with a ``horizon`` column at ``position``."""
+    column = pa.array(np.full(table.num_rows, horizon, dtype=np.int32))
+    return table.add_column(position, "horizon", column)
+
+
+def _horizon_metrics(result: TrainingResult) -> pa.Table:
     dropped = np.zeros(len(result.variables))
     for evaluation in result.evaluations.values():
         dropped = dropped + evaluation.dropped_missing  # a count per series or for all
@@ -102,9 +130,31 @@ def build_document(result: TrainingResult, rules: pa.Table | None = None) -> dic
 
     The series' names, every series' metrics (overall and per batch), every rule and the
     coefficients (unless one model serves all) are listed only up to SERIES_DETAIL_LIMIT
-    series; the summary across series is there at any size. ``rules`` is the run's
-    rule_trust_table when the caller has it.
+    series; the summary across series is there at any size. ``rules`` is the first
+    horizon's rule_trust_table when the caller has it.
+
+    Schema 3: everything of schema 2 is there and is about the run's first horizon (so a
+    reader of schema 2 reads a one-horizon run as before); ``horizons`` lists the horizons
+    and, with more than one, ``by_horizon`` holds each horizon's metrics, batches, rules
+    and model as the top level holds the first's.
     """
+    document = _horizon_document(result, rules)
+    document["horizons"] = list(result.horizons)
+    if len(result.by_horizon) > 1:
+        document["by_horizon"] = [
+            {"horizon": r.structure.horizon}
+            | {k: v for k, v in _horizon_document(r).items() if k in HORIZON_SECTIONS}
+            for r in result.by_horizon
+        ]
+    return document
+
+
+HORIZON_SECTIONS: Final = ("metrics", "model", "rule_extremes", "batches", "rules")
+"""The parts of the results document that ``by_horizon`` repeats for each horizon."""
+
+
+def _horizon_document(result: TrainingResult, rules: pa.Table | None = None) -> dict[str, Any]:
+    """The results document of one horizon of ``result`` (its per-horizon fields)."""
     variables = result.variables
     detailed = len(variables) <= SERIES_DETAIL_LIMIT
     if rules is None:
@@ -142,6 +192,7 @@ def build_document(result: TrainingResult, rules: pa.Table | None = None) -> dic
     across = series_summary(variables, result.errors)
     skill = across["skill_vs_persistence"]
     headline = {
+        "horizon": result.structure.horizon,
         "series": len(variables),
         "mean_skill_vs_persistence": skill["mean"],
         "median_skill_vs_persistence": skill["p50"],
@@ -182,7 +233,7 @@ def build_document(result: TrainingResult, rules: pa.Table | None = None) -> dic
             "features": result.features,
             "ridge_alpha": result.config.ridge_alpha,
             "half_life_days": result.config.half_life_days,
-            "samples": result.state.stats.n,
+            "samples": result.state.stats[result.state.horizons.index(result.structure.horizon)].n,
             "min_train_samples": result.config.evaluation_threshold(len(result.features)),
         },
         "series_detail": {"listed": detailed, "limit": SERIES_DETAIL_LIMIT},
@@ -353,11 +404,7 @@ def write_outputs(
         ),
         (
             locations["rules"],
-            parquet_bytes(
-                stamped(
-                    rule_trust_table(result.rule_table, config.fdr), RULE_TRUST_KIND, result.run_id
-                )
-            ),
+            parquet_bytes(stamped(run_rules_table(result), RULE_TRUST_KIND, result.run_id)),
             PARQUET,
         ),
     ]

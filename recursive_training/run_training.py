@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("model and rules")
     model.add_argument("--horizon", type=int, metavar="STEPS", help=_field_help("horizon"))
+    model.add_argument("--horizons", type=_csv, metavar="H1,H2,...", help=_field_help("horizons"))
     model.add_argument("--lags", type=int, metavar="L", help=_field_help("lags"))
     model.add_argument(
         "--ridge-alpha", type=float, metavar="ALPHA", help=_field_help("ridge_alpha")

@@ -9,6 +9,7 @@ README reference are built from the same words).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from datetime import datetime
 from pathlib import Path
@@ -66,7 +67,15 @@ class TrainingConfig(BaseModel):
     )
 
     # --- model ------------------------------------------------------------------------
-    horizon: int = Field(1, ge=1, description="Forecast horizon h in steps (rows).")
+    horizon: int = Field(
+        1, ge=1, description="Forecast horizon h in steps (rows); --horizons gives several."
+    )
+    horizons: tuple[int, ...] | None = Field(
+        None,
+        description="Several forecast horizons in one run, increasing (1,5,20): each has its "
+        "own samples, walk-forward models, metrics and rule counts, as if run alone; the "
+        "features are built once for all. Replaces --horizon.",
+    )
     lags: int = Field(
         5, ge=1, description="Number of past changes of every variable used as features."
     )
@@ -279,6 +288,19 @@ class TrainingConfig(BaseModel):
             raise ValueError(f"lists {', '.join(duplicates)} more than once")
         return names
 
+    @field_validator("horizons")
+    @classmethod
+    def _check_horizons(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("give at least one horizon (--horizons 1,5,20)")
+        if min(value) < 1:
+            raise ValueError(f"horizons must be at least 1 step; got {_listed(value)}")
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError(f"list horizons once each, increasing (1,5,20); got {_listed(value)}")
+        return value
+
     @field_validator("max_memory", mode="before")
     @classmethod
     def _parse_bytes(cls, value: Any) -> Any:
@@ -305,6 +327,11 @@ class TrainingConfig(BaseModel):
             raise ValueError(
                 f"start_date {self.start_date:%Y-%m-%d} must be before "
                 f"end_date {self.end_date:%Y-%m-%d}"
+            )
+        if self.horizons is not None and "horizon" in self.model_fields_set:
+            raise ValueError(
+                "horizon (--horizon) and horizons (--horizons) were both given; give one: "
+                "--horizons 1,5,20 for several, --horizon 5 for one"
             )
         if self.exog and self.model == "var":
             raise ValueError(
@@ -345,6 +372,11 @@ class TrainingConfig(BaseModel):
             read_timeout=self.s3_read_timeout,
         )
 
+    @property
+    def forecast_horizons(self) -> tuple[int, ...]:
+        """The run's horizons: ``horizons``, else the one ``horizon``."""
+        return self.horizons if self.horizons is not None else (self.horizon,)
+
     def evaluation_threshold(self, n_features: int) -> int:
         """Samples a batch's prefix needs before the batch is evaluated."""
         return self.min_train_samples or max(30, 2 * n_features)
@@ -378,6 +410,8 @@ class TrainingConfig(BaseModel):
                 "scale_window",
             },
         )
+        if self.horizons is not None:  # one-horizon runs keep the hash they always had
+            learned["horizons"] = list(self.horizons)
         return hashlib.sha256(json.dumps(learned, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
@@ -392,6 +426,10 @@ class TrainingConfig(BaseModel):
 def cli_flag(name: str) -> str:
     """The command-line flag of a field (``report_dir`` is ``--report``)."""
     return "--" + name.replace("_", "-").replace("report-dir", "report")
+
+
+def _listed(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
 
 
 def _s3_uri(bucket: Any, prefix: Any) -> str:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,7 @@ class TaskSpec:
     input_data: str
     input_format: str
     lags: int
-    horizon: int
+    horizons: tuple[int, ...]
     fill_limit: int
     half_life_days: float | None
     rules: tuple[str, ...]
@@ -71,7 +71,7 @@ class TaskSpec:
             input_data=config.input_data,
             input_format=config.input_format,
             lags=config.lags,
-            horizon=config.horizon,
+            horizons=config.forecast_horizons,
             fill_limit=config.fill_limit,
             half_life_days=config.half_life_days,
             rules=tuple(config.rules),
@@ -83,22 +83,25 @@ class TaskSpec:
             s3=config.s3_settings,
         )
 
-    def structure(self, columns: Sequence[str]) -> ModelStructure:
-        """The model structure over a batch's columns: the series, then the exog."""
+    def structure(self, columns: Sequence[str], horizon: int) -> ModelStructure:
+        """The model structure of one horizon over a batch's columns: the series, then the
+        exog."""
         return build_structure(
             self.model,
             [c for c in columns if c not in self.exog],
             self.lags,
-            self.horizon,
+            horizon,
             self.exog,
             self.pooled_scale,
             self.scale_window,
         )
 
-    def task_structure(self, batch: TrainingBatch, shard: SeriesShard | None) -> ModelStructure:
-        """The structure a task works on: the batch's, or one shard of its series."""
-        structure = self.structure(batch.variables)
-        return structure if shard is None else structure.shard(shard.start, shard.stop)
+    def task_structures(
+        self, batch: TrainingBatch, shard: SeriesShard | None
+    ) -> tuple[ModelStructure, ...]:
+        """The structures a task works on, one per horizon: the batch's, or one shard's."""
+        structures = (self.structure(batch.variables, h) for h in self.horizons)
+        return tuple(s if shard is None else s.shard(shard.start, shard.stop) for s in structures)
 
     def fingerprint(self) -> str:
         """Hash of every field that changes what the tasks compute (all but ``compare=False``)."""
@@ -108,7 +111,8 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class BatchStatistics:
-    """Map-stage output: the batch's training statistics, referenced at the batch end."""
+    """Map-stage output of one horizon: the batch's training statistics, referenced at the
+    batch end."""
 
     batch_id: int
     # Position of the task's first series among the batch's (0 for a whole batch): results
@@ -124,8 +128,8 @@ class BatchStatistics:
 
 @dataclass(frozen=True)
 class BatchEvaluation:
-    """Evaluation output: error sums, model-rule counts and the predictions themselves
-    (``prediction_table``)."""
+    """Evaluation output of one horizon: error sums, model-rule counts and the predictions
+    themselves (``prediction_table``)."""
 
     batch_id: int
     first_series: int  # as in BatchStatistics
@@ -136,6 +140,26 @@ class BatchEvaluation:
     dropped_missing: int
     seconds: float
     worker: str
+
+
+@dataclass(frozen=True)
+class StatisticsTask:
+    """What one statistics task returns: its batch (and shard) at every horizon of the
+    run, in the order of ``TaskSpec.horizons``."""
+
+    batch_id: int
+    first_series: int
+    by_horizon: tuple[BatchStatistics, ...]
+
+
+@dataclass(frozen=True)
+class EvaluationTask:
+    """What one evaluation task returns: its batch (and shard) at every horizon of the run
+    (a horizon without a model yet has an empty evaluation)."""
+
+    batch_id: int
+    first_series: int
+    by_horizon: tuple[BatchEvaluation, ...]
 
 
 def load_window(
@@ -179,30 +203,57 @@ def forward_fill(levels: FloatArray, limit: int) -> FloatArray:
 
 def compute_batch_statistics(
     batch: TrainingBatch, spec: TaskSpec, shard: SeriesShard | None = None
-) -> BatchStatistics:
-    """Model statistics and fixed-rule counts of the samples realized in the batch, over
-    its series or, given a shard, over those series only (the only ones loaded)."""
+) -> StatisticsTask:
+    """Model statistics and fixed-rule counts of the samples realized in the batch, at every
+    horizon, over its series or, given a shard, over those series only (the only ones
+    loaded). The window is loaded and filled once for all horizons."""
     began = time.perf_counter()
-    rules = parse_rules(spec.rules)
-    structure = spec.task_structure(batch, shard)
+    structures = spec.task_structures(batch, shard)
     first_series = 0 if shard is None else shard.start
-    n_entries = len(rule_entries(rules, structure.series))
-    first, stop = batch.train_rows
-    if first >= stop:
-        empty = SufficientStats(structure.zeros(), np.zeros(n_entries), np.zeros(n_entries))
-        return BatchStatistics(
-            batch.batch_id,
-            first_series,
-            empty,
-            0,
-            time.perf_counter() - began,
-            current_worker(),
-            0,
-            np.zeros(len(structure.columns), dtype=np.int64),
+    trains = any(a < b for a, b in batch.train_rows)
+    levels, stamps = load_window(batch, spec, structures[0].columns) if trains else (None, None)
+    loaded = (time.perf_counter() - began) / len(structures)
+    parts = []
+    for structure, rows in zip(structures, batch.train_rows, strict=True):
+        started = time.perf_counter()
+        stats, dropped, candidates, usable = _horizon_statistics(
+            batch, spec, structure, rows, levels, stamps
         )
-    levels, stamps = load_window(batch, spec, structure.columns)
-    origins = np.arange(first, stop) - spec.horizon - batch.window_rows[0]
-    weights = forgetting_weights(stamps[origins + spec.horizon], batch.end, spec.half_life_days)
+        seconds = loaded + time.perf_counter() - started
+        parts.append(
+            BatchStatistics(
+                batch.batch_id,
+                first_series,
+                stats,
+                dropped,
+                seconds,
+                current_worker(),
+                candidates,
+                usable,
+            )
+        )
+    return StatisticsTask(batch.batch_id, first_series, tuple(parts))
+
+
+def _horizon_statistics(
+    batch: TrainingBatch,
+    spec: TaskSpec,
+    structure: ModelStructure,
+    rows: tuple[int, int],
+    levels: FloatArray | None,
+    stamps: NDArray[np.datetime64] | None,
+) -> tuple[SufficientStats, int, int, NDArray[np.int64]]:
+    """One horizon's statistics, rule counts, dropped samples, candidates and usable counts
+    of the samples realized in ``rows``."""
+    rules = parse_rules(spec.rules)
+    n_entries = len(rule_entries(rules, structure.series))
+    first, stop = rows
+    if first >= stop or levels is None or stamps is None:
+        empty = SufficientStats(structure.zeros(), np.zeros(n_entries), np.zeros(n_entries))
+        return empty, 0, 0, np.zeros(len(structure.columns), dtype=np.int64)
+    horizon = structure.horizon
+    origins = np.arange(first, stop) - horizon - batch.window_rows[0]
+    weights = forgetting_weights(stamps[origins + horizon], batch.end, spec.half_life_days)
     parts = [
         shard.statistics(window, origins, weights)
         for _, shard, window in _shards(structure, levels, spec.shard_series)
@@ -213,7 +264,7 @@ def compute_batch_statistics(
     # for per-series structures (a missing outcome abstains).
     kept = complete.any(axis=1)
     series = levels[:, : len(structure.series)]
-    outcome = series[origins[kept] + spec.horizon] - series[origins[kept]]
+    outcome = series[origins[kept] + horizon] - series[origins[kept]]
     hits, misses = fixed_rule_counts(
         series,
         origins[kept],
@@ -222,15 +273,11 @@ def compute_batch_statistics(
         rules,
         structure.series,
     )
-    return BatchStatistics(
-        batch.batch_id,
-        first_series,
+    return (
         SufficientStats(moments, hits, misses),
         _dropped(structure, len(origins), complete),
-        time.perf_counter() - began,
-        current_worker(),
         len(origins),
-        feats.usable_by_variable(levels, origins, spec.lags, spec.horizon),
+        feats.usable_by_variable(levels, origins, spec.lags, horizon),
     )
 
 
@@ -238,6 +285,7 @@ def prediction_table(
     origin: NDArray[np.datetime64],
     realized: NDArray[np.datetime64],
     batch_id: int,
+    horizon: int,
     variable: NDArray[np.intp],
     variables: Sequence[str],
     predicted: FloatArray,
@@ -255,6 +303,7 @@ def prediction_table(
             "origin": origin,
             "realized": realized,
             "batch_id": pa.array(np.full(len(origin), batch_id, dtype=np.int32)),
+            "horizon": pa.array(np.full(len(origin), horizon, dtype=np.int32)),
             "variable": pa.DictionaryArray.from_arrays(
                 pa.array(variable, type=pa.int32()), pa.array(list(variables), type=pa.string())
             ),
@@ -267,47 +316,117 @@ def prediction_table(
 def evaluate_batch(
     batch: TrainingBatch,
     spec: TaskSpec,
-    coefficients: FloatArray,
+    coefficients: tuple[FloatArray | None, ...],
     shard: SeriesShard | None = None,
-) -> BatchEvaluation:
-    """Predict the samples whose origin is in the batch with the model known at its start;
-    given a shard, only its series, with its ``coefficients`` (``shard_coefficients``)."""
+) -> EvaluationTask:
+    """Predict the samples whose origin is in the batch with the models known at its start,
+    one per horizon (None: that horizon has no model yet, and is not evaluated); given a
+    shard, only its series, with its ``coefficients`` (``shard_coefficients``)."""
     began = time.perf_counter()
-    structure = spec.task_structure(batch, shard)
-    levels, stamps = load_window(batch, spec, structure.columns)
-    every_origin = np.arange(*batch.eval_rows) - batch.window_rows[0]
-    parts = [
-        shard.predict(structure.shard_coefficients(coefficients, *span), window, every_origin)
-        for span, shard, window in _shards(structure, levels, spec.shard_series)
-    ]
-    every_complete = np.concatenate([f.complete for f in parts], axis=1)
+    structures = spec.task_structures(batch, shard)
+    first_series = 0 if shard is None else shard.start
+    levels, stamps = load_window(batch, spec, structures[0].columns)
+    loaded = (time.perf_counter() - began) / len(structures)
+    parts = []
+    for structure, rows, model in zip(structures, batch.eval_rows, coefficients, strict=True):
+        started = time.perf_counter()
+        part = _horizon_evaluation(batch, spec, structure, rows, model, levels, stamps)
+        parts.append(
+            replace(part, first_series=first_series, seconds=loaded + time.perf_counter() - started)
+        )
+    return EvaluationTask(batch.batch_id, first_series, tuple(parts))
+
+
+def _horizon_evaluation(
+    batch: TrainingBatch,
+    spec: TaskSpec,
+    structure: ModelStructure,
+    rows: tuple[int, int],
+    coefficients: FloatArray | None,
+    levels: FloatArray,
+    stamps: NDArray[np.datetime64],
+) -> BatchEvaluation:
+    """One horizon's predictions of the origins in ``rows``, its error sums and model-rule
+    counts (all empty without a model)."""
+    every_origin = np.arange(*rows) - batch.window_rows[0]
+    if coefficients is None:
+        every_origin = every_origin[:0]
+    parts = (
+        [
+            shard.predict(structure.shard_coefficients(coefficients, *span), window, every_origin)
+            for span, shard, window in _shards(structure, levels, spec.shard_series)
+        ]
+        if coefficients is not None
+        else []
+    )
+    n_series = len(structure.series)
+    if parts:
+        every_complete = np.concatenate([f.complete for f in parts], axis=1)
+    else:
+        every_complete = np.zeros((0, n_series), dtype=bool)
     kept = every_complete.any(axis=1)
     origins, complete = every_origin[kept], every_complete[kept]
-    predicted = np.where(complete, np.concatenate([f.predicted[kept] for f in parts], 1), np.nan)
-    actual = np.where(complete, np.concatenate([f.actual[kept] for f in parts], 1), np.nan)
-    realized = stamps[origins + spec.horizon]
+    if parts:
+        predicted = np.where(
+            complete, np.concatenate([f.predicted[kept] for f in parts], 1), np.nan
+        )
+        actual = np.where(complete, np.concatenate([f.actual[kept] for f in parts], 1), np.nan)
+    else:
+        predicted = actual = np.zeros((0, n_series))
+    realized = stamps[origins + structure.horizon]
     weights = forgetting_weights(realized, batch.end, spec.half_life_days)
     hits, misses = sign_hits_misses(predicted, actual, weights)  # the model as a sign rule
-    rows, columns = np.nonzero(complete)
+    rows_at, columns = np.nonzero(complete)
     predictions = prediction_table(
-        stamps[origins][rows],
-        realized[rows],
+        stamps[origins][rows_at],
+        realized[rows_at],
         batch.batch_id,
+        structure.horizon,
         columns,
         structure.series,
-        predicted[rows, columns],
-        actual[rows, columns],
+        predicted[rows_at, columns],
+        actual[rows_at, columns],
     )
     return BatchEvaluation(
         batch.batch_id,
-        0 if shard is None else shard.start,
+        0,
         ErrorSums.from_predictions(predicted, actual),
         hits,
         misses,
         predictions,
         _dropped(structure, len(every_origin), every_complete),
-        time.perf_counter() - began,
+        0.0,
         current_worker(),
+    )
+
+
+def merge_statistics_tasks(
+    structures: Sequence[ModelStructure], rules: Sequence[str], parts: Sequence[StatisticsTask]
+) -> StatisticsTask:
+    """One batch's statistics tasks (its shards, in series order) merged, horizon by
+    horizon (``structures``: one per horizon)."""
+    return StatisticsTask(
+        parts[0].batch_id,
+        0,
+        tuple(
+            merge_statistics(structure, rules, [p.by_horizon[i] for p in parts])
+            for i, structure in enumerate(structures)
+        ),
+    )
+
+
+def merge_evaluation_tasks(
+    structures: Sequence[ModelStructure], parts: Sequence[EvaluationTask]
+) -> EvaluationTask:
+    """One batch's evaluation tasks (its shards, in series order) merged, horizon by
+    horizon."""
+    return EvaluationTask(
+        parts[0].batch_id,
+        0,
+        tuple(
+            merge_evaluations(structure, [p.by_horizon[i] for p in parts])
+            for i, structure in enumerate(structures)
+        ),
     )
 
 
@@ -381,6 +500,7 @@ def merge_evaluations(
             origin[order],
             column("realized")[order],
             parts[0].batch_id,
+            structure.horizon,
             variable[order],
             structure.series,
             column("predicted")[order],

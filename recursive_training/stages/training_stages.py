@@ -53,11 +53,13 @@ from recursive_training.rules import (
 from recursive_training.stages.tasks import (
     BatchEvaluation,
     BatchStatistics,
+    EvaluationTask,
+    StatisticsTask,
     TaskSpec,
     compute_batch_statistics,
     evaluate_batch,
-    merge_evaluations,
-    merge_statistics,
+    merge_evaluation_tasks,
+    merge_statistics_tasks,
 )
 from recursive_training.state import TrainingState
 from recursive_training.statistics import SufficientStats, decay_factor
@@ -68,12 +70,18 @@ ProgressCallback = Callable[[str, int, int], None]  # (stage, batches done, batc
 
 # --- the pipeline (runs in the driver) ---------------------------------------------------
 
-StageResult = TypeVar("StageResult", BatchStatistics, BatchEvaluation)
+StageResult = TypeVar("StageResult", StatisticsTask, EvaluationTask)
 
 
 @dataclass
 class TrainingResult:
-    """What a run learned and measured; ``results.build_document`` turns it into JSON."""
+    """What a run learned and measured; ``results.build_document`` turns it into JSON.
+
+    The per-horizon fields (structure, statistics, evaluations, coefficients, rules,
+    errors) are those of the run's first horizon; ``by_horizon`` holds one result per
+    horizon (each as a run of that horizon alone would give it), and ``predictions`` every
+    horizon's.
+    """
 
     run_id: str
     config: TrainingConfig
@@ -95,22 +103,31 @@ class TrainingResult:
     engine: str
     seconds: float
     predictions: list[pa.Table] = field(default_factory=list)
+    by_horizon: tuple[TrainingResult, ...] = ()
+
+    @property
+    def horizons(self) -> tuple[int, ...]:
+        """The run's horizons, in order."""
+        return tuple(r.structure.horizon for r in self.by_horizon or (self,))
 
     def predictions_frame(self) -> pd.DataFrame:
-        """Every walk-forward prediction, sorted by origin then variable."""
+        """Every walk-forward prediction, sorted by horizon, origin, then variable."""
         if not self.predictions:
             return pd.DataFrame(
                 {
                     "origin": pd.Series(dtype="datetime64[ns]"),
                     "realized": pd.Series(dtype="datetime64[ns]"),
                     "batch_id": pd.Series(dtype="int32"),
+                    "horizon": pd.Series(dtype="int32"),
                     "variable": pd.Categorical([], categories=self.variables),
                     "predicted": pd.Series(dtype="float64"),
                     "actual": pd.Series(dtype="float64"),
                 }
             )
         frame: pd.DataFrame = pa.concat_tables(self.predictions).to_pandas()
-        return frame.sort_values(["origin", "variable"], kind="stable", ignore_index=True)
+        return frame.sort_values(
+            ["horizon", "origin", "variable"], kind="stable", ignore_index=True
+        )
 
 
 def resolve_range(
@@ -158,36 +175,55 @@ class RunPlan:
     source: str
     variables: list[str]
     features: list[str]
-    structure: ModelStructure
+    structures: tuple[ModelStructure, ...]  # one per horizon
     rules: tuple[RuleSpec, ...]
     start: pd.Timestamp
     end: pd.Timestamp
     n_rows: int
     batches: list[TrainingBatch]
-    initial: SufficientStats
+    initial: tuple[SufficientStats, ...]  # one per horizon
     spec: TaskSpec
     # The series shards each batch is split into, one task per (batch, shard); (None,): one
     # task per batch (var, and rules crossing series, need all series in one task).
     shards: tuple[SeriesShard | None, ...] = (None,)
 
+    @property
+    def structure(self) -> ModelStructure:
+        """The first horizon's structure (what does not depend on the horizon)."""
+        return self.structures[0]
+
     def statistics_tasks(self) -> list[tuple[Any, ...]]:
         """The statistics stage's task arguments: every batch x shard."""
         return [_with_shard((b, self.spec), s) for b in self.batches for s in self.shards]
 
-    def evaluation_tasks(self, models: dict[int, FloatArray]) -> list[tuple[Any, ...]]:
-        """The evaluation stage's task arguments: every batch with a model and origins x
-        shard, each with the coefficients its series predict with."""
-        return [
-            _with_shard((b, self.spec, self._coefficients(models[b.batch_id], s)), s)
-            for b in self.batches
-            if b.batch_id in models and b.eval_rows[0] < b.eval_rows[1]
-            for s in self.shards
-        ]
+    def evaluation_tasks(
+        self, models: dict[int, tuple[FloatArray | None, ...]]
+    ) -> list[tuple[Any, ...]]:
+        """The evaluation stage's task arguments: every batch with a model and origins at
+        some horizon x shard, each with the coefficients its series predict with per
+        horizon (None where that horizon has no model or no origin)."""
+        tasks = []
+        for b in self.batches:
+            wanted = tuple(
+                m if a < z else None
+                for m, (a, z) in zip(models.get(b.batch_id, ()), b.eval_rows, strict=False)
+            )
+            if any(m is not None for m in wanted):
+                tasks += [
+                    _with_shard((b, self.spec, self._coefficients(wanted, s)), s)
+                    for s in self.shards
+                ]
+        return tasks
 
-    def _coefficients(self, model: FloatArray, shard: SeriesShard | None) -> FloatArray:
+    def _coefficients(
+        self, models: tuple[FloatArray | None, ...], shard: SeriesShard | None
+    ) -> tuple[FloatArray | None, ...]:
         if shard is None:
-            return model
-        return self.structure.shard_coefficients(model, shard.start, shard.stop)
+            return models
+        return tuple(
+            None if m is None else self.structure.shard_coefficients(m, shard.start, shard.stop)
+            for m in models
+        )
 
 
 def _with_shard(arguments: tuple[Any, ...], shard: SeriesShard | None) -> tuple[Any, ...]:
@@ -198,9 +234,9 @@ def _with_shard(arguments: tuple[Any, ...], shard: SeriesShard | None) -> tuple[
 class StageOutputs:
     """What the map and scan stages computed, before the reduction."""
 
-    statistics: dict[int, BatchStatistics]
-    evaluations: dict[int, BatchEvaluation]
-    final: SufficientStats
+    statistics: dict[int, StatisticsTask]
+    evaluations: dict[int, EvaluationTask]
+    scans: tuple[PrefixScan, ...]  # one per horizon, complete
     engine: str
 
 
@@ -210,7 +246,9 @@ def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPl
     spec = TaskSpec.from_config(config)
     variables = [v for v in config.variables or source.variables() if v not in config.exog]
     source.check_variables([*variables, *config.exog])
-    structure = spec.structure([*variables, *config.exog])
+    horizons = config.forecast_horizons
+    structures = tuple(spec.structure([*variables, *config.exog], h) for h in horizons)
+    structure = structures[0]
     rules = parse_rules(config.rules)
     check_rule_variables(rules, variables)
     features = structure.feature_names()
@@ -219,7 +257,7 @@ def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPl
             config.resume_from or "the resume state",
             tuple(variables),
             config.lags,
-            config.horizon,
+            horizons,
             config.half_life_days,
             tuple(config.rules),
             structure.describe(),
@@ -235,7 +273,7 @@ def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPl
         config.batch_size_days,
         structure.columns,
         lags=config.lags,
-        horizon=config.horizon,
+        horizons=horizons,
         history=max(rule_history(rules), structure.history),
         fill_limit=config.fill_limit,
     )
@@ -261,13 +299,16 @@ def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPl
         source=source.uri,
         variables=variables,
         features=features,
-        structure=structure,
+        structures=structures,
         rules=rules,
         start=start,
         end=end,
         n_rows=int(((timestamps >= start) & (timestamps < end)).sum()),
         batches=batches,
-        initial=_initial_prefix(resume_state, start, config, structure, rules),
+        initial=tuple(
+            _initial_prefix(resume_state, i, start, config, s, rules)
+            for i, s in enumerate(structures)
+        ),
         spec=spec,
         shards=shards,
     )
@@ -291,11 +332,74 @@ def reduce_run(
     resume_state: TrainingState | None,
     began: float,
 ) -> TrainingResult:
-    """The final model, rule trust and error sums, and the state a later run resumes from."""
-    variables, final = plan.variables, outputs.final
-    model_hits, model_misses = _model_rule_counts(
-        resume_state, len(variables), plan.batches, outputs.evaluations, plan.end, config
+    """The final models, rule trust and error sums of every horizon, and the state a later
+    run resumes from."""
+    horizons = range(len(plan.structures))
+    evaluations = [_horizon_evaluations(plan, outputs, i) for i in horizons]
+    counts = [
+        _model_rule_counts(
+            resume_state, i, len(plan.variables), plan.batches, evaluations[i], plan.end, config
+        )
+        for i in horizons
+    ]
+    run_id = uuid.uuid4().hex[:12]
+    state = TrainingState(
+        end=plan.end,
+        variables=tuple(plan.variables),
+        features=tuple(plan.features),
+        lags=config.lags,
+        horizons=config.forecast_horizons,
+        half_life_days=config.half_life_days,
+        rules=tuple(config.rules),
+        structure=plan.structure.describe(),
+        stats=tuple(scan.prefix for scan in outputs.scans),
+        model_hits=tuple(hits for hits, _ in counts),
+        model_misses=tuple(misses for _, misses in counts),
+        run_id=run_id,
     )
+    seconds = time.perf_counter() - began
+    results = tuple(
+        _horizon_result(plan, outputs, config, i, evaluations[i], counts[i], state, seconds)
+        for i in horizons
+    )
+    return replace(
+        results[0],
+        by_horizon=results,
+        predictions=[
+            table
+            for batch_id in sorted(outputs.evaluations)
+            for table in (e[batch_id].predictions for e in evaluations if batch_id in e)
+        ],
+    )
+
+
+def _horizon_evaluations(
+    plan: RunPlan, outputs: StageOutputs, index: int
+) -> dict[int, BatchEvaluation]:
+    """The evaluations of one horizon: the batches it had a model and origins for."""
+    models = outputs.scans[index].models
+    return {
+        b.batch_id: outputs.evaluations[b.batch_id].by_horizon[index]
+        for b in plan.batches
+        if b.batch_id in outputs.evaluations
+        and b.batch_id in models
+        and b.eval_rows[index][0] < b.eval_rows[index][1]
+    }
+
+
+def _horizon_result(
+    plan: RunPlan,
+    outputs: StageOutputs,
+    config: TrainingConfig,
+    index: int,
+    evaluations: dict[int, BatchEvaluation],
+    model_counts: tuple[FloatArray, FloatArray],
+    state: TrainingState,
+    seconds: float,
+) -> TrainingResult:
+    """One horizon's result: what a run of that horizon alone reduces to."""
+    variables, structure = plan.variables, plan.structures[index]
+    final = outputs.scans[index].prefix
     rule_table = [
         (rule, target, float(h), float(m))
         for (rule, target), h, m in zip(
@@ -305,45 +409,28 @@ def reduce_run(
     if any(r.kind == MODEL_RULE for r in plan.rules):
         rule_table += [
             (MODEL_RULE, v, float(h), float(m))
-            for v, h, m in zip(variables, model_hits, model_misses, strict=True)
+            for v, h, m in zip(variables, *model_counts, strict=True)
         ]
-    evaluations = outputs.evaluations
-    errors = sum((e.errors for e in evaluations.values()), ErrorSums.zeros(len(variables)))
-    run_id = uuid.uuid4().hex[:12]
-    state = TrainingState(
-        end=plan.end,
-        variables=tuple(variables),
-        features=tuple(plan.features),
-        lags=config.lags,
-        horizon=config.horizon,
-        half_life_days=config.half_life_days,
-        rules=tuple(config.rules),
-        structure=plan.structure.describe(),
-        stats=final,
-        model_hits=model_hits,
-        model_misses=model_misses,
-        run_id=run_id,
-    )
     return TrainingResult(
-        run_id=run_id,
+        run_id=state.run_id,
         config=config,
         source=plan.source,
         variables=variables,
         features=plan.features,
-        structure=plan.structure,
+        structure=structure,
         start=plan.start,
         end=plan.end,
         n_rows=plan.n_rows,
         batches=plan.batches,
-        statistics=outputs.statistics,
+        statistics={k: task.by_horizon[index] for k, task in outputs.statistics.items()},
         evaluations=evaluations,
-        coefficients=_final_model(plan.structure, final, config.ridge_alpha),
+        coefficients=_final_model(structure, final, config.ridge_alpha),
         rule_table=rule_table,
-        errors=errors,
+        errors=sum((e.errors for e in evaluations.values()), ErrorSums.zeros(len(variables))),
         state=state,
         resumed_from=config.resume_from,
         engine=outputs.engine,
-        seconds=time.perf_counter() - began,
+        seconds=seconds,
         predictions=[evaluations[k].predictions for k in sorted(evaluations)],
     )
 
@@ -381,28 +468,46 @@ class TrainingPipeline:
         )
         with nullcontext(engine) if self.engine else engine:  # close only what we started
             log.info("Running on %s", engine.description)
-            scan = PrefixScan(plan.batches, plan.initial, plan.structure, config)
+            scans = tuple(
+                PrefixScan(plan.batches, initial, structure, config)
+                for initial, structure in zip(plan.initial, plan.structures, strict=True)
+            )
+
+            def fold(task: StatisticsTask) -> StatisticsTask:
+                """Each horizon's statistics into that horizon's scan."""
+                folded = (scan(s) for scan, s in zip(scans, task.by_horizon, strict=True))
+                return replace(task, by_horizon=tuple(folded))
+
             statistics = self._collect(
                 "statistics",
                 engine,
                 compute_batch_statistics,
                 plan.statistics_tasks(),
-                lambda parts: merge_statistics(plan.structure, config.rules, parts),
+                lambda parts: merge_statistics_tasks(plan.structures, config.rules, parts),
                 checkpoint,
-                on_result=scan,
+                on_result=fold,
             )
-            assert scan.complete, "every batch's statistics must have been folded"
-            check_coverage(plan.batches[0].variables, statistics.values(), plan.source)
+            assert all(s.complete for s in scans), "every batch's statistics must be folded"
+            for i in range(len(scans)):
+                check_coverage(
+                    plan.batches[0].variables,
+                    [task.by_horizon[i] for task in statistics.values()],
+                    plan.source,
+                )
+            models = {
+                b.batch_id: tuple(scan.models.get(b.batch_id) for scan in scans)
+                for b in plan.batches
+            }
             evaluations = self._collect(
                 "evaluation",
                 engine,
                 evaluate_batch,
-                plan.evaluation_tasks(scan.models),
-                lambda parts: merge_evaluations(plan.structure, parts),
+                plan.evaluation_tasks(models),
+                lambda parts: merge_evaluation_tasks(plan.structures, parts),
                 checkpoint,
                 on_result=self._hand_over_predictions,
             )
-        return StageOutputs(statistics, evaluations, scan.prefix, engine.description)
+        return StageOutputs(statistics, evaluations, scans, engine.description)
 
     def _collect(
         self,
@@ -452,39 +557,49 @@ class TrainingPipeline:
                     self.progress(stage, len(results), len(tasks_of))
         return results
 
-    def _hand_over_predictions(self, evaluation: BatchEvaluation) -> BatchEvaluation:
-        """Pass a batch's predictions to the sink (if any) and keep the rest."""
+    def _hand_over_predictions(self, task: EvaluationTask) -> EvaluationTask:
+        """Pass a batch's predictions (every horizon's) to the sink (if any) and keep the
+        rest."""
         if self.predictions_sink is None:
-            return evaluation
-        self.predictions_sink(evaluation.predictions)
-        # an empty table of the same schema (a slice would keep the rows' buffers alive)
-        return replace(evaluation, predictions=evaluation.predictions.schema.empty_table())
+            return task
+        kept = []
+        for evaluation in task.by_horizon:
+            if evaluation.predictions.num_rows:
+                self.predictions_sink(evaluation.predictions)
+            # an empty table of the same schema (a slice would keep the rows' buffers alive)
+            kept.append(
+                replace(evaluation, predictions=evaluation.predictions.schema.empty_table())
+            )
+        return replace(task, by_horizon=tuple(kept))
 
 
 def _require_samples(
     batches: Sequence[TrainingBatch], source: DataSource, config: TrainingConfig
 ) -> None:
-    if not any(b.train_rows[0] < b.train_rows[1] for b in batches):
-        raise DataError(
-            f"the range holds no complete sample: each needs {config.lags} earlier rows for its "
-            f"lags (or the longest rule window) and {config.horizon} later row(s) for its target; "
-            "widen the date range or lower --lags/--horizon",
-            source=source.uri,
-        )
+    for i, horizon in enumerate(config.forecast_horizons):
+        if not any(b.train_rows[i][0] < b.train_rows[i][1] for b in batches):
+            raise DataError(
+                f"the range holds no complete sample: each needs {config.lags} earlier rows "
+                f"for its lags (or the longest rule window) and {horizon} later row(s) for "
+                "its target; widen the date range or lower --lags/--horizon",
+                source=source.uri,
+            )
 
 
 def _initial_prefix(
     state: TrainingState | None,
+    index: int,
     start: pd.Timestamp,
     config: TrainingConfig,
     structure: ModelStructure,
     rules: Sequence[RuleSpec],
 ) -> SufficientStats:
-    """The statistics known before the first batch: the resume state, aged to ``start``."""
+    """The statistics of horizon ``index`` known before the first batch: the resume
+    state's, aged to ``start``."""
     if state is None:
         entries = len(rule_entries(rules, structure.series))
         return SufficientStats(structure.zeros(), np.zeros(entries), np.zeros(entries))
-    return state.stats.decayed(decay_factor(state.end, start, config.half_life_days))
+    return state.stats[index].decayed(decay_factor(state.end, start, config.half_life_days))
 
 
 def _final_model(structure: ModelStructure, final: SufficientStats, alpha: float) -> FloatArray:
@@ -545,18 +660,19 @@ class PrefixScan:
 
 def _model_rule_counts(
     state: TrainingState | None,
+    index: int,
     n: int,
     batches: Sequence[TrainingBatch],
     evaluations: dict[int, BatchEvaluation],
     end: pd.Timestamp,
     config: TrainingConfig,
 ) -> tuple[FloatArray, FloatArray]:
-    """Walk-forward hits and misses of the model per series, aged to ``end`` like every
-    other count."""
+    """Walk-forward hits and misses of horizon ``index``'s model per series, aged to
+    ``end`` like every other count."""
     hits, misses = np.zeros(n), np.zeros(n)
     if state is not None:
         factor = decay_factor(state.end, end, config.half_life_days)
-        hits, misses = state.model_hits * factor, state.model_misses * factor
+        hits, misses = state.model_hits[index] * factor, state.model_misses[index] * factor
     for batch in batches:
         if batch.batch_id in evaluations:
             factor = decay_factor(batch.end, end, config.half_life_days)

@@ -51,7 +51,7 @@ def test_default_run_writes_results_state_and_predictions(tmp_path: Path) -> Non
     )
     assert done.returncode == 0, done.stderr
     document = json.loads((out / "results.json").read_text())
-    assert document["kind"] == "pulse.dev/TrainingResults" and document["schema_version"] == 2
+    assert document["kind"] == "pulse.dev/TrainingResults" and document["schema_version"] == 3
     assert document["data"]["variables"] == ["spx_close", "us_10y_yield", "gdp_growth"]
     run_id = document["run_id"]
     assert document["files"] == {

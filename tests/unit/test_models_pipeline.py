@@ -207,7 +207,7 @@ def test_tasks_give_the_same_numbers_whatever_the_shards_of_series(model: str) -
     config = TrainingConfig.build(
         input_data=path,
         lags=LAGS,
-        horizon=HORIZON,
+        horizons=(HORIZON, HORIZON + 3),
         model=model,
         exog=["x0"],
         batch_size_days=60,
@@ -221,26 +221,31 @@ def test_tasks_give_the_same_numbers_whatever_the_shards_of_series(model: str) -
     structure = plan.structure
     rows, q = len(structure.series), structure.n_features
     coefficients = np.random.default_rng(1).standard_normal((rows, q) if model == "ar" else q)
+    models = (coefficients, coefficients * 0.5)
     for batch in plan.batches:
-        whole, parts = (
+        whole_task, parts_task = (
             compute_batch_statistics(batch, plan.spec),
             compute_batch_statistics(batch, sharded),
         )
-        for name in ("xtx", "xty", "yty", "n"):
-            np.testing.assert_allclose(
-                getattr(parts.stats.moments, name), getattr(whole.stats.moments, name), rtol=1e-9
+        for whole, parts in zip(whole_task.by_horizon, parts_task.by_horizon, strict=True):
+            for name in ("xtx", "xty", "yty", "n"):
+                np.testing.assert_allclose(
+                    getattr(parts.stats.moments, name),
+                    getattr(whole.stats.moments, name),
+                    rtol=1e-9,
+                )
+            np.testing.assert_array_equal(parts.stats.rule_hits, whole.stats.rule_hits)
+            assert parts.dropped_missing == whole.dropped_missing
+        if any(a < b for a, b in batch.eval_rows):
+            one_task, many_task = (
+                evaluate_batch(batch, plan.spec, models),
+                evaluate_batch(batch, sharded, models),
             )
-        np.testing.assert_array_equal(parts.stats.rule_hits, whole.stats.rule_hits)
-        assert parts.dropped_missing == whole.dropped_missing
-        if batch.eval_rows[0] < batch.eval_rows[1]:
-            one, many = (
-                evaluate_batch(batch, plan.spec, coefficients),
-                evaluate_batch(batch, sharded, coefficients),
-            )
-            pd.testing.assert_frame_equal(
-                many.predictions.to_pandas(), one.predictions.to_pandas(), rtol=1e-12
-            )
-            np.testing.assert_allclose(many.errors.sq_error, one.errors.sq_error, rtol=1e-12)
+            for one, many in zip(one_task.by_horizon, many_task.by_horizon, strict=True):
+                pd.testing.assert_frame_equal(
+                    many.predictions.to_pandas(), one.predictions.to_pandas(), rtol=1e-12
+                )
+                np.testing.assert_allclose(many.errors.sq_error, one.errors.sq_error, rtol=1e-12)
 
 
 def assert_same_run(got: TrainingResult, expected: TrainingResult) -> None:
@@ -256,8 +261,8 @@ def assert_same_run(got: TrainingResult, expected: TrainingResult) -> None:
         )
     for name in ("xtx", "xty", "yty", "n"):
         np.testing.assert_allclose(
-            getattr(got.state.stats.moments, name),
-            getattr(expected.state.stats.moments, name),
+            getattr(got.state.stats[0].moments, name),
+            getattr(expected.state.stats[0].moments, name),
             rtol=1e-9,
             atol=1e-12,
         )
@@ -360,6 +365,10 @@ def test_tasks_on_a_long_parquet_panel_never_scan_its_files(
     monkeypatch.setattr(LongParquetSource, "_scan", no_scan)
     for batch, known in zip(plan.batches, expected, strict=True):
         got = compute_batch_statistics(batch, plan.spec, shard)
-        np.testing.assert_array_equal(got.stats.moments.xtx, known.stats.moments.xtx)
-        np.testing.assert_array_equal(got.stats.rule_hits, known.stats.rule_hits)
+        np.testing.assert_array_equal(
+            got.by_horizon[0].stats.moments.xtx, known.by_horizon[0].stats.moments.xtx
+        )
+        np.testing.assert_array_equal(
+            got.by_horizon[0].stats.rule_hits, known.by_horizon[0].stats.rule_hits
+        )
     open_source.cache_clear()

@@ -87,12 +87,12 @@ def test_final_model_and_rule_trust_do_not_depend_on_batch_size(
     for other in runs[1:]:
         np.testing.assert_allclose(other.coefficients, first.coefficients, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(
-            other.state.stats.rule_hits, first.state.stats.rule_hits, rtol=1e-9
+            other.state.stats[0].rule_hits, first.state.stats[0].rule_hits, rtol=1e-9
         )
         np.testing.assert_allclose(
-            other.state.stats.rule_misses, first.state.stats.rule_misses, rtol=1e-9
+            other.state.stats[0].rule_misses, first.state.stats[0].rule_misses, rtol=1e-9
         )
-        assert other.state.stats.n == first.state.stats.n
+        assert other.state.stats[0].n == first.state.stats[0].n
 
 
 @EXAMPLES
@@ -157,5 +157,7 @@ def test_resuming_from_state_equals_one_long_run(
     )
     assert second.start == middle
     np.testing.assert_allclose(second.coefficients, whole.coefficients, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(second.state.stats.rule_hits, whole.state.stats.rule_hits, rtol=1e-9)
-    assert second.state.stats.n == whole.state.stats.n
+    np.testing.assert_allclose(
+        second.state.stats[0].rule_hits, whole.state.stats[0].rule_hits, rtol=1e-9
+    )
+    assert second.state.stats[0].n == whole.state.stats[0].n

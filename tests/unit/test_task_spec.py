@@ -20,7 +20,7 @@ CHANGED: dict[str, Any] = {
     "input_data": "other.csv",
     "input_format": "parquet",
     "lags": 3,
-    "horizon": 2,
+    "horizons": (1, 2),
     "fill_limit": 0,
     "half_life_days": 90.0,
     "rules": ("model",),
@@ -45,7 +45,7 @@ def test_spec_carries_the_config_values_the_tasks_read() -> None:
     )
     spec = TaskSpec.from_config(config)
     assert spec == TaskSpec(
-        "prices.csv", "csv", 2, 4, 1, 30.0, ("cross",), "var", (), "rms", 52, 0, S3Settings()
+        "prices.csv", "csv", 2, (4,), 1, 30.0, ("cross",), "var", (), "rms", 52, 0, S3Settings()
     )
     assert spec.s3.endpoint_url == "http://minio:9000"
 

@@ -95,10 +95,12 @@ def test_same_results_from_s3_as_from_local_files(
     )
     for name in ("xtx", "xty", "yty", "n"):
         np.testing.assert_array_equal(
-            getattr(state.stats.moments, name), getattr(local_state.stats.moments, name)
+            getattr(state.stats[0].moments, name), getattr(local_state.stats[0].moments, name)
         )
     for name in ("rule_hits", "rule_misses"):
-        np.testing.assert_array_equal(getattr(state.stats, name), getattr(local_state.stats, name))
+        np.testing.assert_array_equal(
+            getattr(state.stats[0], name), getattr(local_state.stats[0], name)
+        )
     predictions = pd.read_parquet(io.BytesIO(get(s3, bucket, f"run/{files['predictions']}")))
     local_predictions = pd.read_parquet(tmp_path / "out" / expected["files"]["predictions"])
     pd.testing.assert_frame_equal(predictions, local_predictions)
