@@ -68,6 +68,22 @@ def _deployment(
     }
 
 
+def policy_env(settings: OperatorSettings) -> list[dict[str, str]]:
+    """The run policy as PULSE_OPERATOR_ALLOWED_* variables (the chart fills them from the
+    same values as its admission policy's ConfigMap)."""
+    policy = settings.policy
+    lists = {
+        "IMAGE_PREFIXES": policy.image_prefixes,
+        "SERVICE_ACCOUNTS": policy.service_accounts,
+        "CREDENTIAL_SECRETS": policy.credential_secrets,
+        "S3_ENDPOINTS": policy.s3_endpoints,
+    }
+    return [
+        {"name": f"{ENV_PREFIX}ALLOWED_{key}", "value": ",".join(value)}
+        for key, value in lists.items()
+    ]
+
+
 def build_operator_deployment(
     namespace: str,
     settings: OperatorSettings,
@@ -87,6 +103,7 @@ def build_operator_deployment(
             "value": f"http://0.0.0.0:{HEALTH_PORT}/healthz",
         },
         {"name": f"{ENV_PREFIX}METRICS_PORT", "value": str(METRICS_PORT)},
+        *policy_env(settings),
     ]
     metrics = {"name": "metrics", "containerPort": METRICS_PORT}
     return _deployment(name, namespace, image, ["pulse-operator"], env, (metrics,))

@@ -21,6 +21,19 @@ class InvalidSpecError(OperatorError):
         return f"spec.{self.field}: {self.problem}"
 
 
+class PolicyViolationError(InvalidSpecError):
+    """A run names an image, ServiceAccount, Secret or endpoint that the run policy forbids."""
+
+    def __init__(self, problems: list[str]) -> None:
+        """Keep every violation; the message lists them all."""
+        super().__init__("", "; ".join(problems))
+        self.problems = problems
+
+    def __str__(self) -> str:
+        """The violations, each naming its field and rule."""
+        return self.problem
+
+
 class SettingsError(OperatorError):
     """An operator setting (environment variable or flag) has a value that cannot be used."""
 

@@ -43,8 +43,9 @@ from trainingrun_operator.constants import (
     SUCCEEDED,
     SUSPENDED,
 )
-from trainingrun_operator.exceptions import InvalidSpecError
+from trainingrun_operator.exceptions import InvalidSpecError, PolicyViolationError
 from trainingrun_operator.objects import Manifest
+from trainingrun_operator.policy import violations
 from trainingrun_operator.settings import OperatorSettings
 from trainingrun_operator.spec import RunSpec
 from trainingrun_operator.start_queue import is_admitted, start_blocker
@@ -368,8 +369,11 @@ def kstatus_truth(phase: str) -> dict[str, bool]:
     }
 
 
-def invalid_spec_outcome(body: Mapping[str, Any], message: str, now: datetime.datetime) -> Outcome:
-    """A run whose spec cannot be read: Failed and Stalled at once, nothing created."""
+def invalid_spec_outcome(
+    body: Mapping[str, Any], message: str, now: datetime.datetime, reason: str = "InvalidSpec"
+) -> Outcome:
+    """A run whose spec cannot be read or is forbidden: Failed and Stalled at once, nothing
+    created."""
     status: Mapping[str, Any] = body.get("status") or {}
     previous = list(status.get("conditions", []))
     generation = int(body["metadata"].get("generation", 1))
@@ -377,13 +381,16 @@ def invalid_spec_outcome(body: Mapping[str, Any], message: str, now: datetime.da
              CONDITION_COMPLETE)  # fmt: skip
     truth = {**dict.fromkeys(kinds, False), CONDITION_FAILED: True, **kstatus_truth(FAILED)}
     conditions = [
-        _condition(previous, kind, true, "InvalidSpec", message, generation, _now_text(now))
+        _condition(previous, kind, true, reason, message, generation, _now_text(now))
         for kind, true in truth.items()
     ]
     new = {"phase": FAILED, "message": message, "observedGeneration": generation,
            "conditions": conditions}  # fmt: skip
-    return Outcome(new, (), (Event("Warning", "InvalidSpec", message),))
+    return Outcome(new, (), (Event("Warning", reason, message),))
 
+
+# Actions that create what runs the run's code; the run policy is checked before each.
+CREATING = frozenset({Action.CREATE_CLUSTER, Action.CREATE_JOB})
 
 # Waiting reasons a user should look at: posted as Warning Events.
 WARNING_REASONS = frozenset({"Unschedulable", "NameTaken"})
@@ -433,6 +440,8 @@ async def reconcile(
     run = RunSpec.from_body(body)
     observed = await read_children(api, body, run, others)
     outcome = observe(body, run, observed, now)
+    if CREATING & set(outcome.actions) and (problems := violations(run, settings.policy)):
+        raise PolicyViolationError(problems)
     for action in outcome.actions:
         await _perform(api, action, run, observed, settings)
     return outcome
@@ -541,6 +550,8 @@ async def sync_run(
             now = datetime.datetime.now(datetime.UTC)
             try:
                 outcome = await reconcile(api, body, settings, now, watched_runs)
+            except PolicyViolationError as e:
+                outcome = invalid_spec_outcome(body, str(e), now, "PolicyViolation")
             except InvalidSpecError as e:
                 outcome = invalid_spec_outcome(body, str(e), now)
             # Only what changed, so an idle run costs two GETs per resync and no write.

@@ -14,9 +14,15 @@ from typing import Any
 
 from trainingrun_operator.constants import DEFAULT_IMAGE
 from trainingrun_operator.exceptions import SettingsError
+from trainingrun_operator.policy import ANY, RunPolicy
 
 ENV_PREFIX = "PULSE_OPERATOR_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Fields given as comma-separated lists.
+LIST_FIELDS = frozenset({
+    "namespaces", "allowed_image_prefixes", "allowed_service_accounts",
+    "allowed_credential_secrets", "allowed_s3_endpoints",
+})  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +45,15 @@ class OperatorSettings:
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
     # Port of the Prometheus metrics endpoint (text format, any path, e.g. /metrics); 0 = off.
     metrics_port: int = 9090
+    # The run policy (policy.py), re-checked before a run's pods are created. Images runs may
+    # name (exact, or prefixes ending in / : @); empty means `image` alone.
+    allowed_image_prefixes: tuple[str, ...] = ()
+    # ServiceAccounts runs may name; a run that names none always gets its own.
+    allowed_service_accounts: tuple[str, ...] = ()
+    # Secrets runs may name as data/output credentials; "*" allows any.
+    allowed_credential_secrets: tuple[str, ...] = (ANY,)
+    # S3 endpoint URLs runs may name in data.endpoint; "*" allows any.
+    allowed_s3_endpoints: tuple[str, ...] = (ANY,)
 
     def __post_init__(self) -> None:
         """Reject values that would only fail later."""
@@ -52,6 +67,16 @@ class OperatorSettings:
             raise SettingsError(
                 f"{ENV_PREFIX}RESYNC_SECONDS", str(self.resync_seconds), "a positive number"
             )
+
+    @property
+    def policy(self) -> RunPolicy:
+        """The run policy these settings describe."""
+        return RunPolicy(
+            image_prefixes=self.allowed_image_prefixes or (self.image,),
+            service_accounts=self.allowed_service_accounts,
+            credential_secrets=self.allowed_credential_secrets,
+            s3_endpoints=self.allowed_s3_endpoints,
+        )
 
     @property
     def default_resources(self) -> dict[str, dict[str, str]]:
@@ -84,7 +109,7 @@ class OperatorSettings:
 
 def _parse(name: str, raw: str) -> Any:
     """Convert one environment value to the type of the field `name`."""
-    if name == "namespaces":
+    if name in LIST_FIELDS:
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     if name == "resync_seconds":
         try:

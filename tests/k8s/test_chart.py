@@ -196,6 +196,39 @@ def test_uninstall_first_deletes_the_runs_as_the_operator(assets: Path) -> None:
     assert not by_kind(render(assets, "--set=uninstall.deleteRuns=false"), "Job")
 
 
+def test_the_run_policy_defaults_to_the_chart_image_and_run_accounts(assets: Path) -> None:
+    """The policy ConfigMap and the operator's variables hold the same lists: by default the
+    chart's image and no named account; runServiceAccounts' names are added; off: no policy
+    objects, the operator still checks."""
+    objects = render(assets)
+    data = by_kind(objects, "ConfigMap")["pulse-pulse-recursive-training-run-policy"]["data"]
+    assert data == {
+        "allowedImagePrefixes": "pulse-recursive-training:0.1.0",
+        "allowedServiceAccountNames": "",
+        "allowedCredentialSecrets": "*",
+        "allowedS3Endpoints": "*",
+    }
+    policy = by_kind(objects, "ValidatingAdmissionPolicy")
+    binding = by_kind(objects, "ValidatingAdmissionPolicyBinding")
+    assert set(policy) == set(binding) == {"pulse-pulse-recursive-training-run-policy"}
+    assert binding["pulse-pulse-recursive-training-run-policy"]["spec"]["paramRef"] == {
+        "name": "pulse-pulse-recursive-training-run-policy",
+        "namespace": RELEASE_NAMESPACE,
+        "parameterNotFoundAction": "Deny",
+    }
+    irsa = render(
+        assets, f"--values={IRSA_VALUES}", "--set=runPolicy.allowedServiceAccountNames={x}"
+    )
+    data = by_kind(irsa, "ConfigMap")["pulse-pulse-recursive-training-run-policy"]["data"]
+    assert data["allowedServiceAccountNames"] == "x,pulse-runs"
+    container = by_kind(irsa, "Deployment")["pulse-pulse-recursive-training"]["spec"]["template"][
+        "spec"]["containers"][0]  # fmt: skip
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["PULSE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS"] == "x,pulse-runs"
+    off = render(assets, "--set=runPolicy.enabled=false")
+    assert not by_kind(off, "ValidatingAdmissionPolicy") and not by_kind(off, "ConfigMap")
+
+
 def test_irsa_example_creates_an_annotated_run_service_account(assets: Path) -> None:
     """The S3/IRSA example: an annotated ServiceAccount, bound to no cluster-wide driver role
     (the operator binds each run's own Role to it)."""

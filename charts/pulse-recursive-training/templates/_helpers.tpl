@@ -97,3 +97,29 @@ tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/*
+The run policy's lists, comma-joined: the ConfigMap of the admission policy and the
+operator's PULSE_OPERATOR_ALLOWED_* variables take the same strings.
+*/}}
+{{- define "pulse-recursive-training.runImage" -}}
+{{- default (include "pulse-recursive-training.image" .) .Values.operator.runDefaults.image }}
+{{- end }}
+
+{{- define "pulse-recursive-training.policy.imagePrefixes" -}}
+{{- join "," (default (list (include "pulse-recursive-training.runImage" .)) .Values.runPolicy.allowedImagePrefixes) }}
+{{- end }}
+
+{{- define "pulse-recursive-training.policy.serviceAccounts" -}}
+{{- $names := .Values.runPolicy.allowedServiceAccountNames }}
+{{- range .Values.runServiceAccounts }}{{ $names = append $names .name }}{{ end }}
+{{- join "," (uniq $names) }}
+{{- end }}
+
+{{- define "pulse-recursive-training.policy.credentialSecrets" -}}
+{{- join "," .Values.runPolicy.allowedCredentialSecrets }}
+{{- end }}
+
+{{- define "pulse-recursive-training.policy.s3Endpoints" -}}
+{{- join "," .Values.runPolicy.allowedS3Endpoints }}
+{{- end }}
