@@ -58,6 +58,7 @@ SKILL_LIMITS: Final = (0.1, 0.2, 0.5, 1.0)
 """Heatmap colours saturate at the first of these that covers 90% of the cells (the last if
 none does): a tiny batch can score -900, and typical skills of 0.05 would all look white."""
 ACTUAL, PREDICTED, VALIDATED, OTHER = "#7f7f7f", "#1f77b4", "#2a9d8f", "#c4c4c4"
+INTERVAL_PREFIXES: Final = ("lower_", "upper_")
 NOT_EVALUATED: Final = "No batch was evaluated (see the walk-forward predictions above)."
 
 T = TypeVar("T")
@@ -116,6 +117,8 @@ def render_report(
             "Skill against persistence by batch": [_skill_by_batch(document, folder)],
             "Rule trust": [_rule_trust(document, folder)],
         }
+    if "intervals" in document["metrics"]:
+        sections["Prediction intervals"] = [_interval_coverage(document, folder)]
     page = folder / "index.html"
     _write(page, _page(document, sections).encode())
     charts = [s.path for group in sections.values() for s in group if s.path is not None]
@@ -199,9 +202,12 @@ def _predictions_of(predictions: Predictions, names: Sequence[str]) -> pd.DataFr
     """
     columns = ["realized", "variable", "predicted", "actual"]
     if isinstance(predictions, pd.DataFrame):
+        columns += [c for c in predictions.columns if c.startswith(INTERVAL_PREFIXES)]
         frame = predictions.loc[predictions["variable"].isin(names), columns]
     else:
         try:
+            names_in_file = pq.read_schema(predictions).names
+            columns += [c for c in names_in_file if c.startswith(INTERVAL_PREFIXES)]
             table = pq.read_table(
                 predictions, columns=columns, filters=[("variable", "in", list(names))]
             )
@@ -305,6 +311,7 @@ def _variable_chart(name: str, frame: pd.DataFrame, horizon: int, path: Path) ->
             label=label,
             marker=None if dense else ".",
         )
+    _interval_bands(series, frame)
     series.axhline(0.0, color="black", lw=0.5)
     series.set(
         title="Predicted and actual change",
@@ -328,6 +335,21 @@ def _variable_chart(name: str, frame: pd.DataFrame, horizon: int, path: Path) ->
     )
     _date_axis(cumulative)
     return _save(figure, path)
+
+
+def _interval_bands(axes: Axes, frame: pd.DataFrame) -> None:
+    """The prediction intervals as bands around the prediction, the widest palest."""
+    labels = [c.removeprefix("lower_") for c in frame.columns if c.startswith("lower_")]
+    for i, label in enumerate(labels[::-1]):
+        axes.fill_between(
+            frame["realized"].to_numpy(),
+            frame[f"lower_{label}"].to_numpy(dtype=np.float64),
+            frame[f"upper_{label}"].to_numpy(dtype=np.float64),
+            color=PREDICTED,
+            alpha=0.25 + 0.2 * i,
+            lw=0,
+            label=f"{label.replace('_', '.')}% interval",
+        )
 
 
 def _calibration(axes: Axes, predicted: FloatArray, actual: FloatArray) -> None:
@@ -594,6 +616,81 @@ def _skill_by_batch(document: dict[str, Any], folder: Path) -> Section:
         title,
         "Above zero the model beats predicting no change. Batches with few "
         "samples (often the last, partial one) give noisy skill.",
+        path,
+    )
+
+
+# --- prediction intervals ------------------------------------------------------------------
+
+
+def _interval_coverage(document: dict[str, Any], folder: Path) -> Section:
+    """Empirical against nominal coverage per level (with the binomial band a calibrated
+    interval would fall in), and the coverage of every batch."""
+    title = "Coverage against nominal"
+    levels = document["metrics"]["intervals"]["levels"]
+    measured = {label: m for label, m in levels.items() if m["coverage"] is not None}
+    if not measured:
+        return Section(
+            title,
+            "No prediction had an interval yet: a series needs "
+            + ", ".join(
+                f"{m['min_residuals']} residuals at {m['level']:g}" for m in levels.values()
+            )
+            + " realized before a batch starts.",
+        )
+    figure = Figure(figsize=(13, 4.5), layout="constrained")
+    overall, by_batch = figure.subplots(1, 2, width_ratios=[1, 2])
+    nominal = np.array([m["level"] for m in measured.values()])
+    coverage = np.array([m["coverage"] for m in measured.values()])
+    band = 2 * np.sqrt(nominal * (1 - nominal) / np.array([m["n"] for m in measured.values()]))
+    low = min(nominal.min(), coverage.min()) - 0.05
+    overall.plot([low, 1], [low, 1], color="black", lw=0.6, label="calibrated")
+    overall.errorbar(
+        nominal, nominal, yerr=band, fmt="none", color=OTHER, lw=6, label="±2 binomial s.d."
+    )
+    overall.scatter(nominal, coverage, color=PREDICTED, zorder=3, label="measured")
+    spread = [m["coverage_across_series"] for m in measured.values()]
+    overall.vlines(
+        nominal,
+        [np.nan if s["p05"] is None else s["p05"] for s in spread],
+        [np.nan if s["p95"] is None else s["p95"] for s in spread],
+        color=PREDICTED,
+        lw=1,
+        label="5-95% across series",
+    )
+    overall.set(xlim=(low, 1), ylim=(low, 1), xlabel="nominal level", ylabel="coverage")
+    overall.set_title("Whole run", fontweight="bold")
+    overall.legend(fontsize=8, loc="upper left")
+    batches = [b for b in document["batches"] if "intervals" in b]
+    positions = np.arange(len(batches))
+    for i, (label, m) in enumerate(measured.items()):
+        color = f"C{i}"
+        values = [b["intervals"][label]["coverage"] for b in batches]
+        by_batch.plot(
+            positions,
+            [np.nan if v is None else v for v in values],
+            color=color,
+            marker="o",
+            label=f"{m['level']:g}",
+        )
+        by_batch.axhline(m["level"], color=color, ls="--", lw=1)
+    by_batch.set(ylabel="coverage", xlabel="batch start date")
+    by_batch.set_xticks(
+        positions, [_batch_label(b) for b in batches], rotation=45, ha="right", fontsize=8
+    )
+    by_batch.set_title("By batch (dashed: nominal)", fontweight="bold")
+    by_batch.legend(fontsize=8, loc="lower right", title="level")
+    path = _save(figure, folder / "interval_coverage.png")
+    summary = "; ".join(
+        f"{m['level']:g}: {m['coverage']:.1%} of {m['n']}, mean width {_number(m['mean_width'])}, "
+        f"Winkler score {_number(m['winkler'])}"
+        for m in measured.values()
+    )
+    return Section(
+        title,
+        f"{summary}. Conformal intervals from the residuals realized before each batch; a "
+        "series has none until it has enough of them (the first evaluated batch never does). "
+        "Below the grey band the intervals are too narrow, above it too wide.",
         path,
     )
 

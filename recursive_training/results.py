@@ -40,9 +40,22 @@ from recursive_training.constants import (
     STATE_FILE,
 )
 from recursive_training.exceptions import OutputError, StateError
+from recursive_training.intervals import (
+    BUCKET_GROWTH,
+    IntervalSums,
+    level_label,
+    min_residuals,
+    pooled_metrics,
+    series_metrics,
+)
 from recursive_training.metrics import ErrorSums
 from recursive_training.rules import beta_trust
-from recursive_training.series_metrics import series_summary, series_table, skill_spread
+from recursive_training.series_metrics import (
+    distribution,
+    series_summary,
+    series_table,
+    skill_spread,
+)
 from recursive_training.stages.training_stages import TrainingResult
 from recursive_training.trust import validate_rules
 
@@ -114,10 +127,59 @@ def _with_horizon(table: pa.Table, horizon: int, position: int) -> pa.Table:
 
 
 def _horizon_metrics(result: TrainingResult) -> pa.Table:
+    """One horizon's per-series metrics (``metrics.parquet``), with, per interval level,
+    ``interval_n_<label>`` (predictions that had an interval), ``coverage_<label>``,
+    ``mean_width_<label>`` and ``winkler_<label>``."""
     dropped = np.zeros(len(result.variables))
     for evaluation in result.evaluations.values():
         dropped = dropped + evaluation.dropped_missing  # a count per series or for all
-    return series_table(result.variables, result.errors, dropped)
+    table = series_table(result.variables, result.errors, dropped)
+    metrics = interval_totals(result).metrics()
+    for i, level in enumerate(result.config.intervals):
+        label = level_label(level)
+        table = table.append_column(f"interval_n_{label}", pa.array(metrics["n"][i], pa.int64()))
+        for name in ("coverage", "mean_width", "winkler"):
+            table = table.append_column(
+                f"{name}_{label}", pa.array(metrics[name][i], pa.float64(), from_pandas=True)
+            )
+    return table
+
+
+def interval_totals(result: TrainingResult) -> IntervalSums:
+    """The interval sums of every evaluated batch together (levels x series)."""
+    return sum(
+        result.intervals.values(),
+        IntervalSums.zeros(len(result.config.intervals), len(result.variables)),
+    )
+
+
+def interval_document(result: TrainingResult, detailed: bool) -> dict[str, Any]:
+    """The results document's ``metrics.intervals``: how they are made, and per level the
+    pooled coverage, mean width and Winkler score, the spread of coverage across series
+    and (up to SERIES_DETAIL_LIMIT series) each series' metrics."""
+    levels = result.config.intervals
+    totals = interval_totals(result)
+    coverage = totals.metrics()["coverage"]
+    document: dict[str, Any] = {
+        "method": "walk-forward split conformal: absolute residuals of each series' "
+        "predictions realized before the batch starts",
+        "quantile": {
+            "kind": "log-bucket sketch",
+            "bucket_growth": BUCKET_GROWTH,
+            "bound": f"exact conformal quantile <= half-width < {BUCKET_GROWTH:g} x it",
+        },
+        "levels": {
+            label: {"level": q, "min_residuals": min_residuals(q)}
+            | metrics
+            | {"coverage_across_series": distribution(coverage[i])}
+            for i, (q, (label, metrics)) in enumerate(
+                zip(levels, pooled_metrics(levels, totals).items(), strict=True)
+            )
+        },
+    }
+    if detailed:
+        document["series"] = series_metrics(levels, totals, result.variables)
+    return document
 
 
 def stamped(table: pa.Table, kind: str, run_id: str) -> pa.Table:
@@ -188,6 +250,10 @@ def _horizon_document(result: TrainingResult, rules: pa.Table | None = None) -> 
         }
         if detailed:
             record["metrics"] = errors.table(variables)
+        if batch.batch_id in result.intervals:
+            record["intervals"] = pooled_metrics(
+                result.config.intervals, result.intervals[batch.batch_id]
+            )
         batches.append(record)
     across = series_summary(variables, result.errors)
     skill = across["skill_vs_persistence"]
@@ -206,6 +272,8 @@ def _horizon_document(result: TrainingResult, rules: pa.Table | None = None) -> 
     metrics: dict[str, Any] = {"headline": headline, "across_series": across}
     if detailed:
         metrics["overall"] = result.errors.table(variables)
+    if result.config.intervals:
+        metrics["intervals"] = interval_document(result, detailed)
     document: dict[str, Any] = {
         "kind": RESULTS_KIND,
         "schema_version": RESULTS_SCHEMA_VERSION,
@@ -499,9 +567,18 @@ def summary(document: dict[str, Any]) -> str:
         f"discovery rate {headline['fdr']:g} (Benjamini-Hochberg); "
         f"{headline['rules_validated_by_interval']} have their {CONFIDENCE_LEVEL:.0%} "
         "interval above 0.5",
-        "",
-        f"{'series':<24} {'n':>7} {'rmse':>11} {'skill':>7} {'dir.acc':>7}",
     ]
+    intervals = document["metrics"].get("intervals")
+    if intervals:
+        lines.append(
+            "Intervals: "
+            + "; ".join(
+                f"{m['level']:.0%} covered {_percent(m['coverage'])} of {m['n']} "
+                f"(Winkler score {_fmt(m['winkler'])})"
+                for m in intervals["levels"].values()
+            )
+        )
+    lines += ["", f"{'series':<24} {'n':>7} {'rmse':>11} {'skill':>7} {'dir.acc':>7}"]
     overall = document["metrics"].get("overall", {})
     if across["count"] <= SUMMARY_ROWS and overall:
         listed = [{"series": name} | m for name, m in overall.items()]
@@ -517,6 +594,10 @@ def summary(document: dict[str, Any]) -> str:
             f"{_fmt(m['skill_vs_persistence'], 7)} {_fmt(m['directional_accuracy'], 7)}"
         )
     return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def _fmt(value: float | None, width: int = 0) -> str:

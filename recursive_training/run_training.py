@@ -66,13 +66,23 @@ def _field_help(name: str, extra: str = "") -> str:
     field = TrainingConfig.model_fields[name]
     default = field.default
     shown = ",".join(default) if isinstance(default, tuple) else default
-    suffix = "" if default in (None, False) else f" (default: {shown})"
+    suffix = "" if default in (None, False, ()) else f" (default: {shown})"
     description = str(field.description)
     return f"{description.rstrip('.') + extra + '.' if extra else description}{suffix}"
 
 
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _levels(text: str) -> list[float]:
+    """Interval levels: numbers separated by commas."""
+    try:
+        return [float(part) for part in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected levels such as 0.8,0.95, got {text!r}"
+        ) from None
 
 
 def _rules(text: str) -> list[str]:
@@ -137,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--max-memory", metavar="SIZE", help=_field_help("max_memory"))
     model.add_argument("--rules", type=_rules, metavar="R1,R2,...", help=_field_help("rules"))
     model.add_argument("--fdr", type=float, metavar="LEVEL", help=_field_help("fdr"))
+    model.add_argument(
+        "--intervals", type=_levels, metavar="Q1,Q2,...", help=_field_help("intervals")
+    )
 
     execution = parser.add_argument_group("execution")
     execution.add_argument("--use-dask", action="store_true", help=_field_help("use_dask"))

@@ -31,7 +31,7 @@ RULE_MESSAGE: Final = (
 # ttlSecondsAfterFinished may change: the operator applies them to the running run.
 IMMUTABLE_FIELDS: Final = (
     "variables", "startDate", "endDate", "batchSizeDays", "horizon", "lags", "ridgeAlpha",
-    "halfLifeDays", "rules", "fdr", "model", "data", "output", "resumeFrom", "image",
+    "halfLifeDays", "rules", "fdr", "intervals", "model", "data", "output", "resumeFrom", "image",
     "serviceAccountName", "nodeSelector", "tolerations",
 )  # fmt: skip
 IMMUTABLE_DASK_FIELDS: Final = ("minWorkers", "threads", "resources", "image")
@@ -46,6 +46,7 @@ URI_MAX: Final = 2048
 NAME_MAX: Final = 253
 VARIABLES_MAX: Final = 256
 EXOG_MAX: Final = 64
+INTERVALS_MAX: Final = 8
 
 
 def _string(description: str, **extra: Any) -> Schema:
@@ -300,6 +301,24 @@ def build_spec_schema() -> Schema:
             "default": 0.1,
             "description": "False discovery rate of rule validation (Benjamini-Hochberg over "
             "all rules of the run).",
+        },
+        "intervals": {
+            "type": "array",
+            "description": "Levels of walk-forward conformal prediction intervals (0.8 for an "
+            "80% interval), in increasing order; default: none.",
+            "default": [],
+            "items": {
+                "type": "number",
+                "minimum": 0,
+                "exclusiveMinimum": True,
+                "maximum": 1,
+                "exclusiveMaximum": True,
+            },
+            "maxItems": INTERVALS_MAX,
+            "x-kubernetes-list-type": "set",
+            "x-kubernetes-validations": [
+                {"rule": "self.isSorted()", "message": "list intervals in increasing order"}
+            ],
         },
         "model": _model_schema(),
         "data": {**_data_schema(), "default": {}},

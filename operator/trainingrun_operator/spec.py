@@ -39,6 +39,7 @@ class RunSpec:
     half_life_days: float | None = None
     rules: tuple[str, ...] = ()
     fdr: float = 0.1
+    intervals: tuple[float, ...] = ()
     model: str = "var"
     exog: tuple[str, ...] = ()
     pooled_scale: str = "rms"
@@ -91,6 +92,7 @@ class RunSpec:
             half_life_days=spec.get("halfLifeDays"),
             rules=tuple(spec.get("rules", ())),
             fdr=spec.get("fdr", cls.fdr),
+            intervals=tuple(spec.get("intervals", ())),
             model=model.get("structure", cls.model),
             exog=tuple(model.get("exog", ())),
             pooled_scale=model.get("pooledScale", cls.pooled_scale),
@@ -155,6 +157,7 @@ def cli_arguments(run: RunSpec, scheduler_address: str) -> list[str]:
         "--end-date": run.end_date,
         "--half-life-days": run.half_life_days,
         "--rules": ",".join(run.rules),
+        "--intervals": ",".join(str(level) for level in run.intervals),
         "--exog": ",".join(run.exog),
         "--resume-from": run.resume_from,
         "--s3-endpoint-url": run.data_endpoint,

@@ -124,6 +124,12 @@ class TrainingConfig(BaseModel):
         description="Rules whose trust is learned: momentum(W), mean_reversion(W), cross "
         "(every ordered pair), cross(U->V), model.",
     )
+    intervals: tuple[float, ...] = Field(
+        (),
+        description="Levels of walk-forward conformal prediction intervals (0.8,0.95): each "
+        "prediction gets lower_80/upper_80... from the absolute residuals of its series' "
+        "predictions realized before its batch; default: none.",
+    )
     fdr: float = Field(
         0.1,
         gt=0,
@@ -300,6 +306,19 @@ class TrainingConfig(BaseModel):
         if any(b <= a for a, b in itertools.pairwise(value)):
             raise ValueError(f"list horizons once each, increasing (1,5,20); got {_listed(value)}")
         return value
+
+    @field_validator("intervals")
+    @classmethod
+    def _check_intervals(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        outside = [f"{q:g}" for q in value if not 0 < q < 1]
+        if outside:
+            raise ValueError(
+                f"levels must lie strictly between 0 and 1 (0.8 for an 80% interval), got "
+                f"{', '.join(outside)}"
+            )
+        if list(value) != sorted(set(value)):
+            raise ValueError(f"list each level once, in increasing order, got {list(value)}")
+        return tuple(value)
 
     @field_validator("max_memory", mode="before")
     @classmethod

@@ -28,6 +28,7 @@ from recursive_training.data import DataSource, open_source
 from recursive_training.engines import Engine, create_engine
 from recursive_training.exceptions import DataError, StateError
 from recursive_training.guards import check_batch_count, check_coverage
+from recursive_training.intervals import IntervalScan, IntervalSums, interval_columns
 from recursive_training.metrics import ErrorSums
 from recursive_training.models import (
     ModelStructure,
@@ -110,6 +111,9 @@ class TrainingResult:
         """The run's horizons, in order."""
         return tuple(r.structure.horizon for r in self.by_horizon or (self,))
 
+    # Per evaluated batch id, the sums of its predictions' intervals (config.intervals).
+    intervals: dict[int, IntervalSums] = field(default_factory=dict)
+
     def predictions_frame(self) -> pd.DataFrame:
         """Every walk-forward prediction, sorted by horizon, origin, then variable."""
         if not self.predictions:
@@ -122,6 +126,10 @@ class TrainingResult:
                     "variable": pd.Categorical([], categories=self.variables),
                     "predicted": pd.Series(dtype="float64"),
                     "actual": pd.Series(dtype="float64"),
+                }
+                | {
+                    name: pd.Series(dtype="float64")
+                    for name in interval_columns(self.config.intervals)
                 }
             )
         frame: pd.DataFrame = pa.concat_tables(self.predictions).to_pandas()
@@ -238,6 +246,10 @@ class StageOutputs:
     evaluations: dict[int, EvaluationTask]
     scans: tuple[PrefixScan, ...]  # one per horizon, complete
     engine: str
+    # Per horizon: the predictions (with their interval columns) in batch order, unless a
+    # sink took them, and the interval sums by batch id.
+    predictions: tuple[list[pa.Table], ...]
+    intervals: tuple[dict[int, IntervalSums], ...]
 
 
 def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPlan:
@@ -365,11 +377,7 @@ def reduce_run(
     return replace(
         results[0],
         by_horizon=results,
-        predictions=[
-            table
-            for batch_id in sorted(outputs.evaluations)
-            for table in (e[batch_id].predictions for e in evaluations if batch_id in e)
-        ],
+        predictions=[table for tables in outputs.predictions for table in tables],
     )
 
 
@@ -431,7 +439,8 @@ def _horizon_result(
         resumed_from=config.resume_from,
         engine=outputs.engine,
         seconds=seconds,
-        predictions=[evaluations[k].predictions for k in sorted(evaluations)],
+        predictions=outputs.predictions[index],
+        intervals=outputs.intervals[index],
     )
 
 
@@ -457,8 +466,7 @@ class TrainingPipeline:
         began = time.perf_counter()
         plan = prepare(config, resume_state)
         outputs = self.run_stages(plan, config, began)
-        result = reduce_run(plan, outputs, config, resume_state, began)
-        return replace(result, predictions=[]) if self.predictions_sink else result
+        return reduce_run(plan, outputs, config, resume_state, began)
 
     def run_stages(self, plan: RunPlan, config: TrainingConfig, began: float) -> StageOutputs:
         """The map, scan and map stages on the engine (started here unless one was given)."""
@@ -498,16 +506,60 @@ class TrainingPipeline:
                 b.batch_id: tuple(scan.models.get(b.batch_id) for scan in scans)
                 for b in plan.batches
             }
+            tasks = plan.evaluation_tasks(models)
+            position = {b.batch_id: k for k, b in enumerate(plan.batches)}
+            kept: tuple[list[pa.Table], ...] = tuple([] for _ in scans)
+            intervals = tuple(
+                IntervalScan(
+                    config.intervals,
+                    [b.start.to_datetime64() for b in plan.batches],
+                    [
+                        k
+                        for k, b in enumerate(plan.batches)
+                        if b.batch_id in scan.models and b.eval_rows[i][0] < b.eval_rows[i][1]
+                    ],
+                    len(plan.variables),
+                    self.predictions_sink or mine.append,
+                )
+                for i, (scan, mine) in enumerate(zip(scans, kept, strict=True))
+            )
+
+            def hand_over(task: EvaluationTask) -> EvaluationTask:
+                """Each horizon's predictions go to its interval scan, which releases them in
+                batch order (to the sink, if any); the result keeps an empty table of their
+                schema (a slice would keep the rows' buffers alive)."""
+                for scan, evaluation in zip(intervals, task.by_horizon, strict=True):
+                    if scan.expects(position[task.batch_id]):
+                        scan(position[task.batch_id], evaluation.predictions)
+                return replace(
+                    task,
+                    by_horizon=tuple(
+                        replace(e, predictions=e.predictions.schema.empty_table())
+                        for e in task.by_horizon
+                    ),
+                )
+
             evaluations = self._collect(
                 "evaluation",
                 engine,
                 evaluate_batch,
-                plan.evaluation_tasks(models),
+                tasks,
                 lambda parts: merge_evaluation_tasks(plan.structures, parts),
                 checkpoint,
-                on_result=self._hand_over_predictions,
+                on_result=hand_over,
             )
-        return StageOutputs(statistics, evaluations, scans, engine.description)
+            assert all(s.complete for s in intervals), "every evaluation must be released"
+        return StageOutputs(
+            statistics,
+            evaluations,
+            scans,
+            engine.description,
+            kept,
+            tuple(
+                {plan.batches[k].batch_id: sums for k, sums in scan.sums.items()}
+                for scan in intervals
+            ),
+        )
 
     def _collect(
         self,
@@ -556,21 +608,6 @@ class TrainingPipeline:
                 if self.progress:
                     self.progress(stage, len(results), len(tasks_of))
         return results
-
-    def _hand_over_predictions(self, task: EvaluationTask) -> EvaluationTask:
-        """Pass a batch's predictions (every horizon's) to the sink (if any) and keep the
-        rest."""
-        if self.predictions_sink is None:
-            return task
-        kept = []
-        for evaluation in task.by_horizon:
-            if evaluation.predictions.num_rows:
-                self.predictions_sink(evaluation.predictions)
-            # an empty table of the same schema (a slice would keep the rows' buffers alive)
-            kept.append(
-                replace(evaluation, predictions=evaluation.predictions.schema.empty_table())
-            )
-        return replace(task, by_horizon=tuple(kept))
 
 
 def _require_samples(

@@ -1,5 +1,6 @@
 """Parallel equals serial: the same run on local Dask clusters of 1 and 2 worker processes
-gives the serial engine's model, rule counts and metrics to 1e-9 relative."""
+gives the serial engine's model, rule counts and metrics to 1e-9 relative, and the same
+predictions and prediction intervals."""
 
 from __future__ import annotations
 
@@ -78,6 +79,7 @@ def test_dask_engine_equals_serial_engine(
         half_life_days=half_life,
         rules=["momentum(3)", "mean_reversion(5)", "cross", "model"],
         min_train_samples=10,
+        intervals=[0.8, 0.95],
     )
     serial = TrainingPipeline().execute(config)
     parallel = TrainingPipeline(engine=clusters[workers]).execute(config)
@@ -89,7 +91,7 @@ def test_batch_by_shard_tasks_on_dask_equal_one_serial_task_per_batch(
     clusters: dict[int, DaskEngine], monkeypatch: pytest.MonkeyPatch, model: str
 ) -> None:
     """(batch x 3-series shard) tasks spread over 2 worker processes give the serial run of
-    one task per batch."""
+    one task per batch, prediction intervals included."""
     path = write_panel(make_panel(seed=31, n_series=10, rows=240, n_exog=1, missing=0.03))
     config = TrainingConfig.build(
         input_data=path,
@@ -100,8 +102,10 @@ def test_batch_by_shard_tasks_on_dask_equal_one_serial_task_per_batch(
         half_life_days=90.0,
         rules=["momentum(3)", "mean_reversion(5)", "model"],
         min_train_samples=10,
+        intervals=[0.8, 0.95],
     )
     serial = TrainingPipeline().execute(config)
+    assert serial.predictions_frame()["lower_95"].notna().sum() > 500
     split_tasks(monkeypatch, 3)
     assert len(prepare(config, None).shards) == 4
     assert_same_run(TrainingPipeline(engine=clusters[2]).execute(config), serial)

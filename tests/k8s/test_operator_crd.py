@@ -42,6 +42,7 @@ def test_a_minimal_run_is_stored_with_defaults(pulse_install: ControlPlane, name
     assert spec["suspend"] is False
     assert spec["rules"] == ["momentum(5)", "mean_reversion(20)", "model"]
     assert spec["fdr"] == 0.1
+    assert spec["intervals"] == []
     assert spec["model"] == {"structure": "var", "pooledScale": "rms", "scaleWindow": 52}
     assert spec["data"] == {"uri": "builtin:synthetic", "format": "auto"}
     assert spec["dask"] == {"workers": 2, "threads": 1}
@@ -67,6 +68,10 @@ def test_printer_columns_and_short_name(pulse_install: ControlPlane, namespace: 
         ({"rules": ["tarot"]}, "spec.rules[0]"),
         ({"fdr": 0}, "spec.fdr in body should be greater than 0"),
         ({"fdr": 1}, "spec.fdr in body should be less than 1"),
+        ({"intervals": [0.8, 1]}, "spec.intervals[1] in body should be less than 1"),
+        ({"intervals": [0]}, "spec.intervals[0] in body should be greater than 0"),
+        ({"intervals": [0.95, 0.8]}, "list intervals in increasing order"),
+        ({"intervals": [0.8, 0.8]}, ".spec.intervals: duplicate entries"),
         ({"model": {"structure": "arima"}}, 'spec.model.structure: Unsupported value: "arima"'),
         ({"model": {"structure": "pooled", "pooledScale": "max"}},
          'spec.model.pooledScale: Unsupported value: "max"'),
@@ -108,6 +113,9 @@ def test_training_fields_are_immutable_but_suspend_is_not(
     assert "halfLifeDays is immutable once the run exists" in added
     fdr = rejection(plane, training_run(namespace, variables=["a", "b"], lags=3, fdr=0.05))
     assert "fdr is immutable once the run exists" in fdr
+    levels = rejection(plane, training_run(namespace, variables=["a", "b"], lags=3,
+                                           intervals=[0.9]))  # fmt: skip
+    assert "intervals is immutable once the run exists" in levels
     model = rejection(plane, training_run(namespace, variables=["a", "b"], lags=3,
                                           model={"structure": "ar"}))  # fmt: skip
     assert "model is immutable once the run exists" in model

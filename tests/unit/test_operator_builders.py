@@ -52,6 +52,7 @@ def test_driver_arguments_are_a_valid_pulse_train_command_line() -> None:
             halfLifeDays=365.0,
             rules=["momentum(5)", "cross(spx->rates)"],
             fdr=0.05,
+            intervals=[0.8, 0.975],
             data={"uri": "s3://data/prices", "format": "parquet", "endpoint": "http://minio:9000"},
         )
     )
@@ -60,6 +61,7 @@ def test_driver_arguments_are_a_valid_pulse_train_command_line() -> None:
     assert (config.batch_size_days, config.horizon, config.lags) == (90, 2, 3)
     assert config.ridge_alpha == 0.5 and config.half_life_days == 365.0
     assert config.rules == ("momentum(5)", "cross(spx->rates)") and config.fdr == 0.05
+    assert config.intervals == (0.8, 0.975)
     assert config.input_data == "s3://data/prices" and config.input_format == "parquet"
     assert config.s3_endpoint_url == "http://minio:9000"
     assert config.output_dir == "s3://results/run"

@@ -24,6 +24,7 @@ DEFAULTED: dict[str, tuple[tuple[str, ...], str | None]] = {
     "lags": (("lags",), "lags"),
     "ridge_alpha": (("ridgeAlpha",), "ridge_alpha"),
     "fdr": (("fdr",), "fdr"),
+    "intervals": (("intervals",), "intervals"),
     "model": (("model", "structure"), "model"),
     "pooled_scale": (("model", "pooledScale"), "pooled_scale"),
     "scale_window": (("model", "scaleWindow"), "scale_window"),

@@ -1,0 +1,102 @@
+"""The cost of --intervals: the same serial run with and without prediction intervals.
+
+Both runs spool their predictions to a Parquet file as the CLI does; runs alternate
+(none, intervals, none, ...) and the fastest of each is kept, so load on a shared machine
+hits both alike. Also printed: the residual sketch a run ends with (the driver's memory
+for intervals) against the sorted buffer of every residual that exact quantiles would hold.
+
+    python benchmarks/bench_intervals.py                 # var 100x30 and ar on 10,000 series
+    python benchmarks/bench_intervals.py --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+
+from recursive_training.config import TrainingConfig
+from recursive_training.data import open_source
+from recursive_training.intervals import ResidualSketch, SketchCounts
+from recursive_training.results import PredictionsSpool
+from recursive_training.stages import TrainingPipeline
+
+LEVELS = (0.8, 0.95)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One run's settings, without the interval levels."""
+
+    name: str
+    settings: dict[str, object]
+
+
+WORKLOADS = (
+    Workload(
+        "var, 100 variables x 30 years, lags 5, 90-day batches",
+        {
+            "input_data": "builtin:synthetic?n_variables=100&years=30&seed=1",
+            "lags": 5,
+            "batch_size_days": 90,
+            "rules": ["model"],
+        },
+    ),
+    Workload(
+        "ar, 10,000 series x 10 years, lags 5, 365-day batches",
+        {
+            "input_data": "builtin:panel?n_series=10000&years=10&seed=1",
+            "model": "ar",
+            "lags": 5,
+            "batch_size_days": 365,
+            "rules": ["model"],
+        },
+    ),
+)
+
+
+def timed_run(config: TrainingConfig) -> tuple[float, tuple[int, int]]:
+    """Wall time of a serial run spooling its predictions and, with intervals, the bytes of
+    the sketch of all its residuals and of those residuals as float64 (from its file)."""
+    with PredictionsSpool() as spool:
+        began = time.perf_counter()
+        result = TrainingPipeline(predictions_sink=spool).execute(config)
+        path = spool.finish(result.predictions_frame())
+        seconds = time.perf_counter() - began
+        if not config.intervals:
+            return seconds, (0, 0)
+        table = pq.read_table(path, columns=["variable", "predicted", "actual"])
+    series = table.column("variable").combine_chunks().indices.to_numpy(zero_copy_only=False)
+    residual = abs(table.column("actual").to_numpy() - table.column("predicted").to_numpy())
+    sketch = ResidualSketch(len(result.variables))
+    sketch.add(SketchCounts.of(series, residual))
+    return seconds, (sketch.nbytes, residual.nbytes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each kind (best kept)")
+    args = parser.parse_args()
+    print(f"{'workload':<56} {'none s':>8} {'intervals s':>11} {'ratio':>6} "
+          f"{'sketch MiB':>10} {'exact MiB':>9}")  # fmt: skip
+    for workload in WORKLOADS:
+        plain = TrainingConfig.build(**workload.settings)
+        with_intervals = TrainingConfig.build(**workload.settings, intervals=list(LEVELS))
+        open_source(plain.input_data)  # the builtin data are generated once, before timing
+        none_times, interval_times = [], []
+        sizes = (0, 0)
+        for _ in range(args.repeat):
+            none_times.append(timed_run(plain)[0])
+            seconds, sizes = timed_run(with_intervals)
+            interval_times.append(seconds)
+        none, intervals = min(none_times), min(interval_times)
+        print(
+            f"{workload.name:<56} {none:>8.2f} {intervals:>11.2f} {intervals / none:>6.2f} "
+            f"{sizes[0] / 2**20:>10.1f} {sizes[1] / 2**20:>9.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
