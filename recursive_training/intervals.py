@@ -318,8 +318,7 @@ class IntervalScan:
                     )
                 ]
             )
-        sums = IntervalSums(*(np.array([sums[j] for sums in per_level]) for j in range(4)))
-        self.sums[position] = sums
+        self.sums[position] = IntervalSums(*(np.array([p[j] for p in per_level]) for j in range(4)))
         realized = table.column("realized").to_numpy().astype("datetime64[ns]")
         first_use = np.searchsorted(self._starts, realized, side="right")
         residual = np.abs(actual - predicted)
