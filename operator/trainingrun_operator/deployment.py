@@ -103,6 +103,7 @@ def build_operator_deployment(
             "value": f"http://0.0.0.0:{HEALTH_PORT}/healthz",
         },
         {"name": f"{ENV_PREFIX}METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": f"{ENV_PREFIX}DASK_TLS", "value": str(settings.dask_tls).lower()},
         *policy_env(settings),
     ]
     metrics = {"name": "metrics", "containerPort": METRICS_PORT}

@@ -39,6 +39,7 @@ JOBS = Resource("batch/v1", "jobs")
 DASK_CLUSTERS = Resource(DASK_API_VERSION, "daskclusters")
 TRAINING_RUNS = Resource(API_VERSION, PLURAL)
 SERVICE_ACCOUNTS = Resource("v1", "serviceaccounts")
+SECRETS = Resource("v1", "secrets")
 ROLES = Resource("rbac.authorization.k8s.io/v1", "roles")
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io/v1", "rolebindings")
 # The kinds of a run's driver identity, by kind.

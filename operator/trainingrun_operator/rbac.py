@@ -52,6 +52,9 @@ def operator_rules() -> list[Manifest]:
         # check lets the operator write only Roles within its own grants (the status rule
         # above), so these verbs cannot hand out more than the operator holds.
         _rule([""], ["serviceaccounts"], ["get", "create"]),
+        # Application: each run's Dask TLS Secret (tls.py), owned by the run. Create only:
+        # the operator never reads a Secret.
+        _rule([""], ["secrets"], ["create"]),
         _rule(["rbac.authorization.k8s.io"], ["roles", "rolebindings"], ["get", "create"]),
     ]
 

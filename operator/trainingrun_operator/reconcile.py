@@ -53,6 +53,7 @@ from trainingrun_operator.workload import (
     build_dask_cluster,
     build_driver_identity,
     build_driver_job,
+    build_tls_secret,
     cluster_name,
     job_name,
 )
@@ -462,6 +463,11 @@ async def _perform(
                   "backoffLimit": run.backoff_limit}  # fmt: skip
         await api.merge_patch(kube.JOBS, run.namespace, job_name(run), {"spec": limits})
     elif action is Action.CREATE_CLUSTER:
+        if settings.dask_tls:
+            # Create only (an existing one, of this run, is kept): the operator never reads
+            # Secrets, and the pods of a run must all see the same CA.
+            secret = build_tls_secret(run, datetime.datetime.now(datetime.UTC))
+            await api.create(kube.SECRETS, run.namespace, secret)
         await api.ensure(kube.DASK_CLUSTERS, build_dask_cluster(run, settings))
     elif action is Action.SCALE_CLUSTER:
         scale = {"spec": {"worker": {"replicas": run.workers}}}

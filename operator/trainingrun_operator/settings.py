@@ -45,6 +45,8 @@ class OperatorSettings:
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
     # Port of the Prometheus metrics endpoint (text format, any path, e.g. /metrics); 0 = off.
     metrics_port: int = 9090
+    # Mutual TLS between a run's Dask scheduler, workers and driver (tls.py); off: plain TCP.
+    dask_tls: bool = True
     # The run policy (policy.py), re-checked before a run's pods are created. Images runs may
     # name (exact, or prefixes ending in / : @); empty means `image` alone.
     allowed_image_prefixes: tuple[str, ...] = ()
@@ -123,4 +125,8 @@ def _parse(name: str, raw: str) -> Any:
             raise SettingsError(f"{ENV_PREFIX}METRICS_PORT", raw, "a port, 0 to 65535") from e
     if name == "log_level":
         return raw.upper()
+    if name == "dask_tls":
+        if raw.lower() not in ("true", "false"):
+            raise SettingsError(f"{ENV_PREFIX}DASK_TLS", raw, "true or false")
+        return raw.lower() == "true"
     return raw

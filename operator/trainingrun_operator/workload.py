@@ -9,9 +9,11 @@ limit. The DaskCluster is deleted by the operator as soon as the Job ends.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from typing import Any
 
+from trainingrun_operator import tls
 from trainingrun_operator.constants import (
     API_VERSION,
     DASHBOARD_PORT,
@@ -33,6 +35,7 @@ from trainingrun_operator.settings import OperatorSettings
 from trainingrun_operator.spec import RunSpec, cli_arguments
 
 TMP_VOLUME = "tmp"
+TLS_VOLUME = "dask-tls"
 # The image's init (tini) goes first in every command a pod runs: as PID 1 it passes
 # SIGTERM on, so a deleted run's pods stop at once instead of after the grace period.
 INIT = ("tini", "--")
@@ -58,10 +61,39 @@ def driver_service_account(run: RunSpec) -> str:
     return run.service_account_name or driver_identity_name(run)
 
 
-def scheduler_address(run: RunSpec) -> str:
-    """The in-cluster address of the run's Dask scheduler."""
-    host = f"{cluster_name(run)}-scheduler.{run.namespace}.svc.cluster.local"
-    return f"tcp://{host}:{SCHEDULER_PORT}"
+def scheduler_host(run: RunSpec) -> str:
+    """The in-cluster DNS name of the run's Dask scheduler Service."""
+    return f"{cluster_name(run)}-scheduler.{run.namespace}.svc.cluster.local"
+
+
+def scheduler_address(run: RunSpec, settings: OperatorSettings) -> str:
+    """The in-cluster address of the run's Dask scheduler (tls:// unless TLS is off)."""
+    scheme = "tls" if settings.dask_tls else "tcp"
+    return f"{scheme}://{scheduler_host(run)}:{SCHEDULER_PORT}"
+
+
+def tls_secret_name(run: RunSpec) -> str:
+    """Name of the Secret with the run's CA certificate and its pods' key pair."""
+    return f"{cluster_name(run)}-tls"
+
+
+def build_tls_secret(run: RunSpec, now: datetime.datetime) -> Manifest:
+    """The run's own CA and certificate (tls.py), owned by the run; a new key pair per call."""
+    host = scheduler_host(run)
+    hosts = [host, host.removesuffix(".cluster.local"), f"{cluster_name(run)}-scheduler"]
+    files = tls.issue(run.name, hosts, now)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {
+            "name": tls_secret_name(run),
+            "namespace": run.namespace,
+            "labels": labels(run, "dask-tls"),
+            "ownerReferences": [owner_reference(run)],
+        },
+        "data": tls.secret_data(files),
+    }
 
 
 def labels(run: RunSpec, component: str) -> dict[str, str]:
@@ -106,19 +138,31 @@ def _credentials_env_from(run: RunSpec) -> list[dict[str, Any]]:
     return [{"secretRef": {"name": name}} for name in run.credential_secrets]
 
 
-def _pod_spec(run: RunSpec, container: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    """A hardened pod around `container`, with a writable /tmp and the run's scheduling."""
+def _pod_spec(
+    run: RunSpec, settings: OperatorSettings, container: Mapping[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """A hardened pod around `container`, with a writable /tmp, the run's TLS files (read
+    only, owner-readable) and the run's scheduling."""
+    mounts: list[dict[str, Any]] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": TMP_VOLUME, "emptyDir": {}}]
+    env = list(container.get("env", []))
+    if settings.dask_tls:
+        mounts.append({"name": TLS_VOLUME, "mountPath": tls.MOUNT_PATH, "readOnly": True})
+        secret = {"secretName": tls_secret_name(run), "defaultMode": 0o400}
+        volumes.append({"name": TLS_VOLUME, "secret": secret})
+        env += tls.dask_env()
     spec: dict[str, Any] = {
         "securityContext": pod_security_context(),
         "automountServiceAccountToken": False,
         "containers": [
             {
                 **container,
+                "env": env,
                 "securityContext": container_security_context(),
-                "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],
+                "volumeMounts": mounts,
             }
         ],
-        "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
+        "volumes": volumes,
         **extra,
     }
     if run.node_selector:
@@ -148,12 +192,14 @@ def _dask_container(
 
 def build_dask_cluster(run: RunSpec, settings: OperatorSettings) -> Manifest:
     """The DaskCluster of the run: one scheduler, `spec.dask.workers` workers, owned by the run."""
+    protocol = "tls" if settings.dask_tls else "tcp"
     scheduler = _dask_container(
         run,
         settings,
         "scheduler",
-        ["scheduler", f"--port={SCHEDULER_PORT}", f"--dashboard-address=:{DASHBOARD_PORT}"],
-    )
+        ["scheduler", f"--protocol={protocol}", f"--port={SCHEDULER_PORT}",
+         f"--dashboard-address=:{DASHBOARD_PORT}"],
+    )  # fmt: skip
     scheduler["ports"] = [
         {"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
         {"name": "http-dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"},
@@ -168,6 +214,10 @@ def build_dask_cluster(run: RunSpec, settings: OperatorSettings) -> Manifest:
         settings,
         "worker",
         ["worker", "--name=$(DASK_WORKER_NAME)", f"--nthreads={run.threads}", "--no-dashboard"],
+    )
+    # The Dask controller would give workers a tcp:// address; ours names the scheme.
+    worker["env"].append(
+        {"name": "DASK_SCHEDULER_ADDRESS", "value": scheduler_address(run, settings)}
     )
     service_ports = [
         {"name": "tcp-comm", "port": SCHEDULER_PORT, "targetPort": "tcp-comm", "protocol": "TCP"},
@@ -185,9 +235,9 @@ def build_dask_cluster(run: RunSpec, settings: OperatorSettings) -> Manifest:
         },
         "spec": {
             "idleTimeout": 0,
-            "worker": {"replicas": run.workers, "spec": _pod_spec(run, worker)},
+            "worker": {"replicas": run.workers, "spec": _pod_spec(run, settings, worker)},
             "scheduler": {
-                "spec": _pod_spec(run, scheduler),
+                "spec": _pod_spec(run, settings, scheduler),
                 "service": {
                     "type": "ClusterIP",
                     "selector": {
@@ -228,9 +278,9 @@ def build_driver_identity(run: RunSpec) -> list[Manifest]:
     return identity
 
 
-def driver_arguments(run: RunSpec) -> list[str]:
+def driver_arguments(run: RunSpec, settings: OperatorSettings) -> list[str]:
     """Arguments of the driver: the ``pulse-train`` flags it passes through."""
-    return cli_arguments(run, scheduler_address(run))
+    return cli_arguments(run, scheduler_address(run, settings))
 
 
 def pod_failure_policy() -> dict[str, Any]:
@@ -258,7 +308,7 @@ def build_driver_job(run: RunSpec, settings: OperatorSettings) -> Manifest:
         "name": "driver",
         "image": run.image or settings.image,
         "command": [*INIT, "python", "-m", "trainingrun_operator.driver"],
-        "args": driver_arguments(run),
+        "args": driver_arguments(run, settings),
         "env": [
             {"name": ENV_RUN_NAME, "value": run.name},
             {
@@ -276,6 +326,7 @@ def build_driver_job(run: RunSpec, settings: OperatorSettings) -> Manifest:
         container["envFrom"] = env_from
     pod = _pod_spec(
         run,
+        settings,
         container,
         restartPolicy="Never",
         serviceAccountName=driver_service_account(run),

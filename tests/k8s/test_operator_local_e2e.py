@@ -3,13 +3,15 @@
 The scheduler, worker and driver pod specs made by the operator and the dask-kubernetes
 controller are executed with their exact commands, arguments and environment (Kubernetes
 ``$(VAR)`` expansion and downward-API values resolved as a kubelet would), with the
-in-cluster scheduler Service name pointed at 127.0.0.1. The real pipeline runs on a real
-Dask cluster, writes its results, and the driver's status patches reach the TrainingRun
+in-cluster scheduler Service name pointed at 127.0.0.1 and Secret volumes (the run's Dask
+TLS files) read from the API server and mounted as a kubelet would. The real pipeline runs
+on a real Dask cluster, over mutual TLS, writes its results, and the driver's status patches reach the TrainingRun
 in the real API server under the driver ServiceAccount's RBAC.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -56,22 +58,48 @@ def expand(text: str, env: dict[str, str]) -> str:
 class LocalPods:
     """Runs pod containers as local processes; stops them by PID."""
 
-    def __init__(self, log_dir: Path, service_host: str, port: int) -> None:
-        """Rewrite `service_host:8786` to 127.0.0.1:`port` in every command and env value."""
+    def __init__(
+        self, log_dir: Path, service_host: str, port: int, plane: ControlPlane, namespace: str
+    ) -> None:
+        """Rewrite `service_host:8786` to 127.0.0.1:`port` in every command and env value;
+        Secret volumes are read from `plane` as a kubelet does and written under `log_dir`."""
         self.log_dir = log_dir
         self.service = re.compile(re.escape(service_host) + r":8786")
         self.port = port
+        self.plane = plane
+        self.namespace = namespace
+        self.mounts: dict[str, str] = {}
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def _local(self, text: str) -> str:
-        """The in-cluster scheduler address pointed at 127.0.0.1."""
-        return self.service.sub(f"127.0.0.1:{self.port}", text)
+        """The in-cluster scheduler address pointed at 127.0.0.1, mount paths at local copies."""
+        text = self.service.sub(f"127.0.0.1:{self.port}", text)
+        for mount_path, folder in self.mounts.items():
+            text = text.replace(mount_path, folder)
+        return text
+
+    def _mount_secrets(self, pod: dict[str, Any], container: dict[str, Any]) -> None:
+        """Write the pod's Secret volumes to local folders, as the kubelet would mount them."""
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        for mount in container.get("volumeMounts", []):
+            secret = volumes[mount["name"]].get("secret")
+            if secret is None:
+                continue
+            found = self.plane.kubectl_json(
+                "get", "secret", secret["secretName"], f"--namespace={self.namespace}"
+            )
+            folder = self.log_dir / "volumes" / pod["metadata"]["name"] / mount["name"]
+            folder.mkdir(parents=True, exist_ok=True)
+            for key, value in found["data"].items():
+                (folder / key).write_bytes(base64.b64decode(value))
+            self.mounts[mount["mountPath"]] = str(folder)
 
     def run(
         self, pod: dict[str, Any], extra_env: dict[str, str], args_map: dict[str, str]
     ) -> subprocess.Popen[bytes]:
         """Start the pod's only container with its exact command, args and environment."""
         (container,) = pod["spec"]["containers"]
+        self._mount_secrets(pod, container)
         env = {key: self._local(value) for key, value in container_env(pod, container).items()}
         argv = [expand(part, env) for part in [*container["command"], *container.get("args", [])]]
         argv = [args_map.get(part, self._local(part)) for part in argv]
@@ -108,9 +136,10 @@ class LocalPods:
 
 
 @pytest.fixture
-def local_pods(tmp_path: Path, namespace: str) -> Iterator[LocalPods]:
+def local_pods(tmp_path: Path, namespace: str, pulse_install: ControlPlane) -> Iterator[LocalPods]:
     """A LocalPods for the run "run" of the test namespace."""
-    pods = LocalPods(tmp_path, f"run-dask-scheduler.{namespace}.svc.cluster.local", free_port())
+    host = f"run-dask-scheduler.{namespace}.svc.cluster.local"
+    pods = LocalPods(tmp_path, host, free_port(), pulse_install, namespace)
     yield pods
     pods.stop()
 

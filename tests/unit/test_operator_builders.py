@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import datetime
 import re
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from recursive_training.run_training import create_config_from_args, parse_args
 from trainingrun_operator.crd import RULE_PATTERN, build_crd
@@ -17,6 +20,7 @@ from trainingrun_operator.workload import (
     build_dask_cluster,
     build_driver_identity,
     build_driver_job,
+    build_tls_secret,
     driver_arguments,
 )
 
@@ -56,7 +60,7 @@ def test_driver_arguments_are_a_valid_pulse_train_command_line() -> None:
             data={"uri": "s3://data/prices", "format": "parquet", "endpoint": "http://minio:9000"},
         )
     )
-    config = create_config_from_args(parse_args(driver_arguments(run)))
+    config = create_config_from_args(parse_args(driver_arguments(run, SETTINGS)))
     assert config.variables == ("spx", "rates")
     assert (config.batch_size_days, config.horizon, config.lags) == (90, 2, 3)
     assert config.ridge_alpha == 0.5 and config.half_life_days == 365.0
@@ -66,7 +70,7 @@ def test_driver_arguments_are_a_valid_pulse_train_command_line() -> None:
     assert config.s3_endpoint_url == "http://minio:9000"
     assert config.output_dir == "s3://results/run"
     assert config.checkpoint_dir == "s3://results/run/checkpoints"
-    assert config.dask_scheduler_address == "tcp://run-dask-scheduler.team.svc.cluster.local:8786"
+    assert config.dask_scheduler_address == "tls://run-dask-scheduler.team.svc.cluster.local:8786"
 
 
 @pytest.mark.parametrize(
@@ -83,7 +87,7 @@ def test_spec_model_reaches_the_pipeline(
 ) -> None:
     """spec.model's structure, exog and pooled scale become the run's --model flags."""
     run = RunSpec.from_body(body(variables=["spx", "market", "rates"], model=model))
-    config = create_config_from_args(parse_args(driver_arguments(run)))
+    config = create_config_from_args(parse_args(driver_arguments(run, SETTINGS)))
     assert (config.model, config.exog, config.pooled_scale, config.scale_window) == expected
 
 
@@ -123,7 +127,7 @@ def test_every_pod_is_hardened_and_gets_credentials_only_by_reference() -> None:
                 "readOnlyRootFilesystem": True,
                 "capabilities": {"drop": ["ALL"]},
             }
-            assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+            assert container["volumeMounts"][0] == {"name": "tmp", "mountPath": "/tmp"}
             assert container["envFrom"] == [
                 {"secretRef": {"name": "s3-read"}},
                 {"secretRef": {"name": "s3-write"}},
@@ -258,7 +262,11 @@ def test_rbac_is_least_privilege() -> None:
     ]
     role = build_operator_rbac("pulse-system")[1]
     resources = {resource for rule in role["rules"] for resource in rule["resources"]}
-    assert not resources & {"secrets", "*"}
+    assert "*" not in resources
+    # Secrets: created (each run's Dask TLS Secret), never read.
+    assert [rule["verbs"] for rule in role["rules"] if "secrets" in rule["resources"]] == [
+        ["create"]
+    ]
     pod_verbs = [rule["verbs"] for rule in role["rules"] if "pods" in rule["resources"]]
     assert pod_verbs == [["get", "list", "watch"]]
     assert all("*" not in rule["verbs"] for rule in role["rules"])
@@ -285,6 +293,60 @@ def test_each_run_has_its_own_driver_identity_owned_by_it() -> None:
     named = build_driver_identity(RunSpec.from_body(body(serviceAccountName="pulse-runs")))
     assert [m["kind"] for m in named] == ["Role", "RoleBinding"]
     assert named[1]["subjects"][0]["name"] == "pulse-runs"
+
+
+def test_every_run_pod_speaks_mutual_tls_with_the_runs_own_certificate() -> None:
+    """Scheduler, workers and driver mount the run's TLS Secret and make every Dask
+    connection mutual TLS; the scheduler listens on tls:// and every address names it; the
+    Secret is owned by the run and its certificate is signed by its CA for the Service's
+    names. With TLS off nothing of it is there."""
+    run = RunSpec.from_body(body())
+    cluster, job = build_dask_cluster(run, SETTINGS), build_driver_job(run, SETTINGS)
+    address = "tls://run-dask-scheduler.team.svc.cluster.local:8786"
+    for pod in pods(cluster) + pods(job):
+        assert {"name": "dask-tls", "secret": {"secretName": "run-dask-tls",
+                                               "defaultMode": 0o400}} in pod["volumes"]  # fmt: skip
+        (container,) = pod["containers"]
+        assert {"name": "dask-tls", "mountPath": "/etc/pulse/dask-tls",
+                "readOnly": True} in container["volumeMounts"]  # fmt: skip
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        assert env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
+        assert env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"] == "/etc/pulse/dask-tls/ca.crt"
+        for role in ("SCHEDULER", "WORKER", "CLIENT"):
+            assert env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY"] == "/etc/pulse/dask-tls/tls.key"
+    scheduler = pods(cluster)[0]["containers"][0]
+    assert "--protocol=tls" in scheduler["args"]
+    worker_env = {e["name"]: e.get("value") for e in pods(cluster)[1]["containers"][0]["env"]}
+    assert worker_env["DASK_SCHEDULER_ADDRESS"] == address
+    assert f"--dask-scheduler-address={address}" in job["spec"]["template"]["spec"][
+        "containers"][0]["args"]  # fmt: skip
+
+    secret = build_tls_secret(run, datetime.datetime.now(datetime.UTC))
+    assert secret["type"] == "kubernetes.io/tls"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    files = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    ca = x509.load_pem_x509_certificate(files["ca.crt"])
+    cert = x509.load_pem_x509_certificate(files["tls.crt"])
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "run-dask-scheduler.team.svc.cluster.local" in names.get_values_for_type(x509.DNSName)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    other = build_tls_secret(run, datetime.datetime.now(datetime.UTC))
+    assert other["data"]["ca.crt"] != secret["data"]["ca.crt"], "a new CA for every run"
+
+    plain = OperatorSettings(dask_tls=False)
+    for pod in pods(build_dask_cluster(run, plain)) + pods(build_driver_job(run, plain)):
+        assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+        assert "REQUIRE_ENCRYPTION" not in str(pod["containers"][0]["env"])
+    assert "tcp://run-dask-scheduler" in str(build_driver_job(run, plain))
+
+
+def test_dask_tls_is_on_unless_the_environment_says_false() -> None:
+    """PULSE_OPERATOR_DASK_TLS is true or false; anything else is named."""
+    assert OperatorSettings.from_env({}).dask_tls is True
+    assert OperatorSettings.from_env({"PULSE_OPERATOR_DASK_TLS": "False"}).dask_tls is False
+    with pytest.raises(SettingsError, match="PULSE_OPERATOR_DASK_TLS='off': expected true or"):
+        OperatorSettings.from_env({"PULSE_OPERATOR_DASK_TLS": "off"})
 
 
 def test_settings_come_from_the_environment_and_flags_override() -> None:

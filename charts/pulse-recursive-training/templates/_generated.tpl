@@ -74,6 +74,12 @@
   - get
   - create
 - apiGroups:
+  - ''
+  resources:
+  - secrets
+  verbs:
+  - create
+- apiGroups:
   - rbac.authorization.k8s.io
   resources:
   - roles
