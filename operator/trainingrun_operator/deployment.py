@@ -104,6 +104,11 @@ def build_operator_deployment(
         },
         {"name": f"{ENV_PREFIX}METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": f"{ENV_PREFIX}DASK_TLS", "value": str(settings.dask_tls).lower()},
+        {"name": f"{ENV_PREFIX}NETWORK_POLICY", "value": str(settings.network_policy).lower()},
+        {
+            "name": f"{ENV_PREFIX}DASHBOARD_NAMESPACES",
+            "value": ",".join(settings.dashboard_namespaces or (namespace,)),
+        },
         *policy_env(settings),
     ]
     metrics = {"name": "metrics", "containerPort": METRICS_PORT}

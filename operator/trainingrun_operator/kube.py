@@ -40,6 +40,7 @@ DASK_CLUSTERS = Resource(DASK_API_VERSION, "daskclusters")
 TRAINING_RUNS = Resource(API_VERSION, PLURAL)
 SERVICE_ACCOUNTS = Resource("v1", "serviceaccounts")
 SECRETS = Resource("v1", "secrets")
+NETWORK_POLICIES = Resource("networking.k8s.io/v1", "networkpolicies")
 ROLES = Resource("rbac.authorization.k8s.io/v1", "roles")
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io/v1", "rolebindings")
 # The kinds of a run's driver identity, by kind.

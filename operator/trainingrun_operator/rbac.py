@@ -55,6 +55,8 @@ def operator_rules() -> list[Manifest]:
         # Application: each run's Dask TLS Secret (tls.py), owned by the run. Create only:
         # the operator never reads a Secret.
         _rule([""], ["secrets"], ["create"]),
+        # Application: each run's NetworkPolicy (only its own pods reach its Dask pods).
+        _rule(["networking.k8s.io"], ["networkpolicies"], ["create"]),
         _rule(["rbac.authorization.k8s.io"], ["roles", "rolebindings"], ["get", "create"]),
     ]
 

@@ -53,6 +53,7 @@ from trainingrun_operator.workload import (
     build_dask_cluster,
     build_driver_identity,
     build_driver_job,
+    build_network_policy,
     build_tls_secret,
     cluster_name,
     job_name,
@@ -468,6 +469,9 @@ async def _perform(
             # Secrets, and the pods of a run must all see the same CA.
             secret = build_tls_secret(run, datetime.datetime.now(datetime.UTC))
             await api.create(kube.SECRETS, run.namespace, secret)
+        if settings.network_policy:
+            policy = build_network_policy(run, settings)
+            await api.create(kube.NETWORK_POLICIES, run.namespace, policy)
         await api.ensure(kube.DASK_CLUSTERS, build_dask_cluster(run, settings))
     elif action is Action.SCALE_CLUSTER:
         scale = {"spec": {"worker": {"replicas": run.workers}}}

@@ -20,7 +20,7 @@ ENV_PREFIX = "PULSE_OPERATOR_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Fields given as comma-separated lists.
 LIST_FIELDS = frozenset({
-    "namespaces", "allowed_image_prefixes", "allowed_service_accounts",
+    "namespaces", "dashboard_namespaces", "allowed_image_prefixes", "allowed_service_accounts",
     "allowed_credential_secrets", "allowed_s3_endpoints",
 })  # fmt: skip
 
@@ -47,6 +47,10 @@ class OperatorSettings:
     metrics_port: int = 9090
     # Mutual TLS between a run's Dask scheduler, workers and driver (tls.py); off: plain TCP.
     dask_tls: bool = True
+    # A NetworkPolicy per run that admits only the run's own pods to its Dask pods.
+    network_policy: bool = True
+    # Namespaces whose pods may reach a run's Dask dashboard (the Dask controller's, for one).
+    dashboard_namespaces: tuple[str, ...] = ()
     # The run policy (policy.py), re-checked before a run's pods are created. Images runs may
     # name (exact, or prefixes ending in / : @); empty means `image` alone.
     allowed_image_prefixes: tuple[str, ...] = ()
@@ -125,8 +129,8 @@ def _parse(name: str, raw: str) -> Any:
             raise SettingsError(f"{ENV_PREFIX}METRICS_PORT", raw, "a port, 0 to 65535") from e
     if name == "log_level":
         return raw.upper()
-    if name == "dask_tls":
+    if name in ("dask_tls", "network_policy"):
         if raw.lower() not in ("true", "false"):
-            raise SettingsError(f"{ENV_PREFIX}DASK_TLS", raw, "true or false")
+            raise SettingsError(f"{ENV_PREFIX}{name.upper()}", raw, "true or false")
         return raw.lower() == "true"
     return raw

@@ -36,6 +36,8 @@ from trainingrun_operator.spec import RunSpec, cli_arguments
 
 TMP_VOLUME = "tmp"
 TLS_VOLUME = "dask-tls"
+# The label the API server puts on every namespace: its name.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # The image's init (tini) goes first in every command a pod runs: as PID 1 it passes
 # SIGTERM on, so a deleted run's pods stop at once instead of after the grace period.
 INIT = ("tini", "--")
@@ -276,6 +278,39 @@ def build_driver_identity(run: RunSpec) -> list[Manifest]:
     if not run.service_account_name:
         identity.insert(0, _owned(build_service_account(name, run.namespace), run, "driver"))
     return identity
+
+
+def build_network_policy(run: RunSpec, settings: OperatorSettings) -> Manifest:
+    """Who may connect to the run's Dask pods: the run's own pods (driver, scheduler,
+    workers: any port, workers listen on random ones), and the dashboard port from the
+    namespaces `settings.dashboard_namespaces` (the Dask controller's, by the chart's
+    default). Everything else is dropped where the network enforces NetworkPolicy; mutual
+    TLS refuses it either way."""
+    own_pods = {"podSelector": {"matchLabels": {LABEL_RUN: run.name}}}
+    ingress: list[dict[str, Any]] = [{"from": [own_pods]}]
+    if settings.dashboard_namespaces:
+        ingress.append({
+            "from": [
+                {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: namespace}}}
+                for namespace in settings.dashboard_namespaces
+            ],
+            "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}],
+        })  # fmt: skip
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": cluster_name(run),
+            "namespace": run.namespace,
+            "labels": labels(run, "dask"),
+            "ownerReferences": [owner_reference(run)],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_RUN: run.name, LABEL_COMPONENT: "dask"}},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
 
 
 def driver_arguments(run: RunSpec, settings: OperatorSettings) -> list[str]:

@@ -143,7 +143,7 @@ def test_happy_path_to_succeeded(
         )
     driver = job["spec"]["template"]["spec"]["containers"][0]
     assert driver["command"] == ["tini", "--", "python", "-m", "trainingrun_operator.driver"]
-    assert "--dask-scheduler-address=tcp://run-dask-scheduler." + namespace in " ".join(
+    assert "--dask-scheduler-address=tls://run-dask-scheduler." + namespace in " ".join(
         driver["args"]
     )
     assert "--variables=a,b" in driver["args"]
@@ -238,6 +238,33 @@ def test_a_driver_cannot_write_another_runs_status(
         ).stdout.strip(),
         WAIT_S, "run a's driver identity to be collected",
     )  # fmt: skip
+
+
+def test_every_run_pod_is_admitted_under_pod_security_restricted(
+    pulse_install: ControlPlane, pulse_operator: OperatorProcess, namespace: str
+) -> None:
+    """In a namespace that enforces Pod Security `restricted`, the API server admits the
+    scheduler, worker and driver pods (with the run's TLS Secret volume) unchanged."""
+    plane = pulse_install
+    plane.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    plane.apply(training_run(namespace))
+    driver = wait_workload(plane, namespace)
+    assert driver["spec"]["securityContext"]["runAsNonRoot"] is True
+    # The run's TLS Secret and NetworkPolicy came with its cluster, owned by the run.
+    for kind, name in (("secret", "run-dask-tls"), ("networkpolicy", "run-dask")):
+        found = get(plane, kind, name, namespace)
+        assert found and found["metadata"]["ownerReferences"][0]["name"] == "run", kind
+    selector = get(plane, "networkpolicy", "run-dask", namespace)["spec"]["podSelector"]
+    for pod in dask_pods(plane, namespace, "scheduler") + dask_pods(plane, namespace, "worker"):
+        assert pod["metadata"]["labels"].items() >= selector["matchLabels"].items()
+    assert (
+        len(dask_pods(plane, namespace, "scheduler") + dask_pods(plane, namespace, "worker")) >= 2
+    )
+    # The enforcement is real: a pod that breaks `restricted` is refused in this namespace.
+    bare = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare", "namespace": namespace},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}  # fmt: skip
+    with pytest.raises(KubectlError, match='violates PodSecurity "restricted:latest"'):
+        plane.create(bare)
 
 
 def owned_objects(plane: ControlPlane, namespace: str) -> list[str]:

@@ -5,8 +5,8 @@ controller are executed with their exact commands, arguments and environment (Ku
 ``$(VAR)`` expansion and downward-API values resolved as a kubelet would), with the
 in-cluster scheduler Service name pointed at 127.0.0.1 and Secret volumes (the run's Dask
 TLS files) read from the API server and mounted as a kubelet would. The real pipeline runs
-on a real Dask cluster, over mutual TLS, writes its results, and the driver's status patches reach the TrainingRun
-in the real API server under the driver ServiceAccount's RBAC.
+on a real Dask cluster, over mutual TLS, writes its results, and the driver's status
+patches reach the TrainingRun in the real API server under the driver's own RBAC.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from trainingrun_operator.workload import (
     build_dask_cluster,
     build_driver_identity,
     build_driver_job,
+    build_network_policy,
     build_tls_secret,
     driver_arguments,
 )
@@ -339,6 +340,33 @@ def test_every_run_pod_speaks_mutual_tls_with_the_runs_own_certificate() -> None
         assert [v["name"] for v in pod["volumes"]] == ["tmp"]
         assert "REQUIRE_ENCRYPTION" not in str(pod["containers"][0]["env"])
     assert "tcp://run-dask-scheduler" in str(build_driver_job(run, plain))
+
+
+def test_the_network_policy_admits_only_the_runs_pods_and_the_dashboard_namespaces() -> None:
+    """Ingress to the run's Dask pods: from its own pods (any port), and to the dashboard port
+    from the named namespaces only; owned by the run."""
+    run = RunSpec.from_body(body())
+    policy = build_network_policy(run, OperatorSettings(dashboard_namespaces=("pulse-system",)))
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert policy["spec"] == {
+        "podSelector": {"matchLabels": {"pulse.dev/trainingrun": "run",
+                                        "pulse.dev/component": "dask"}},
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            {"from": [{"podSelector": {"matchLabels": {"pulse.dev/trainingrun": "run"}}}]},
+            {"from": [{"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "pulse-system"}}}],
+             "ports": [{"protocol": "TCP", "port": 8787}]},
+        ],
+    }  # fmt: skip
+    # The pods it selects are the run's Dask pods, and its driver is among those it admits.
+    cluster, job = build_dask_cluster(run, SETTINGS), build_driver_job(run, SETTINGS)
+    assert cluster["metadata"]["labels"].items() >= policy["spec"]["podSelector"][
+        "matchLabels"].items()  # fmt: skip
+    driver_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert driver_labels["pulse.dev/trainingrun"] == "run"
+    only_own = build_network_policy(run, SETTINGS)["spec"]["ingress"]
+    assert len(only_own) == 1
 
 
 def test_dask_tls_is_on_unless_the_environment_says_false() -> None:

@@ -80,6 +80,12 @@
   verbs:
   - create
 - apiGroups:
+  - networking.k8s.io
+  resources:
+  - networkpolicies
+  verbs:
+  - create
+- apiGroups:
   - rbac.authorization.k8s.io
   resources:
   - roles
