@@ -372,3 +372,65 @@ def test_deleting_a_running_run_removes_every_pod(
     # SIGTERM leaves most of the 30 s. 10 s covers polling and clock granularity.
     late = {pod: margin for pod, margin in margins.items() if margin < 10}
     assert not late, f"pods sat out their termination grace period (SIGTERM ignored): {late}"
+
+
+# Run in a pod of another namespace: try the run's scheduler as a stranger would, plain TCP
+# (a Dask client without TLS) and TLS without the run's certificate; print one word each.
+INTRUDER_SCRIPT = """
+import socket, ssl, sys
+from distributed import Client
+address = sys.argv[1]
+host, port = address.rsplit(':', 1)
+try:
+    with Client('tcp://' + address, timeout=15, set_as_default=False):
+        print('tcp: connected')
+except Exception as e:
+    print('tcp: refused', type(e).__name__)
+context = ssl.create_default_context()
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+try:
+    with socket.create_connection((host, int(port)), timeout=15) as raw, \\
+            context.wrap_socket(raw) as conn:
+        print('tls: connected' if conn.recv(1) else 'tls: refused closed')
+except (ssl.SSLError, ConnectionResetError) as e:
+    print('tls: refused', type(e).__name__)
+except TimeoutError:
+    print('tls: connected (kept open)')
+"""
+
+
+def test_a_pod_of_another_namespace_cannot_use_a_runs_dask_cluster(
+    run_namespace: str, pulse_release: KubeCluster, image: str, say: Say,
+) -> None:  # fmt: skip
+    """While a run computes, a pod in another namespace reaches its scheduler's Service but
+    gets no Dask connection: plain TCP and TLS without the run's certificate are refused;
+    the run itself goes on to Succeeded."""
+    cluster = pulse_release
+    name = "synthetic-guarded"
+    apply(cluster, long_run(name, workers=1))
+    wait_for_phase(cluster, name, "Running")
+    stranger = "pulse-e2e-stranger"
+    cluster.kubectl("create", "namespace", stranger)
+    try:
+        address = f"{name}-dask-scheduler.{run_namespace}.svc.cluster.local:8786"
+        pod = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "stranger", "namespace": stranger},
+            "spec": {"restartPolicy": "Never", "containers": [{
+                "name": "stranger", "image": image, "imagePullPolicy": "Never",
+                "command": ["python", "-c", INTRUDER_SCRIPT, address],
+                "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}},
+            }]},
+        }  # fmt: skip
+        cluster.kubectl("apply", "--filename=-", stdin=json.dumps(pod))
+        eventually(
+            lambda: cluster.get("pod", "stranger", f"--namespace={stranger}")["status"].get(
+                "phase") in ("Succeeded", "Failed"),
+            180, "the stranger pod to finish", lambda: cluster.diagnostics(stranger),
+        )  # fmt: skip
+        log = cluster.kubectl("logs", "stranger", f"--namespace={stranger}").stdout
+        say(f"stranger pod: {log.strip()}")
+        assert "tcp: refused" in log and "tls: refused" in log, log
+    finally:
+        cluster.kubectl("delete", "namespace", stranger, "--wait", timeout=300)
+    wait_for_phase(cluster, name, "Succeeded")
