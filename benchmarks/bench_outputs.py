@@ -69,7 +69,8 @@ def widened(
         origins = pd.date_range(batch.start, periods=days, freq="B")
         actual = rng.standard_normal((days, n_series)) * scale
         predicted = signal * actual + rng.standard_normal((days, n_series)) * scale * 0.5
-        errors = ErrorSums.from_predictions(predicted, actual)
+        origin_levels = np.full((days, n_series), 100.0) * scale
+        errors = ErrorSums.from_predictions(predicted, actual, origin_levels).scaled(scale)
         spool(
             pa.Table.from_pandas(
                 pd.DataFrame(
@@ -77,6 +78,7 @@ def widened(
                         "origin": np.repeat(origins.to_numpy(), n_series),
                         "realized": np.repeat((origins + pd.offsets.BDay(1)).to_numpy(), n_series),
                         "batch_id": np.int32(batch_id),
+                        "horizon": np.int32(1),
                         "variable": pd.Categorical.from_codes(
                             np.tile(np.arange(n_series), days), categories=names
                         ),
@@ -104,6 +106,7 @@ def widened(
         evaluations=evaluations,
         errors=total,
         rule_table=rules,
+        by_horizon=(),  # the widened result is the run's one horizon
     )
 
 

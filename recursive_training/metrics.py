@@ -3,12 +3,24 @@
 Each batch returns sums (count, absolute error, squared error, squared actual change,
 direction hits and misses) so that overall metrics are sums of batch sums. Persistence
 predicts no change, so its squared error is the squared actual change.
+
+Scale-free metrics, also sums:
+
+- MASE: each absolute error divided by the mean absolute error of persistence (the mean
+  absolute h-step change) over the samples realized before the prediction's batch starts,
+  so the scale is known when the batch is predicted. A batch predicted before any such
+  sample of its series (or when all of them were zero changes) has no scale: its
+  predictions are left out of MASE, and ``n_scaled`` counts those that entered.
+- sMAPE on levels: ``2 |F - A| / (|F| + |A|)`` with the forecast level F = level at the
+  origin + predicted change and A the realized level, over the samples whose origin and
+  realized levels are both positive (``n_smape`` counts them); undefined for a series
+  without any.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -25,22 +37,34 @@ class ErrorSums:
     sq_actual: FloatArray
     hits: FloatArray
     misses: FloatArray
+    scaled_abs_error: FloatArray  # sum of |error| / persistence MAE known before the batch
+    n_scaled: FloatArray
+    smape: FloatArray  # sum of the sMAPE terms
+    n_smape: FloatArray
 
     @classmethod
     def zeros(cls, n_targets: int) -> ErrorSums:
         """The sums of no samples."""
         zero = np.zeros(n_targets)
-        return cls(zero, zero, zero, zero, zero, zero)
+        return cls(zero, zero, zero, zero, zero, zero, zero, zero, zero, zero)
 
     @classmethod
-    def from_predictions(cls, predicted: FloatArray, actual: FloatArray) -> ErrorSums:
-        """Sums for predicted vs actual changes (origins x variables); NaN on either side
-        means that variable was not predicted at that origin."""
+    def from_predictions(
+        cls, predicted: FloatArray, actual: FloatArray, origin_levels: FloatArray
+    ) -> ErrorSums:
+        """Sums for predicted vs actual changes (origins x variables), from the levels at
+        the origins; NaN on either side means that variable was not predicted at that
+        origin. The MASE sums are filled in by ``scaled`` once the batch's scale is known."""
         known = np.isfinite(predicted) & np.isfinite(actual)
         if not known.all():
             predicted, actual = np.where(known, predicted, 0.0), np.where(known, actual, 0.0)
         error = predicted - actual
         agree = np.sign(predicted) * np.sign(actual)
+        forecast_level, realized_level = origin_levels + predicted, origin_levels + actual
+        positive = known & (origin_levels > 0) & (realized_level > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = 2 * np.abs(error) / (np.abs(forecast_level) + np.abs(realized_level))
+        zero = np.zeros(predicted.shape[1])
         return cls(
             n=known.sum(axis=0).astype(np.float64),
             abs_error=np.abs(error).sum(axis=0),
@@ -48,16 +72,26 @@ class ErrorSums:
             sq_actual=(actual**2).sum(axis=0),
             hits=(agree > 0).sum(axis=0).astype(float),
             misses=(agree < 0).sum(axis=0).astype(float),
+            scaled_abs_error=zero,
+            n_scaled=zero,
+            smape=np.where(positive, terms, 0.0).sum(axis=0),
+            n_smape=positive.sum(axis=0).astype(np.float64),
+        )
+
+    def scaled(self, persistence_mae: FloatArray) -> ErrorSums:
+        """These sums (one batch's) with the MASE sums of a scale per variable: the
+        persistence MAE known before the batch (NaN or zero: no scale, left out)."""
+        usable = np.isfinite(persistence_mae) & (persistence_mae > 0)
+        divisor = np.where(usable, persistence_mae, 1.0)
+        return replace(
+            self,
+            scaled_abs_error=np.where(usable, self.abs_error / divisor, 0.0),
+            n_scaled=np.where(usable, self.n, 0.0),
         )
 
     def __add__(self, other: ErrorSums) -> ErrorSums:
         return ErrorSums(
-            self.n + other.n,
-            self.abs_error + other.abs_error,
-            self.sq_error + other.sq_error,
-            self.sq_actual + other.sq_actual,
-            self.hits + other.hits,
-            self.misses + other.misses,
+            *(getattr(self, f.name) + getattr(other, f.name) for f in fields(ErrorSums))
         )
 
     def arrays(self) -> dict[str, FloatArray]:
@@ -74,6 +108,8 @@ class ErrorSums:
                     self.sq_actual != 0, 1.0 - self.sq_error / self.sq_actual, np.nan
                 ),
                 "rms_change": np.where(self.n > 0, np.sqrt(self.sq_actual / self.n), np.nan),
+                "mase": np.where(self.n_scaled > 0, self.scaled_abs_error / self.n_scaled, np.nan),
+                "smape": np.where(self.n_smape > 0, self.smape / self.n_smape, np.nan),
             }
 
     def table(self, variables: list[str]) -> dict[str, dict[str, float | int | None]]:
@@ -81,7 +117,15 @@ class ErrorSums:
         return rows(self.arrays(), variables, range(len(variables)))
 
 
-TABLE_METRICS = ("mae", "rmse", "directional_accuracy", "skill_vs_persistence", "rms_change")
+TABLE_METRICS = (
+    "mae",
+    "rmse",
+    "directional_accuracy",
+    "skill_vs_persistence",
+    "rms_change",
+    "mase",
+    "smape",
+)
 """The metrics of a variable in the results document, after its sample count ``n``."""
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from recursive_training.arrays import FloatArray
-from recursive_training.metrics import ErrorSums, rows
+from recursive_training.metrics import TABLE_METRICS, ErrorSums, rows
 
 QUANTILES: Final = {"min": 0.0, "p05": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95,
                     "max": 1.0}  # fmt: skip
@@ -40,13 +40,17 @@ def series_table(
         "series": pa.array(list(variables), pa.string()),
         "n": pa.array(errors.n.astype(np.int64)),
     }
-    for name in ("mae", "rmse", "directional_accuracy", "skill_vs_persistence", "rms_change"):
+    for name in TABLE_METRICS:
         columns[name] = pa.array(metrics[name], pa.float64(), from_pandas=True)  # NaN -> null
     columns |= {
         "hits": pa.array(errors.hits.astype(np.int64)),
         "misses": pa.array(errors.misses.astype(np.int64)),
         "sse": pa.array(errors.sq_error),
         "sse_persistence": pa.array(errors.sq_actual),
+        "scaled_abs_error": pa.array(errors.scaled_abs_error),
+        "n_scaled": pa.array(errors.n_scaled.astype(np.int64)),
+        "smape_sum": pa.array(errors.smape),
+        "n_smape": pa.array(errors.n_smape.astype(np.int64)),
         "dropped_missing": pa.array(np.asarray(dropped_missing).astype(np.int64)),
     }
     return pa.table(columns)

@@ -30,8 +30,9 @@ RULE_MESSAGE: Final = (
 # than accepted and ignored. dask.workers, activeDeadlineSeconds, backoffLimit, suspend and
 # ttlSecondsAfterFinished may change: the operator applies them to the running run.
 IMMUTABLE_FIELDS: Final = (
-    "variables", "startDate", "endDate", "batchSizeDays", "horizon", "lags", "ridgeAlpha",
-    "halfLifeDays", "rules", "fdr", "intervals", "model", "data", "output", "resumeFrom", "image",
+    "variables", "startDate", "endDate", "batchSizeDays", "horizon", "horizons", "lags",
+    "ridgeAlpha", "halfLifeDays", "rules", "fdr", "intervals", "model", "data", "output",
+    "resumeFrom", "image",
     "serviceAccountName", "nodeSelector", "tolerations",
 )  # fmt: skip
 IMMUTABLE_DASK_FIELDS: Final = ("minWorkers", "threads", "resources", "image")
@@ -47,6 +48,7 @@ NAME_MAX: Final = 253
 VARIABLES_MAX: Final = 256
 EXOG_MAX: Final = 64
 INTERVALS_MAX: Final = 8
+HORIZONS_MAX: Final = 32
 
 
 def _string(description: str, **extra: Any) -> Schema:
@@ -266,6 +268,19 @@ def build_spec_schema() -> Schema:
         ),
         "batchSizeDays": _integer("Length of each date-range batch in days.", 1, default=365),
         "horizon": _integer("Forecast horizon in steps.", 1, default=1),
+        "horizons": {
+            "type": "array",
+            "description": "Several forecast horizons in one run, increasing (1, 5, 20): each "
+            "has its own walk-forward models, metrics and rule counts, as if run alone; "
+            "replaces horizon.",
+            "items": {"type": "integer", "format": "int32", "minimum": 1, "maximum": 100000},
+            "minItems": 1,
+            "maxItems": HORIZONS_MAX,
+            "x-kubernetes-list-type": "set",
+            "x-kubernetes-validations": [
+                {"rule": "self.isSorted()", "message": "list horizons increasing (1, 5, 20)"}
+            ],
+        },
         "lags": _integer("Past changes of every variable used as features.", 1, default=5),
         "ridgeAlpha": {
             "type": "number",
@@ -386,6 +401,11 @@ def build_spec_schema() -> Schema:
                 "rule": "!has(self.startDate) || !has(self.endDate) "
                 "|| self.endDate > self.startDate",
                 "message": "endDate must be after startDate",
+            },
+            {
+                "rule": "!has(self.horizons) || self.horizon == 1",
+                "message": "horizon and horizons were both given; give horizons for several "
+                "horizons, horizon for one",
             },
             {
                 "rule": "!has(self.variables) || !has(self.model) || !has(self.model.exog) "

@@ -34,6 +34,7 @@ class RunSpec:
     end_date: str | None = None
     batch_size_days: int = 365
     horizon: int = 1
+    horizons: tuple[int, ...] = ()  # several horizons; empty: the one `horizon`
     lags: int = 5
     ridge_alpha: float = 0.01
     half_life_days: float | None = None
@@ -87,6 +88,7 @@ class RunSpec:
             end_date=spec.get("endDate"),
             batch_size_days=spec.get("batchSizeDays", cls.batch_size_days),
             horizon=spec.get("horizon", cls.horizon),
+            horizons=tuple(spec.get("horizons", ())),
             lags=spec.get("lags", cls.lags),
             ridge_alpha=spec.get("ridgeAlpha", cls.ridge_alpha),
             half_life_days=spec.get("halfLifeDays"),
@@ -137,7 +139,9 @@ def cli_arguments(run: RunSpec, scheduler_address: str) -> list[str]:
         f"--input-data={run.data_uri}",
         f"--input-format={run.data_format}",
         f"--batch-size-days={run.batch_size_days}",
-        f"--horizon={run.horizon}",
+        f"--horizons={','.join(map(str, run.horizons))}"
+        if run.horizons
+        else f"--horizon={run.horizon}",
         f"--lags={run.lags}",
         f"--ridge-alpha={run.ridge_alpha}",
         f"--fdr={run.fdr}",

@@ -124,6 +124,10 @@ class BatchStatistics:
     worker: str
     candidates: int  # samples realized in the batch, complete or not
     usable: NDArray[np.int64]  # per variable, the samples with its own values all present
+    # Per series, persistence's absolute errors (|h-step change|) summed over the samples
+    # realized in the batch whose change is known, and their count: MASE's scale.
+    persistence_abs: FloatArray
+    persistence_n: FloatArray
 
 
 @dataclass(frozen=True)
@@ -216,7 +220,7 @@ def compute_batch_statistics(
     parts = []
     for structure, rows in zip(structures, batch.train_rows, strict=True):
         started = time.perf_counter()
-        stats, dropped, candidates, usable = _horizon_statistics(
+        stats, dropped, candidates, usable, persistence = _horizon_statistics(
             batch, spec, structure, rows, levels, stamps
         )
         seconds = loaded + time.perf_counter() - started
@@ -230,6 +234,7 @@ def compute_batch_statistics(
                 current_worker(),
                 candidates,
                 usable,
+                *persistence,
             )
         )
     return StatisticsTask(batch.batch_id, first_series, tuple(parts))
@@ -242,15 +247,16 @@ def _horizon_statistics(
     rows: tuple[int, int],
     levels: FloatArray | None,
     stamps: NDArray[np.datetime64] | None,
-) -> tuple[SufficientStats, int, int, NDArray[np.int64]]:
-    """One horizon's statistics, rule counts, dropped samples, candidates and usable counts
-    of the samples realized in ``rows``."""
+) -> tuple[SufficientStats, int, int, NDArray[np.int64], tuple[FloatArray, FloatArray]]:
+    """One horizon's statistics, rule counts, dropped samples, candidates, usable counts
+    and persistence error sums of the samples realized in ``rows``."""
     rules = parse_rules(spec.rules)
     n_entries = len(rule_entries(rules, structure.series))
     first, stop = rows
     if first >= stop or levels is None or stamps is None:
         empty = SufficientStats(structure.zeros(), np.zeros(n_entries), np.zeros(n_entries))
-        return empty, 0, 0, np.zeros(len(structure.columns), dtype=np.int64)
+        none = np.zeros(len(structure.series))
+        return empty, 0, 0, np.zeros(len(structure.columns), dtype=np.int64), (none, none)
     horizon = structure.horizon
     origins = np.arange(first, stop) - horizon - batch.window_rows[0]
     weights = forgetting_weights(stamps[origins + horizon], batch.end, spec.half_life_days)
@@ -264,6 +270,9 @@ def _horizon_statistics(
     # for per-series structures (a missing outcome abstains).
     kept = complete.any(axis=1)
     series = levels[:, : len(structure.series)]
+    change = np.abs(series[origins + horizon] - series[origins])
+    known = np.isfinite(change)
+    persistence = (np.where(known, change, 0.0).sum(axis=0), known.sum(axis=0).astype(float))
     outcome = series[origins[kept] + horizon] - series[origins[kept]]
     hits, misses = fixed_rule_counts(
         series,
@@ -278,6 +287,7 @@ def _horizon_statistics(
         _dropped(structure, len(origins), complete),
         len(origins),
         feats.usable_by_variable(levels, origins, spec.lags, horizon),
+        persistence,
     )
 
 
@@ -390,7 +400,7 @@ def _horizon_evaluation(
     return BatchEvaluation(
         batch.batch_id,
         0,
-        ErrorSums.from_predictions(predicted, actual),
+        ErrorSums.from_predictions(predicted, actual, levels[origins, :n_series]),
         hits,
         misses,
         predictions,
@@ -460,6 +470,8 @@ def merge_statistics(
         _workers(p.worker for p in parts),
         parts[0].candidates,
         np.concatenate([*usable, parts[0].usable[widths[0] :]]),
+        np.concatenate([p.persistence_abs for p in parts]),
+        np.concatenate([p.persistence_n for p in parts]),
     )
 
 

@@ -347,7 +347,10 @@ def reduce_run(
     """The final models, rule trust and error sums of every horizon, and the state a later
     run resumes from."""
     horizons = range(len(plan.structures))
-    evaluations = [_horizon_evaluations(plan, outputs, i) for i in horizons]
+    persistence = [_persistence_scales(plan, outputs, resume_state, i) for i in horizons]
+    evaluations = [
+        _horizon_evaluations(plan, outputs, i, scales) for i, (scales, _) in enumerate(persistence)
+    ]
     counts = [
         _model_rule_counts(
             resume_state, i, len(plan.variables), plan.batches, evaluations[i], plan.end, config
@@ -367,6 +370,7 @@ def reduce_run(
         stats=tuple(scan.prefix for scan in outputs.scans),
         model_hits=tuple(hits for hits, _ in counts),
         model_misses=tuple(misses for _, misses in counts),
+        persistence=tuple(total for _, total in persistence),
         run_id=run_id,
     )
     seconds = time.perf_counter() - began
@@ -381,18 +385,40 @@ def reduce_run(
     )
 
 
+def _persistence_scales(
+    plan: RunPlan, outputs: StageOutputs, state: TrainingState | None, index: int
+) -> tuple[dict[int, FloatArray], FloatArray]:
+    """MASE's scale of each batch at horizon ``index``: per series, the mean absolute error
+    of persistence over the samples realized before the batch starts (NaN before any),
+    and the sums (absolute errors; counts) of all of them, for the state."""
+    n = len(plan.variables)
+    total = np.zeros((2, n)) if state is None else state.persistence[index].copy()
+    scales = {}
+    for batch in plan.batches:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scales[batch.batch_id] = np.where(total[1] > 0, total[0] / total[1], np.nan)
+        stats = outputs.statistics[batch.batch_id].by_horizon[index]
+        total = total + np.stack([stats.persistence_abs, stats.persistence_n])
+    return scales, total
+
+
 def _horizon_evaluations(
-    plan: RunPlan, outputs: StageOutputs, index: int
+    plan: RunPlan, outputs: StageOutputs, index: int, scales: dict[int, FloatArray]
 ) -> dict[int, BatchEvaluation]:
-    """The evaluations of one horizon: the batches it had a model and origins for."""
+    """The evaluations of one horizon (the batches it had a model and origins for), with
+    their MASE sums from the batch's persistence scale."""
     models = outputs.scans[index].models
-    return {
-        b.batch_id: outputs.evaluations[b.batch_id].by_horizon[index]
-        for b in plan.batches
-        if b.batch_id in outputs.evaluations
-        and b.batch_id in models
-        and b.eval_rows[index][0] < b.eval_rows[index][1]
-    }
+    evaluations = {}
+    for b in plan.batches:
+        if (
+            b.batch_id in outputs.evaluations
+            and b.batch_id in models
+            and b.eval_rows[index][0] < b.eval_rows[index][1]
+        ):
+            evaluation = outputs.evaluations[b.batch_id].by_horizon[index]
+            errors = evaluation.errors.scaled(scales[b.batch_id])
+            evaluations[b.batch_id] = replace(evaluation, errors=errors)
+    return evaluations
 
 
 def _horizon_result(

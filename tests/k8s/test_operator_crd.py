@@ -80,6 +80,10 @@ def test_printer_columns_and_short_name(pulse_install: ControlPlane, namespace: 
         ({"model": {"exog": ["market"]}}, "model.exog applies to structure ar and pooled"),
         ({"variables": ["a", "b"], "model": {"structure": "ar", "exog": ["market"]}},
          "every model.exog must be among spec.variables"),
+        ({"horizons": [5, 1]}, "list horizons increasing (1, 5, 20)"),
+        ({"horizons": [1, 1]}, ".spec.horizons: duplicate entries"),
+        ({"horizons": [0, 5]}, "spec.horizons[0] in body should be greater than or equal to 1"),
+        ({"horizon": 5, "horizons": [1, 5]}, "horizon and horizons were both given"),
         ({"output": {}}, 'spec.output.uri: Required value'),
         ({"data": {"format": "xlsx"}}, 'spec.data.format: Unsupported value: "xlsx"'),
         # Caught here, not by the Dask pods' creation at run time with a generic message.

@@ -177,3 +177,54 @@ def test_resume_with_other_horizons_is_refused(capsys: pytest.CaptureFixture[str
     assert not any(out.iterdir())
     # the same horizons resume
     assert main([*argv[:3], "1,5", *argv[4:]]) == 0
+
+
+def test_mase_and_smape_equal_a_numpy_computation_from_the_data() -> None:
+    """MASE (scale: persistence MAE over the samples realized before the batch) and sMAPE
+    (samples with positive levels) of every series and horizon, recomputed here from the
+    raw levels and the predictions file."""
+    panel = make_panel(seed=8, n_series=4, rows=600, n_exog=0, missing=0.02)
+    panel["s0"] = panel["s0"] - panel["s0"].min() + 1.0  # positive throughout
+    panel["s1"] = panel["s1"] - panel["s1"].median()  # crosses zero: sMAPE on part of it
+    data = write_panel(panel)
+    lags = 3
+    out = Path(tempfile.mkdtemp(prefix="pulse-horizons-mase-"))
+    argv = ["--input-data", data, "--horizons", "1,5", "--lags", str(lags), "--model", "ar",
+            "--batch-size-days", "60", "--fill-limit", "0", "--min-train-samples", "30",
+            "--output-dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    got = files(out)
+    stamps = pd.bdate_range("2011-01-03", periods=len(panel))
+    levels = panel.to_numpy()
+    batch_start = {b["batch_id"]: pd.Timestamp(b["start"]) for b in got["document"]["batches"]}
+    predictions = got["predictions"]
+    metrics = got["metrics"].set_index(["horizon", "series"])
+    checked = 0
+    for h in (1, 5):
+        realized = np.arange(lags + h, len(panel))
+        for j, name in enumerate(panel.columns):
+            change = np.abs(levels[realized, j] - levels[realized - h, j])
+            known = np.isfinite(change)
+            mine = predictions[(predictions["horizon"] == h) & (predictions["variable"] == name)]
+            scaled = []
+            for batch_id, rows in mine.groupby("batch_id"):
+                before = known & (stamps[realized] < batch_start[int(batch_id)])
+                if before.any() and change[before].mean() > 0:
+                    error = np.abs(rows["predicted"] - rows["actual"]).to_numpy()
+                    scaled.append(error / change[before].mean())
+            mase = np.concatenate(scaled).mean() if scaled else np.nan
+            origin = levels[stamps.get_indexer(mine["origin"]), j]
+            real = levels[stamps.get_indexer(mine["realized"]), j]
+            positive = (origin > 0) & (real > 0)
+            forecast = origin + mine["predicted"].to_numpy()
+            terms = 2 * np.abs(forecast - real) / (np.abs(forecast) + np.abs(real))
+            smape = terms[positive].mean() if positive.any() else np.nan
+            row = metrics.loc[(h, name)]
+            np.testing.assert_allclose(row["mase"], mase, rtol=1e-12)
+            if np.isnan(smape):
+                assert pd.isna(row["smape"])
+            else:
+                np.testing.assert_allclose(row["smape"], smape, rtol=1e-12)
+                checked += 1
+            assert row["n_smape"] == positive.sum()
+    assert checked >= 4  # s0 everywhere, s1 partly, at both horizons

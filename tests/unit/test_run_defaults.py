@@ -65,3 +65,23 @@ def test_a_run_that_sets_nothing_trains_with_the_pipelines_defaults() -> None:
     config = create_config_from_args(parse_args(cli_arguments(run, "tcp://scheduler:8786")))
     for name in DEFAULTED:
         assert getattr(config, name) == pipeline_default(name), name
+
+
+def test_horizons_default_to_the_one_horizon_everywhere() -> None:
+    """No CRD default, an empty RunSpec tuple and a None config field all mean: the one
+    ``horizon``; the driver then passes --horizon, never both flags."""
+    version = build_crd()["spec"]["versions"][0]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert "default" not in spec["properties"]["horizons"]
+    assert RunSpec.__dataclass_fields__["horizons"].default == ()
+    assert pipeline_default("horizons") is None
+    run = RunSpec(name="run", namespace="team", uid="u", output_uri="s3://results/run")
+    arguments = cli_arguments(run, "tcp://scheduler:8786")
+    assert not any(a.startswith("--horizons") for a in arguments)
+    several = RunSpec(
+        name="run", namespace="team", uid="u", output_uri="s3://results/run", horizons=(1, 5, 20)
+    )
+    arguments = cli_arguments(several, "tcp://scheduler:8786")
+    assert not any(a.startswith("--horizon=") for a in arguments)
+    config = create_config_from_args(parse_args(arguments))
+    assert config.forecast_horizons == (1, 5, 20)
