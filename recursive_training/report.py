@@ -119,6 +119,8 @@ def render_report(
         }
     if "intervals" in document["metrics"]:
         sections["Prediction intervals"] = [_interval_coverage(document, folder)]
+    if "by_horizon" in document:
+        sections = {"Metrics by horizon": [_horizon_chart(document, folder)], **sections}
     page = folder / "index.html"
     _write(page, _page(document, sections).encode())
     charts = [s.path for group in sections.values() for s in group if s.path is not None]
@@ -194,8 +196,8 @@ def _date_axis(axes: Axes) -> None:
 # --- per-variable charts ---------------------------------------------------------------
 
 
-def _predictions_of(predictions: Predictions, names: Sequence[str]) -> pd.DataFrame:
-    """The walk-forward predictions of ``names`` only, in time order.
+def _predictions_of(predictions: Predictions, names: Sequence[str], horizon: int) -> pd.DataFrame:
+    """The walk-forward predictions of ``names`` at ``horizon`` only, in time order.
 
     From a file, only those rows are materialized: the file of a run of 100,000 series
     holds a hundred million predictions, of which the report draws a few thousand.
@@ -203,13 +205,16 @@ def _predictions_of(predictions: Predictions, names: Sequence[str]) -> pd.DataFr
     columns = ["realized", "variable", "predicted", "actual"]
     if isinstance(predictions, pd.DataFrame):
         columns += [c for c in predictions.columns if c.startswith(INTERVAL_PREFIXES)]
-        frame = predictions.loc[predictions["variable"].isin(names), columns]
+        chosen = predictions["variable"].isin(names) & (predictions["horizon"] == horizon)
+        frame = predictions.loc[chosen, columns]
     else:
         try:
             names_in_file = pq.read_schema(predictions).names
             columns += [c for c in names_in_file if c.startswith(INTERVAL_PREFIXES)]
             table = pq.read_table(
-                predictions, columns=columns, filters=[("variable", "in", list(names))]
+                predictions,
+                columns=columns,
+                filters=[("variable", "in", list(names)), ("horizon", "=", horizon)],
             )
         except OSError as e:
             raise OutputError(f"cannot read the predictions {predictions}: {e}") from e
@@ -235,7 +240,8 @@ def _variable_sections(
 ) -> list[Section]:
     """One walk-forward chart per series in ``names`` and a note on the ``left_out`` ones
     (the variables after the first few), or why there are none."""
-    frame = _predictions_of(predictions, names) if names else pd.DataFrame()
+    horizon = _first_horizon(document)
+    frame = _predictions_of(predictions, names, horizon) if names else pd.DataFrame()
     if frame.empty:
         return [Section("No walk-forward predictions", _why_not_evaluated(document))]
     known = _series_metrics(document)
@@ -254,7 +260,7 @@ def _variable_sections(
                 f"{_number(metrics.get('skill_vs_persistence'))}, directional accuracy "
                 f"{_number(metrics.get('directional_accuracy'))}, RMSE "
                 f"{_number(metrics.get('rmse'))} over {_number(metrics.get('n'))} predictions.",
-                _variable_chart(name, by_name[name], int(document["config"]["horizon"]), path),
+                _variable_chart(name, by_name[name], horizon, path),
             )
         )
     if left_out > 0:
@@ -266,6 +272,54 @@ def _variable_sections(
             )
         )
     return sections
+
+
+def _first_horizon(document: dict[str, Any]) -> int:
+    """The horizon the document's top level is about (schema 2 knew only ``horizon``)."""
+    return int(document.get("horizons", [document["config"]["horizon"]])[0])
+
+
+def _horizon_chart(document: dict[str, Any], folder: Path) -> Section:
+    """Median skill (with its interquartile range across series) and median MASE against
+    the horizon: how fast the forecasts lose their edge."""
+    sections = document["by_horizon"]
+    horizons = [s["horizon"] for s in sections]
+    across = [s["metrics"]["across_series"] for s in sections]
+
+    def values(key: str, quantile: str) -> FloatArray:
+        return np.array(
+            [np.nan if a[key][quantile] is None else a[key][quantile] for a in across], float
+        )
+
+    figure = Figure(figsize=(9.0, 3.8), layout="constrained")
+    skill, mase = figure.subplots(1, 2)
+    positions = np.arange(len(horizons))
+    skill.fill_between(
+        positions,
+        values("skill_vs_persistence", "p25"),
+        values("skill_vs_persistence", "p75"),
+        color=PREDICTED,
+        alpha=0.2,
+        label="interquartile range across series",
+    )
+    skill.plot(positions, values("skill_vs_persistence", "p50"), color=PREDICTED, marker="o",
+               label="median across series")  # fmt: skip
+    skill.axhline(0.0, color="black", lw=0.6)
+    skill.set(xlabel="horizon (steps)", ylabel="skill vs persistence")
+    skill.legend(fontsize=8, loc="best")
+    mase.plot(positions, values("mase", "p50"), color=PREDICTED, marker="o")
+    mase.axhline(1.0, color="black", lw=0.6)
+    mase.set(xlabel="horizon (steps)", ylabel="median MASE across series")
+    for axes in (skill, mase):
+        axes.set_xticks(positions, [str(h) for h in horizons])
+    path = _save(figure, folder / "metrics_by_horizon.png")
+    return Section(
+        "Skill and MASE by horizon",
+        "Each horizon has its own walk-forward models, as if run alone. Skill above zero and "
+        "MASE below one beat predicting no change; the charts and tables below are about "
+        f"horizon {horizons[0]}.",
+        path,
+    )
 
 
 def _why_not_evaluated(document: dict[str, Any]) -> str:
@@ -832,6 +886,7 @@ def _page(document: dict[str, Any], sections: dict[str, list[Section]]) -> str:
         f"({len(_evaluated_batches(document))} evaluated walk-forward). Created "
         f"{_e(document['created'])}.</p>",
         _headline_table(document),
+        _horizon_table(document),
         _series_tables(document),
     ]
     for heading, group in sections.items():
@@ -852,15 +907,50 @@ def _headline_table(document: dict[str, Any]) -> str:
         ("Series beating persistence", "n/a" if share is None else f"{share:.1%}"),
         ("Mean directional accuracy", _number(headline["mean_directional_accuracy"])),
         (
+            "Median MASE / sMAPE",
+            f"{_number(headline.get('median_mase'))} / {_number(headline.get('median_smape'))}",
+        ),
+        (
             "Rules validated",
             f"{headline['rules_validated']} of {headline['rules_total']} at FDR "
             f"{_fdr(document)} ({headline['rules_validated_by_interval']} by the interval alone)",
         ),
         ("Samples trained / evaluated", f"{data['samples_trained']} / {data['samples_evaluated']}"),
-        ("Horizon, lags", f"{config['horizon']} step(s), {config['lags']} lag(s)"),
+        ("Horizon, lags", f"{_first_horizon(document)} step(s), {config['lags']} lag(s)"),
     ]
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     return f"<h2>Headline</h2><table>{body}</table>"
+
+
+def _horizon_table(document: dict[str, Any]) -> str:
+    """One row per horizon of a multi-horizon run (nothing for one horizon)."""
+    if "by_horizon" not in document:
+        return ""
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "horizon", "samples evaluated", "median skill", "series beating persistence",
+            "mean directional accuracy", "median MASE", "median sMAPE", "rules validated",
+        )
+    )  # fmt: skip
+    rows = []
+    for section in document["by_horizon"]:
+        h = section["metrics"]["headline"]
+        evaluated = sum(b["samples_evaluated"] for b in section["batches"])
+        share = h["share_skill_positive"]
+        cells = (
+            section["horizon"], evaluated, _number(h["median_skill_vs_persistence"]),
+            "n/a" if share is None else f"{share:.1%}", _number(h["mean_directional_accuracy"]),
+            _number(h["median_mase"]), _number(h["median_smape"]),
+            f"{h['rules_validated']} of {h['rules_total']}",
+        )  # fmt: skip
+        rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    return (
+        f"<h2>Per horizon</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
+        f'<p class="note">The rest of the page is about horizon {_first_horizon(document)}; '
+        "every horizon's rows are in the predictions, metrics and rules files (column "
+        "horizon).</p>"
+    )
 
 
 def _series_tables(document: dict[str, Any]) -> str:
@@ -906,7 +996,7 @@ def _variable_table(metrics: Iterable[tuple[str, dict[str, Any]]]) -> str:
         f"<th>{h}</th>"
         for h in (
             "variable", "n", "MAE", "RMSE", "RMS change", "directional accuracy",
-            "skill vs persistence",
+            "skill vs persistence", "MASE", "sMAPE",
         )
     )  # fmt: skip
     rows = []
@@ -917,7 +1007,8 @@ def _variable_table(metrics: Iterable[tuple[str, dict[str, Any]]]) -> str:
             f"<tr><td>{_e(name)}</td><td>{_e(_number(m['n']))}</td><td>{_e(_number(m['mae']))}</td>"
             f"<td>{_e(_number(m['rmse']))}</td><td>{_e(_number(m['rms_change']))}</td>"
             f"<td>{_e(_number(m['directional_accuracy']))}</td>"
-            f"<td{worse}>{_e(_number(skill))}</td></tr>"
+            f"<td{worse}>{_e(_number(skill))}</td><td>{_e(_number(m.get('mase')))}</td>"
+            f"<td>{_e(_number(m.get('smape')))}</td></tr>"
         )
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 

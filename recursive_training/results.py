@@ -264,6 +264,8 @@ def _horizon_document(result: TrainingResult, rules: pa.Table | None = None) -> 
         "median_skill_vs_persistence": skill["p50"],
         "share_skill_positive": skill["share_positive"],
         "mean_directional_accuracy": across["directional_accuracy"]["mean"],
+        "median_mase": across["mase"]["p50"],
+        "median_smape": across["smape"]["p50"],
         "rules_validated": int(pc.sum(rules["validated"]).as_py() or 0),
         "rules_validated_by_interval": int(pc.sum(rules["interval_above_half"]).as_py() or 0),
         "rules_total": len(rules),
@@ -568,6 +570,13 @@ def summary(document: dict[str, Any]) -> str:
         f"{headline['rules_validated_by_interval']} have their {CONFIDENCE_LEVEL:.0%} "
         "interval above 0.5",
     ]
+    for section in document.get("by_horizon", []):
+        h = section["metrics"]["headline"]
+        lines.append(
+            f"  horizon {section['horizon']}: median skill {_fmt(h['median_skill_vs_persistence'])}"
+            f", directional accuracy {_fmt(h['mean_directional_accuracy'])}, median MASE "
+            f"{_fmt(h['median_mase'])}, rules validated {h['rules_validated']}"
+        )
     intervals = document["metrics"].get("intervals")
     if intervals:
         lines.append(
@@ -578,7 +587,11 @@ def summary(document: dict[str, Any]) -> str:
                 for m in intervals["levels"].values()
             )
         )
-    lines += ["", f"{'series':<24} {'n':>7} {'rmse':>11} {'skill':>7} {'dir.acc':>7}"]
+    lines += [
+        "",
+        f"{'series':<24} {'n':>7} {'rmse':>11} {'skill':>7} {'dir.acc':>7} {'mase':>7}"
+        + (f"  (horizon {document['horizons'][0]})" if "by_horizon" in document else ""),
+    ]
     overall = document["metrics"].get("overall", {})
     if across["count"] <= SUMMARY_ROWS and overall:
         listed = [{"series": name} | m for name, m in overall.items()]
@@ -591,7 +604,8 @@ def summary(document: dict[str, Any]) -> str:
             continue
         lines.append(
             f"{m['series'][:24]:<24} {m['n']:>7} {_fmt(m['rmse'], 11)} "
-            f"{_fmt(m['skill_vs_persistence'], 7)} {_fmt(m['directional_accuracy'], 7)}"
+            f"{_fmt(m['skill_vs_persistence'], 7)} {_fmt(m['directional_accuracy'], 7)} "
+            f"{_fmt(m['mase'], 7)}"
         )
     return "\n".join(lines)
 

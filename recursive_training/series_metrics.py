@@ -86,6 +86,8 @@ def series_summary(variables: list[str], errors: ErrorSums) -> dict[str, Any]:
         "skill_vs_persistence": distribution(skill)
         | {"share_positive": float((skill[defined] > 0).mean()) if defined.size else None},
         "directional_accuracy": distribution(metrics["directional_accuracy"]),
+        "mase": distribution(metrics["mase"]),
+        "smape": distribution(metrics["smape"]),
         "best": listed(best),
         "worst": listed(worst),
     }

@@ -228,3 +228,16 @@ def test_mase_and_smape_equal_a_numpy_computation_from_the_data() -> None:
                 checked += 1
             assert row["n_smape"] == positive.sum()
     assert checked >= 4  # s0 everywhere, s1 partly, at both horizons
+
+
+def test_report_shows_each_horizon(tmp_path: Path) -> None:
+    """A per-horizon table with one row per horizon and the by-horizon chart; the
+    walk-forward charts draw the first horizon's predictions only."""
+    data = write_panel(make_panel(seed=5, n_series=2, rows=400, n_exog=0, missing=0.0))
+    report = tmp_path / "report"
+    run_cli(data, "1,5,20", "--report", str(report))
+    page = (report / "index.html").read_text()
+    table = page.split("<h2>Per horizon</h2>")[1].split("</table>")[0]
+    assert [row.split("</td>")[0] for row in table.split("<tr><td>")[1:]] == ["1", "5", "20"]
+    assert (report / "metrics_by_horizon.png").stat().st_size > 0
+    assert "MASE" in page and "sMAPE" in page

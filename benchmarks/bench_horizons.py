@@ -1,0 +1,83 @@
+"""Benchmark of several horizons in one run against one horizon and against separate runs.
+
+Times, in-process and best of ``--repeat`` (CPU seconds too: the machine is shared), a
+whole walk-forward run (plan, statistics, scan, evaluation, reduction) with one horizon,
+with ``--horizons`` (default 1,5,20,60) in one run, and the same horizons as separate
+one-horizon runs, all on the same data in the same invocation, and prints the ratios.
+Default size: the issue's, 100 variables x 30 years daily, lags 5, 90-day batches.
+Run ``python benchmarks/bench_horizons.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from bench_fixed_cost import best_of  # script folder on sys.path
+from recursive_training.config import TrainingConfig
+from recursive_training.stages import TrainingPipeline
+
+
+def run(data: str, model: str, horizons: tuple[int, ...], args: argparse.Namespace) -> object:
+    """One walk-forward run of ``horizons`` (the pipeline's result, outputs not written)."""
+    config = TrainingConfig.build(
+        input_data=data,
+        model=model,
+        horizons=horizons,
+        lags=args.lags,
+        batch_size_days=args.batch_size_days,
+        rules=["momentum(5)", "model"],
+    )
+    return TrainingPipeline().execute(config)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variables", type=int, default=100)
+    parser.add_argument("--years", type=int, default=30)
+    parser.add_argument("--lags", type=int, default=5)
+    parser.add_argument("--batch-size-days", type=int, default=90)
+    parser.add_argument("--horizons", default="1,5,20,60")
+    parser.add_argument("--models", default="var,ar")
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    horizons = tuple(int(h) for h in args.horizons.split(","))
+    data = f"builtin:synthetic?n_variables={args.variables}&years={args.years}&seed=1"
+    print(
+        f"{args.variables} variables x {args.years} years daily, lags {args.lags}, "
+        f"{args.batch_size_days}-day batches, horizons {args.horizons}; best of {args.repeat}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'model':<7} {'measure':<34} {'wall s':>8} {'cpu s':>8} {'ratio (wall)':>13}")
+    for model in args.models.split(","):
+        one_wall, one_cpu, _ = best_of(args.repeat, lambda: run(data, model, horizons[:1], args))
+        all_wall, all_cpu, _ = best_of(args.repeat, lambda: run(data, model, horizons, args))
+        separate_wall = separate_cpu = 0.0
+        for h in horizons:
+            wall, cpu, _ = best_of(args.repeat, lambda h=h: run(data, model, (h,), args))
+            separate_wall, separate_cpu = separate_wall + wall, separate_cpu + cpu
+        rows = [
+            (f"1 horizon ({horizons[0]})", one_wall, one_cpu, "1.00x"),
+            (
+                f"{len(horizons)} horizons, one run",
+                all_wall,
+                all_cpu,
+                f"{all_wall / one_wall:.2f}x",
+            ),
+            (
+                f"{len(horizons)} separate runs",
+                separate_wall,
+                separate_cpu,
+                f"{separate_wall / one_wall:.2f}x",
+            ),
+        ]
+        for name, wall, cpu, ratio in rows:
+            print(f"{model:<7} {name:<34} {wall:>8.2f} {cpu:>8.2f} {ratio:>13}")
+        print(
+            f"{model:<7} one run vs separate runs: {separate_wall / all_wall:.2f}x faster "
+            f"(cpu {separate_cpu / all_cpu:.2f}x)"
+        )
+
+
+if __name__ == "__main__":
+    main()
