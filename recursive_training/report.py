@@ -908,7 +908,8 @@ def _headline_table(document: dict[str, Any]) -> str:
         ("Mean directional accuracy", _number(headline["mean_directional_accuracy"])),
         (
             "Median MASE / sMAPE",
-            f"{_number(headline.get('median_mase'))} / {_number(headline.get('median_smape'))}",
+            f"{_number(headline.get('median_mase'))} / "
+            f"{_number(document['metrics']['across_series'].get('smape', {}).get('p50'))}",
         ),
         (
             "Rules validated",
@@ -941,7 +942,8 @@ def _horizon_table(document: dict[str, Any]) -> str:
         cells = (
             section["horizon"], evaluated, _number(h["median_skill_vs_persistence"]),
             "n/a" if share is None else f"{share:.1%}", _number(h["mean_directional_accuracy"]),
-            _number(h["median_mase"]), _number(h["median_smape"]),
+            _number(h["median_mase"]),
+            _number(section["metrics"]["across_series"]["smape"]["p50"]),
             f"{h['rules_validated']} of {h['rules_total']}",
         )  # fmt: skip
         rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")

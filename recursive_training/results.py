@@ -265,7 +265,6 @@ def _horizon_document(result: TrainingResult, rules: pa.Table | None = None) -> 
         "share_skill_positive": skill["share_positive"],
         "mean_directional_accuracy": across["directional_accuracy"]["mean"],
         "median_mase": across["mase"]["p50"],
-        "median_smape": across["smape"]["p50"],
         "rules_validated": int(pc.sum(rules["validated"]).as_py() or 0),
         "rules_validated_by_interval": int(pc.sum(rules["interval_above_half"]).as_py() or 0),
         "rules_total": len(rules),
