@@ -14,6 +14,7 @@ import argparse
 import os
 
 from bench_fixed_cost import best_of  # script folder on sys.path
+
 from recursive_training.config import TrainingConfig
 from recursive_training.stages import TrainingPipeline
 
@@ -48,35 +49,36 @@ def main() -> None:
         f"{args.batch_size_days}-day batches, horizons {args.horizons}; best of {args.repeat}, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'model':<7} {'measure':<34} {'wall s':>8} {'cpu s':>8} {'ratio (wall)':>13}")
+    print(
+        f"{'model':<7} {'measure':<34} {'wall s':>8} {'cpu s':>8} {'wall ratio':>10} "
+        f"{'cpu ratio':>10}"
+    )
     for model in args.models.split(","):
-        one_wall, one_cpu, _ = best_of(args.repeat, lambda: run(data, model, horizons[:1], args))
-        all_wall, all_cpu, _ = best_of(args.repeat, lambda: run(data, model, horizons, args))
-        separate_wall = separate_cpu = 0.0
-        for h in horizons:
-            wall, cpu, _ = best_of(args.repeat, lambda h=h: run(data, model, (h,), args))
-            separate_wall, separate_cpu = separate_wall + wall, separate_cpu + cpu
-        rows = [
-            (f"1 horizon ({horizons[0]})", one_wall, one_cpu, "1.00x"),
-            (
-                f"{len(horizons)} horizons, one run",
-                all_wall,
-                all_cpu,
-                f"{all_wall / one_wall:.2f}x",
-            ),
-            (
-                f"{len(horizons)} separate runs",
-                separate_wall,
-                separate_cpu,
-                f"{separate_wall / one_wall:.2f}x",
-            ),
-        ]
-        for name, wall, cpu, ratio in rows:
-            print(f"{model:<7} {name:<34} {wall:>8.2f} {cpu:>8.2f} {ratio:>13}")
+        compare(data, model, horizons, args)
+
+
+def compare(data: str, model: str, horizons: tuple[int, ...], args: argparse.Namespace) -> None:
+    """Print one horizon, all horizons in one run and separate runs of ``model``."""
+    one_wall, one_cpu, _ = best_of(args.repeat, lambda: run(data, model, horizons[:1], args))
+    all_wall, all_cpu, _ = best_of(args.repeat, lambda: run(data, model, horizons, args))
+    separate_wall = separate_cpu = 0.0
+    for h in horizons:
+        wall, cpu, _ = best_of(args.repeat, lambda h=h: run(data, model, (h,), args))
+        separate_wall, separate_cpu = separate_wall + wall, separate_cpu + cpu
+    rows = [
+        (f"1 horizon ({horizons[0]})", one_wall, one_cpu, one_wall, one_cpu),
+        (f"{len(horizons)} horizons, one run", all_wall, all_cpu, one_wall, one_cpu),
+        (f"{len(horizons)} separate runs", separate_wall, separate_cpu, one_wall, one_cpu),
+    ]
+    for name, wall, cpu, wall_ref, cpu_ref in rows:
         print(
-            f"{model:<7} one run vs separate runs: {separate_wall / all_wall:.2f}x faster "
-            f"(cpu {separate_cpu / all_cpu:.2f}x)"
+            f"{model:<7} {name:<34} {wall:>8.2f} {cpu:>8.2f} {wall / wall_ref:>9.2f}x "
+            f"{cpu / cpu_ref:>9.2f}x"
         )
+    print(
+        f"{model:<7} one run vs separate runs: {separate_wall / all_wall:.2f}x faster "
+        f"(cpu {separate_cpu / all_cpu:.2f}x)"
+    )
 
 
 if __name__ == "__main__":
