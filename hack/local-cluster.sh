@@ -3,6 +3,7 @@
 #
 #   sudo hack/local-cluster.sh up            # start it (idempotent); prints the KUBECONFIG export
 #   sudo hack/local-cluster.sh load IMAGE..  # copy Docker images into the node (no registry)
+#   sudo hack/local-cluster.sh restart-apiserver [SECONDS]  # an API server outage, for fault tests
 #   sudo hack/local-cluster.sh down          # stop it, remove every pod and all cluster state
 #
 # What kind gives users on a laptop, built from parts these machines can have: the control
@@ -31,6 +32,9 @@ Commands:
   status       print each component's PID and health; exit 1 unless all run
   load IMAGE.. copy images from the Docker engine into the node's containerd
                (skipped for an image whose ID was loaded before)
+  restart-apiserver [SECONDS]
+               stop the API server, keep it down SECONDS (default 0), start it again
+               with the same flags and wait until it is ready (everything else runs on)
   kubeconfig   print the admin kubeconfig's path
   -h, --help   show this help
 
@@ -396,9 +400,11 @@ start_apiserver() {
     --allow-privileged=true \
     --profiling=false
   wait_for kube-apiserver /readyz curl -fsS --cacert "${PKI}/ca.crt" "https://${NODE_IP}:${API_PORT}/readyz"
-  # What kubeadm grants the API server's kubelet client: logs, exec and port-forward.
-  kubectl create clusterrolebinding kube-apiserver-kubelet-client \
-    --clusterrole=system:kubelet-api-admin --user=kube-apiserver-kubelet-client >/dev/null
+  # What kubeadm grants the API server's kubelet client: logs, exec and port-forward
+  # (already there when the API server is restarted).
+  kubectl get clusterrolebinding kube-apiserver-kubelet-client >/dev/null 2>&1 \
+    || kubectl create clusterrolebinding kube-apiserver-kubelet-client \
+      --clusterrole=system:kubelet-api-admin --user=kube-apiserver-kubelet-client >/dev/null
 }
 
 start_controller_manager() {
@@ -604,6 +610,24 @@ down() {
   log "down in $((SECONDS - started)) s (images kept in ${CONTAINERD_ROOT}, logs in ${LOGS})"
 }
 
+# restart_apiserver [SECONDS]: what an upgrade or a crash of the control plane looks like
+# to clients: connections refused for a while, then the same API back (etcd keeps the
+# state; kubelet, controllers and pods run on). The log of the first start is kept.
+restart_apiserver() {
+  local down_s="${1:-0}"
+  [[ "${down_s}" =~ ^[0-9]+$ ]] || die "SECONDS must be a whole number, got '${down_s}'"
+  require_root restart-apiserver
+  running || die "the cluster is not running: hack/local-cluster.sh up"
+  find_binaries
+  local started=${SECONDS}
+  mv -f "${LOGS}/kube-apiserver.log" "${LOGS}/kube-apiserver.before-restart.log"
+  stop kube-apiserver
+  log "API server stopped; starting it again in ${down_s} s"
+  sleep "${down_s}"
+  start_apiserver
+  log "API server back after $((SECONDS - started)) s"
+}
+
 status() {
   local name pid healthy=0
   for name in "${COMPONENTS[@]}"; do
@@ -630,6 +654,7 @@ main() {
       running || die "the cluster is not running: hack/local-cluster.sh up"
       load_images "$@"
       ;;
+    restart-apiserver) restart_apiserver "$@" ;;
     kubeconfig) printf '%s\n' "${ADMIN_KUBECONFIG}" ;;
     -h | --help) usage ;;
     *)

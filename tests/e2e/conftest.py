@@ -250,3 +250,31 @@ def node_s3(local_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
     with MotoServer(log, host=local_cluster.node_ip) as server:
         server.client().create_bucket(Bucket=BUCKET)
         yield server
+
+
+# --- the chart on the node ----------------------------------------------------------
+
+CHART = ROOT / "charts" / "pulse-recursive-training"
+RELEASE, RELEASE_NAMESPACE = "pulse", "pulse-system"
+# Small requests so a run's four pods and both controllers fit on a 2-CPU node.
+RUN_CPU, RUN_MEMORY = "300m", "1Gi"
+
+
+@pytest.fixture(scope="module")
+def pulse_release(local_cluster: KubeCluster, image: str, say: Say) -> Iterator[KubeCluster]:
+    """The chart installed with `helm install --wait`, running the image under test."""
+    repository, tag = image.rsplit(":", 1)
+    started = time.monotonic()
+    local_cluster.helm(
+        "upgrade", "--install", RELEASE, str(CHART), f"--namespace={RELEASE_NAMESPACE}",
+        "--create-namespace", "--wait", "--timeout=10m",
+        f"--set=image.repository={repository}", f"--set=image.tag={tag}",
+        # Loaded into the node by hand: there is no registry to pull from.
+        "--set=image.pullPolicy=Never",
+        f"--set=operator.runDefaults.cpu={RUN_CPU}",
+        f"--set=operator.runDefaults.memory={RUN_MEMORY}",
+    )  # fmt: skip
+    say(f"helm install --wait: {time.monotonic() - started:.1f} s")
+    yield local_cluster
+    local_cluster.helm("uninstall", RELEASE, f"--namespace={RELEASE_NAMESPACE}", "--wait")
+    local_cluster.kubectl("delete", "namespace", RELEASE_NAMESPACE, "--wait", timeout=300)

@@ -28,7 +28,7 @@ import yaml
 
 from recursive_training.data.panel import PanelSpec, write_panel
 from tests.e2e.cluster import KubeCluster, eventually, pod_start_seconds, timestamp
-from tests.e2e.conftest import BUCKET, ROOT, Say
+from tests.e2e.conftest import BUCKET, RELEASE_NAMESPACE, ROOT, Say
 from tests.integration.s3.servers import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
 from trainingrun_operator.constants import LABEL_RUN
 from trainingrun_operator.spec import RunSpec, cli_arguments
@@ -36,18 +36,14 @@ from trainingrun_operator.spec import RunSpec, cli_arguments
 # Each test waits for a whole run on a 2-CPU node; its own waits report what hung first.
 pytestmark = pytest.mark.timeout(900)
 
-CHART = ROOT / "charts" / "pulse-recursive-training"
 EXAMPLE = ROOT / "manifests" / "examples" / "trainingrun-synthetic.yaml"
 PANEL_EXAMPLE = ROOT / "manifests" / "examples" / "trainingrun-panel-ar.yaml"
 # A universe of series read from S3: 2,000 series (and the market) x 4 years, long Parquet.
 PANEL = PanelSpec(n_series=2000, years=4, seed=13)
-RELEASE, RELEASE_NAMESPACE = "pulse", "pulse-system"
 RUN_NAMESPACE = "pulse-e2e"
 CREDENTIALS_SECRET = "pulse-s3"
 # On 2 cores the whole cluster shares the CPUs with the runs: bounded, but generous.
 RUN_TIMEOUT_S = 600.0
-# Small requests so a run's four pods and both controllers fit on a 2-CPU node.
-RUN_CPU, RUN_MEMORY = "300m", "1Gi"
 # A run whose map stages last long enough (~15 s each, measured) for pods to be deleted
 # while they compute: the pipeline itself is fast, so many small batches on thin pods.
 LONG_RUN_DATA = "builtin:synthetic?n_variables=8&years=40&seed=11"
@@ -56,41 +52,22 @@ LONG_RUN_RESOURCES = {"requests": {"cpu": "150m", "memory": "1Gi"},
                       "limits": {"cpu": "150m", "memory": "1Gi"}}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def pulse_release(local_cluster: KubeCluster, image: str, say: Say) -> Iterator[KubeCluster]:
-    """The chart installed with `helm install --wait`, running the image under test."""
-    repository, tag = image.rsplit(":", 1)
-    started = time.monotonic()
-    local_cluster.helm(
-        "upgrade", "--install", RELEASE, str(CHART), f"--namespace={RELEASE_NAMESPACE}",
-        "--create-namespace", "--wait", "--timeout=10m",
-        f"--set=image.repository={repository}", f"--set=image.tag={tag}",
-        # Loaded into the node by hand: there is no registry to pull from.
-        "--set=image.pullPolicy=Never",
-        f"--set=operator.runDefaults.cpu={RUN_CPU}",
-        f"--set=operator.runDefaults.memory={RUN_MEMORY}",
-    )  # fmt: skip
-    say(f"helm install --wait: {time.monotonic() - started:.1f} s")
-    yield local_cluster
-    local_cluster.helm("uninstall", RELEASE, f"--namespace={RELEASE_NAMESPACE}", "--wait")
-    local_cluster.kubectl("delete", "namespace", RELEASE_NAMESPACE, "--wait", timeout=300)
-
-
 @contextlib.contextmanager
-def namespace_with_credentials(cluster: KubeCluster, s3: MotoServer) -> Iterator[str]:
-    """The runs' namespace, holding the S3 credentials Secret the example run names."""
-    cluster.kubectl("create", "namespace", RUN_NAMESPACE)
+def namespace_with_credentials(cluster: KubeCluster, s3: MotoServer,
+                               namespace: str = RUN_NAMESPACE) -> Iterator[str]:  # fmt: skip
+    """A namespace for runs, holding the S3 credentials Secret the example run names."""
+    cluster.kubectl("create", "namespace", namespace)
     cluster.kubectl(
-        "create", "secret", "generic", CREDENTIALS_SECRET, f"--namespace={RUN_NAMESPACE}",
+        "create", "secret", "generic", CREDENTIALS_SECRET, f"--namespace={namespace}",
         f"--from-literal=AWS_ACCESS_KEY_ID={ACCESS_KEY}",
         f"--from-literal=AWS_SECRET_ACCESS_KEY={SECRET_KEY}",
         f"--from-literal=AWS_DEFAULT_REGION={REGION}",
         f"--from-literal=AWS_ENDPOINT_URL={s3.endpoint}",
     )  # fmt: skip
     try:
-        yield RUN_NAMESPACE
+        yield namespace
     finally:
-        cluster.kubectl("delete", "namespace", RUN_NAMESPACE, "--wait", timeout=300)
+        cluster.kubectl("delete", "namespace", namespace, "--wait", timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +77,10 @@ def run_namespace(pulse_release: KubeCluster, node_s3: MotoServer) -> Iterator[s
         yield namespace
 
 
-def apply(cluster: KubeCluster, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Apply one object into the run namespace; return it as stored (defaults applied)."""
-    result = cluster.kubectl("apply", f"--namespace={RUN_NAMESPACE}", "--filename=-",
+def apply(cluster: KubeCluster, manifest: dict[str, Any],
+          namespace: str = RUN_NAMESPACE) -> dict[str, Any]:  # fmt: skip
+    """Apply one object into `namespace`; return it as stored (defaults applied)."""
+    result = cluster.kubectl("apply", f"--namespace={namespace}", "--filename=-",
                              "--output=json", stdin=json.dumps(manifest))  # fmt: skip
     stored: dict[str, Any] = json.loads(result.stdout)
     return stored
@@ -120,15 +98,16 @@ def long_run(name: str, workers: int) -> dict[str, Any]:
     return manifest
 
 
-def phase(cluster: KubeCluster, name: str) -> dict[str, Any]:
+def phase(cluster: KubeCluster, name: str, namespace: str = RUN_NAMESPACE) -> dict[str, Any]:
     """The run's status (empty before the operator's first write)."""
-    status: dict[str, Any] = cluster.get("trainingrun", name, f"--namespace={RUN_NAMESPACE}"
+    status: dict[str, Any] = cluster.get("trainingrun", name, f"--namespace={namespace}"
                                          ).get("status", {})  # fmt: skip
     return status
 
 
 def wait_for_phase(cluster: KubeCluster, name: str, wanted: str,
-                   pod_starts: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
+                   pod_starts: dict[str, float] | None = None,
+                   namespace: str = RUN_NAMESPACE) -> dict[str, Any]:  # fmt: skip
     """Wait for the run's phase; a Failed run fails at once, with the cluster's story.
 
     `pod_starts` collects, for each pod of the namespace seen meanwhile, the seconds from
@@ -137,17 +116,17 @@ def wait_for_phase(cluster: KubeCluster, name: str, wanted: str,
 
     def probe() -> dict[str, Any] | None:
         if pod_starts is not None:
-            for pod in cluster.pods(RUN_NAMESPACE):
+            for pod in cluster.pods(namespace):
                 seconds = pod_start_seconds(pod)
                 if seconds is not None:
                     pod_starts.setdefault(pod["metadata"]["name"], seconds)
-        status = phase(cluster, name)
+        status = phase(cluster, name, namespace)
         if status.get("phase") == "Failed" and wanted != "Failed":
-            raise AssertionError(f"{name} failed: {status}\n{cluster.diagnostics(RUN_NAMESPACE)}")
+            raise AssertionError(f"{name} failed: {status}\n{cluster.diagnostics(namespace)}")
         return status if status.get("phase") == wanted else None
 
     return eventually(probe, RUN_TIMEOUT_S, f"{name} {wanted}",
-                      lambda: cluster.diagnostics(RUN_NAMESPACE))  # fmt: skip
+                      lambda: cluster.diagnostics(namespace))  # fmt: skip
 
 
 def results_from_s3(s3: MotoServer, run: str) -> dict[str, Any]:

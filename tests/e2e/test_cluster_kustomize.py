@@ -15,13 +15,8 @@ import pytest
 import yaml
 
 from tests.e2e.cluster import KubeCluster
-from tests.e2e.conftest import ROOT, Say
-from tests.e2e.test_cluster import (
-    RUN_CPU,
-    RUN_MEMORY,
-    namespace_with_credentials,
-    run_example_and_check,
-)
+from tests.e2e.conftest import ROOT, RUN_CPU, RUN_MEMORY, Say
+from tests.e2e.test_cluster import namespace_with_credentials, run_example_and_check
 from tests.integration.s3.servers import MotoServer
 
 pytestmark = pytest.mark.timeout(900)
