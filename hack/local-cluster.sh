@@ -128,12 +128,20 @@ pid_of() {
   printf '%s\n' "${pid}"
 }
 
-# start NAME BINARY ARGS...: a daemon in its own session, output in logs/NAME.log. Started
-# directly (no `cd X &&` in the list), so $! is the component's own PID.
+# start NAME BINARY ARGS...: a daemon in its own session, output in logs/NAME.log. The
+# subshell execs it (no `cd X &&` in the list), so $! is the component's own PID. It keeps
+# none of the caller's other descriptors: under `flock LOCK hack/local-cluster.sh ...` the
+# daemon would otherwise hold the caller's lock for as long as it runs.
 start() {
   local name="$1"
   shift
-  setsid nohup "$@" >"${LOGS}/${name}.log" 2>&1 </dev/null &
+  (
+    for fd in "/proc/${BASHPID}/fd"/*; do
+      fd="${fd##*/}"
+      if ((fd > 2)); then eval "exec ${fd}>&-" 2>/dev/null || true; fi
+    done
+    exec setsid nohup "$@" >"${LOGS}/${name}.log" 2>&1 </dev/null
+  ) &
   printf '%s\n' "$!" >"${RUN_DIR}/${name}.pid"
 }
 
