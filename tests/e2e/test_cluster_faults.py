@@ -106,6 +106,7 @@ def running_pods(cluster: KubeCluster, namespace: str, selector: str) -> list[st
     ]
 
 
+@pytest.mark.timeout(BURST_TIMEOUT_S + 300)
 def test_a_burst_of_runs_all_succeed_without_spending_a_retry(
     namespace: str, pulse_release: KubeCluster, node_s3: MotoServer, say: Say
 ) -> None:
