@@ -241,3 +241,17 @@ def test_report_shows_each_horizon(tmp_path: Path) -> None:
     assert [row.split("</td>")[0] for row in table.split("<tr><td>")[1:]] == ["1", "5", "20"]
     assert (report / "metrics_by_horizon.png").stat().st_size > 0
     assert "MASE" in page and "sMAPE" in page
+
+
+def test_horizons_from_a_yaml_file(tmp_path: Path) -> None:
+    """The YAML form is a list; flags still override it."""
+    from recursive_training.run_training import create_config_from_args, parse_args
+
+    settings = tmp_path / "run.yaml"
+    settings.write_text("horizons: [1, 5, 20]\nlags: 3\n")
+    config = create_config_from_args(parse_args(["--config", str(settings)]))
+    assert config.forecast_horizons == (1, 5, 20)
+    flags = create_config_from_args(parse_args(["--config", str(settings), "--horizons", "2,4"]))
+    assert flags.forecast_horizons == (2, 4)
+    with pytest.raises(ConfigError, match="both given"):
+        create_config_from_args(parse_args(["--config", str(settings), "--horizon", "2"]))
