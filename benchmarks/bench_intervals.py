@@ -6,7 +6,7 @@ hits both alike. Also printed: the residual sketch a run ends with (the driver's
 for intervals) against the sorted buffer of every residual that exact quantiles would hold.
 
     python benchmarks/bench_intervals.py                 # var 100x30 and ar on 10,000 series
-    python benchmarks/bench_intervals.py --repeat 3
+    python benchmarks/bench_intervals.py --repeat 3 --workloads var
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ LEVELS = (0.8, 0.95)
 class Workload:
     """One run's settings, without the interval levels."""
 
+    key: str
     name: str
     settings: dict[str, object]
 
 
 WORKLOADS = (
     Workload(
+        "var",
         "var, 100 variables x 30 years, lags 5, 90-day batches",
         {
             "input_data": "builtin:synthetic?n_variables=100&years=30&seed=1",
@@ -45,6 +47,7 @@ WORKLOADS = (
         },
     ),
     Workload(
+        "ar",
         "ar, 10,000 series x 10 years, lags 5, 365-day batches",
         {
             "input_data": "builtin:panel?n_series=10000&years=10&seed=1",
@@ -78,10 +81,16 @@ def timed_run(config: TrainingConfig) -> tuple[float, tuple[int, int]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2, help="runs of each kind (best kept)")
+    parser.add_argument(
+        "--workloads",
+        default="var,ar",
+        help="comma-separated workloads to run: var, ar (default: both)",
+    )
     args = parser.parse_args()
+    chosen = args.workloads.split(",")
     print(f"{'workload':<56} {'none s':>8} {'intervals s':>11} {'ratio':>6} "
           f"{'sketch MiB':>10} {'exact MiB':>9}")  # fmt: skip
-    for workload in WORKLOADS:
+    for workload in (w for w in WORKLOADS if w.key in chosen):
         plain = TrainingConfig.build(**workload.settings)
         with_intervals = TrainingConfig.build(**workload.settings, intervals=list(LEVELS))
         open_source(plain.input_data)  # the builtin data are generated once, before timing

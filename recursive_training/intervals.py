@@ -101,18 +101,21 @@ class SketchCounts:
     @classmethod
     def of(cls, series: NDArray[np.intp], residual: FloatArray) -> SketchCounts:
         """The counts of absolute residuals ``residual`` of the series at ``series``."""
-        keys = series.astype(np.int64) * _BUCKETS_PER_SERIES + bucket_of(residual) + _BUCKET_OFFSET
+        return cls.of_keys(residual_keys(series, residual))
+
+    @classmethod
+    def of_keys(cls, keys: IntArray) -> SketchCounts:
+        """The counts of residuals given by their ``residual_keys``."""
         unique, counts = np.unique(keys, return_counts=True)
         return cls(unique, counts.astype(np.int64))
 
-    @classmethod
-    def merged(cls, parts: Sequence[SketchCounts]) -> SketchCounts:
-        """The counts of all ``parts`` together."""
-        if len(parts) == 1:
-            return parts[0]
-        unique, inverse = np.unique(np.concatenate([p.keys for p in parts]), return_inverse=True)
-        counts = np.bincount(inverse, weights=np.concatenate([p.counts for p in parts]))
-        return cls(unique, counts.astype(np.int64))
+
+def residual_keys(series: NDArray[np.intp], residual: FloatArray) -> IntArray:
+    """Each absolute residual's sketch key: its series' block, then its bucket."""
+    keys: IntArray = (
+        series.astype(np.int64) * _BUCKETS_PER_SERIES + bucket_of(residual) + _BUCKET_OFFSET
+    )
+    return keys
 
 
 class ResidualSketch:
@@ -269,7 +272,8 @@ class IntervalScan:
         self._expected = set(self._order)
         self._next = 0
         self._waiting: dict[int, pa.Table] = {}
-        self._known_from: dict[int, list[SketchCounts]] = {}  # by position of first use
+        # keys of residuals not yet counted, by the position of the batch they are known at
+        self._known_from: dict[int, list[IntArray]] = {}
         self._n_series = n_series
         self._release = release
 
@@ -296,7 +300,7 @@ class IntervalScan:
         known = [c for k in [k for k in self._known_from if k <= position]
                  for c in self._known_from.pop(k)]  # fmt: skip
         if known:
-            self.sketch.add(SketchCounts.merged(known))
+            self.sketch.add(SketchCounts.of_keys(np.concatenate(known)))
         series = table.column("variable").combine_chunks().indices.to_numpy(zero_copy_only=False)
         predicted = table.column("predicted").to_numpy()
         actual = table.column("actual").to_numpy()
@@ -321,9 +325,7 @@ class IntervalScan:
         self.sums[position] = IntervalSums(*(np.array([p[j] for p in per_level]) for j in range(4)))
         realized = table.column("realized").to_numpy().astype("datetime64[ns]")
         first_use = np.searchsorted(self._starts, realized, side="right")
-        residual = np.abs(actual - predicted)
+        keys = residual_keys(series, np.abs(actual - predicted))
         for use in np.unique(first_use[first_use < len(self._starts)]):
-            chosen = first_use == use
-            counts = SketchCounts.of(series[chosen], residual[chosen])
-            self._known_from.setdefault(int(use), []).append(counts)
+            self._known_from.setdefault(int(use), []).append(keys[first_use == use])
         return table
