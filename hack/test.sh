@@ -31,6 +31,9 @@ if [[ "${PULSE_SKIP_K8S_SETUP:-0}" != 1 ]]; then
   # The kstatus program tests/k8s/test_gitops_health.py runs: built here, not in a fixture,
   # so a cold build (~2.5 min) is a setup step and not part of a test's timeout.
   hack/kstatus.sh >/dev/null
+  # Kueue's manager and CRDs for tests/k8s/test_kueue.py (cold build ~6 min, then cached):
+  # with PULSE_REQUIRE_K8S=1 that tier fails, not skips, when they are missing.
+  hack/kueue.sh >/dev/null
 fi
 
 if [[ "${PULSE_WITH_DOCKER:-0}" == 1 && -x hack/docker-setup.sh ]]; then

@@ -26,6 +26,14 @@ DASK_GROUP: Final = "kubernetes.dask.org"
 DASK_VERSION: Final = "v1"
 DASK_API_VERSION: Final = f"{DASK_GROUP}/{DASK_VERSION}"
 
+# Kueue (the Kueue route, kueue.py): its API, the labels a run asks for a queue and a priority
+# with (the same labels Kueue reads on its built-in integrations).
+KUEUE_GROUP: Final = "kueue.x-k8s.io"
+KUEUE_VERSION: Final = "v1beta2"
+KUEUE_API_VERSION: Final = f"{KUEUE_GROUP}/{KUEUE_VERSION}"
+KUEUE_QUEUE_LABEL: Final = f"{KUEUE_GROUP}/queue-name"
+KUEUE_PRIORITY_LABEL: Final = f"{KUEUE_GROUP}/priority-class"
+
 DEFAULT_IMAGE: Final = "pulse-recursive-training:0.1.0"
 DEFAULT_NAMESPACE: Final = "pulse-system"
 OPERATOR_NAME: Final = "pulse-operator"
@@ -38,6 +46,8 @@ RUN_AS_USER: Final = 10001
 
 # Phases of status.phase, in the order a run normally passes them.
 PENDING: Final = "Pending"
+# Waiting for Kueue to admit the run (or re-admit it after an eviction): nothing of it runs.
+QUEUED: Final = "Queued"
 PROVISIONING: Final = "Provisioning"
 RUNNING: Final = "Running"
 SUSPENDED: Final = "Suspended"
@@ -46,7 +56,8 @@ FAILED: Final = "Failed"
 FINISHED_PHASES: Final = frozenset({SUCCEEDED, FAILED})
 
 # Condition types of status.conditions.
-# True from the moment a run may create its Dask cluster until it finishes or is suspended.
+# True from the moment a run may create its Dask cluster until it finishes or is suspended
+# (under Kueue: while Kueue admits it).
 CONDITION_ADMITTED: Final = "Admitted"
 CONDITION_READY: Final = "WorkloadReady"
 CONDITION_RUNNING: Final = "Running"

@@ -443,7 +443,8 @@ def build_status_schema() -> Schema:
         "properties": {
             "phase": {
                 "type": "string",
-                "enum": ["Pending", "Provisioning", "Running", "Suspended", "Succeeded", "Failed"],
+                "enum": ["Pending", "Queued", "Provisioning", "Running", "Suspended", "Succeeded",
+                         "Failed"],
             },
             "observedGeneration": integer,
             "conditions": {
@@ -493,6 +494,9 @@ def build_crd() -> dict[str, Any]:
         {"name": "Skill", "type": "number", "jsonPath": ".status.results.meanSkillVsPersistence",
          "description": "Mean skill vs persistence of the learned model (walk-forward)"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Queue", "type": "string", "priority": 1,
+         "jsonPath": ".metadata.labels.kueue\\.x-k8s\\.io/queue-name",
+         "description": "Kueue LocalQueue of the run (kubectl get -o wide; docs/kueue.md)"},
         {"name": "Dashboard", "type": "string", "priority": 1,
          "jsonPath": ".status.daskCluster.dashboardAddress",
          "description": "In-cluster address of the run's Dask dashboard (kubectl get -o wide)"},

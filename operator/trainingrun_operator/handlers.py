@@ -32,6 +32,8 @@ from trainingrun_operator.constants import (
     FINALIZER,
     GROUP,
     KOPF_PREFIX,
+    KUEUE_GROUP,
+    KUEUE_VERSION,
     LABEL_MANAGED_BY,
     LABEL_RUN,
     MANAGER,
@@ -94,6 +96,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     memo.queue = PassQueue()
     memo.stats = ReconcileStats()
     memo.metrics = OperatorMetrics.create()
+    memo.kube.on_request = memo.metrics.count_request
     memo.metrics.count_watch_restarts(show_debug=memo.settings.log_level == "DEBUG")
     memo.metrics_server = None
     if memo.settings.metrics_port:
@@ -201,3 +204,15 @@ async def trainingrun_child_event(
     """
     if namespace:
         await _sync(memo, namespace, labels[LABEL_RUN])
+
+
+def watch_workloads() -> None:
+    """Also reconcile a run when its Kueue Workload changes (admitted, evicted, preempted).
+
+    Registered by ``main`` only when the Kueue route is on, so an operator without Kueue's
+    CRDs or the RBAC for them watches nothing of Kueue. (Under ``kopf run -m`` the resync
+    still picks admissions up, within ``resync_seconds``.)
+    """
+    kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "workloads", labels=CHILD_LABELS)(
+        trainingrun_child_event
+    )

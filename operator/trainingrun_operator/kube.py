@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -19,7 +19,7 @@ import kr8s
 import kr8s.asyncio
 from kr8s.asyncio import Api
 
-from trainingrun_operator.constants import API_VERSION, DASK_API_VERSION, PLURAL
+from trainingrun_operator.constants import API_VERSION, DASK_API_VERSION, KUEUE_API_VERSION, PLURAL
 from trainingrun_operator.exceptions import KubeError, KubeUnreachableError
 from trainingrun_operator.objects import Manifest
 
@@ -49,6 +49,10 @@ IDENTITY_RESOURCES = {
 }  # fmt: skip
 EVENTS = Resource("v1", "events")
 PODS = Resource("v1", "pods")
+WORKLOADS = Resource(KUEUE_API_VERSION, "workloads")
+# Cluster-scoped: read with namespace None.
+RESOURCE_FLAVORS = Resource(KUEUE_API_VERSION, "resourceflavors")
+WORKLOAD_PRIORITY_CLASSES = Resource(KUEUE_API_VERSION, "workloadpriorityclasses")
 
 
 class Kube:
@@ -64,6 +68,8 @@ class Kube:
         # httpcore's pool does work quadratic in waiting requests: hundreds of runs
         # reconciled at once are faster queued here than in the pool.
         self._slots = asyncio.Semaphore(max_in_flight)
+        # Told (method, plural) of every request: the operator's metrics count them.
+        self.on_request: Callable[[str, str], None] | None = None
 
     @classmethod
     async def connect(cls) -> Kube:
@@ -82,6 +88,8 @@ class Kube:
         """One request; the status code and decoded body, raising on errors but 404 and 409."""
         content = None if body is None else json.dumps(body)
         path = f"{resource.plural} {namespace}/{url}"
+        if self.on_request is not None:
+            self.on_request(method, resource.plural)
         try:
             async with self._slots, self.api.call_api(
                 method, version=resource.api_version, namespace=namespace, url=url,
@@ -96,8 +104,8 @@ class Kube:
             raise KubeError(method, path, response.status_code, message)
         return response.status_code, decoded
 
-    async def read(self, resource: Resource, namespace: str, name: str) -> Manifest | None:
-        """The object, or None when it does not exist."""
+    async def read(self, resource: Resource, namespace: str | None, name: str) -> Manifest | None:
+        """The object (cluster-scoped when `namespace` is None), or None when it does not exist."""
         status, body = await self._call("GET", resource, namespace, f"{resource.plural}/{name}")
         return None if status == 404 else body
 
@@ -123,9 +131,16 @@ class Kube:
         self, resource: Resource, namespace: str, name: str, patch: Mapping[str, Any],
         subresource: str = "",
     ) -> Manifest | None:  # fmt: skip
-        """JSON-merge-patch the object (or its subresource); None when it does not exist."""
+        """JSON-merge-patch the object (or its subresource); None when it does not exist.
+
+        A patch that names a resourceVersion fails with KubeError (409) when the object
+        changed since it was read: the next pass reads it again.
+        """
         url = f"{resource.plural}/{name}" + (f"/{subresource}" if subresource else "")
         status, body = await self._call("PATCH", resource, namespace, url, patch, MERGE_PATCH)
+        if status == 409:
+            raise KubeError("PATCH", f"{resource.plural} {namespace}/{url}", status,
+                            body.get("message", "conflict"))  # fmt: skip
         return None if status == 404 else body
 
     async def delete(

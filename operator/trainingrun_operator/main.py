@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--liveness-endpoint", help="e.g. http://0.0.0.0:8080/healthz; '' = off")
     parser.add_argument("--metrics-port", type=int, help="Prometheus metrics port; 0 = off")
+    parser.add_argument(
+        "--kueue", action=argparse.BooleanOptionalAction, default=None,
+        help="admit runs labelled kueue.x-k8s.io/queue-name through Kueue Workloads",
+    )  # fmt: skip
     return parser
 
 
@@ -49,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pulse-operator: {e}", file=sys.stderr)
         return 1
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    importlib.import_module("trainingrun_operator.handlers")
+    handlers = importlib.import_module("trainingrun_operator.handlers")
+    if settings.kueue:
+        handlers.watch_workloads()
     kopf.run(
         standalone=True,
         clusterwide=not settings.namespaces,

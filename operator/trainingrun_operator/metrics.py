@@ -26,6 +26,7 @@ from trainingrun_operator.constants import (
     FAILED,
     PENDING,
     PROVISIONING,
+    QUEUED,
     RUNNING,
     SUCCEEDED,
     SUSPENDED,
@@ -33,7 +34,7 @@ from trainingrun_operator.constants import (
 from trainingrun_operator.exceptions import KubeError
 
 PREFIX = "pulse"
-PHASES = (PENDING, PROVISIONING, RUNNING, SUSPENDED, SUCCEEDED, FAILED)
+PHASES = (PENDING, QUEUED, PROVISIONING, RUNNING, SUSPENDED, SUCCEEDED, FAILED)
 # A pass reads two to four objects and may write one: milliseconds normally, seconds when the
 # API server is slow or the pass waits its turn in the start queue.
 PASS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -166,6 +167,7 @@ class OperatorMetrics:
     passes: Counter
     pass_seconds: Histogram
     api_errors: Counter
+    api_requests: Counter
     watch_restarts: Counter
     runs: RunCollector
 
@@ -191,6 +193,11 @@ class OperatorMetrics:
                 "Kubernetes API calls that failed, by error (KubeError: refused; "
                 "KubeUnreachableError: transport).", ["error"], registry=registry,
             ),
+            api_requests=Counter(
+                f"{PREFIX}_operator_api_requests",
+                "Kubernetes API requests of the reconcile loop (kopf's watches not included), "
+                "by verb and resource.", ["verb", "resource"], registry=registry,
+            ),
             watch_restarts=Counter(
                 f"{PREFIX}_operator_watch_restarts",
                 "Watch-streams kopf had to restart (410 Gone, inactivity).", registry=registry,
@@ -205,6 +212,10 @@ class OperatorMetrics:
         self.pass_seconds.labels(outcome).observe(seconds)
         if isinstance(error, KubeError):
             self.api_errors.labels(type(error).__name__).inc()
+
+    def count_request(self, verb: str, resource: str) -> None:
+        """Count one API request of the reconcile loop."""
+        self.api_requests.labels(verb, resource).inc()
 
     def count_watch_restarts(self, show_debug: bool) -> None:
         """Start counting kopf's watch-stream restarts (see WatchRestarts)."""

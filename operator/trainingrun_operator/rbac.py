@@ -13,6 +13,7 @@ from trainingrun_operator.constants import (
     DASK_CONTROLLER_NAME,
     DASK_GROUP,
     GROUP,
+    KUEUE_GROUP,
     OPERATOR_NAME,
     PLURAL,
 )
@@ -58,6 +59,19 @@ def operator_rules() -> list[Manifest]:
         # Application: each run's NetworkPolicy (only its own pods reach its Dask pods).
         _rule(["networking.k8s.io"], ["networkpolicies"], ["create"]),
         _rule(["rbac.authorization.k8s.io"], ["roles", "rolebindings"], ["get", "create"]),
+    ]
+
+
+def kueue_rules() -> list[Manifest]:
+    """What the operator may do with Kueue when the Kueue route is on (chart: kueue.enabled)."""
+    return [
+        # Application: one Workload per queued run, watched for admission and eviction;
+        # spec.active follows spec.suspend; deleted by the garbage collector with the run.
+        _rule([KUEUE_GROUP], ["workloads"], ["get", "list", "watch", "create", "patch"]),
+        # Application: hand an evicted run's quota back, mark a finished run's Workload Finished.
+        _rule([KUEUE_GROUP], ["workloads/status"], ["get", "patch"]),
+        # Application: the admitted flavors' node labels and tolerations, a run's priority.
+        _rule([KUEUE_GROUP], ["resourceflavors", "workloadpriorityclasses"], ["get"]),
     ]
 
 
@@ -140,6 +154,14 @@ def build_operator_rbac(namespace: str, name: str = OPERATOR_NAME) -> list[Manif
         _cluster_role(name, operator_rules()),
         build_cluster_role_binding(name, namespace),
     ]
+
+
+def build_kueue_rbac(namespace: str, name: str = OPERATOR_NAME) -> list[Manifest]:
+    """ClusterRole `<name>-kueue` (kueue_rules()) bound to the operator's ServiceAccount."""
+    role = f"{name}-kueue"
+    binding = build_cluster_role_binding(role, namespace)
+    binding["subjects"] = [_subject(name, namespace)]
+    return [_cluster_role(role, kueue_rules()), binding]
 
 
 def build_dask_controller_rbac(namespace: str, name: str = DASK_CONTROLLER_NAME) -> list[Manifest]:

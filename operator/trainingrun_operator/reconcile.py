@@ -18,7 +18,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from trainingrun_operator import kube
+from trainingrun_operator import kube, kueue
 from trainingrun_operator.children import Child, Pods, read_pods
 from trainingrun_operator.constants import (
     API_VERSION,
@@ -39,6 +39,7 @@ from trainingrun_operator.constants import (
     MANAGER,
     PENDING,
     PROVISIONING,
+    QUEUED,
     RUNNING,
     SUCCEEDED,
     SUSPENDED,
@@ -76,6 +77,10 @@ class Action(enum.Enum):
     DELETE_STALE_JOB = "delete the driver Job of an earlier run of this name"
     DELETE_STALE_CLUSTER = "delete the Dask cluster of an earlier run of this name"
     DELETE_RUN = "delete the run (TTL after finish expired)"
+    CREATE_WORKLOAD = "create the Kueue Workload"
+    ACTIVATE_WORKLOAD = "set the Kueue Workload's spec.active to the opposite of spec.suspend"
+    RELEASE_WORKLOAD = "hand the evicted run's quota back to Kueue (its pods are gone)"
+    FINISH_WORKLOAD = "mark the Kueue Workload Finished (its quota is released)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +110,8 @@ class Observed:
     pods: Pods = dataclasses.field(default_factory=Pods)
     # The run this one waits for before it may create its Dask cluster (one starts at a time).
     waiting_for: str | None = None
+    # The run's place in Kueue; None when the run is not under Kueue.
+    queue: kueue.QueueState | None = None
 
 
 def _now_text(now: datetime.datetime) -> str:
@@ -193,6 +200,9 @@ def _progress(
             ),
             [],
         )
+    if observed.queue is not None and not (admission := observed.queue.admission).admitted:
+        # Nothing of the run may run: _queue_actions stops what still does.
+        return QUEUED, admission.reason, admission.message, []
     if job is not None and not job["spec"].get("suspend"):
         # The driver started: from here the phase only moves forward.
         if job.get("status", {}).get("ready", 0) >= 1 or previous_phase == RUNNING:
@@ -290,10 +300,13 @@ def observe(
     if cluster is not None and (finished or run.suspend):
         actions.append(Action.DELETE_CLUSTER)
     if not finished and not run.suspend:
-        if cluster is not None and cluster["spec"]["worker"].get("replicas") != run.workers:
+        # Under Kueue the workers are what was admitted: never more than the quota reserved.
+        if (cluster is not None and observed.queue is None
+                and cluster["spec"]["worker"].get("replicas") != run.workers):  # fmt: skip
             actions.append(Action.SCALE_CLUSTER)
         if _job_drift(run, job):
             actions.append(Action.UPDATE_JOB)
+    actions = list(dict.fromkeys([*actions, *_queue_actions(run, observed, finished)]))
 
     stamp = _now_text(now)
     new: Manifest = {
@@ -330,6 +343,7 @@ def observe(
     admitted = (
         not finished and not run.suspend
         and (cluster is not None or driver_started or Action.CREATE_CLUSTER in actions)
+        and (observed.queue is None or observed.queue.admission.admitted)
     )  # fmt: skip
     truth: dict[str, bool] = {
         CONDITION_ADMITTED: admitted,
@@ -357,6 +371,38 @@ def observe(
     return Outcome(new, tuple(actions), tuple(events))
 
 
+def _queue_actions(run: RunSpec, observed: Observed, finished: bool) -> list[Action]:
+    """What keeps a run under Kueue in step with its Workload (nothing for other runs).
+
+    Kueue's job framework does the same for built-in Jobs: create the Workload, stop the
+    run when it is not (or no longer) admitted, hand the quota back once its pods are
+    gone after an eviction, deactivate it while suspended, mark it Finished at the end.
+    """
+    state = observed.queue
+    if state is None:
+        return []
+    if state.workload is None:
+        return [Action.CREATE_WORKLOAD] if state.may_create and not finished else []
+    admission = state.admission
+    if finished:
+        return [] if admission.finished else [Action.FINISH_WORKLOAD]
+    actions: list[Action] = []
+    if state.workload["spec"].get("active", True) is run.suspend:
+        actions.append(Action.ACTIVATE_WORKLOAD)
+    if admission.admitted:
+        return actions
+    job, cluster = observed.job.ours, observed.cluster.ours
+    driver_started = job is not None and not job["spec"].get("suspend")
+    if driver_started:
+        actions.append(Action.SUSPEND_JOB)
+    if cluster is not None:
+        actions.append(Action.DELETE_CLUSTER)
+    driver_pods = int((job or {}).get("status", {}).get("active", 0))
+    if admission.evicted and admission.reserved and not (driver_started or cluster or driver_pods):
+        actions.append(Action.RELEASE_WORKLOAD)
+    return actions
+
+
 def kstatus_truth(phase: str) -> dict[str, bool]:
     """The kstatus conditions of a run in `phase`.
 
@@ -365,7 +411,7 @@ def kstatus_truth(phase: str) -> dict[str, bool]:
     a suspended one has reached what its spec asks for, so it reads Current, not InProgress.
     """
     return {
-        CONDITION_RECONCILING: phase in (PENDING, PROVISIONING, RUNNING),
+        CONDITION_RECONCILING: phase in (PENDING, QUEUED, PROVISIONING, RUNNING),
         CONDITION_STALLED: phase == FAILED,
         CONDITION_KSTATUS_READY: phase in (SUCCEEDED, SUSPENDED),
     }
@@ -404,8 +450,33 @@ async def ensure_driver_identity(api: kube.Kube, run: RunSpec) -> None:
         await api.ensure(kube.IDENTITY_RESOURCES[manifest["kind"]], manifest)
 
 
+async def read_queue_state(
+    api: kube.Kube, body: Mapping[str, Any], run: RunSpec, queue: str, creating: bool
+) -> kueue.QueueState:
+    """Read the run's Workload; its priority class until it exists; the admitted flavors
+    when pods are about to be `creating`.
+    """
+    workload = await api.read(kube.WORKLOADS, run.namespace, kueue.workload_name(run))
+    priority_class = kueue.priority_class_name(body)
+    priority = None
+    if workload is None and priority_class:
+        found = await api.read(kube.WORKLOAD_PRIORITY_CLASSES, None, priority_class)
+        priority = None if found is None else int(found.get("value", 0))
+    placement: dict[str, kueue.Placement] = {}
+    if creating and workload is not None and kueue.read_admission(workload, queue).admitted:
+        names = sorted(kueue.flavor_names(workload))
+        read = await asyncio.gather(*(api.read(kube.RESOURCE_FLAVORS, None, n) for n in names))
+        flavors = {name: flavor for name, flavor in zip(names, read, strict=True) if flavor}
+        placement = kueue.placements(workload, flavors)
+    return kueue.QueueState(queue, workload, priority_class, priority, placement)
+
+
 async def read_children(
-    api: kube.Kube, body: Mapping[str, Any], run: RunSpec, others: OtherRuns
+    api: kube.Kube,
+    body: Mapping[str, Any],
+    run: RunSpec,
+    others: OtherRuns,
+    settings: OperatorSettings,
 ) -> Observed:
     """Read what the pass needs: the children, their pods while the run starts, the queue."""
     found_job, found_cluster = await asyncio.gather(
@@ -415,8 +486,13 @@ async def read_children(
     job = Child("Job", job_name(run), found_job, run.uid)
     cluster = Child("DaskCluster", cluster_name(run), found_cluster, run.uid)
     status: Mapping[str, Any] = body.get("status") or {}
+    queue_name = kueue.queue_name(body) if settings.kueue else None
+    queue = None
+    if queue_name is not None:
+        creating = cluster.ours is None or job.ours is None
+        queue = await read_queue_state(api, body, run, queue_name, creating)
     if status.get("phase") in FINISHED_PHASES or run.suspend:
-        return Observed(job, cluster)
+        return Observed(job, cluster, queue=queue)
     ours = job.ours
     job_ready = ours is not None and ours.get("status", {}).get("ready", 0) >= 1
     pods = Pods()
@@ -426,9 +502,13 @@ async def read_children(
         pods = read_pods(listed, cluster.ours, ours)
     waiting_for = None
     driver_started = ours is not None and not ours["spec"].get("suspend")
-    if found_cluster is None and not driver_started:
-        waiting_for = start_blocker(body, await others())
-    return Observed(job, cluster, pods, waiting_for)
+    if found_cluster is None and not driver_started and queue is None:
+        # Runs under Kueue are neither in this queue nor wait in it: Kueue admits them.
+        runs = await others()
+        if settings.kueue:
+            runs = [other for other in runs if kueue.queue_name(other) is None]
+        waiting_for = start_blocker(body, runs)
+    return Observed(job, cluster, pods, waiting_for, queue)
 
 
 async def reconcile(
@@ -440,22 +520,31 @@ async def reconcile(
 ) -> Outcome:
     """Read the run's children, act on what differs from the spec, return status and Events."""
     run = RunSpec.from_body(body)
-    observed = await read_children(api, body, run, others)
+    observed = await read_children(api, body, run, others, settings)
     outcome = observe(body, run, observed, now)
     if CREATING & set(outcome.actions) and (problems := violations(run, settings.policy)):
         raise PolicyViolationError(problems)
     for action in outcome.actions:
-        await _perform(api, action, run, observed, settings)
+        await _perform(api, action, run, observed, settings, outcome, now)
     return outcome
 
 
 async def _perform(
-    api: kube.Kube, action: Action, run: RunSpec, observed: Observed, settings: OperatorSettings
+    api: kube.Kube,
+    action: Action,
+    run: RunSpec,
+    observed: Observed,
+    settings: OperatorSettings,
+    outcome: Outcome,
+    now: datetime.datetime,
 ) -> None:
     """Carry out one action; each is idempotent, and a deletion names the UID it means."""
-    if action is Action.CREATE_JOB:
+    placement = observed.queue.placement if observed.queue is not None else {}
+    if action in _QUEUE_ACTIONS:
+        await _perform_queue_action(api, action, run, observed, outcome, settings, now)
+    elif action is Action.CREATE_JOB:
         await ensure_driver_identity(api, run)
-        await api.ensure(kube.JOBS, build_driver_job(run, settings))
+        await api.ensure(kube.JOBS, kueue.place_job(build_driver_job(run, settings), placement))
     elif action in (Action.SUSPEND_JOB, Action.RESUME_JOB):
         patch = {"spec": {"suspend": action is Action.SUSPEND_JOB}}
         await api.merge_patch(kube.JOBS, run.namespace, job_name(run), patch)
@@ -472,7 +561,8 @@ async def _perform(
         if settings.network_policy:
             policy = build_network_policy(run, settings)
             await api.create(kube.NETWORK_POLICIES, run.namespace, policy)
-        await api.ensure(kube.DASK_CLUSTERS, build_dask_cluster(run, settings))
+        cluster = kueue.place_cluster(build_dask_cluster(run, settings), placement)
+        await api.ensure(kube.DASK_CLUSTERS, cluster)
     elif action is Action.SCALE_CLUSTER:
         scale = {"spec": {"worker": {"replicas": run.workers}}}
         await api.merge_patch(kube.DASK_CLUSTERS, run.namespace, cluster_name(run), scale)
@@ -484,6 +574,41 @@ async def _perform(
         await api.delete(kube.JOBS, run.namespace, job_name(run), _uid(observed.job))
     else:
         await api.delete(kube.TRAINING_RUNS, run.namespace, run.name, run.uid)
+
+
+_QUEUE_ACTIONS = frozenset({Action.CREATE_WORKLOAD, Action.ACTIVATE_WORKLOAD,
+                            Action.RELEASE_WORKLOAD, Action.FINISH_WORKLOAD})  # fmt: skip
+
+
+async def _perform_queue_action(
+    api: kube.Kube,
+    action: Action,
+    run: RunSpec,
+    observed: Observed,
+    outcome: Outcome,
+    settings: OperatorSettings,
+    now: datetime.datetime,
+) -> None:
+    """Carry out an action on the run's Kueue Workload."""
+    state = observed.queue
+    assert state is not None, action  # _queue_actions yields them only for runs under Kueue
+    name = kueue.workload_name(run)
+    if action is Action.CREATE_WORKLOAD:
+        workload = kueue.build_workload(run, settings, state.queue, state.priority_class,
+                                        state.priority)  # fmt: skip
+        await api.ensure(kube.WORKLOADS, workload)
+        return
+    assert state.workload is not None, action
+    if action is Action.ACTIVATE_WORKLOAD:
+        patch = {"spec": {"active": not run.suspend}}
+        await api.merge_patch(kube.WORKLOADS, run.namespace, name, patch)
+    elif action is Action.RELEASE_WORKLOAD:
+        patch = kueue.release_patch(state.workload, now)
+        await api.merge_patch(kube.WORKLOADS, run.namespace, name, patch, "status")
+    else:
+        phase, message = outcome.status["phase"], outcome.status["message"]
+        patch = kueue.finish_patch(state.workload, phase, message, now)
+        await api.merge_patch(kube.WORKLOADS, run.namespace, name, patch, "status")
 
 
 def _uid(child: Child) -> str | None:

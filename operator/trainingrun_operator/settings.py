@@ -60,6 +60,9 @@ class OperatorSettings:
     allowed_credential_secrets: tuple[str, ...] = (ANY,)
     # S3 endpoint URLs runs may name in data.endpoint; "*" allows any.
     allowed_s3_endpoints: tuple[str, ...] = (ANY,)
+    # Honour the kueue.x-k8s.io/queue-name label: a labelled run is admitted whole by Kueue
+    # through a Workload the operator keeps (docs/kueue.md). Off: the label is ignored.
+    kueue: bool = False
 
     def __post_init__(self) -> None:
         """Reject values that would only fail later."""
@@ -129,7 +132,7 @@ def _parse(name: str, raw: str) -> Any:
             raise SettingsError(f"{ENV_PREFIX}METRICS_PORT", raw, "a port, 0 to 65535") from e
     if name == "log_level":
         return raw.upper()
-    if name in ("dask_tls", "network_policy"):
+    if name in ("dask_tls", "network_policy", "kueue"):
         if raw.lower() not in ("true", "false"):
             raise SettingsError(f"{ENV_PREFIX}{name.upper()}", raw, "true or false")
         return raw.lower() == "true"

@@ -95,7 +95,7 @@ def pytest_runtest_makereport(
     plane = funcargs.get("control_plane")
     if report.failed and isinstance(plane, ControlPlane):
         report.sections.append(("control plane logs", plane.log_tails()))
-    for name in ("pulse_operator", "dask_controller"):
+    for name in ("pulse_operator", "dask_controller", "kueue_operator", "kueue_controller"):
         process = funcargs.get(name)
         if report.failed and isinstance(process, OperatorProcess):
             report.sections.append((f"{name} log", process.log_tail()))
@@ -198,24 +198,31 @@ def dask_controller(
     process.stop()
 
 
-@pytest.fixture
-def pulse_operator(
-    pulse_install: ControlPlane, dask_controller: OperatorProcess, namespace: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    """The TrainingRun operator watching the test's namespace (started; restartable)."""
+def operator_process(
+    plane: ControlPlane, namespace: str, log_dir: Path, *extra_args: str
+) -> OperatorProcess:
+    """The TrainingRun operator watching `namespace` with `extra_args` (not started)."""
     from trainingrun_operator.constants import DEFAULT_NAMESPACE, OPERATOR_NAME
 
     from .controlplane import free_port
 
-    kubeconfig = pulse_install.kubeconfig_for_service_account(DEFAULT_NAMESPACE, OPERATOR_NAME)
+    kubeconfig = plane.kubeconfig_for_service_account(DEFAULT_NAMESPACE, OPERATOR_NAME)
     liveness = f"http://127.0.0.1:{free_port()}/healthz"
     metrics_port = free_port()
     args = [
         _python(), "-m", "trainingrun_operator.main", f"--namespace={namespace}",
         "--resync-seconds=1", "--log-level=DEBUG", f"--liveness-endpoint={liveness}",
-        f"--metrics-port={metrics_port}",
+        f"--metrics-port={metrics_port}", *extra_args,
     ]  # fmt: skip
-    process = OperatorProcess("pulse-operator", args, kubeconfig, tmp_path, liveness,
-                              f"http://127.0.0.1:{metrics_port}/metrics")  # fmt: skip
+    return OperatorProcess("pulse-operator", args, kubeconfig, log_dir, liveness,
+                           f"http://127.0.0.1:{metrics_port}/metrics")  # fmt: skip
+
+
+@pytest.fixture
+def pulse_operator(
+    pulse_install: ControlPlane, dask_controller: OperatorProcess, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The TrainingRun operator watching the test's namespace (started; restartable)."""
+    process = operator_process(pulse_install, namespace, tmp_path)
     yield process.start()
     process.stop()

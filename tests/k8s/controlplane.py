@@ -321,6 +321,11 @@ class ControlPlane:
         decoded: dict[str, Any] = json.loads(output)
         return decoded
 
+    def serving_certificate(self, name: str) -> tuple[Path, Path]:
+        """A loopback serving certificate and key signed by the control plane's CA."""
+        assert self._pki is not None
+        return self._pki.issue(name, name, server=True)
+
     def kubeconfig_for_service_account(
         self, namespace: str, name: str, duration: str = "1h"
     ) -> Path:

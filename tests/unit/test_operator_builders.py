@@ -246,6 +246,7 @@ def test_crd_names_columns_and_status_subresource() -> None:
         "Progress",
         "Skill",
         "Age",
+        "Queue",
         "Dashboard",
     ]
 

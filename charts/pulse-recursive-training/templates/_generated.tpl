@@ -95,6 +95,33 @@
   - create
 {{- end }}
 
+{{- define "pulse-recursive-training.kueueRules" -}}
+- apiGroups:
+  - kueue.x-k8s.io
+  resources:
+  - workloads
+  verbs:
+  - get
+  - list
+  - watch
+  - create
+  - patch
+- apiGroups:
+  - kueue.x-k8s.io
+  resources:
+  - workloads/status
+  verbs:
+  - get
+  - patch
+- apiGroups:
+  - kueue.x-k8s.io
+  resources:
+  - resourceflavors
+  - workloadpriorityclasses
+  verbs:
+  - get
+{{- end }}
+
 {{- define "pulse-recursive-training.daskControllerRules" -}}
 - apiGroups:
   - apiextensions.k8s.io
