@@ -179,8 +179,6 @@ class QueueState:
     priority_class: str | None = None
     # The priority class's value, read only until the Workload exists; None: not found.
     priority: int | None = None
-    # Pod set name -> placement, read only when admitted and pods are about to be created.
-    placement: Mapping[str, Placement] = dataclasses.field(default_factory=dict)
 
     @property
     def admission(self) -> Admission:

@@ -451,24 +451,28 @@ async def ensure_driver_identity(api: kube.Kube, run: RunSpec) -> None:
 
 
 async def read_queue_state(
-    api: kube.Kube, body: Mapping[str, Any], run: RunSpec, queue: str, creating: bool
+    api: kube.Kube, body: Mapping[str, Any], run: RunSpec, queue: str
 ) -> kueue.QueueState:
-    """Read the run's Workload; its priority class until it exists; the admitted flavors
-    when pods are about to be `creating`.
-    """
+    """Read the run's Workload, and its priority class until the Workload exists."""
     workload = await api.read(kube.WORKLOADS, run.namespace, kueue.workload_name(run))
     priority_class = kueue.priority_class_name(body)
     priority = None
     if workload is None and priority_class:
         found = await api.read(kube.WORKLOAD_PRIORITY_CLASSES, None, priority_class)
         priority = None if found is None else int(found.get("value", 0))
-    placement: dict[str, kueue.Placement] = {}
-    if creating and workload is not None and kueue.read_admission(workload, queue).admitted:
-        names = sorted(kueue.flavor_names(workload))
-        read = await asyncio.gather(*(api.read(kube.RESOURCE_FLAVORS, None, n) for n in names))
-        flavors = {name: flavor for name, flavor in zip(names, read, strict=True) if flavor}
-        placement = kueue.placements(workload, flavors)
-    return kueue.QueueState(queue, workload, priority_class, priority, placement)
+    return kueue.QueueState(queue, workload, priority_class, priority)
+
+
+async def read_placement(
+    api: kube.Kube, queue: kueue.QueueState | None
+) -> dict[str, kueue.Placement]:
+    """Where the admitted flavors put each pod set (read only when pods are to be created)."""
+    if queue is None or queue.workload is None:
+        return {}
+    names = sorted(kueue.flavor_names(queue.workload))
+    read = await asyncio.gather(*(api.read(kube.RESOURCE_FLAVORS, None, n) for n in names))
+    flavors = {name: flavor for name, flavor in zip(names, read, strict=True) if flavor}
+    return kueue.placements(queue.workload, flavors)
 
 
 async def read_children(
@@ -489,9 +493,10 @@ async def read_children(
     queue_name = kueue.queue_name(body) if settings.kueue else None
     queue = None
     if queue_name is not None:
-        creating = cluster.ours is None or job.ours is None
-        queue = await read_queue_state(api, body, run, queue_name, creating)
-    if status.get("phase") in FINISHED_PHASES or run.suspend:
+        queue = await read_queue_state(api, body, run, queue_name)
+    waiting = queue is not None and not queue.admission.admitted
+    if status.get("phase") in FINISHED_PHASES or run.suspend or waiting:
+        # Nothing to start: neither its pods nor the start queue are worth a LIST.
         return Observed(job, cluster, queue=queue)
     ours = job.ours
     job_ready = ours is not None and ours.get("status", {}).get("ready", 0) >= 1
@@ -539,11 +544,11 @@ async def _perform(
     now: datetime.datetime,
 ) -> None:
     """Carry out one action; each is idempotent, and a deletion names the UID it means."""
-    placement = observed.queue.placement if observed.queue is not None else {}
     if action in _QUEUE_ACTIONS:
         await _perform_queue_action(api, action, run, observed, outcome, settings, now)
     elif action is Action.CREATE_JOB:
         await ensure_driver_identity(api, run)
+        placement = await read_placement(api, observed.queue)
         await api.ensure(kube.JOBS, kueue.place_job(build_driver_job(run, settings), placement))
     elif action in (Action.SUSPEND_JOB, Action.RESUME_JOB):
         patch = {"spec": {"suspend": action is Action.SUSPEND_JOB}}
@@ -561,6 +566,7 @@ async def _perform(
         if settings.network_policy:
             policy = build_network_policy(run, settings)
             await api.create(kube.NETWORK_POLICIES, run.namespace, policy)
+        placement = await read_placement(api, observed.queue)
         cluster = kueue.place_cluster(build_dask_cluster(run, settings), placement)
         await api.ensure(kube.DASK_CLUSTERS, cluster)
     elif action is Action.SCALE_CLUSTER:
