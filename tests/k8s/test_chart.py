@@ -23,7 +23,7 @@ import yaml
 from trainingrun_operator.crd import build_crd
 from trainingrun_operator.deployment import build_operator_deployment
 from trainingrun_operator.manifests import build_dask_crds
-from trainingrun_operator.rbac import dask_controller_rules, operator_rules
+from trainingrun_operator.rbac import dask_controller_rules, kueue_rules, operator_rules
 from trainingrun_operator.settings import OperatorSettings
 from trainingrun_operator.workload import container_security_context, pod_security_context
 
@@ -112,6 +112,26 @@ def test_rbac_rules_are_the_builders(assets: Path) -> None:
     roles = by_kind(render(assets), "ClusterRole")
     assert roles["pulse-pulse-recursive-training"]["rules"] == operator_rules()
     assert roles["pulse-pulse-recursive-training-dask"]["rules"] == dask_controller_rules()
+
+
+def test_kueue_enabled_adds_its_role_and_turns_the_route_on(assets: Path) -> None:
+    """kueue.enabled: a ClusterRole with kueue_rules() bound to the operator, and
+    PULSE_OPERATOR_KUEUE=true; by default neither the role nor the route."""
+    name = "pulse-pulse-recursive-training-kueue"
+
+    def route(objects: list[Manifest]) -> str:
+        operator = by_kind(objects, "Deployment")["pulse-pulse-recursive-training"]
+        env = operator["spec"]["template"]["spec"]["containers"][0]["env"]
+        return str(next(e["value"] for e in env if e["name"] == "PULSE_OPERATOR_KUEUE"))
+
+    default = render(assets)
+    assert name not in by_kind(default, "ClusterRole") and route(default) == "false"
+    enabled = render(assets, "--set=kueue.enabled=true")
+    assert by_kind(enabled, "ClusterRole")[name]["rules"] == kueue_rules()
+    binding = by_kind(enabled, "ClusterRoleBinding")[name]
+    assert binding["roleRef"]["name"] == name
+    assert binding["subjects"][0]["name"] == "pulse-pulse-recursive-training"
+    assert route(enabled) == "true"
 
 
 def test_crds_are_the_builders(assets: Path) -> None:

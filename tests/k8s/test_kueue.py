@@ -342,7 +342,8 @@ def local_incarnation(
     the driver's pod.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
-    pods = LocalPods(log_dir, f"{run}-dask-scheduler.{namespace}.svc.cluster.local", free_port())
+    host = f"{run}-dask-scheduler.{namespace}.svc.cluster.local"
+    pods = LocalPods(log_dir, host, free_port(), plane, namespace)
     cluster = f"dask.org/cluster-name={run}-dask"
 
     def pod_of(component: str) -> dict[str, Any]:
@@ -358,7 +359,7 @@ def local_incarnation(
     set_phase(plane, worker, "Running")
     driver = eventually(lambda: job_pods(plane, namespace, f"{run}-driver"), QUEUE_WAIT_S,
                         f"{run}'s driver pod")[-1]  # fmt: skip
-    kubeconfig = plane.kubeconfig_for_service_account(namespace, "pulse-trainingrun-driver")
+    kubeconfig = plane.kubeconfig_for_service_account(namespace, f"{run}-driver")
     driver_process = pods.run(driver, {"KUBECONFIG": str(kubeconfig)}, {})
     set_phase(plane, driver, "Running")
     return pods, worker_process, driver_process, driver
