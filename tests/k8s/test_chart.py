@@ -38,6 +38,7 @@ CHART = REPO / "charts" / "pulse-recursive-training"
 IRSA_VALUES = CHART / "examples" / "values-s3-irsa.yaml"
 RELEASE = "pulse"
 RELEASE_NAMESPACE = "pulse-system"
+POLICY = "pulse-pulse-recursive-training-run-policy"
 Manifest = dict[str, Any]
 
 
@@ -146,7 +147,7 @@ def test_crds_are_the_builders(assets: Path) -> None:
 def test_operator_deployment_matches_the_builder(assets: Path) -> None:
     """Same settings variables, probes and hardening as build_operator_deployment()."""
     settings = OperatorSettings()
-    built = build_operator_deployment("ns", settings)["spec"]["template"]["spec"]
+    built = build_operator_deployment(RELEASE_NAMESPACE, settings)["spec"]["template"]["spec"]
     ours = by_kind(render(assets), "Deployment")["pulse-pulse-recursive-training"]
     pod = ours["spec"]["template"]["spec"]
     container, built_container = pod["containers"][0], built["containers"][0]
@@ -217,36 +218,33 @@ def test_uninstall_first_deletes_the_runs_as_the_operator(assets: Path) -> None:
 
 
 def test_the_run_policy_defaults_to_the_chart_image_and_run_accounts(assets: Path) -> None:
-    """The policy ConfigMap and the operator's variables hold the same lists: by default the
-    chart's image and no named account; runServiceAccounts' names are added; off: no policy
-    objects, the operator still checks."""
+    """The admission policy's lists and the operator's variables are the same: by default
+    the chart's image and no named account; runServiceAccounts' names are added; off: no
+    policy objects (the operator still checks)."""
+
+    def lists(objects: list[Manifest]) -> dict[str, list[str]]:
+        policy = by_kind(objects, "ValidatingAdmissionPolicy")[POLICY]
+        return {v["name"]: json.loads(v["expression"]) for v in policy["spec"]["variables"]
+                if v["name"] != "prefixEnds"}  # fmt: skip
+
+    def operator_env(objects: list[Manifest]) -> dict[str, str]:
+        pod = by_kind(objects, "Deployment")["pulse-pulse-recursive-training"]["spec"]["template"]
+        return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+
     objects = render(assets)
-    data = by_kind(objects, "ConfigMap")["pulse-pulse-recursive-training-run-policy"]["data"]
-    assert data == {
-        "allowedImagePrefixes": "pulse-recursive-training:0.1.0",
-        "allowedServiceAccountNames": "",
-        "allowedCredentialSecrets": "*",
-        "allowedS3Endpoints": "*",
-    }
-    policy = by_kind(objects, "ValidatingAdmissionPolicy")
-    binding = by_kind(objects, "ValidatingAdmissionPolicyBinding")
-    assert set(policy) == set(binding) == {"pulse-pulse-recursive-training-run-policy"}
-    assert binding["pulse-pulse-recursive-training-run-policy"]["spec"]["paramRef"] == {
-        "name": "pulse-pulse-recursive-training-run-policy",
-        "namespace": RELEASE_NAMESPACE,
-        "parameterNotFoundAction": "Deny",
-    }
+    assert lists(objects) == {"images": ["pulse-recursive-training:0.1.0"], "accounts": [],
+                              "secrets": ["*"], "endpoints": ["*"]}  # fmt: skip
+    binding = by_kind(objects, "ValidatingAdmissionPolicyBinding")[POLICY]
+    assert binding["spec"] == {"policyName": POLICY, "validationActions": ["Deny"]}
+    env = operator_env(objects)
+    assert env["PULSE_OPERATOR_ALLOWED_IMAGE_PREFIXES"] == "pulse-recursive-training:0.1.0"
     irsa = render(
         assets, f"--values={IRSA_VALUES}", "--set=runPolicy.allowedServiceAccountNames={x}"
     )
-    data = by_kind(irsa, "ConfigMap")["pulse-pulse-recursive-training-run-policy"]["data"]
-    assert data["allowedServiceAccountNames"] == "x,pulse-runs"
-    container = by_kind(irsa, "Deployment")["pulse-pulse-recursive-training"]["spec"]["template"][
-        "spec"]["containers"][0]  # fmt: skip
-    env = {item["name"]: item["value"] for item in container["env"]}
-    assert env["PULSE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS"] == "x,pulse-runs"
+    assert lists(irsa)["accounts"] == ["x", "pulse-runs"]
+    assert operator_env(irsa)["PULSE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS"] == "x,pulse-runs"
     off = render(assets, "--set=runPolicy.enabled=false")
-    assert not by_kind(off, "ValidatingAdmissionPolicy") and not by_kind(off, "ConfigMap")
+    assert not by_kind(off, "ValidatingAdmissionPolicy")
 
 
 def test_irsa_example_creates_an_annotated_run_service_account(assets: Path) -> None:

@@ -83,11 +83,8 @@ def run_policy(pulse_install: ControlPlane, assets: Path) -> Iterator[list[dict[
     """The chart's policy objects applied to the API server (removed afterwards: the control
     plane is shared by the session)."""
     objects = render(assets, *VALUES)
-    policy = [
-        o for o in objects
-        if o["kind"] in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
-        or (o["kind"] == "ConfigMap" and o["metadata"]["name"] == POLICY)
-    ]  # fmt: skip
+    kinds = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    policy = [o for o in objects if o["kind"] in kinds]  # fmt: skip
     for manifest in policy:
         pulse_install.apply(manifest)
     yield objects
@@ -133,14 +130,13 @@ def test_admission_refuses_what_the_policy_forbids_and_names_the_rule(
 
 def wait_in_force(plane: ControlPlane, namespace: str) -> None:
     """Wait until the API server refuses a forbidden run by its rule: it compiles a new
-    policy and learns its binding and parameters asynchronously."""
+    policy and learns its binding asynchronously."""
     probe = training_run(namespace, "probe", image="evil.example/miner:1")
 
     def refuses() -> bool:
         try:
             plane.apply(probe)
         except KubectlError as e:
-            # Until the API server sees the ConfigMap, the binding refuses for want of it.
             return f"{DENIED}spec.image evil.example/miner:1 is not allowed" in e.stderr
         plane.kubectl("delete", "trainingrun", "probe", f"--namespace={namespace}")
         return False

@@ -99,7 +99,7 @@ tolerations:
 {{- end }}
 
 {{/*
-The run policy's lists, comma-joined: the ConfigMap of the admission policy and the
+The run policy's lists, comma-joined: the admission policy's CEL variables and the
 operator's PULSE_OPERATOR_ALLOWED_* variables take the same strings.
 */}}
 {{- define "pulse-recursive-training.runImage" -}}
