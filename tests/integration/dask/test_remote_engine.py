@@ -26,6 +26,7 @@ import pytest
 from distributed import Client
 
 from recursive_training.config import TrainingConfig
+from recursive_training.engines import DaskEngine
 from recursive_training.exceptions import ExecutionError
 from recursive_training.stages import TrainingPipeline, TrainingResult
 from tests.integration.dask.conftest import DaskCluster
@@ -268,3 +269,35 @@ def test_no_workers_is_a_timeout_not_a_hang(
         with pytest.raises(ExecutionError, match=idle):
             TrainingPipeline().execute(config)
     assert time.perf_counter() - began < 2 + 10
+
+
+def scheduler_keys(dask_scheduler: Any) -> list[str]:
+    """The keys the scheduler still holds (run on the scheduler)."""
+    return [str(key) for key in dask_scheduler.tasks]
+
+
+def test_a_fetched_result_leaves_the_workers_while_the_stage_runs(
+    dask_cluster: DaskCluster, observer: Client
+) -> None:
+    """The driver lets go of each task's result once it has it: a stage of many tasks must
+    not keep every finished result in the workers' memory until its last task is done."""
+    engine = DaskEngine.remote(dask_cluster.address)
+    results = engine.map_unordered(np.ones, [(1000,)] * 4)
+    try:
+        first = next(results)
+        assert first.shape == (1000,)
+        held = [k for k in observer.run_on_scheduler(scheduler_keys) if k.startswith("ones-")]
+        assert len(held) >= 3, held  # the stage still runs: the other tasks are there
+        deadline = time.monotonic() + 10
+        while len(held) > 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            held = [k for k in observer.run_on_scheduler(scheduler_keys) if k.startswith("ones-")]
+        assert len(held) == 3, f"a fetched result is still held: {held}"
+        assert sum(len(r) for r in results) == 3000
+    finally:
+        results.close()
+        engine.close()
+    forgotten = time.monotonic() + 10
+    while any(k.startswith("ones-") for k in observer.run_on_scheduler(scheduler_keys)):
+        assert time.monotonic() < forgotten, "results stayed on the cluster after the stage"
+        time.sleep(0.05)
