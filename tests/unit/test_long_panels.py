@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from recursive_training.data import open_source
+from recursive_training.data import long, open_source
 from recursive_training.data.files import LongColumns
 from recursive_training.data.long import LongParquetSource
 from recursive_training.data.panel import PanelSpec, write_panel
@@ -179,6 +179,50 @@ def test_a_shard_reads_only_its_row_groups(tmp_path: Path) -> None:
     whole = pq.read_table(path).to_pandas()
     expected = reference(whole.astype({"unique_id": str}), shard, "2001-01-01", "2001-12-31")
     pd.testing.assert_frame_equal(got, expected)
+
+
+@pytest.mark.parametrize("budget", [2**30, 0], ids=["blocks-kept", "no-budget"])
+def test_windows_read_again_come_from_kept_blocks_and_equal_a_pandas_pivot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
+    """Row groups sorted by series then time (gaps included) become blocks kept for the next
+    windows: a window read again reads no byte, and every window of every shard equals the
+    pivot; with no budget left every load reads its row groups again, with the same values."""
+    monkeypatch.setattr(long, "BLOCK_CACHE_BYTES", budget)
+    rows = random_long(3).sort_values(["unique_id", "ds"], ignore_index=True)
+    path = tmp_path / "panel.parquet"
+    rows.to_parquet(path, row_group_size=700)  # about two series a group, split mid-series
+    handler = CountingHandler()
+    columns = LongColumns(*NIXTLA)
+    source = LongParquetSource("counted", [str(path)], pafs.PyFileSystem(handler), columns)
+    names = list(source.variables())
+    windows = [
+        (["id07", "id02", "id03"], "2018-03-01", "2018-09-30"),
+        (names, "2018-01-01", "2019-06-28"),
+        (["id11"], "2018-06-05", "2018-06-05"),
+        (["id07", "id02", "id03"], "2018-03-01", "2018-09-30"),
+    ]
+    read = []
+    for shard, first, last in windows:
+        before = handler.read[str(path)]
+        got = source.load(shard, pd.Timestamp(first), pd.Timestamp(last))
+        read.append(handler.read[str(path)] - before)
+        pd.testing.assert_frame_equal(got, reference(rows, shard, first, last))
+    if budget:
+        assert read[1] > 0 and read[2] == read[3] == 0, read
+    else:
+        assert read[3] == read[0] > 0, read
+
+
+def test_a_row_given_twice_in_two_row_groups_is_refused(tmp_path: Path) -> None:
+    rows = random_long(4, n_series=4).sort_values(["unique_id", "ds"], ignore_index=True)
+    again = rows[rows["unique_id"] == "id01"].iloc[[5]]
+    stamp = again["ds"].iloc[0]
+    path = tmp_path / "panel.parquet"
+    pd.concat([rows, again]).to_parquet(path, row_group_size=len(rows))
+    source = open_source(str(path))
+    with pytest.raises(DataError, match=rf"series 'id01' has 2 rows at {stamp}; each"):
+        source.load(["id00", "id01"], stamp - pd.Timedelta(days=30), stamp)
 
 
 def test_a_task_given_its_window_timestamps_never_scans_the_files(
