@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import queue
+import sys
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -36,6 +37,8 @@ Result = TypeVar("Result")
 
 def current_worker() -> str:
     """Name of the Dask worker running this task, or ``local:<pid>`` outside Dask."""
+    if "distributed" not in sys.modules:  # not on a worker; importing it would cost ~1 s
+        return f"local:{os.getpid()}"
     try:
         from distributed import get_worker
 
