@@ -19,11 +19,16 @@ UNITS: Final = {
     "mib": 2**20,
     "gib": 2**30,
     "tib": 2**40,
+    # as Kubernetes writes memory (resource.Quantity), so a TrainingRun's 8Gi means 8 GiB
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
 }
 
 
 def parse_bytes(text: str) -> int:
-    """``8GB``, ``512MiB``, ``1.5e9``: a size in bytes, with a clear error otherwise."""
+    """``8GB``, ``512MiB``, ``8Gi``, ``1.5e9``: a size in bytes, with a clear error otherwise."""
     match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", text)
     unit = match.group(2).lower() if match else ""
     try:

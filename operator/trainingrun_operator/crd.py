@@ -41,6 +41,9 @@ QUANTITY_PATTERN: Final = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
     r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+# A size as the pipeline's --max-memory reads it: bytes, or a number with a decimal (kB..TB)
+# or binary (KiB..TiB, or Kubernetes' Ki..Ti) unit.
+MEMORY_PATTERN: Final = r"^[0-9]+(\.[0-9]+)?([kKMGT]B|[KMGT]iB?|B)?$"
 # Bounds on strings and lists: every value reaches the driver's command line, whose single
 # arguments the kernel caps at 128 KiB; with these the longest is below 70 KiB.
 URI_MAX: Final = 2048
@@ -184,6 +187,13 @@ def _model_schema() -> Schema:
             ),
             "scaleWindow": _integer(
                 "Changes in the pooled rms scale.", 1, default=52, maximum=100000
+            ),
+            "maxMemory": _string(
+                "Memory a var run's statistics may need (8Gi, 8GB, 512MiB or bytes); a run "
+                "over it fails before reading data, suggesting ar or pooled. Default: half of "
+                "the driver container's memory limit (of the node's memory without one).",
+                pattern=MEMORY_PATTERN,
+                maxLength=32,
             ),
         },
         "x-kubernetes-validations": [

@@ -45,6 +45,8 @@ class RunSpec:
     exog: tuple[str, ...] = ()
     pooled_scale: str = "rms"
     scale_window: int = 52
+    # The var memory guard's budget (--max-memory), as written in the spec; None: the default.
+    max_memory: str | None = None
     resume_from: str | None = None
     workers: int = 2
     # Workers that must run before the driver starts; None: all of `workers`.
@@ -99,6 +101,7 @@ class RunSpec:
             exog=tuple(model.get("exog", ())),
             pooled_scale=model.get("pooledScale", cls.pooled_scale),
             scale_window=model.get("scaleWindow", cls.scale_window),
+            max_memory=model.get("maxMemory"),
             resume_from=spec.get("resumeFrom"),
             workers=dask.get("workers", cls.workers),
             min_workers=dask.get("minWorkers"),
@@ -163,6 +166,7 @@ def cli_arguments(run: RunSpec, scheduler_address: str) -> list[str]:
         "--rules": ",".join(run.rules),
         "--intervals": ",".join(str(level) for level in run.intervals),
         "--exog": ",".join(run.exog),
+        "--max-memory": run.max_memory,
         "--resume-from": run.resume_from,
         "--s3-endpoint-url": run.data_endpoint,
     }

@@ -116,8 +116,9 @@ class TrainingConfig(BaseModel):
     max_memory: int | None = Field(
         None,
         gt=0,
-        description="Memory budget in bytes (or 8GB, 512MiB) a var run's statistics must fit, "
-        "checked before any data is read; default: half of this machine's memory.",
+        description="Memory budget in bytes (or 8GB, 512MiB, 8Gi) a var run's statistics must "
+        "fit, checked before any data is read; default: half of this machine's memory (of the "
+        "container's limit when it has one).",
     )
     rules: tuple[str, ...] = Field(
         DEFAULT_RULES,

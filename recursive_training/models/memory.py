@@ -8,6 +8,7 @@ any data is read beats failing (or swapping) an hour into the run.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Final
 
 from recursive_training.exceptions import ConfigError
@@ -46,13 +47,35 @@ def var_memory_bytes(n_variables: int, lags: int, batch_rows: int) -> int:
     return BYTES_PER_NUMBER * (systems + design)
 
 
-def default_memory_budget() -> int:
-    """Half of this machine's physical memory (4 GiB where it cannot be read)."""
+# Where a container's memory limit is (cgroup v2, then v1): in a pod the machine's memory
+# is the node's, not what the kernel lets this process use.
+CGROUP_LIMITS: Final = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+
+
+def usable_memory() -> int | None:
+    """Bytes this process may use: the machine's memory, or its container's limit if lower."""
     try:
         total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return FALLBACK_MEMORY
-    return int(total * DEFAULT_MEMORY_SHARE) if total > 0 else FALLBACK_MEMORY
+        total = 0
+    for limit in CGROUP_LIMITS:
+        try:
+            text = limit.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) means no limit; v1 writes a huge number then
+            total = min(total, int(text)) if total > 0 else int(text)
+        break
+    return total if total > 0 else None
+
+
+def default_memory_budget() -> int:
+    """Half of the memory this process may use (4 GiB where it cannot be read)."""
+    total = usable_memory()
+    return int(total * DEFAULT_MEMORY_SHARE) if total else FALLBACK_MEMORY
 
 
 def check_var_memory(n_variables: int, lags: int, batch_rows: int, budget: int) -> None:

@@ -76,6 +76,7 @@ def test_printer_columns_and_short_name(pulse_install: ControlPlane, namespace: 
         ({"model": {"structure": "pooled", "pooledScale": "max"}},
          'spec.model.pooledScale: Unsupported value: "max"'),
         ({"model": {"structure": "ar", "scaleWindow": 0}}, "spec.model.scaleWindow"),
+        ({"model": {"maxMemory": "500m"}}, "spec.model.maxMemory in body should match"),
         ({"model": {"structure": "ar", "exog": ["m", "m"]}}, ".spec.model.exog: duplicate entries"),
         ({"model": {"exog": ["market"]}}, "model.exog applies to structure ar and pooled"),
         ({"variables": ["a", "b"], "model": {"structure": "ar", "exog": ["market"]}},

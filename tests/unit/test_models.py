@@ -7,6 +7,8 @@ numpy.linalg.lstsq (tests/reference.py), sharing no code with recursive_training
 from __future__ import annotations
 
 import itertools
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ from recursive_training.models import (
     VectorAutoRegressive,
     build_structure,
     check_var_memory,
+    memory,
 )
 from recursive_training.models.base import ModelStructure
 from recursive_training.models.memory import var_memory_bytes
@@ -312,6 +315,21 @@ def test_var_memory_guard_refuses_in_one_line_naming_size_and_alternatives() -> 
     assert "\n" not in message
     assert "3,000 variables" in message and "10.9 GB" in message and "8.0 GB" in message
     assert "--model ar" in message and "--model pooled" in message
+
+
+@pytest.mark.parametrize(
+    ("limit", "share_of"), [("2147483648\n", 2**30), ("max\n", None), (None, None)]
+)
+def test_default_budget_is_half_the_containers_memory_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str | None, share_of: int | None
+) -> None:
+    """In a pod the budget follows the container's limit, not the node's memory."""
+    cgroup = tmp_path / "memory.max"
+    if limit is not None:
+        cgroup.write_text(limit)
+    monkeypatch.setattr(memory, "CGROUP_LIMITS", (cgroup,))
+    machine = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert memory.default_memory_budget() == (share_of or int(machine * 0.5))
 
 
 def test_build_structure_names_bad_settings() -> None:

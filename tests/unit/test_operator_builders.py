@@ -92,6 +92,17 @@ def test_spec_model_reaches_the_pipeline(
     assert (config.model, config.exog, config.pooled_scale, config.scale_window) == expected
 
 
+@pytest.mark.parametrize(
+    ("written", "size"), [("8Gi", 8 * 2**30), ("12GB", 12 * 10**9), ("1500000000", 1.5e9)]
+)
+def test_spec_model_max_memory_is_the_var_guards_budget(written: str, size: float) -> None:
+    """spec.model.maxMemory becomes --max-memory; unset, the pipeline's own default applies."""
+    run = RunSpec.from_body(body(model={"structure": "var", "maxMemory": written}))
+    assert create_config_from_args(parse_args(driver_arguments(run, SETTINGS))).max_memory == size
+    unset = RunSpec.from_body(body(model={}))
+    assert create_config_from_args(parse_args(driver_arguments(unset, SETTINGS))).max_memory is None
+
+
 def test_children_are_owned_by_the_run_and_labelled() -> None:
     """The garbage collector deletes both children with the run; labels name the run."""
     run = RunSpec.from_body(body())

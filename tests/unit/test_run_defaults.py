@@ -6,13 +6,14 @@ The operator must not import the pipeline (test_layers.py), so the CRD builder a
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
 from recursive_training.config import TrainingConfig
 from recursive_training.run_training import create_config_from_args, parse_args
-from trainingrun_operator.crd import build_crd
+from trainingrun_operator.crd import MEMORY_PATTERN, build_crd
 from trainingrun_operator.spec import RunSpec, cli_arguments
 
 # TrainingConfig field: (its path under the CRD's spec, its RunSpec field or None).
@@ -85,3 +86,18 @@ def test_horizons_default_to_the_one_horizon_everywhere() -> None:
     assert not any(a.startswith("--horizon=") for a in arguments)
     config = create_config_from_args(parse_args(arguments))
     assert config.forecast_horizons == (1, 5, 20)
+
+
+@pytest.mark.parametrize(
+    "written", ["8Gi", "8GiB", "512Mi", "512MiB", "12GB", "500kB", "64KB", "2TB", "1.5GB", "4096"]
+)
+def test_every_max_memory_the_crd_accepts_the_pipeline_reads(written: str) -> None:
+    """The CRD's maxMemory pattern is a subset of what --max-memory parses."""
+    assert re.fullmatch(MEMORY_PATTERN, written)
+    TrainingConfig.build(max_memory=written)
+
+
+@pytest.mark.parametrize("written", ["500m", "8G", "-1", "8 GB", "eight"])
+def test_the_crd_refuses_max_memory_the_pipeline_would_misread(written: str) -> None:
+    """500m (Kubernetes milli) or a bare 8G (GB or GiB?) are refused at kubectl apply."""
+    assert not re.fullmatch(MEMORY_PATTERN, written)
