@@ -8,6 +8,7 @@ Content type and metadata are stored with S3 objects; local files have no place 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -57,10 +58,14 @@ def write_bytes(
     *,
     content_type: str = "application/octet-stream",
     metadata: dict[str, str] | None = None,
+    consume: bool = False,
 ) -> None:
     """Write ``data`` (bytes, or a local file's content) to ``location`` atomically.
 
     One PUT for S3; a temporary file in the destination folder, fsync and rename locally.
+    With ``consume``, a local file ``data`` on the destination's filesystem is moved there
+    instead of copied (the caller no longer needs it): a 100,000-series run's predictions
+    are gigabytes.
     """
     if is_s3_uri(location):
         from recursive_training import s3  # boto3, for S3 locations only
@@ -83,20 +88,36 @@ def write_bytes(
     except OSError as e:
         raise OutputError(_folder_problem(path.parent, e)) from e
     try:
-        with os.fdopen(handle, "wb") as stream:
-            if isinstance(data, bytes):
-                stream.write(data)
-            else:
-                with data.open("rb") as source:
-                    shutil.copyfileobj(source, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
+        if not isinstance(data, bytes) and consume and _moved(data, temporary):
+            os.close(handle)  # the moved file replaced the one the handle names
+        else:
+            with os.fdopen(handle, "wb") as stream:
+                if isinstance(data, bytes):
+                    stream.write(data)
+                else:
+                    with data.open("rb") as source:
+                        shutil.copyfileobj(source, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
         # mkstemp creates 0600; results are meant to be shared like any file the user writes
         Path(temporary).chmod(0o666 & ~_umask())
         Path(temporary).replace(path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _moved(source: Path, temporary: str) -> bool:
+    """Move ``source`` (synced first) over the temporary file; False across filesystems."""
+    with source.open("rb") as stream:
+        os.fsync(stream.fileno())
+    try:
+        source.replace(temporary)
+    except OSError as e:
+        if e.errno == errno.EXDEV:
+            return False
+        raise
+    return True
 
 
 def check_writable(folder: str, settings: S3Settings = DEFAULT_S3) -> None:
