@@ -331,13 +331,28 @@ class _Block:
                 "change during the run?",
                 source=path,
             )
-        cells = np.ix_(rows, positions[taken])
-        present = self.present[first:stop, taken]
+        columns, targets = _run(taken), _run(positions[taken])
+        present = self.present[first:stop, columns]
+        block = self.values[first:stop, columns]
         target = values.reshape(len(stamps), len(shard))
+        tally = counts.reshape(target.shape)
+        here = _run(rows)
+        if isinstance(here, slice) and isinstance(targets, slice):  # sorted data: views
+            np.copyto(target[here, targets], block, where=present)
+            tally[here, targets] += present
+            return
+        cells = np.ix_(rows, positions[taken])
         window = target[cells]
-        window[present] = self.values[first:stop, taken][present]
+        window[present] = block[present]
         target[cells] = window
-        counts.reshape(target.shape)[cells] += present
+        tally[cells] += present
+
+
+def _run(indices: np.ndarray) -> slice | np.ndarray:
+    """``indices`` as a slice when they are consecutive (a view instead of a gather)."""
+    if len(indices) and bool(np.all(np.diff(indices) == 1)):
+        return slice(int(indices[0]), int(indices[-1]) + 1)
+    return indices
 
 
 class LongParquetSource(DataSource):
