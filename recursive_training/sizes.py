@@ -1,11 +1,14 @@
-"""Sizes in bytes as people write and read them (``8GB``, ``512MiB``).
+"""Sizes in bytes as people write and read them (``8GB``, ``512MiB``), and how much memory
+this process may use.
 
 Kept apart from the models so the config can parse ``--max-memory`` without loading numpy.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Final
 
 UNITS: Final = {
@@ -48,3 +51,28 @@ def show_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.1f} TB"
+
+
+# Where a container's memory limit is (cgroup v2, then v1): in a pod the machine's memory
+# is the node's, not what the kernel lets this process use.
+CGROUP_LIMITS: Final = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+
+
+def usable_memory() -> int | None:
+    """Bytes this process may use: the machine's memory, or its container's limit if lower."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        total = 0
+    for limit in CGROUP_LIMITS:
+        try:
+            text = limit.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) means no limit; v1 writes a huge number then
+            total = min(total, int(text)) if total > 0 else int(text)
+        break
+    return total if total > 0 else None

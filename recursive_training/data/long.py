@@ -18,13 +18,14 @@ What each process reads:
   ``write_panel`` and most exports are), a contiguous shard of series touches only its
   own row groups. Each row group read is turned once into a dense (its timestamps x its
   series) block of values, which a load slices for its window and shard; blocks are kept
-  per process up to ``BLOCK_CACHE_BYTES`` (9 B a cell), so the next windows of the same
-  series (the next batch, the evaluation of this one) do not decode the group again: row
-  groups usually span every year, and decoding ten years of rows to use one was most of
-  a 10,000-series run. A group with fewer rows than half its cells (series of different
-  lifetimes) is scattered row by row instead and not kept. A task's peak memory is about
-  ``16 B x window rows x shard series`` (the result and a duplicate counter) plus
-  ``50 B x rows of one row group``, plus the blocks kept, whatever the size of the panel.
+  per process up to ``BLOCK_CACHE_BYTES`` (9 B a cell; 1 GiB, less in a small container),
+  so the next windows of the same series (the next batch, the evaluation of this one) do
+  not decode the group again: row groups usually span every year, and decoding ten years
+  of rows to use one was most of a 10,000-series run. A group with fewer rows than half
+  its cells (series of different lifetimes) is scattered row by row instead and not kept.
+  A task's peak memory is about ``16 B x window rows x shard series`` (the result and a
+  duplicate counter) plus ``50 B x rows of one row group``, plus the blocks kept, whatever
+  the size of the panel.
 
 The time index a task aligns to is the union over all series (a series without a row
 on a day the others have gets a missing value there), computed once per process.
@@ -61,12 +62,14 @@ from recursive_training.data.files import (
     long_columns,
 )
 from recursive_training.exceptions import DataError
+from recursive_training.sizes import usable_memory
 
 _HIVE_YEAR = re.compile(r"^year=(\d{4})$", re.IGNORECASE)
 _NS = pa.timestamp("ns")
 # Decoded row groups a process keeps (module docstring): a 10,000-series x 10-year panel
-# is 0.24 GB of blocks; at 100,000 series a worker keeps the first ~40% it reads.
-BLOCK_CACHE_BYTES: Final = 2**30
+# is 0.24 GB of blocks; at 100,000 series a worker keeps the first ~40% it reads. Never more
+# than a quarter of what the process may use: a worker pod limited to 1 GiB keeps 256 MiB.
+BLOCK_CACHE_BYTES: Final = min(2**30, (usable_memory() or 2**32) // 4)
 
 
 def one_line(error: Exception) -> str:

@@ -7,12 +7,10 @@ any data is read beats failing (or swapping) an hour into the run.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Final
 
 from recursive_training.exceptions import ConfigError
-from recursive_training.sizes import show_bytes
+from recursive_training.sizes import show_bytes, usable_memory
 
 BYTES_PER_NUMBER: Final = 8
 # Systems of p x p the busiest process holds at once while folding a batch into the prefix
@@ -45,31 +43,6 @@ def var_memory_bytes(n_variables: int, lags: int, batch_rows: int) -> int:
     systems = VAR_SYSTEMS_AT_ONCE * (p * p + p * n_variables)
     design = 2 * batch_rows * p
     return BYTES_PER_NUMBER * (systems + design)
-
-
-# Where a container's memory limit is (cgroup v2, then v1): in a pod the machine's memory
-# is the node's, not what the kernel lets this process use.
-CGROUP_LIMITS: Final = (
-    Path("/sys/fs/cgroup/memory.max"),
-    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
-)
-
-
-def usable_memory() -> int | None:
-    """Bytes this process may use: the machine's memory, or its container's limit if lower."""
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        total = 0
-    for limit in CGROUP_LIMITS:
-        try:
-            text = limit.read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():  # "max" (v2) means no limit; v1 writes a huge number then
-            total = min(total, int(text)) if total > 0 else int(text)
-        break
-    return total if total > 0 else None
 
 
 def default_memory_budget() -> int:

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from recursive_training import features as feats
+from recursive_training import sizes
 from recursive_training.exceptions import ConfigError
 from recursive_training.models import (
     AutoRegressive,
@@ -327,7 +328,7 @@ def test_default_budget_is_half_the_containers_memory_limit(
     cgroup = tmp_path / "memory.max"
     if limit is not None:
         cgroup.write_text(limit)
-    monkeypatch.setattr(memory, "CGROUP_LIMITS", (cgroup,))
+    monkeypatch.setattr(sizes, "CGROUP_LIMITS", (cgroup,))
     machine = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     assert memory.default_memory_budget() == (share_of or int(machine * 0.5))
 
