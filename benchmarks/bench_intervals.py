@@ -2,7 +2,8 @@
 
 Both runs spool their predictions to a Parquet file as the CLI does; runs alternate
 (none, intervals, none, ...) and the fastest of each is kept, so load on a shared machine
-hits both alike. Also printed: the residual sketch a run ends with (the driver's memory
+hits both alike; wall and CPU seconds of the process are printed (CPU is the steadier
+figure on a loaded machine). Also printed: the residual sketch a run ends with (the driver's memory
 for intervals) against the sorted buffer of every residual that exact quantiles would hold.
 
     python benchmarks/bench_intervals.py                 # var 100x30 and ar on 10,000 series
@@ -60,14 +61,15 @@ WORKLOADS = (
 )
 
 
-def timed_run(config: TrainingConfig) -> tuple[float, tuple[int, int]]:
-    """Wall time of a serial run spooling its predictions and, with intervals, the bytes of
-    the sketch of all its residuals and of those residuals as float64 (from its file)."""
+def timed_run(config: TrainingConfig) -> tuple[tuple[float, float], tuple[int, int]]:
+    """Wall and CPU seconds of a serial run spooling its predictions and, with intervals,
+    the bytes of the sketch of all its residuals and of those residuals as float64 (from
+    its file)."""
     with PredictionsSpool() as spool:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         result = TrainingPipeline(predictions_sink=spool).execute(config)
         path = spool.finish(result.predictions_frame())
-        seconds = time.perf_counter() - began
+        seconds = (time.perf_counter() - began, time.process_time() - cpu)
         if not config.intervals:
             return seconds, (0, 0)
         table = pq.read_table(path, columns=["variable", "predicted", "actual"])
@@ -88,8 +90,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     chosen = args.workloads.split(",")
-    print(f"{'workload':<56} {'none s':>8} {'intervals s':>11} {'ratio':>6} "
-          f"{'sketch MiB':>10} {'exact MiB':>9}")  # fmt: skip
+    print(
+        f"{'workload':<56} {'none s':>8} {'intervals s':>11} {'ratio':>6} {'none cpu':>8} "
+        f"{'int. cpu':>8} {'ratio':>6} {'sketch MiB':>10} {'exact MiB':>9}"
+    )
     for workload in (w for w in WORKLOADS if w.key in chosen):
         plain = TrainingConfig.build(**workload.settings)
         with_intervals = TrainingConfig.build(**workload.settings, intervals=list(LEVELS))
@@ -100,9 +104,12 @@ def main() -> None:
             none_times.append(timed_run(plain)[0])
             seconds, sizes = timed_run(with_intervals)
             interval_times.append(seconds)
-        none, intervals = min(none_times), min(interval_times)
+        none, intervals = min(t[0] for t in none_times), min(t[0] for t in interval_times)
+        none_cpu = min(t[1] for t in none_times)
+        interval_cpu = min(t[1] for t in interval_times)
         print(
             f"{workload.name:<56} {none:>8.2f} {intervals:>11.2f} {intervals / none:>6.2f} "
+            f"{none_cpu:>8.2f} {interval_cpu:>8.2f} {interval_cpu / none_cpu:>6.2f} "
             f"{sizes[0] / 2**20:>10.1f} {sizes[1] / 2**20:>9.1f}"
         )
 
