@@ -404,7 +404,7 @@ def test_a_pod_of_another_namespace_cannot_use_a_runs_dask_cluster(
         cluster.kubectl("apply", "--filename=-", stdin=json.dumps(pod))
         eventually(
             lambda: cluster.get("pod", "stranger", f"--namespace={stranger}")["status"].get(
-                "phase") in ("Succeeded", "Failed"),
+                "phase") in ("Succeeded", "Failed") or None,
             180, "the stranger pod to finish", lambda: cluster.diagnostics(stranger),
         )  # fmt: skip
         log = cluster.kubectl("logs", "stranger", f"--namespace={stranger}").stdout
