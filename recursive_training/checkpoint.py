@@ -13,7 +13,8 @@ new key and never reuses stale numbers. Each result is one ``.npz`` of plain arr
 A batch split into series shards has one task, so one file, per shard (the shard is an
 argument, so it is in the key); results are told apart by (batch id, first series).
 
-Results are dataclasses of numbers, strings, arrays, nested dataclasses and Arrow tables;
+Results are dataclasses of numbers, strings, timestamps, arrays, nested dataclasses (alone
+or in tuples) and Arrow tables;
 they are flattened to named arrays and rebuilt from the dataclass's type hints.
 """
 
@@ -29,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 from numpy.typing import NDArray
 
@@ -173,7 +175,9 @@ def flatten(value: Any, prefix: str = "") -> Arrays:
         return arrays
     if isinstance(value, pa.Table):
         return _flatten_table(value, prefix)
-    if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+    if isinstance(value, pd.Timestamp):
+        return {prefix.rstrip("."): np.asarray(value.to_datetime64())}
+    if isinstance(value, tuple) and all(dataclasses.is_dataclass(v) for v in value):
         arrays = {f"{prefix}count": np.asarray(len(value))}
         for i, item in enumerate(value):
             arrays |= flatten(item, f"{prefix}{i}.")
@@ -211,6 +215,8 @@ def rebuild(kind: Any, arrays: Arrays, prefix: str = "") -> Any:
         item = typing.get_args(kind)[0]
         count = int(arrays[f"{prefix}count"])
         return tuple(rebuild(item, arrays, f"{prefix}{i}.") for i in range(count))
+    if kind is pd.Timestamp:
+        return pd.Timestamp(arrays[prefix.rstrip(".")][()])
     if kind is pa.Table:
         columns = [str(c) for c in arrays[f"{prefix}columns"]]
         return pa.table({c: _column(arrays, f"{prefix}{c}") for c in columns})

@@ -35,3 +35,13 @@ DEFAULT_SCALE_WINDOW: Final = 52
 """Changes in the pooled rms scale: about a quarter of business days (or a year of weeks),
 so the RMS is within ~10% (1/sqrt(2W)) of the series' scale while following slow changes
 of volatility."""
+
+DEFAULT_ALPHA_GRID: Final = (
+    0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0,
+)  # fmt: skip
+"""From about ordinary least squares (0.001: a standardized slope shrinks by 0.1%) to about
+the mean-change model (1000: every slope shrinks by 99.9%), two values a decade, rounded
+so the grid reads the same in YAML, the CRD and the results."""
+FALLBACK_ALPHA: Final = 0.01
+"""The penalty a batch uses before any error is known: the default of a fixed run (or the
+grid value nearest to it on a log scale), so an ``auto`` run starts as a default run does."""

@@ -65,7 +65,11 @@ def _field_help(name: str, extra: str = "") -> str:
 
     field = TrainingConfig.model_fields[name]
     default = field.default
-    shown = ",".join(default) if isinstance(default, tuple) else default
+    shown = (
+        ",".join(f"{item:g}" if isinstance(item, float) else str(item) for item in default)
+        if isinstance(default, tuple)
+        else default
+    )
     suffix = "" if default in (None, False, ()) else f" (default: {shown})"
     description = str(field.description)
     return f"{description.rstrip('.') + extra + '.' if extra else description}{suffix}"
@@ -131,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--horizon", type=int, metavar="STEPS", help=_field_help("horizon"))
     model.add_argument("--horizons", type=_csv, metavar="H1,H2,...", help=_field_help("horizons"))
     model.add_argument("--lags", type=int, metavar="L", help=_field_help("lags"))
+    model.add_argument("--ridge-alpha", metavar="ALPHA|auto", help=_field_help("ridge_alpha"))
     model.add_argument(
-        "--ridge-alpha", type=float, metavar="ALPHA", help=_field_help("ridge_alpha")
+        "--alpha-grid", type=_csv, metavar="A1,A2,...", help=_field_help("alpha_grid")
     )
     model.add_argument(
         "--half-life-days", type=float, metavar="DAYS", help=_field_help("half_life_days")

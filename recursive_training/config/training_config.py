@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recursive_training.constants import (
+    DEFAULT_ALPHA_GRID,
     DEFAULT_INPUT_DATA,
     DEFAULT_RESULTS_FILE,
     DEFAULT_SCALE_WINDOW,
@@ -79,10 +81,16 @@ class TrainingConfig(BaseModel):
     lags: int = Field(
         5, ge=1, description="Number of past changes of every variable used as features."
     )
-    ridge_alpha: float = Field(
+    ridge_alpha: float | Literal["auto"] = Field(
         0.01,
-        ge=0,
-        description="Ridge penalty on standardized features (0 = ordinary least squares).",
+        description="Ridge penalty on standardized features (0 = ordinary least squares), or "
+        "auto: each batch and target uses the alpha_grid value with the least walk-forward "
+        "squared error on earlier batches (0.01 until it has one).",
+    )
+    alpha_grid: tuple[float, ...] = Field(
+        DEFAULT_ALPHA_GRID,
+        description="Penalties ridge_alpha auto chooses from (default 0.001 to 1000, two a "
+        "decade); ignored with a fixed ridge_alpha.",
     )
     half_life_days: float | None = Field(
         None, gt=0, description="Exponential forgetting half-life in days; default: no forgetting."
@@ -320,6 +328,29 @@ class TrainingConfig(BaseModel):
         if list(value) != sorted(set(value)):
             raise ValueError(f"list each level once, in increasing order, got {list(value)}")
         return tuple(value)
+    @field_validator("ridge_alpha", mode="before")
+    @classmethod
+    def _parse_alpha(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        number = _number(value)
+        if number is None:
+            raise ValueError(f"must be a number or auto, got {value!r}")
+        if not number >= 0:
+            raise ValueError(f"must be at least 0 (or auto), got {value!r}")
+        return number
+
+    @field_validator("alpha_grid", mode="before")
+    @classmethod
+    def _parse_grid(cls, value: Any) -> Any:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items:
+            raise ValueError("must list at least one penalty, as 0.01,0.1,1")
+        numbers = [_number(item) for item in items]
+        bad = [item for item, n in zip(items, numbers, strict=True) if n is None or not n >= 0]
+        if bad:
+            raise ValueError(f"penalties must be numbers of at least 0, got {bad[0]!r}")
+        return tuple(sorted({n for n in numbers if n is not None}))
 
     @field_validator("max_memory", mode="before")
     @classmethod
@@ -432,6 +463,8 @@ class TrainingConfig(BaseModel):
         )
         if self.horizons is not None:  # one-horizon runs keep the hash they always had
             learned["horizons"] = list(self.horizons)
+        if self.ridge_alpha == "auto":  # a fixed run's hash stays what it was before the grid
+            learned["alpha_grid"] = list(self.alpha_grid)
         return hashlib.sha256(json.dumps(learned, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
@@ -450,6 +483,17 @@ def cli_flag(name: str) -> str:
 
 def _listed(values: tuple[int, ...]) -> str:
     return ",".join(map(str, values))
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float (from a number or its text), or None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _s3_uri(bucket: Any, prefix: Any) -> str:

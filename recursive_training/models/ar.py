@@ -56,6 +56,16 @@ class AutoRegressive(ModelStructure):
         coefficients[ready] = solved[..., 0]
         return coefficients
 
+    def systems(self, moments: Moments) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """One system per series."""
+        return moments.xtx, moments.xty[..., None], moments.yty[:, None]
+
+    def to_systems(self, coefficients: FloatArray) -> FloatArray:
+        return coefficients[..., None]
+
+    def from_systems(self, stacked: FloatArray) -> FloatArray:
+        return stacked[..., 0]
+
     def predict(self, coefficients: FloatArray, levels: FloatArray, origins: ORIGINS) -> Forecast:
         samples, _, _ = series_samples(self, levels, origins)
         predicted = predict_columns(coefficients, samples)

@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 
 from recursive_training.arrays import FloatArray, IntArray
 from recursive_training.constants import INTERCEPT
+from recursive_training.penalty import ridge_path, squared_errors
 from recursive_training.statistics import Moments
 
 ORIGINS = NDArray[np.intp]
@@ -88,6 +89,53 @@ class ModelStructure(ABC):
     @abstractmethod
     def predict(self, coefficients: FloatArray, levels: FloatArray, origins: ORIGINS) -> Forecast:
         """Predicted changes, in each series' own units, for these origins."""
+
+    @abstractmethod
+    def systems(self, moments: Moments) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """The statistics as stacked ridge systems: X'X (S, q, q), X'Y (S, q, T) and Y'Y
+        (S, T); S systems of T targets each, one count group per system."""
+
+    @abstractmethod
+    def to_systems(self, coefficients: FloatArray) -> FloatArray:
+        """Coefficients (..., layout of ``solve``) as (..., S, q, T)."""
+
+    @abstractmethod
+    def from_systems(self, stacked: FloatArray) -> FloatArray:
+        """The inverse of ``to_systems``."""
+
+    def penalty_targets(self) -> tuple[str, ...]:
+        """What chooses its own penalty under ``--ridge-alpha auto``: each series' model
+        (one column of a VAR, one per-series system), in ``systems`` order."""
+        return self.series
+
+    def solve_path(
+        self, moments: Moments, alphas: Sequence[float], min_samples: int
+    ) -> FloatArray | None:
+        """Coefficients for every alpha (G, layout of ``solve``), what ``solve`` gives with
+        that alpha (to rounding); None when no system has ``min_samples`` yet."""
+        ready = moments.n >= min_samples
+        if not ready.any():
+            return None
+        xtx, xty, _ = self.systems(moments)
+        path = np.full((len(alphas), *xty.shape[:1], xtx.shape[-1], xty.shape[-1]), np.nan)
+        path[:, ready] = ridge_path(xtx[ready], xty[ready], alphas)
+        return self.from_systems(path)
+
+    def path_errors(self, path: FloatArray, moments: Moments) -> FloatArray:
+        """Squared errors (G x targets) of every alpha's coefficients on samples with these
+        moments (in the units the structure fits); NaN for a target with no such sample or
+        no model."""
+        xtx, xty, yty = self.systems(moments)
+        errors = squared_errors(self.to_systems(path), xtx, xty, yty)
+        errors[:, moments.n == 0] = np.nan
+        return errors.reshape(len(path), -1)
+
+    def pick(self, path: FloatArray, choice: NDArray[np.int64]) -> FloatArray:
+        """The coefficients of one alpha per target (``choice``: grid positions)."""
+        stacked = self.to_systems(path)
+        positions = choice.reshape(1, stacked.shape[1], 1, stacked.shape[-1])
+        chosen = np.take_along_axis(stacked, positions, axis=0)[0]
+        return self.from_systems(chosen)
 
     def shard(self, start: int, stop: int) -> ModelStructure:
         """The same structure over the series ``start:stop`` (and the same exog)."""

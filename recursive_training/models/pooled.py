@@ -144,6 +144,21 @@ class Pooled(ModelStructure):
         coefficients: FloatArray = solve_ridge(moments.xtx, moments.xty[:, None], alpha)[:, 0]
         return coefficients
 
+    def systems(self, moments: Moments) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """One system, one target: every series' scaled samples together."""
+        return moments.xtx[None], moments.xty[None, :, None], moments.yty[None]
+
+    def to_systems(self, coefficients: FloatArray) -> FloatArray:
+        return coefficients[..., None, :, None]
+
+    def from_systems(self, stacked: FloatArray) -> FloatArray:
+        return stacked[..., 0, :, 0]
+
+    def penalty_targets(self) -> tuple[str, ...]:
+        """One model, one penalty, chosen on the error it is fitted to: squared errors in
+        scaled units summed over series, so no series weighs in by its size."""
+        return ("all series",)
+
     def predict(self, coefficients: FloatArray, levels: FloatArray, origins: ORIGINS) -> Forecast:
         samples, scales = self.scaled_samples(levels, origins)
         predicted = predict_columns(coefficients, samples, scales)

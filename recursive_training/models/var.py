@@ -54,6 +54,16 @@ class VectorAutoRegressive(ModelStructure):
             return None
         return solve_ridge(moments.xtx, moments.xty, alpha)
 
+    def systems(self, moments: Moments) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """One system whose targets are the series."""
+        return moments.xtx[None], moments.xty[None], moments.yty[None]
+
+    def to_systems(self, coefficients: FloatArray) -> FloatArray:
+        return coefficients[..., None, :, :]
+
+    def from_systems(self, stacked: FloatArray) -> FloatArray:
+        return stacked[..., 0, :, :]
+
     def predict(self, coefficients: FloatArray, levels: FloatArray, origins: ORIGINS) -> Forecast:
         x, y = feats.design(levels, origins, self.lags, self.horizon)
         complete = feats.complete_rows(x, y)

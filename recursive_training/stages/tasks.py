@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 from numpy.typing import NDArray
 
@@ -36,7 +37,7 @@ from recursive_training.rules import (
     sign_hits_misses,
 )
 from recursive_training.s3_location import S3Settings
-from recursive_training.statistics import SufficientStats, forgetting_weights
+from recursive_training.statistics import Moments, SufficientStats, forgetting_weights
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class TaskSpec:
     exog: tuple[str, ...]
     pooled_scale: str
     scale_window: int
+    # With --ridge-alpha auto: also the moments of the evaluation samples, from which the
+    # scan computes every grid value's walk-forward errors.
+    evaluation_moments: bool
     # Series a task processes at once, set by the plan so a shard's derived arrays stay
     # within models.memory.SHARD_BYTES (0: all at once).
     shard_series: int
@@ -79,6 +83,7 @@ class TaskSpec:
             exog=tuple(config.exog),
             pooled_scale=config.pooled_scale,
             scale_window=config.scale_window,
+            evaluation_moments=config.ridge_alpha == "auto",
             shard_series=0,
             s3=config.s3_settings,
         )
@@ -110,6 +115,15 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class EvaluationMoments:
+    """Moments (unweighted) of some of a batch's evaluation samples, and when the last of
+    them is realized: their errors may steer the penalty only after that."""
+
+    moments: Moments
+    realized_by: pd.Timestamp
+
+
+@dataclass(frozen=True)
 class BatchStatistics:
     """Map-stage output of one horizon: the batch's training statistics, referenced at the
     batch end."""
@@ -128,6 +142,9 @@ class BatchStatistics:
     # realized in the batch whose change is known, and their count: MASE's scale.
     persistence_abs: FloatArray
     persistence_n: FloatArray
+    # With evaluation_moments: the evaluation samples realized inside the batch, then those
+    # realized after it (each part present when it holds an origin).
+    evaluation: tuple[EvaluationMoments, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -218,10 +235,12 @@ def compute_batch_statistics(
     levels, stamps = load_window(batch, spec, structures[0].columns) if trains else (None, None)
     loaded = (time.perf_counter() - began) / len(structures)
     parts = []
-    for structure, rows in zip(structures, batch.train_rows, strict=True):
+    for structure, rows, eval_rows in zip(
+        structures, batch.train_rows, batch.eval_rows, strict=True
+    ):
         started = time.perf_counter()
-        stats, dropped, candidates, usable, persistence = _horizon_statistics(
-            batch, spec, structure, rows, levels, stamps
+        stats, dropped, candidates, usable, persistence, evaluation = _horizon_statistics(
+            batch, spec, structure, rows, eval_rows, levels, stamps
         )
         seconds = loaded + time.perf_counter() - started
         parts.append(
@@ -235,6 +254,7 @@ def compute_batch_statistics(
                 candidates,
                 usable,
                 *persistence,
+                evaluation,
             )
         )
     return StatisticsTask(batch.batch_id, first_series, tuple(parts))
@@ -245,18 +265,27 @@ def _horizon_statistics(
     spec: TaskSpec,
     structure: ModelStructure,
     rows: tuple[int, int],
+    eval_rows: tuple[int, int],
     levels: FloatArray | None,
     stamps: NDArray[np.datetime64] | None,
-) -> tuple[SufficientStats, int, int, NDArray[np.int64], tuple[FloatArray, FloatArray]]:
+) -> tuple[
+    SufficientStats,
+    int,
+    int,
+    NDArray[np.int64],
+    tuple[FloatArray, FloatArray],
+    tuple[EvaluationMoments, ...],
+]:
     """One horizon's statistics, rule counts, dropped samples, candidates, usable counts
-    and persistence error sums of the samples realized in ``rows``."""
+    and persistence error sums of the samples realized in ``rows``, and with
+    ``spec.evaluation_moments`` the moments of the samples with origins in ``eval_rows``."""
     rules = parse_rules(spec.rules)
     n_entries = len(rule_entries(rules, structure.series))
     first, stop = rows
     if first >= stop or levels is None or stamps is None:
         empty = SufficientStats(structure.zeros(), np.zeros(n_entries), np.zeros(n_entries))
         none = np.zeros(len(structure.series))
-        return empty, 0, 0, np.zeros(len(structure.columns), dtype=np.int64), (none, none)
+        return empty, 0, 0, np.zeros(len(structure.columns), dtype=np.int64), (none, none), ()
     horizon = structure.horizon
     origins = np.arange(first, stop) - horizon - batch.window_rows[0]
     weights = forgetting_weights(stamps[origins + horizon], batch.end, spec.half_life_days)
@@ -288,7 +317,37 @@ def _horizon_statistics(
         len(origins),
         feats.usable_by_variable(levels, origins, spec.lags, horizon),
         persistence,
+        _evaluation_moments(batch, spec, structure, eval_rows, stop, levels, stamps)
+        if spec.evaluation_moments
+        else (),
     )
+
+
+def _evaluation_moments(
+    batch: TrainingBatch,
+    spec: TaskSpec,
+    structure: ModelStructure,
+    eval_rows: tuple[int, int],
+    batch_stop: int,
+    levels: FloatArray,
+    stamps: NDArray[np.datetime64],
+) -> tuple[EvaluationMoments, ...]:
+    """Moments of the samples the evaluation stage predicts (the same origins, the same
+    complete samples, unit weights), split by realization before ``batch_stop`` (the
+    batch's end row) or after it."""
+    horizon = structure.horizon
+    origins = np.arange(*eval_rows) - batch.window_rows[0]
+    inside = origins + horizon < batch_stop - batch.window_rows[0]
+    parts = []
+    for part in (origins[inside], origins[~inside]):
+        if len(part):
+            pieces = [
+                shard.statistics(window, part, np.ones(len(part)))[0]
+                for _, shard, window in _shards(structure, levels, spec.shard_series)
+            ]
+            realized_by = pd.Timestamp(stamps[part[-1] + horizon])
+            parts.append(EvaluationMoments(structure.combine_shards(pieces), realized_by))
+    return tuple(parts)
 
 
 def prediction_table(
@@ -461,6 +520,12 @@ def merge_statistics(
         entries([p.stats.rule_misses for p in parts]),
     )
     usable = [p.usable[:w] for p, w in zip(parts, widths, strict=True)]
+    evaluation = tuple(
+        EvaluationMoments(
+            structure.combine_shards([piece.moments for piece in pieces]), pieces[0].realized_by
+        )
+        for pieces in zip(*(p.evaluation for p in parts), strict=True)
+    )
     return BatchStatistics(
         parts[0].batch_id,
         0,
@@ -472,6 +537,7 @@ def merge_statistics(
         np.concatenate([*usable, parts[0].usable[widths[0] :]]),
         np.concatenate([p.persistence_abs for p in parts]),
         np.concatenate([p.persistence_n for p in parts]),
+        evaluation,
     )
 
 

@@ -44,6 +44,7 @@ from recursive_training.parallel_trainer import (
     plan_batches,
     series_shards,
 )
+from recursive_training.penalty import PenaltyPath
 from recursive_training.rules import (
     RuleSpec,
     check_rule_variables,
@@ -105,6 +106,7 @@ class TrainingResult:
     seconds: float
     predictions: list[pa.Table] = field(default_factory=list)
     by_horizon: tuple[TrainingResult, ...] = ()
+    penalties: PenaltyPath | None = None  # with --ridge-alpha auto: the chosen penalties
 
     @property
     def horizons(self) -> tuple[int, ...]:
@@ -433,7 +435,8 @@ def _horizon_result(
 ) -> TrainingResult:
     """One horizon's result: what a run of that horizon alone reduces to."""
     variables, structure = plan.variables, plan.structures[index]
-    final = outputs.scans[index].prefix
+    scan = outputs.scans[index]
+    final = scan.prefix
     rule_table = [
         (rule, target, float(h), float(m))
         for (rule, target), h, m in zip(
@@ -458,7 +461,8 @@ def _horizon_result(
         batches=plan.batches,
         statistics={k: task.by_horizon[index] for k, task in outputs.statistics.items()},
         evaluations=evaluations,
-        coefficients=_final_model(structure, final, config.ridge_alpha),
+        coefficients=_final_model(structure, final, config.ridge_alpha, scan.penalties),
+        penalties=scan.penalties,
         rule_table=rule_table,
         errors=sum((e.errors for e in evaluations.values()), ErrorSums.zeros(len(variables))),
         state=state,
@@ -665,9 +669,20 @@ def _initial_prefix(
     return state.stats[index].decayed(decay_factor(state.end, start, config.half_life_days))
 
 
-def _final_model(structure: ModelStructure, final: SufficientStats, alpha: float) -> FloatArray:
-    """The model of everything learned (every series that has a sample at all)."""
-    coefficients = structure.solve(final.moments, alpha, min_samples=0)
+def _final_model(
+    structure: ModelStructure,
+    final: SufficientStats,
+    alpha: float | str,
+    penalties: PenaltyPath | None,
+) -> FloatArray:
+    """The model of everything learned (every series that has a sample at all), with the
+    penalty chosen on every walk-forward error of the run under ``auto``."""
+    if penalties is None:
+        assert alpha != "auto"
+        coefficients = structure.solve(final.moments, float(alpha), min_samples=0)
+    else:
+        path = structure.solve_path(final.moments, penalties.grid, min_samples=0)
+        coefficients = None if path is None else structure.pick(path, penalties.final_choice())
     assert coefficients is not None, "a threshold of zero samples is always met"
     return coefficients
 
@@ -678,7 +693,10 @@ class PrefixScan:
     Batch k's model is fitted on the samples realized before batch k starts. Statistics
     are folded into the prefix in batch order as soon as every earlier batch has arrived,
     and their matrices are dropped then, so the driver holds only the batches still out
-    of order, not one features x features matrix per batch of the history.
+    of order, not one features x features matrix per batch of the history. With
+    ``--ridge-alpha auto`` each batch's model takes, per target, the penalty of
+    ``penalties`` (``penalty.PenaltyPath``), whose errors the batch's own evaluation
+    moments then extend.
     """
 
     def __init__(
@@ -693,27 +711,51 @@ class PrefixScan:
         self.structure = structure
         self.prefix = initial
         self.models: dict[int, FloatArray] = {}
+        self.penalties = (
+            PenaltyPath(config.alpha_grid, structure.penalty_targets())
+            if config.ridge_alpha == "auto"
+            else None
+        )
         self._position = 0
-        self._waiting: dict[int, SufficientStats] = {}
+        self._waiting: dict[int, BatchStatistics] = {}
         self._threshold = config.evaluation_threshold(structure.n_features)
 
     def __call__(self, result: BatchStatistics) -> BatchStatistics:
         """Fold what can be folded; keep only the batch's sample count."""
-        self._waiting[result.batch_id] = result.stats
+        self._waiting[result.batch_id] = result
         while (
             self._position < len(self.batches)
             and self.batches[self._position].batch_id in self._waiting
         ):
             batch = self.batches[self._position]
-            model = self.structure.solve(
-                self.prefix.moments, self.config.ridge_alpha, self._threshold
-            )
+            arrived = self._waiting.pop(batch.batch_id)
+            model = self._model(batch, arrived)
             if model is not None:
                 self.models[batch.batch_id] = model
             decay = decay_factor(batch.start, batch.end, self.config.half_life_days)
-            self.prefix = self.prefix.decayed(decay) + self._waiting.pop(batch.batch_id)
+            self.prefix = self.prefix.decayed(decay) + arrived.stats
             self._position += 1
-        return replace(result, stats=result.stats.count_only())
+        return replace(result, stats=result.stats.count_only(), evaluation=())
+
+    def _model(self, batch: TrainingBatch, arrived: BatchStatistics) -> FloatArray | None:
+        """The prefix model batch ``batch`` predicts with (None: too few samples yet)."""
+        moments, threshold = self.prefix.moments, self._threshold
+        if self.penalties is None:
+            alpha = self.config.ridge_alpha
+            assert alpha != "auto"
+            return self.structure.solve(moments, alpha, threshold)
+        self.penalties.release(batch.start)
+        path = self.structure.solve_path(moments, self.penalties.grid, threshold)
+        if path is None:
+            return None
+        choice = self.penalties.choice()
+        model = self.structure.pick(path, choice)
+        predicted = np.isfinite(self.structure.to_systems(model)).all(axis=-2).ravel()
+        self.penalties.record(batch.batch_id, choice, predicted)
+        for part in arrived.evaluation:
+            errors = self.structure.path_errors(path, part.moments)
+            self.penalties.add(batch.batch_id, errors, part.realized_by)
+        return model
 
     @property
     def complete(self) -> bool:

@@ -193,7 +193,7 @@ def assert_clean_failure(tmp_path: Path, fragments: list[str], *args: str) -> No
     [
         (["--lags", "0"], ["lags (--lags)", "greater than or equal to 1"]),
         (["--batch-size-days", "-3"], ["batch_size_days", "greater than 0"]),
-        (["--ridge-alpha", "lots"], ["--ridge-alpha", "invalid float value"]),
+        (["--ridge-alpha", "lots"], ["--ridge-alpha", "must be a number or auto"]),
         (["--no-such-flag"], ["unrecognized arguments: --no-such-flag"]),
         (["--rules", "momentum(5),astrology"], ["unknown rule 'astrology'"]),
         (["--rules", "cross(spx_close->nope)"], ["names variable 'nope'"]),

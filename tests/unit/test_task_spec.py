@@ -28,6 +28,7 @@ CHANGED: dict[str, Any] = {
     "exog": ("spx",),
     "pooled_scale": "none",
     "scale_window": 20,
+    "evaluation_moments": True,
     "shard_series": 7,
 }
 
@@ -45,7 +46,20 @@ def test_spec_carries_the_config_values_the_tasks_read() -> None:
     )
     spec = TaskSpec.from_config(config)
     assert spec == TaskSpec(
-        "prices.csv", "csv", 2, (4,), 1, 30.0, ("cross",), "var", (), "rms", 52, 0, S3Settings()
+        "prices.csv",
+        "csv",
+        2,
+        (4,),
+        1,
+        30.0,
+        ("cross",),
+        "var",
+        (),
+        "rms",
+        52,
+        False,
+        0,
+        S3Settings(),
     )
     assert spec.s3.endpoint_url == "http://minio:9000"
 

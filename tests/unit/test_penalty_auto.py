@@ -1,0 +1,242 @@
+"""``--ridge-alpha auto``: every grid value's walk-forward errors are those of a fixed run
+with that value, and the chosen penalties are those of a brute-force choice written here
+(one numpy least-squares refit per grid value, batch and series, errors counted once
+their samples are realized)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recursive_training.config import TrainingConfig
+from recursive_training.data import open_source
+from recursive_training.penalty import PenaltyPath, ridge_path
+from recursive_training.run_training import main
+from recursive_training.stages import TrainingPipeline, TrainingResult
+from recursive_training.statistics import Moments, solve_ridge
+from tests.reference import design_frame, ridge_lstsq
+from tests.unit.test_models import WINDOW, make_panel, rms_scale
+from tests.unit.test_models_pipeline import split_tasks, write_panel
+
+SMALL = "builtin:synthetic?n_variables=3&years=5&seed=5"
+GRID = (0.003, 0.1, 3.0, 100.0)
+MIN_SAMPLES = 60
+LAGS, HORIZON = 2, 3
+SETTINGS: dict[str, object] = {
+    "input_data": SMALL,
+    "batch_size_days": 90,
+    "lags": LAGS,
+    "horizon": HORIZON,
+    "min_train_samples": MIN_SAMPLES,
+    "rules": ["model"],
+    "scale_window": WINDOW,
+}
+
+
+def train(**fields: object) -> TrainingResult:
+    return TrainingPipeline().execute(TrainingConfig.build(**{**SETTINGS, **fields}))
+
+
+def auto_run(
+    monkeypatch: pytest.MonkeyPatch, **fields: object
+) -> tuple[TrainingResult, dict[int, np.ndarray]]:
+    """An auto run, and each batch's squared errors per grid value and target as the scan
+    computed them (all parts of the batch added up)."""
+    errors: dict[int, np.ndarray] = {}
+    add = PenaltyPath.add
+
+    def recording(self: PenaltyPath, batch_id: int, part: np.ndarray, *rest: object) -> None:
+        errors[batch_id] = errors.get(batch_id, 0.0) + np.nan_to_num(part)
+        add(self, batch_id, part, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PenaltyPath, "add", recording)
+    result = train(ridge_alpha="auto", alpha_grid=GRID, **fields)
+    monkeypatch.undo()
+    return result, errors
+
+
+def levels_of(result: TrainingResult) -> pd.DataFrame:
+    return open_source(result.config.input_data).load(
+        result.variables, pd.Timestamp.min, pd.Timestamp.max
+    )
+
+
+def scaled_errors(run: TrainingResult, batch_id: int, levels: pd.DataFrame) -> float:
+    """A pooled rms run's squared errors in scaled units: each divided by its series'
+    RMS change over the WINDOW changes up to the origin (pandas rolling, not the code's)."""
+    frame = run.predictions_frame()
+    mine = frame[frame["batch_id"] == batch_id]
+    total = 0.0
+    for name, group in mine.groupby("variable", observed=True):
+        scale = rms_scale(levels[str(name)]).loc[group["origin"]].to_numpy()
+        total += float((((group["predicted"] - group["actual"]).to_numpy() / scale) ** 2).sum())
+    return total
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"model": "var"},
+        {"model": "ar"},
+        {"model": "pooled", "pooled_scale": "none"},
+        {"model": "pooled", "pooled_scale": "rms"},
+        {"model": "var", "half_life_days": 200.0},
+    ],
+    ids=["var", "ar", "pooled-none", "pooled-rms", "var-forgetting"],
+)
+def test_each_grid_values_errors_equal_a_fixed_run_with_that_value(
+    monkeypatch: pytest.MonkeyPatch, fields: dict[str, object]
+) -> None:
+    auto, errors = auto_run(monkeypatch, **fields)
+    levels = levels_of(auto)
+    assert len(errors) >= 8
+    for position, alpha in enumerate(GRID):
+        fixed = train(ridge_alpha=alpha, **fields)
+        assert sorted(fixed.evaluations) == sorted(errors)
+        for batch_id, evaluation in fixed.evaluations.items():
+            got = errors[batch_id][position]
+            if fields["model"] != "pooled":
+                expected = evaluation.errors.sq_error
+            elif fields["pooled_scale"] == "none":
+                expected = np.array([evaluation.errors.sq_error.sum()])
+            else:
+                expected = np.array([scaled_errors(fixed, batch_id, levels)])
+            np.testing.assert_allclose(got, expected, rtol=1e-10)
+
+
+def brute_force_choices(
+    result: TrainingResult, designs: list[tuple[pd.DataFrame, pd.DataFrame, pd.Series]]
+) -> dict[int, np.ndarray]:
+    """The penalty of each evaluated batch and target: per grid value, refit on the samples
+    realized before each batch (numpy lstsq), predict the batch's origins, and choose the
+    value of least squared error over the predictions realized before the batch starts
+    (ties: the larger value; none yet: the grid value nearest 0.01 in log)."""
+    fallback = GRID[int(np.argmin([abs(np.log10(a) + 2) for a in GRID]))]
+    choices: dict[int, list[float]] = {}
+    for features, targets, realized in designs:
+        errors = []  # per grid value: (squared error, realization time) of every prediction
+        for alpha in GRID:
+            made = []
+            for batch in result.batches:
+                known = (realized >= result.start) & (realized < batch.start)
+                if known.sum() < MIN_SAMPLES:
+                    continue
+                coefficients = ridge_lstsq(features[known], targets[known], alpha)
+                origins = (
+                    (features.index >= batch.start)
+                    & (features.index < batch.end)
+                    & (realized < result.end).to_numpy()
+                )
+                error = features[origins].to_numpy() @ coefficients - targets[origins].to_numpy()
+                made.append(pd.DataFrame({"sq": (error**2)[:, 0], "at": realized[origins]}))
+            errors.append(pd.concat(made))
+        for batch in result.batches:
+            if batch.batch_id not in result.penalties.chosen:  # type: ignore[union-attr]
+                continue
+            known_errors = [e["sq"][e["at"] < batch.start].sum() for e in errors]
+            seen = (errors[0]["at"] < batch.start).any()
+            best = len(GRID) - 1 - int(np.argmin(known_errors[::-1]))
+            choices.setdefault(batch.batch_id, []).append(GRID[best] if seen else fallback)
+    return {k: np.array(v) for k, v in choices.items()}
+
+
+@pytest.mark.parametrize("model", ["var", "ar"])
+def test_chosen_penalties_equal_a_brute_force_choice(model: str) -> None:
+    result = train(model=model, ridge_alpha="auto", alpha_grid=GRID)
+    levels = levels_of(result)
+    features, targets, realized = design_frame(levels, LAGS, HORIZON)
+    if model == "var":
+        designs = [(features, targets[[name]], realized) for name in result.variables]
+    else:
+        designs = [design_frame(levels[[name]], LAGS, HORIZON) for name in result.variables]
+    expected = brute_force_choices(result, designs)
+    assert result.penalties is not None
+    chosen = result.penalties.chosen
+    assert sorted(chosen) == sorted(expected)
+    for batch_id, alphas in chosen.items():
+        np.testing.assert_array_equal(alphas, expected[batch_id], err_msg=f"batch {batch_id}")
+    path = np.array([chosen[k] for k in sorted(chosen)])
+    assert len(np.unique(path)) >= 2, "the data should make the choice move"
+
+
+def test_a_one_value_grid_predicts_as_a_fixed_run() -> None:
+    auto = train(model="ar", ridge_alpha="auto", alpha_grid=[0.2])
+    fixed = train(model="ar", ridge_alpha=0.2)
+    a, f = auto.predictions_frame(), fixed.predictions_frame()
+    np.testing.assert_allclose(a["predicted"], f["predicted"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(auto.coefficients, fixed.coefficients, rtol=1e-10, atol=1e-12)
+
+
+def test_shard_tasks_give_the_choices_of_one_task_per_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Evaluation moments of (batch x series shard) tasks merge into the batch's."""
+    path = write_panel(make_panel(seed=31, n_series=9, rows=400, n_exog=1, missing=0.02))
+    fields = {"input_data": path, "model": "ar", "exog": ["x0"], "fill_limit": 0}
+    whole = train(ridge_alpha="auto", alpha_grid=GRID, **fields)
+    split_tasks(monkeypatch, 4)
+    split = train(ridge_alpha="auto", alpha_grid=GRID, **fields)
+    assert whole.penalties is not None and split.penalties is not None
+    assert sorted(whole.penalties.chosen) == sorted(split.penalties.chosen)
+    for batch_id, alphas in whole.penalties.chosen.items():
+        np.testing.assert_array_equal(split.penalties.chosen[batch_id], alphas)
+    np.testing.assert_allclose(split.coefficients, whole.coefficients, rtol=1e-9, atol=1e-12)
+
+
+def test_ridge_path_equals_lstsq_per_alpha_on_ill_scaled_features() -> None:
+    """Features six orders of magnitude apart, off-centre: every alpha's coefficients are
+    the augmented least-squares solution's (as accurate as the fixed solve, which is
+    about 3e-9 away from it here: the moments of this design lose that many digits)."""
+    rng = np.random.default_rng(8)
+    x = np.c_[np.ones(150), rng.standard_normal((150, 6)) * [1e-3, 1, 1e3, 1, 5, 1] + 2]
+    y = x @ rng.standard_normal((7, 2)) + rng.standard_normal((150, 2))
+    weights = rng.uniform(0.2, 1.0, 150)
+    moments = Moments.from_samples(x, y, weights)
+    path = ridge_path(moments.xtx[None], moments.xty[None], (0.0, *GRID))
+    for position, alpha in enumerate((0.0, *GRID)):
+        expected = ridge_lstsq(pd.DataFrame(x), pd.DataFrame(y), alpha, weights)
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(path[position, 0], expected, rtol=0, atol=1e-8 * scale)
+        fixed = solve_ridge(moments.xtx, moments.xty, alpha)
+        np.testing.assert_allclose(path[position, 0], fixed, rtol=0, atol=1e-8 * scale)
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--ridge-alpha", "lots"], "ridge_alpha (--ridge-alpha): must be a number or auto"),
+        (["--ridge-alpha", "-1"], "must be at least 0 (or auto)"),
+        (["--alpha-grid", "0.1,x"], "alpha_grid (--alpha-grid): penalties must be numbers"),
+    ],
+)
+def test_bad_penalties_are_one_error_line_and_exit_1(
+    flags: list[str], message: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """(tests/integration/test_cli.py runs the CLI as a process for the stderr itself.)"""
+    code = main(["--input-data", SMALL, "--output-dir", str(tmp_path / "out"), *flags])
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert code == 1
+    assert len(errors) == 1 and message in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_restored_from_checkpoints_chooses_the_same_penalties(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The evaluation moments (and when they are realized) survive a checkpoint."""
+    fields = {"ridge_alpha": "auto", "alpha_grid": GRID, "checkpoint_dir": str(tmp_path)}
+    first = train(**fields)
+    saved = len(list((tmp_path / "statistics").glob("*.npz")))
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        again = train(**fields)
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"Stage statistics: {saved} of {saved} tasks restored" in " ".join(messages)
+    assert not any("Ignoring unreadable checkpoint" in m for m in messages)
+    assert first.penalties is not None and again.penalties is not None
+    assert sorted(first.penalties.chosen) == sorted(again.penalties.chosen)
+    for batch_id, alphas in first.penalties.chosen.items():
+        np.testing.assert_array_equal(again.penalties.chosen[batch_id], alphas)
