@@ -48,9 +48,8 @@ def _cell(value: object) -> str:
 
 def describe(schema: dict[str, Any]) -> tuple[str, str, str]:
     """Type, default and constraints of one field, as table cells."""
-    kind = schema.get(
-        "type", "object" if schema.get("x-kubernetes-preserve-unknown-fields") else ""
-    )
+    untyped = "object" if schema.get("properties") else "any (see the rules)"
+    kind = schema.get("type", untyped if schema.get("x-kubernetes-preserve-unknown-fields") else "")
     if kind == "array":
         kind = f"array of {schema.get('items', {}).get('type', 'object')}"
     default = f"`{json.dumps(schema['default'])}`" if "default" in schema else ""

@@ -216,7 +216,7 @@ def rebuild(kind: Any, arrays: Arrays, prefix: str = "") -> Any:
         count = int(arrays[f"{prefix}count"])
         return tuple(rebuild(item, arrays, f"{prefix}{i}.") for i in range(count))
     if kind is pd.Timestamp:
-        return pd.Timestamp(arrays[prefix.rstrip(".")][()])
+        return pd.Timestamp(str(arrays[prefix.rstrip(".")]))
     if kind is pa.Table:
         columns = [str(c) for c in arrays[f"{prefix}columns"]]
         return pa.table({c: _column(arrays, f"{prefix}{c}") for c in columns})

@@ -10,6 +10,7 @@ RESULTS_KIND: Final = "pulse.dev/TrainingResults"
 STATE_KIND: Final = "pulse.dev/TrainingState"
 SERIES_METRICS_KIND: Final = "pulse.dev/SeriesMetrics"
 RULE_TRUST_KIND: Final = "pulse.dev/RuleTrust"
+PENALTIES_KIND: Final = "pulse.dev/Penalties"
 
 DEFAULT_INPUT_DATA: Final = "builtin:synthetic"
 DEFAULT_RESULTS_FILE: Final = "results.json"
@@ -17,6 +18,7 @@ STATE_FILE: Final = "state-{run_id}.npz"
 PREDICTIONS_FILE: Final = "predictions-{run_id}.parquet"
 METRICS_FILE: Final = "metrics-{run_id}.parquet"
 RULES_FILE: Final = "rules-{run_id}.parquet"
+PENALTIES_FILE: Final = "penalties-{run_id}.parquet"  # with --ridge-alpha auto only
 """A run's data files carry its id, so writing them never touches an earlier run's files;
 ``results.json`` names them and is written last (docs/outputs.md)."""
 

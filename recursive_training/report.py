@@ -121,6 +121,8 @@ def render_report(
         sections["Prediction intervals"] = [_interval_coverage(document, folder)]
     if "by_horizon" in document:
         sections = {"Metrics by horizon": [_horizon_chart(document, folder)], **sections}
+    if "penalty" in document["model"]:
+        sections["Ridge penalty chosen walk-forward"] = [_penalty_path(document, folder)]
     page = folder / "index.html"
     _write(page, _page(document, sections).encode())
     charts = [s.path for group in sections.values() for s in group if s.path is not None]
@@ -745,6 +747,51 @@ def _interval_coverage(document: dict[str, Any], folder: Path) -> Section:
         f"{summary}. Conformal intervals from the residuals realized before each batch; a "
         "series has none until it has enough of them (the first evaluated batch never does). "
         "Below the grey band the intervals are too narrow, above it too wide.",
+        path,
+    )
+
+
+def _penalty_path(document: dict[str, Any], folder: Path) -> Section:
+    """The penalty each batch's model used (--ridge-alpha auto): one line per target up to
+    MAX_VARIABLE_CHARTS targets, else the median and range across targets."""
+    title = "Chosen ridge penalty by batch"
+    batches = [b for b in _evaluated_batches(document) if b["ridge_alpha"]["median"] is not None]
+    if not batches:
+        return Section(title, NOT_EVALUATED)
+    grid = document["model"]["penalty"]["grid"]
+    positions = np.arange(len(batches))
+    figure = Figure(figsize=(max(8.0, 2.0 + 0.45 * len(batches)), 4.5), layout="constrained")
+    axes = figure.subplots()
+    targets = list(batches[0]["ridge_alpha"].get("by_target", {}))
+    if targets and len(targets) <= MAX_VARIABLE_CHARTS:
+        for target in targets:
+            values = [b["ridge_alpha"]["by_target"][target] for b in batches]
+            axes.step(positions, np.array(values, dtype=np.float64), where="mid", label=target)
+    else:
+        low, high = ([b["ridge_alpha"][k] for b in batches] for k in ("min", "max"))
+        axes.fill_between(
+            positions, low, high, step="mid", color=PREDICTED, alpha=0.2, label="range"
+        )
+        median = [b["ridge_alpha"]["median"] for b in batches]
+        axes.step(positions, median, where="mid", color=PREDICTED, label="median")
+    positive = [a for a in grid if a > 0]
+    axes.set_yscale("log")
+    if positive:
+        axes.set_ylim(min(positive) / 2, max(positive) * 2)
+    axes.set(ylabel="ridge alpha (log scale)", xlabel="batch start date")
+    axes.set_title("Penalty with the least walk-forward error so far", fontweight="bold")
+    axes.legend(fontsize=8, loc="best", ncol=2)
+    axes.set_xticks(
+        positions, [_batch_label(b) for b in batches], rotation=45, ha="right", fontsize=8
+    )
+    path = _save(figure, folder / "penalty_by_batch.png")
+    fallback = document["model"]["penalty"]["fallback"]
+    return Section(
+        title,
+        f"Each batch predicts with, per target, the grid value ({len(grid)} from {grid[0]:g} "
+        f"to {grid[-1]:g}) of least squared error over the walk-forward predictions realized "
+        f"before it starts; {fallback:g} before there is any. Larger means more shrinkage "
+        "towards predicting the mean change.",
         path,
     )
 

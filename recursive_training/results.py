@@ -26,10 +26,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recursive_training import __version__, interrupts, storage
+from recursive_training.arrays import FloatArray
 from recursive_training.config import TrainingConfig
 from recursive_training.constants import (
     CONFIDENCE_LEVEL,
     METRICS_FILE,
+    PENALTIES_FILE,
+    PENALTIES_KIND,
     PREDICTIONS_FILE,
     RESULTS_KIND,
     RESULTS_SCHEMA_VERSION,
@@ -182,6 +185,85 @@ def interval_document(result: TrainingResult, detailed: bool) -> dict[str, Any]:
     return document
 
 
+def penalty_table(result: TrainingResult) -> pa.Table:
+    """The penalty each evaluated batch's model used for each target it predicted, at
+    every horizon (``penalties.parquet``, --ridge-alpha auto only), in horizon, batch,
+    then target order."""
+    return pa.concat_tables(
+        [_with_horizon(_horizon_penalties(r), r.structure.horizon, 2) for r in _horizons(result)]
+    )
+
+
+def _horizon_penalties(result: TrainingResult) -> pa.Table:
+    """One horizon's chosen penalties, by batch and target."""
+    assert result.penalties is not None
+    chosen = result.penalties.chosen
+    targets = result.penalties.targets
+    starts = {b.batch_id: b.start for b in result.batches}
+    batch_ids = sorted(chosen)
+    alphas = np.array([chosen[k] for k in batch_ids]).reshape(len(batch_ids), len(targets))
+    rows, columns = np.nonzero(np.isfinite(alphas))
+    ids = np.array(batch_ids, dtype=np.int32)[rows]
+    return pa.table(
+        {
+            "batch_id": pa.array(ids, pa.int32()),
+            "batch_start": pa.array([starts[k] for k in ids.tolist()], pa.timestamp("ns")),
+            "target": pa.DictionaryArray.from_arrays(
+                pa.array(columns, pa.int32()), pa.array(list(targets), pa.string())
+            ),
+            "ridge_alpha": pa.array(alphas[rows, columns], pa.float64()),
+        }
+    )
+
+
+def penalty_summary(alphas: FloatArray) -> dict[str, Any]:
+    """Median, least and largest of some chosen penalties (NaN: target not predicted)."""
+    known = alphas[np.isfinite(alphas)]
+    if not len(known):
+        return {"median": None, "min": None, "max": None}
+    return {
+        "median": float(np.median(known)),
+        "min": float(known.min()),
+        "max": float(known.max()),
+    }
+
+
+def _batch_penalty(result: TrainingResult, batch_id: int, detailed: bool) -> dict[str, Any]:
+    """The penalties a batch's model used: their summary, and per target when listed."""
+    assert result.penalties is not None
+    alphas = result.penalties.chosen.get(batch_id)
+    if alphas is None:
+        return penalty_summary(np.zeros(0))
+    record = penalty_summary(alphas)
+    if detailed:
+        record["by_target"] = {
+            t: (None if np.isnan(a) else float(a))
+            for t, a in zip(result.penalties.targets, alphas.tolist(), strict=True)
+        }
+    return record
+
+
+def _penalty_section(result: TrainingResult, detailed: bool) -> dict[str, Any]:
+    """How --ridge-alpha auto chose: the grid, the fallback, each target's final penalty
+    (or their summary beyond SERIES_DETAIL_LIMIT) and how often each value was chosen."""
+    penalties = result.penalties
+    assert penalties is not None
+    final = np.asarray(penalties.grid)[penalties.choice()]
+    every = np.concatenate([*penalties.chosen.values(), np.zeros(0)])
+    every = every[np.isfinite(every)]
+    section: dict[str, Any] = {
+        "grid": list(penalties.grid),
+        "fallback": penalties.grid[penalties.fallback],
+        "chosen_by": "least squared walk-forward error of the predictions realized before "
+        "the batch starts, per target",
+        "final": penalty_summary(final),
+        "times_chosen": {f"{a:g}": int((every == a).sum()) for a in penalties.grid},
+    }
+    if detailed:
+        section["final_by_target"] = dict(zip(penalties.targets, final.tolist(), strict=True))
+    return section
+
+
 def stamped(table: pa.Table, kind: str, run_id: str) -> pa.Table:
     """``table`` with its kind and run id in the Parquet metadata (to match a run's files)."""
     return table.replace_schema_metadata({"pulse.dev/kind": kind, "pulse.dev/run-id": run_id})
@@ -254,6 +336,8 @@ def _horizon_document(result: TrainingResult, rules: pa.Table | None = None) -> 
             record["intervals"] = pooled_metrics(
                 result.config.intervals, result.intervals[batch.batch_id]
             )
+        if result.penalties is not None:
+            record["ridge_alpha"] = _batch_penalty(result, batch.batch_id, detailed)
         batches.append(record)
     across = series_summary(variables, result.errors)
     skill = across["skill_vs_persistence"]
@@ -319,6 +403,8 @@ def _horizon_document(result: TrainingResult, rules: pa.Table | None = None) -> 
             for role, location in data_files(result.config, result.run_id).items()
         },
     }
+    if result.penalties is not None:
+        document["model"]["penalty"] = _penalty_section(result, detailed)
     coefficients = result.structure.coefficient_table(result.coefficients)
     if len(coefficients) <= SERIES_DETAIL_LIMIT:  # a pooled model's one row at any V
         document["model"]["coefficients"] = coefficients
@@ -339,12 +425,19 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def data_files(config: TrainingConfig, run_id: str) -> dict[str, str]:
-    """Where the run ``run_id`` writes its state, predictions, metrics and rule tables."""
+    """Where the run ``run_id`` writes its state, predictions, metrics and rule tables (and
+    the chosen penalties under --ridge-alpha auto)."""
+    names = {
+        "state": STATE_FILE,
+        "predictions": PREDICTIONS_FILE,
+        "metrics": METRICS_FILE,
+        "rules": RULES_FILE,
+    }
+    if config.ridge_alpha == "auto":
+        names["penalties"] = PENALTIES_FILE
     return {
-        "state": storage.join(config.output_dir, STATE_FILE.format(run_id=run_id)),
-        "predictions": storage.join(config.output_dir, PREDICTIONS_FILE.format(run_id=run_id)),
-        "metrics": storage.join(config.output_dir, METRICS_FILE.format(run_id=run_id)),
-        "rules": storage.join(config.output_dir, RULES_FILE.format(run_id=run_id)),
+        role: storage.join(config.output_dir, name.format(run_id=run_id))
+        for role, name in names.items()
     }
 
 
@@ -484,6 +577,9 @@ def write_outputs(
             PARQUET,
         ),
     ]
+    if result.penalties is not None:
+        table = stamped(penalty_table(result), PENALTIES_KIND, result.run_id)
+        files.append((locations["penalties"], parquet_bytes(table), PARQUET))
     # stored with S3 objects, so a reader can match the files of one run
     metadata = {"run-id": result.run_id, "config-hash": document["config_hash"]}
     earlier = _earlier_files(config)
@@ -597,6 +693,14 @@ def summary(document: dict[str, Any]) -> str:
                 f"(Winkler score {_fmt(m['winkler'])})"
                 for m in intervals["levels"].values()
             )
+        )
+    penalty = document["model"].get("penalty")
+    if penalty is not None:
+        final = penalty["final"]
+        lines.append(
+            f"Ridge penalty chosen walk-forward from {len(penalty['grid'])} values: final "
+            f"{_fmt(final['median'])} (median over targets; {_fmt(final['min'])} to "
+            f"{_fmt(final['max'])}); per batch and target in {document['files']['penalties']}"
         )
     lines += [
         "",

@@ -86,3 +86,9 @@ DASK_LABEL_CLUSTER: Final = "dask.org/cluster-name"
 DASK_LABEL_COMPONENT: Final = "dask.org/component"
 # Label the Job controller puts on the pods of a Job: the Job's UID.
 JOB_LABEL_CONTROLLER_UID: Final = "batch.kubernetes.io/controller-uid"
+
+# The pipeline's default grid (recursive_training.constants.DEFAULT_ALPHA_GRID; the operator
+# does not import the pipeline, tests/unit/test_run_defaults.py keeps the two equal).
+DEFAULT_ALPHA_GRID: Final = (
+    0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0,
+)  # fmt: skip

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from trainingrun_operator.constants import CRD_NAME, GROUP, KIND, PLURAL, SHORT_NAME, SINGULAR
+from trainingrun_operator.constants import (
+    CRD_NAME,
+    DEFAULT_ALPHA_GRID,
+    GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAME,
+    SINGULAR,
+)
 from trainingrun_operator.constants import VERSION as API_VERSION_NAME
 
 Schema = dict[str, Any]
@@ -27,11 +35,13 @@ RULE_MESSAGE: Final = (
 )
 # Changing these mid-run would mix two different trainings in one checkpoint and result,
 # or (image, scheduling) could only take effect on pods that already run: refused rather
-# than accepted and ignored. dask.workers, activeDeadlineSeconds, backoffLimit, suspend and
+# than accepted and ignored. ridgeAlpha is the exception CEL cannot hold: a number or
+# "auto" has no CEL type (see its schema), so a change reaches only a retried driver.
+# dask.workers, activeDeadlineSeconds, backoffLimit, suspend and
 # ttlSecondsAfterFinished may change: the operator applies them to the running run.
 IMMUTABLE_FIELDS: Final = (
     "variables", "startDate", "endDate", "batchSizeDays", "horizon", "horizons", "lags",
-    "ridgeAlpha", "halfLifeDays", "rules", "fdr", "intervals", "model", "data", "output",
+    "alphaGrid", "halfLifeDays", "rules", "fdr", "intervals", "model", "data", "output",
     "resumeFrom", "image",
     "serviceAccountName", "nodeSelector", "tolerations",
 )  # fmt: skip
@@ -52,6 +62,7 @@ VARIABLES_MAX: Final = 256
 EXOG_MAX: Final = 64
 INTERVALS_MAX: Final = 8
 HORIZONS_MAX: Final = 32
+ALPHA_GRID_MAX: Final = 64
 
 
 def _string(description: str, **extra: Any) -> Schema:
@@ -292,11 +303,28 @@ def build_spec_schema() -> Schema:
             ],
         },
         "lags": _integer("Past changes of every variable used as features.", 1, default=5),
+        # A number or "auto". Kubernetes cannot type a number-or-string field (int-or-string
+        # takes no fractions) and CEL cannot read an untyped one, so plain value checks do it:
+        # minimum binds numbers only, the pattern strings only, maxItems/maxProperties lists
+        # and objects (a boolean gets through to the driver, which refuses it in one line).
         "ridgeAlpha": {
-            "type": "number",
-            "minimum": 0,
+            "x-kubernetes-preserve-unknown-fields": True,
             "default": 0.01,
-            "description": "Ridge penalty.",
+            "description": "Ridge penalty on standardized features (a number, 0 = least "
+            "squares), or auto: per batch and target, the alphaGrid value with the least "
+            "walk-forward error on earlier batches.",
+            "minimum": 0,
+            "pattern": "^auto$",
+            "maxItems": 0,
+            "maxProperties": 0,
+        },
+        "alphaGrid": {
+            "type": "array",
+            "description": "Penalties ridgeAlpha auto chooses from; ignored with a number.",
+            "items": {"type": "number", "minimum": 0},
+            "minItems": 1,
+            "maxItems": ALPHA_GRID_MAX,
+            "default": list(DEFAULT_ALPHA_GRID),
         },
         "halfLifeDays": {
             "type": "number",

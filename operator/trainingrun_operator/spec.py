@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from trainingrun_operator.constants import DEFAULT_ALPHA_GRID
 from trainingrun_operator.exceptions import InvalidSpecError
 
 CHECKPOINT_FOLDER = "checkpoints"
@@ -36,7 +37,8 @@ class RunSpec:
     horizon: int = 1
     horizons: tuple[int, ...] = ()  # several horizons; empty: the one `horizon`
     lags: int = 5
-    ridge_alpha: float = 0.01
+    ridge_alpha: float | str = 0.01  # a number, or "auto"
+    alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
     half_life_days: float | None = None
     rules: tuple[str, ...] = ()
     fdr: float = 0.1
@@ -93,6 +95,7 @@ class RunSpec:
             horizons=tuple(spec.get("horizons", ())),
             lags=spec.get("lags", cls.lags),
             ridge_alpha=spec.get("ridgeAlpha", cls.ridge_alpha),
+            alpha_grid=tuple(spec.get("alphaGrid", cls.alpha_grid)),
             half_life_days=spec.get("halfLifeDays"),
             rules=tuple(spec.get("rules", ())),
             fdr=spec.get("fdr", cls.fdr),
@@ -147,6 +150,7 @@ def cli_arguments(run: RunSpec, scheduler_address: str) -> list[str]:
         else f"--horizon={run.horizon}",
         f"--lags={run.lags}",
         f"--ridge-alpha={run.ridge_alpha}",
+        f"--alpha-grid={','.join(str(alpha) for alpha in run.alpha_grid)}",
         f"--fdr={run.fdr}",
         f"--model={run.model}",
         f"--pooled-scale={run.pooled_scale}",

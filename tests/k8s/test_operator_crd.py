@@ -95,6 +95,11 @@ def test_printer_columns_and_short_name(pulse_install: ControlPlane, namespace: 
         ({"variables": ["v" * 254]}, "spec.variables[0]: Too long"),
         ({"variables": [f"v{i}" for i in range(257)]}, "spec.variables: Too many"),
         ({"data": {"uri": "s3://b/" + "k" * 2048}}, "spec.data.uri: Too long"),
+        ({"ridgeAlpha": "lots"}, "spec.ridgeAlpha in body should match '^auto$'"),
+        ({"ridgeAlpha": -0.5}, "spec.ridgeAlpha in body should be greater than or equal to 0"),
+        ({"ridgeAlpha": [1]}, "spec.ridgeAlpha: Too many: 1: must have at most 0 items"),
+        ({"alphaGrid": []}, "spec.alphaGrid in body should have at least 1 items"),
+        ({"alphaGrid": [0.1, -1]}, "spec.alphaGrid[1] in body should be greater than or equal"),
     ],
 )  # fmt: skip
 def test_invalid_specs_are_rejected_with_readable_messages(
@@ -121,6 +126,9 @@ def test_training_fields_are_immutable_but_suspend_is_not(
     levels = rejection(plane, training_run(namespace, variables=["a", "b"], lags=3,
                                            intervals=[0.9]))  # fmt: skip
     assert "intervals is immutable once the run exists" in levels
+    grid = rejection(plane, training_run(namespace, variables=["a", "b"], lags=3,
+                                         alphaGrid=[1, 10]))  # fmt: skip
+    assert "alphaGrid is immutable once the run exists" in grid
     model = rejection(plane, training_run(namespace, variables=["a", "b"], lags=3,
                                           model={"structure": "ar"}))  # fmt: skip
     assert "model is immutable once the run exists" in model
@@ -150,6 +158,16 @@ def test_a_model_with_exog_among_the_variables_or_without_variables_is_accepted(
     stored = pulse_install.apply(unlisted)["spec"]["model"]
     assert stored == {"structure": "pooled", "exog": ["market"], "pooledScale": "rms",
                       "scaleWindow": 52}  # fmt: skip
+
+
+@pytest.mark.parametrize("alpha", ["auto", 0.5, 2, 0])
+def test_ridge_alpha_is_auto_or_a_number(
+    pulse_install: ControlPlane, namespace: str, alpha: object
+) -> None:
+    """A number (with or without a fraction) or auto is stored as given, with the grid."""
+    stored = pulse_install.apply(training_run(namespace, ridgeAlpha=alpha))["spec"]
+    assert stored["ridgeAlpha"] == alpha
+    assert stored["alphaGrid"][0] == 0.001 and len(stored["alphaGrid"]) == 13
 
 
 def test_resource_quantities_may_be_strings_or_integers(

@@ -5,6 +5,7 @@ their samples are realized)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +241,73 @@ def test_a_run_restored_from_checkpoints_chooses_the_same_penalties(
     assert sorted(first.penalties.chosen) == sorted(again.penalties.chosen)
     for batch_id, alphas in first.penalties.chosen.items():
         np.testing.assert_array_equal(again.penalties.chosen[batch_id], alphas)
+
+
+def test_an_auto_run_writes_its_penalties_table_document_and_chart(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    flags = ["--input-data", SMALL, "--batch-size-days", "90", "--lags", str(LAGS)]
+    flags += ["--horizon", str(HORIZON), "--min-train-samples", str(MIN_SAMPLES)]
+    flags += ["--ridge-alpha", "auto", "--alpha-grid", ",".join(map(str, GRID))]
+    assert main([*flags, "--output-dir", str(out), "--report", str(tmp_path / "report")]) == 0
+    document = json.loads((out / "results.json").read_text())
+    table = pd.read_parquet(out / document["files"]["penalties"])
+    again = train(ridge_alpha="auto", alpha_grid=GRID)  # the same run, in-process
+    assert again.penalties is not None
+    expected = [
+        (batch_id, name, alpha)
+        for batch_id, alphas in sorted(again.penalties.chosen.items())
+        for name, alpha in zip(again.variables, alphas, strict=True)
+    ]
+    got = list(
+        zip(table["batch_id"], table["target"].astype(str), table["ridge_alpha"], strict=True)
+    )
+    assert got == expected
+    assert list(table.columns) == ["batch_id", "batch_start", "horizon", "target", "ridge_alpha"]
+    assert (table["horizon"] == HORIZON).all()
+    section = document["model"]["penalty"]
+    assert section["grid"] == list(GRID) and section["fallback"] == 0.003
+    assert sum(section["times_chosen"].values()) == len(table)
+    for record in document["batches"]:
+        by_target = record["ridge_alpha"].get("by_target")
+        mine = table[table["batch_id"] == record["batch_id"]]
+        assert record["evaluated"] == (len(mine) > 0)
+        if len(mine):
+            assert by_target == dict(
+                zip(mine["target"].astype(str), mine["ridge_alpha"], strict=True)
+            )
+    assert (tmp_path / "report" / "penalty_by_batch.png").stat().st_size > 10_000
+    assert "Chosen ridge penalty by batch" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_a_fixed_run_writes_no_penalties(tmp_path: Path) -> None:
+    assert main(["--input-data", SMALL, "--output-dir", str(tmp_path)]) == 0
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert "penalties" not in document["files"] and "penalty" not in document["model"]
+    assert not list(tmp_path.glob("penalties-*"))
+
+
+def test_ties_choose_the_larger_penalty_and_no_error_the_fallback() -> None:
+    path = PenaltyPath((0.001, 0.01, 1.0), ("a", "b", "c"))
+    errors = np.array([[2.0, 1.0, np.nan], [1.0, 1.0, np.nan], [1.0, 3.0, np.nan]])
+    path.add(0, errors, pd.Timestamp("2020-01-10"))
+    assert path.choice().tolist() == [1, 1, 1], "nothing is known before the 10th"
+    path.release(pd.Timestamp("2020-01-11"))
+    assert path.choice().tolist() == [2, 1, 1]
+
+
+def test_each_horizon_chooses_as_a_run_of_it_alone() -> None:
+    """Per target and horizon: a horizon's penalties are those of a one-horizon run."""
+    settings = {k: v for k, v in SETTINGS.items() if k != "horizon"}
+    config = TrainingConfig.build(
+        **settings, ridge_alpha="auto", alpha_grid=GRID, horizons=[1, HORIZON], model="ar"
+    )
+    both = TrainingPipeline().execute(config)
+    assert len(both.by_horizon) == 2
+    for result in both.by_horizon:
+        alone = train(
+            ridge_alpha="auto", alpha_grid=GRID, horizon=result.structure.horizon, model="ar"
+        )
+        assert result.penalties is not None and alone.penalties is not None
+        assert sorted(result.penalties.chosen) == sorted(alone.penalties.chosen)
+        for batch_id, alphas in alone.penalties.chosen.items():
+            np.testing.assert_array_equal(result.penalties.chosen[batch_id], alphas)

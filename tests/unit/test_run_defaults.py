@@ -24,6 +24,7 @@ DEFAULTED: dict[str, tuple[tuple[str, ...], str | None]] = {
     "horizon": (("horizon",), "horizon"),
     "lags": (("lags",), "lags"),
     "ridge_alpha": (("ridgeAlpha",), "ridge_alpha"),
+    "alpha_grid": (("alphaGrid",), "alpha_grid"),
     "fdr": (("fdr",), "fdr"),
     "intervals": (("intervals",), "intervals"),
     "model": (("model", "structure"), "model"),
