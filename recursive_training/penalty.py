@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import scipy.linalg
 
 from recursive_training.arrays import FloatArray, IntArray
 from recursive_training.constants import FALLBACK_ALPHA
@@ -42,7 +41,7 @@ def ridge_path(xtx: FloatArray, xty: FloatArray, alphas: Sequence[float]) -> Flo
     centered = xtx[:, 1:, 1:] - total[:, None, None] * mean[:, :, None] * mean[:, None, :]
     gram = centered * inverse[:, :, None] * inverse[:, None, :]
     rhs = (xty[:, 1:, :] - mean[:, :, None] * xty[:, :1, :]) * inverse[:, :, None]
-    eigenvalues, vectors = _eigh(gram)
+    eigenvalues, vectors = np.linalg.eigh(gram)
     rotated = np.swapaxes(vectors, -1, -2) @ rhs
     grid = np.asarray(alphas, dtype=np.float64)[:, None, None]
     shifted = eigenvalues[None] + grid
@@ -51,16 +50,6 @@ def ridge_path(xtx: FloatArray, xty: FloatArray, alphas: Sequence[float]) -> Flo
     slopes = (vectors @ (shrink[..., None] * rotated)) * inverse[:, :, None]
     intercept = xty[:, 0, :] / divisor[:, None] - np.einsum("sr,gsrt->gst", mean, slopes)
     return np.concatenate([intercept[:, :, None, :], slopes], axis=2)
-
-
-def _eigh(gram: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Eigenvalues and vectors of a stack of symmetric matrices (LAPACK's MRRR driver for
-    one large matrix: about twice as fast there as numpy's divide and conquer)."""
-    if gram.shape[0] == 1 and gram.shape[-1] > 1:
-        values, vectors = scipy.linalg.eigh(gram[0], driver="evr", check_finite=False)
-        return values[None], vectors[None]
-    values, vectors = np.linalg.eigh(gram)
-    return np.asarray(values), np.asarray(vectors)
 
 
 def squared_errors(
