@@ -105,6 +105,7 @@ def build_operator_deployment(
         {"name": f"{ENV_PREFIX}METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": f"{ENV_PREFIX}DASK_TLS", "value": str(settings.dask_tls).lower()},
         {"name": f"{ENV_PREFIX}NETWORK_POLICY", "value": str(settings.network_policy).lower()},
+        {"name": f"{ENV_PREFIX}KUEUE", "value": str(settings.kueue).lower()},
         {
             "name": f"{ENV_PREFIX}DASHBOARD_NAMESPACES",
             "value": ",".join(settings.dashboard_namespaces or (namespace,)),
