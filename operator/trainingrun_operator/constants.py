@@ -37,6 +37,8 @@ KUEUE_PRIORITY_LABEL: Final = f"{KUEUE_GROUP}/priority-class"
 DEFAULT_IMAGE: Final = "pulse-recursive-training:0.1.0"
 DEFAULT_NAMESPACE: Final = "pulse-system"
 OPERATOR_NAME: Final = "pulse-operator"
+# The coordination.k8s.io Lease whose holder is the one active operator replica.
+LEASE_NAME: Final = "pulse-trainingrun-operator"
 DASK_CONTROLLER_NAME: Final = "dask-kubernetes-operator"
 
 SCHEDULER_PORT: Final = 8786

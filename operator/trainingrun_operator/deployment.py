@@ -16,15 +16,24 @@ HEALTH_PORT = 8080
 METRICS_PORT = OperatorSettings.metrics_port
 
 
+# Replicas of the operator: one reconciles (it holds the Lease), the other stands by.
+OPERATOR_REPLICAS = 2
+
+
 def _deployment(
     name: str,
     namespace: str,
     image: str,
     command: list[str],
-    env: list[dict[str, str]],
+    env: list[Manifest],
     more_ports: tuple[dict[str, object], ...] = (),
+    replicas: int = 1,
 ) -> Manifest:
-    """A one-replica, hardened Deployment whose kopf process serves /healthz on HEALTH_PORT."""
+    """A hardened Deployment whose kopf process serves /healthz on HEALTH_PORT.
+
+    One replica is replaced with Recreate (kopf standalone: never two at once); several elect
+    a leader, so they roll one at a time and prefer different nodes.
+    """
     selector = {"app.kubernetes.io/name": name}
     probe = {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 10}
     container = {
@@ -42,6 +51,16 @@ def _deployment(
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    pod: Manifest = {
+        "serviceAccountName": name,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    strategy: Manifest = {"type": "Recreate"}
+    if replicas > 1:
+        strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+        pod["affinity"] = spread_across_nodes(selector)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -51,19 +70,10 @@ def _deployment(
             "labels": {**selector, LABEL_MANAGED_BY: "pulse"},
         },
         "spec": {
-            "replicas": 1,
-            # kopf runs standalone (no peering): never two operators at once, even while rolling.
-            "strategy": {"type": "Recreate"},
+            "replicas": replicas,
+            "strategy": strategy,
             "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": selector},
-                "spec": {
-                    "serviceAccountName": name,
-                    "securityContext": pod_security_context(),
-                    "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
-                },
-            },
+            "template": {"metadata": {"labels": selector}, "spec": pod},
         },
     }
 
@@ -82,6 +92,33 @@ def policy_env(settings: OperatorSettings) -> list[dict[str, str]]:
         {"name": f"{ENV_PREFIX}ALLOWED_{key}", "value": ",".join(value)}
         for key, value in lists.items()
     ]
+
+
+def spread_across_nodes(selector: Manifest) -> Manifest:
+    """Prefer (not require) one replica per node: a node's loss then leaves a standby running."""
+    term = {"labelSelector": {"matchLabels": selector}, "topologyKey": "kubernetes.io/hostname"}
+    return {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": term}
+            ]
+        }
+    }
+
+
+def build_operator_disruption_budget(namespace: str, name: str = OPERATOR_NAME) -> Manifest:
+    """Voluntary disruptions (drains) evict one operator replica at a time, never the last."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": name}}},
+    }
+
+
+def _field(path: str) -> Manifest:
+    """An env value read from the pod's own metadata (downward API)."""
+    return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
 def build_operator_deployment(
@@ -111,9 +148,19 @@ def build_operator_deployment(
             "value": ",".join(settings.dashboard_namespaces or (namespace,)),
         },
         *policy_env(settings),
-    ]
+        {"name": f"{ENV_PREFIX}LEADER_ELECTION", "value": "true"},
+        {"name": f"{ENV_PREFIX}LEASE_NAMESPACE", **_field("metadata.namespace")},
+        {"name": f"{ENV_PREFIX}IDENTITY", **_field("metadata.name")},
+        {"name": f"{ENV_PREFIX}LEASE_DURATION_SECONDS",
+         "value": str(settings.lease_duration_seconds)},
+        {"name": f"{ENV_PREFIX}RENEW_DEADLINE_SECONDS",
+         "value": str(settings.renew_deadline_seconds)},
+        {"name": f"{ENV_PREFIX}RETRY_PERIOD_SECONDS", "value": str(settings.retry_period_seconds)},
+    ]  # fmt: skip
     metrics = {"name": "metrics", "containerPort": METRICS_PORT}
-    return _deployment(name, namespace, image, ["pulse-operator"], env, (metrics,))
+    return _deployment(
+        name, namespace, image, ["pulse-operator"], env, (metrics,), OPERATOR_REPLICAS
+    )
 
 
 def dask_controller_command() -> list[str]:

@@ -9,6 +9,9 @@ Deliberately no ``@kopf.timer``, ``@kopf.daemon`` or ``@kopf.on.delete``: kopf p
 finalizer on every object that has one, and a finalizer wedges ``kubectl delete`` while
 the operator is down. Children are deleted by the garbage collector through their
 ownerReferences instead.
+
+With leader election on, every replica watches, but only the Lease holder reconciles; a
+new holder starts with a pass over every run, so nothing a standby ignored is lost.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from trainingrun_operator.constants import (
     VERSION,
 )
 from trainingrun_operator.exceptions import KubeError
+from trainingrun_operator.leadership import LeaderElection
 from trainingrun_operator.metrics import OperatorMetrics
 from trainingrun_operator.reconcile import PassQueue, sync_run
 from trainingrun_operator.settings import OperatorSettings
@@ -104,15 +108,47 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
             memo.settings.metrics_port, registry=memo.metrics.registry
         )
         memo.metrics_server = served[0]
+    # Set to make the resync loop pass over every run now (on becoming the leader).
+    memo.resync_now = asyncio.Event()
+    memo.election = None
+    if memo.settings.leader_election:
+        memo.election = LeaderElection(
+            memo.kube, memo.settings, lambda leading: _role_changed(memo, leading)
+        )
+        memo.electing = asyncio.create_task(memo.election.run())
+    else:
+        memo.metrics.leader.set(1)
     memo.resync = asyncio.create_task(_resync_forever(memo))
+
+
+def _active(memo: Any) -> bool:
+    """This replica reconciles: it holds the Lease, or leader election is off."""
+    election: LeaderElection | None = memo.election
+    return election is None or election.leading
+
+
+def _role_changed(memo: Any, leading: bool) -> None:
+    """A new leader passes over every run at once; one that steps down forgets their series."""
+    memo.metrics.leader.set(int(leading))
+    if leading:
+        memo.resync_now.set()
+    else:
+        memo.metrics.runs.retain(set())
 
 
 @kopf.on.cleanup()
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the resync loop and the metrics server."""
-    memo.resync.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await memo.resync
+    """Stop the resync loop, release the Lease (a standby takes over now), stop the metrics."""
+    tasks = [memo.resync] + ([memo.electing] if memo.election is not None else [])
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if memo.election is not None:
+        try:
+            await memo.election.release()
+        except KubeError:
+            log.exception("could not release the leader-election Lease; it expires by itself")
     if memo.metrics_server is not None:
         memo.metrics_server.shutdown()
 
@@ -129,7 +165,8 @@ def operator_reconcile_metrics(memo: Any, **_: Any) -> dict[str, float]:
     stats: ReconcileStats = memo.stats
     mean = stats.seconds_total / stats.passes if stats.passes else 0.0
     return {"passes": stats.passes, "errors": stats.errors, "seconds_mean": mean,
-            "seconds_max": stats.seconds_max, "runs": len(memo.queue.locks)}  # fmt: skip
+            "seconds_max": stats.seconds_max, "runs": len(memo.queue.locks),
+            "leading": int(_active(memo))}  # fmt: skip
 
 
 async def _sync(memo: Any, namespace: str, name: str) -> None:
@@ -151,7 +188,11 @@ async def _resync_forever(memo: Any) -> None:
     """Every resync period, pass over every run in the watched namespaces."""
     settings: OperatorSettings = memo.settings
     while True:
-        await asyncio.sleep(settings.resync_seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(memo.resync_now.wait(), settings.resync_seconds)
+        memo.resync_now.clear()
+        if not _active(memo):
+            continue
         listed: set[tuple[str, str]] | None = set()
         for namespace in settings.namespaces or (None,):
             try:
@@ -182,7 +223,7 @@ async def trainingrun_event(
     type: str, namespace: str | None, name: str, body: kopf.Body, memo: Any, **_: Any
 ) -> None:
     """The run appeared, changed or was listed after a restart: reconcile it now."""
-    if not namespace:
+    if not namespace or not _active(memo):
         return
     if type == "DELETED":
         memo.metrics.runs.forget(namespace, name)
@@ -202,7 +243,7 @@ async def trainingrun_child_event(
     Pods of both carry the run's labels (the Dask controller copies the DaskCluster's); a
     starting run waits for them to be placed and to run, and says why they are not.
     """
-    if namespace:
+    if namespace and _active(memo):
         await _sync(memo, namespace, labels[LABEL_RUN])
 
 

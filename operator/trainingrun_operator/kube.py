@@ -1,9 +1,9 @@
 """A few async Kubernetes calls over kr8s's HTTP session, with NotFound and Conflict made explicit.
 
 The reconcile loop needs only read, create-if-absent, merge-patch and delete-if-present on
-known resources, so it names them by (apiVersion, plural) and skips discovery. Every call is
-safe to repeat: creating what exists returns the existing object, deleting what is gone is
-a no-op.
+known resources (leader election also a conditional replace), so it names them by
+(apiVersion, plural) and skips discovery. Every call is safe to repeat: creating what
+exists returns the existing object, deleting what is gone is a no-op.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ WORKLOADS = Resource(KUEUE_API_VERSION, "workloads")
 # Cluster-scoped: read with namespace None.
 RESOURCE_FLAVORS = Resource(KUEUE_API_VERSION, "resourceflavors")
 WORKLOAD_PRIORITY_CLASSES = Resource(KUEUE_API_VERSION, "workloadpriorityclasses")
+LEASES = Resource("coordination.k8s.io/v1", "leases")
 
 
 class Kube:
@@ -142,6 +143,17 @@ class Kube:
             raise KubeError("PATCH", f"{resource.plural} {namespace}/{url}", status,
                             body.get("message", "conflict"))  # fmt: skip
         return None if status == 404 else body
+
+    async def replace(self, resource: Resource, manifest: Manifest) -> Manifest | None:
+        """PUT the object back changed; None when someone wrote it since it was read.
+
+        The manifest's resourceVersion is the precondition (409 Conflict otherwise), so of
+        two writers racing from the same read only one succeeds.
+        """
+        meta = manifest["metadata"]
+        url = f"{resource.plural}/{meta['name']}"
+        status, body = await self._call("PUT", resource, meta["namespace"], url, manifest)
+        return None if status in (404, 409) else body
 
     async def delete(
         self, resource: Resource, namespace: str, name: str, uid: str | None = None

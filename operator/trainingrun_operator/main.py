@@ -38,6 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--kueue", action=argparse.BooleanOptionalAction, default=None,
         help="admit runs labelled kueue.x-k8s.io/queue-name through Kueue Workloads",
     )  # fmt: skip
+    election = parser.add_argument_group("leader election (one active replica of several)")
+    election.add_argument(
+        "--leader-election", action="store_const", const=True,
+        help="reconcile only while holding the Lease; other replicas stand by",
+    )  # fmt: skip
+    election.add_argument("--lease-namespace", help="namespace of the Lease")
+    election.add_argument("--lease-name", help="name of the Lease")
+    election.add_argument("--identity", help="this replica's holder identity (e.g. the pod name)")
+    for name, meaning in (
+        ("lease-duration", "a standby waits this long after the last renewal"),
+        ("renew-deadline", "a leader that could not renew this long stops"),
+        ("retry-period", "between two attempts to acquire or renew"),
+    ):
+        election.add_argument(f"--{name}-seconds", type=float, help=f"seconds: {meaning}")
     return parser
 
 

@@ -18,6 +18,7 @@ from trainingrun_operator.crd import build_crd
 from trainingrun_operator.deployment import (
     build_dask_controller_deployment,
     build_operator_deployment,
+    build_operator_disruption_budget,
 )
 from trainingrun_operator.objects import Manifest
 from trainingrun_operator.rbac import build_dask_controller_rbac, build_operator_rbac
@@ -69,6 +70,7 @@ def build_install(
         ],
         "deployments.yaml": [
             build_operator_deployment(namespace, settings, image),
+            build_operator_disruption_budget(namespace),
             build_dask_controller_deployment(namespace, image),
         ],
     }

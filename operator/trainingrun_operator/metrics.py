@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -169,6 +169,7 @@ class OperatorMetrics:
     api_errors: Counter
     api_requests: Counter
     watch_restarts: Counter
+    leader: Gauge
     runs: RunCollector
 
     @classmethod
@@ -201,6 +202,11 @@ class OperatorMetrics:
             watch_restarts=Counter(
                 f"{PREFIX}_operator_watch_restarts",
                 "Watch-streams kopf had to restart (410 Gone, inactivity).", registry=registry,
+            ),
+            leader=Gauge(
+                f"{PREFIX}_operator_leader",
+                "1 while this replica is the one that reconciles, 0 while it stands by.",
+                registry=registry,
             ),
             runs=runs,
         )  # fmt: skip

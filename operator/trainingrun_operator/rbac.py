@@ -14,6 +14,7 @@ from trainingrun_operator.constants import (
     DASK_GROUP,
     GROUP,
     KUEUE_GROUP,
+    LEASE_NAME,
     OPERATOR_NAME,
     PLURAL,
 )
@@ -72,6 +73,16 @@ def kueue_rules() -> list[Manifest]:
         _rule([KUEUE_GROUP], ["workloads/status"], ["get", "patch"]),
         # Application: the admitted flavors' node labels and tolerations, a run's priority.
         _rule([KUEUE_GROUP], ["resourceflavors", "workloadpriorityclasses"], ["get"]),
+    ]
+
+
+def operator_lease_rules() -> list[Manifest]:
+    """What the operator may do in its own namespace: hold the leader-election Lease."""
+    return [
+        # Application: the first replica creates the Lease (create cannot be limited by name).
+        _rule(["coordination.k8s.io"], ["leases"], ["create"]),
+        # Application: read, renew, take over and release this one Lease, no other.
+        _rule(["coordination.k8s.io"], ["leases"], ["get", "update"], resourceNames=[LEASE_NAME]),
     ]
 
 
@@ -148,11 +159,12 @@ def build_cluster_role_binding(name: str, namespace: str) -> Manifest:
 
 
 def build_operator_rbac(namespace: str, name: str = OPERATOR_NAME) -> list[Manifest]:
-    """ServiceAccount, ClusterRole and binding of the TrainingRun operator."""
+    """ServiceAccount, ClusterRole and binding of the TrainingRun operator; its Lease Role."""
     return [
         build_service_account(name, namespace),
         _cluster_role(name, operator_rules()),
         build_cluster_role_binding(name, namespace),
+        *build_operator_lease_rbac(namespace, name),
     ]
 
 
@@ -162,6 +174,18 @@ def build_kueue_rbac(namespace: str, name: str = OPERATOR_NAME) -> list[Manifest
     binding = build_cluster_role_binding(role, namespace)
     binding["subjects"] = [_subject(name, namespace)]
     return [_cluster_role(role, kueue_rules()), binding]
+
+
+def build_operator_lease_rbac(namespace: str, name: str = OPERATOR_NAME) -> list[Manifest]:
+    """A Role on the leader-election Lease in the operator's namespace, bound to its account."""
+    metadata = {"name": name, "namespace": namespace}
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": metadata,
+         "rules": operator_lease_rules()},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": metadata,
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [_subject(name, namespace)]},
+    ]  # fmt: skip
 
 
 def build_dask_controller_rbac(namespace: str, name: str = DASK_CONTROLLER_NAME) -> list[Manifest]:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from trainingrun_operator.constants import DEFAULT_IMAGE
+from trainingrun_operator.constants import DEFAULT_IMAGE, LEASE_NAME
 from trainingrun_operator.exceptions import SettingsError
 from trainingrun_operator.policy import ANY, RunPolicy
 
@@ -63,6 +63,24 @@ class OperatorSettings:
     # Honour the kueue.x-k8s.io/queue-name label: a labelled run is admitted whole by Kueue
     # through a Workload the operator keeps (docs/kueue.md). Off: the label is ignored.
     kueue: bool = False
+    # Elect one active replica through a coordination.k8s.io Lease; the others stand by. Needed
+    # whenever more than one operator process runs (two reconciling at once would race).
+    leader_election: bool = False
+    # Namespace of the Lease (the operator's own, from the downward API in the chart).
+    lease_namespace: str = ""
+    # Name of the Lease; replicas that share it share one leadership.
+    lease_name: str = LEASE_NAME
+    # This replica's name in the Lease's holderIdentity; empty means <hostname>_<random>.
+    identity: str = ""
+    # Seconds a standby waits after the Lease's last renewal before it takes over: the failover
+    # time after a crash (a graceful shutdown releases the Lease, and a standby takes over
+    # within retry_period_seconds). controller-runtime's defaults: 15, 10 and 2 seconds.
+    lease_duration_seconds: float = 15.0
+    # The leader stops reconciling when it could not renew for this long, before any standby
+    # may take over (lease_duration_seconds): the margin for a pass still in flight.
+    renew_deadline_seconds: float = 10.0
+    # Seconds between two attempts to acquire or renew the Lease.
+    retry_period_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         """Reject values that would only fail later."""
@@ -72,9 +90,24 @@ class OperatorSettings:
             raise SettingsError(
                 f"{ENV_PREFIX}METRICS_PORT", str(self.metrics_port), "a port, 0 to 65535"
             )
-        if self.resync_seconds <= 0:
+        for name in ("resync_seconds", "retry_period_seconds"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(
+                    f"{ENV_PREFIX}{name.upper()}", str(getattr(self, name)), "a positive number"
+                )
+        if not self.retry_period_seconds < self.renew_deadline_seconds:
             raise SettingsError(
-                f"{ENV_PREFIX}RESYNC_SECONDS", str(self.resync_seconds), "a positive number"
+                f"{ENV_PREFIX}RENEW_DEADLINE_SECONDS", str(self.renew_deadline_seconds),
+                f"more than RETRY_PERIOD_SECONDS ({self.retry_period_seconds})",
+            )  # fmt: skip
+        if not self.renew_deadline_seconds < self.lease_duration_seconds:
+            raise SettingsError(
+                f"{ENV_PREFIX}LEASE_DURATION_SECONDS", str(self.lease_duration_seconds),
+                f"more than RENEW_DEADLINE_SECONDS ({self.renew_deadline_seconds})",
+            )  # fmt: skip
+        if self.leader_election and not self.lease_namespace:
+            raise SettingsError(
+                f"{ENV_PREFIX}LEASE_NAMESPACE", "", "the namespace of the leader-election Lease"
             )
 
     @property
@@ -120,11 +153,15 @@ def _parse(name: str, raw: str) -> Any:
     """Convert one environment value to the type of the field `name`."""
     if name in LIST_FIELDS:
         return tuple(part.strip() for part in raw.split(",") if part.strip())
-    if name == "resync_seconds":
+    if name.endswith("_seconds"):
         try:
             return float(raw)
         except ValueError as e:
-            raise SettingsError(f"{ENV_PREFIX}RESYNC_SECONDS", raw, "a number of seconds") from e
+            raise SettingsError(f"{ENV_PREFIX}{name.upper()}", raw, "a number of seconds") from e
+    if name == "leader_election":
+        if raw.lower() not in ("true", "false"):
+            raise SettingsError(f"{ENV_PREFIX}LEADER_ELECTION", raw, "true or false")
+        return raw.lower() == "true"
     if name == "metrics_port":
         try:
             return int(raw)

@@ -21,9 +21,18 @@ import pytest
 import yaml
 
 from trainingrun_operator.crd import build_crd
-from trainingrun_operator.deployment import build_operator_deployment
+from trainingrun_operator.deployment import (
+    build_operator_deployment,
+    build_operator_disruption_budget,
+    spread_across_nodes,
+)
 from trainingrun_operator.manifests import build_dask_crds
-from trainingrun_operator.rbac import dask_controller_rules, kueue_rules, operator_rules
+from trainingrun_operator.rbac import (
+    dask_controller_rules,
+    kueue_rules,
+    operator_lease_rules,
+    operator_rules,
+)
 from trainingrun_operator.settings import OperatorSettings
 from trainingrun_operator.workload import container_security_context, pod_security_context
 
@@ -98,8 +107,8 @@ def test_default_render_has_both_controllers_and_their_rbac(assets: Path) -> Non
     }
     for deployment in deployments.values():
         assert deployment["metadata"]["namespace"] == RELEASE_NAMESPACE
-        assert deployment["spec"]["replicas"] == 1
-        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    dask = deployments["pulse-pulse-recursive-training-dask"]["spec"]
+    assert dask["replicas"] == 1 and dask["strategy"] == {"type": "Recreate"}
     assert set(by_kind(objects, "ClusterRole")) == {
         "pulse-pulse-recursive-training",
         "pulse-pulse-recursive-training-dask",
@@ -109,9 +118,16 @@ def test_default_render_has_both_controllers_and_their_rbac(assets: Path) -> Non
 
 
 def test_rbac_rules_are_the_builders(assets: Path) -> None:
-    """The ClusterRoles' rules are exactly those of trainingrun_operator.rbac."""
-    roles = by_kind(render(assets), "ClusterRole")
+    """The ClusterRoles' and the Lease Role's rules are those of trainingrun_operator.rbac."""
+    objects = render(assets)
+    roles = by_kind(objects, "ClusterRole")
     assert roles["pulse-pulse-recursive-training"]["rules"] == operator_rules()
+    lease_role = by_kind(objects, "Role")["pulse-pulse-recursive-training"]
+    assert lease_role["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert lease_role["rules"] == operator_lease_rules()
+    binding = by_kind(objects, "RoleBinding")["pulse-pulse-recursive-training"]
+    assert binding["roleRef"]["kind"] == "Role"
+    assert binding["subjects"][0]["name"] == "pulse-pulse-recursive-training"
     assert roles["pulse-pulse-recursive-training-dask"]["rules"] == dask_controller_rules()
 
 
@@ -151,10 +167,13 @@ def test_operator_deployment_matches_the_builder(assets: Path) -> None:
     ours = by_kind(render(assets), "Deployment")["pulse-pulse-recursive-training"]
     pod = ours["spec"]["template"]["spec"]
     container, built_container = pod["containers"][0], built["containers"][0]
-    env = {item["name"]: item["value"] for item in container["env"]}
-    built_env = {item["name"]: item["value"] for item in built_container["env"]}
-    seconds = "PULSE_OPERATOR_RESYNC_SECONDS"  # Helm prints the number 10 as "10", we as "10.0"
-    assert float(env.pop(seconds)) == float(built_env.pop(seconds))
+    env = {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
+    built_env = {
+        item["name"]: item.get("value", item.get("valueFrom")) for item in built_container["env"]
+    }
+    for name in [name for name in env if name.endswith("_SECONDS")]:
+        # Helm prints the number 10 as "10", we as "10.0"
+        assert float(env.pop(name)) == float(built_env.pop(name)), name
     assert env == built_env  # same variables, and the defaults agree value for value
     assert container["image"] == "pulse-recursive-training:0.1.0"
     for key in ("ports", "livenessProbe", "readinessProbe", "resources", "volumeMounts"):
@@ -162,6 +181,31 @@ def test_operator_deployment_matches_the_builder(assets: Path) -> None:
     assert pod["securityContext"] == pod_security_context() == built["securityContext"]
     assert container["securityContext"] == container_security_context()
     assert pod["volumes"] == built["volumes"]
+
+
+def test_two_replicas_one_leader_by_default(assets: Path) -> None:
+    """Two operator pods that roll one at a time, prefer different nodes, and a PDB keeps one;
+    with one replica no PDB (it would block every drain), with `affinity` set no default."""
+    objects = render(assets)
+    spec = by_kind(objects, "Deployment")["pulse-pulse-recursive-training"]["spec"]
+    built = build_operator_deployment("ns", OperatorSettings())["spec"]
+    assert spec["replicas"] == built["replicas"] == 2
+    assert spec["strategy"] == built["strategy"]
+    selector = spec["selector"]["matchLabels"]
+    assert spec["template"]["spec"]["affinity"] == spread_across_nodes(selector)
+    budget = by_kind(objects, "PodDisruptionBudget")["pulse-pulse-recursive-training"]
+    assert budget["spec"] == {
+        **build_operator_disruption_budget("ns")["spec"], "selector": {"matchLabels": selector},
+    }  # fmt: skip
+    assert spec["template"]["metadata"]["labels"].items() >= selector.items()
+    single = render(assets, "--set=operator.replicas=1")
+    assert not by_kind(single, "PodDisruptionBudget")
+    node_affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "pool", "operator": "In", "values": ["ops"]}]}]}}}  # fmt: skip
+    own = render(assets, "--set-json=affinity=" + json.dumps(node_affinity))
+    pod = by_kind(own, "Deployment")["pulse-pulse-recursive-training"]["spec"]["template"]
+    assert pod["spec"]["affinity"] == node_affinity
 
 
 def test_values_reach_the_operator(assets: Path) -> None:
@@ -173,11 +217,13 @@ def test_values_reach_the_operator(assets: Path) -> None:
         "--set=operator.probePort=9090",
         "--set=operator.runDefaults.memory=4Gi",
         "--set=image.tag=9.9",
+        "--set=operator.leaderElection.leaseDurationSeconds=30",
     )
     container = by_kind(objects, "Deployment")["pulse-pulse-recursive-training"]["spec"][
         "template"
     ]["spec"]["containers"][0]
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["PULSE_OPERATOR_LEASE_DURATION_SECONDS"] == "30"
     assert env["PULSE_OPERATOR_NAMESPACES"] == "a,b"
     assert env["PULSE_OPERATOR_LOG_LEVEL"] == "DEBUG"
     assert env["PULSE_OPERATOR_MEMORY"] == "4Gi"
@@ -262,7 +308,8 @@ def test_irsa_example_creates_an_annotated_run_service_account(assets: Path) -> 
     [
         ("--set=foo=bar", "additional properties 'foo' not allowed"),
         ("--set=operator.replicas=two", "operator.replicas"),
-        ("--set=operator.replicas=2", "operator.replicas"),
+        ("--set=operator.replicas=-1", "operator.replicas"),
+        ("--set=operator.leaderElection.leaseDurationSeconds=0", "leaseDurationSeconds"),
         ("--set=operator.logLevel=LOUD", "operator.logLevel"),
         ("--set=rbac.scope=namespace", "rbac.scope"),
         ("--set=image.pullPolicy=Sometimes", "image.pullPolicy"),
@@ -375,11 +422,13 @@ def test_helm_install_wait_succeeds(assets: Path, chart_plane: ControlPlane) -> 
         kubelet.join(30)
     assert "STATUS: deployed" in result.stdout
     assert "kubectl get tr" in result.stdout  # NOTES.txt: the next command
-    for name in ("pulse-pulse-recursive-training", "pulse-pulse-recursive-training-dask"):
+    for name, replicas in (
+        ("pulse-pulse-recursive-training", 2), ("pulse-pulse-recursive-training-dask", 1),
+    ):  # fmt: skip
         deployment = chart_plane.kubectl_json(
             "get", "deployment", name, f"--namespace={RELEASE_NAMESPACE}"
         )
-        assert deployment["status"]["availableReplicas"] == 1, name
+        assert deployment["status"]["availableReplicas"] == replicas, name
     # The release owns its RBAC; CRDs exist and the documented upgrade command applies cleanly.
     status = helm(assets, "status", RELEASE, f"--namespace={RELEASE_NAMESPACE}", plane=chart_plane)
     assert "deployed" in status.stdout

@@ -389,6 +389,35 @@ def test_dask_tls_is_on_unless_the_environment_says_false() -> None:
         OperatorSettings.from_env({"PULSE_OPERATOR_DASK_TLS": "off"})
 
 
+def test_the_operator_may_hold_its_lease_and_touch_no_other() -> None:
+    """A Role in the operator's own namespace: create leases, get/update the one Lease."""
+    role, binding = build_operator_rbac("pulse-system")[3:]
+    assert role["kind"] == "Role" and role["metadata"]["namespace"] == "pulse-system"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "verbs": ["get", "update"], "resourceNames": ["pulse-trainingrun-operator"]},
+    ]  # fmt: skip
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "pulse-operator"}  # fmt: skip
+
+
+def test_lease_timing_must_nest_and_election_needs_a_namespace() -> None:
+    """retry < renew deadline < lease duration, as client-go requires; each bad value named."""
+    with pytest.raises(SettingsError, match=r"LEASE_DURATION_SECONDS='10\.0': expected more"):
+        OperatorSettings(lease_duration_seconds=10.0)
+    with pytest.raises(SettingsError, match=r"RENEW_DEADLINE_SECONDS='2\.0': expected more"):
+        OperatorSettings(renew_deadline_seconds=2.0)
+    with pytest.raises(SettingsError, match="LEASE_NAMESPACE=''"):
+        OperatorSettings.from_env({"PULSE_OPERATOR_LEADER_ELECTION": "true"})
+    with pytest.raises(SettingsError, match="LEADER_ELECTION='yes': expected true or false"):
+        OperatorSettings.from_env({"PULSE_OPERATOR_LEADER_ELECTION": "yes"})
+    env = {"PULSE_OPERATOR_LEADER_ELECTION": "True", "PULSE_OPERATOR_LEASE_NAMESPACE": "ops",
+           "PULSE_OPERATOR_LEASE_DURATION_SECONDS": "30"}  # fmt: skip
+    settings = OperatorSettings.from_env(env)
+    assert settings.leader_election and settings.lease_duration_seconds == 30.0
+
+
 def test_settings_come_from_the_environment_and_flags_override() -> None:
     """PULSE_OPERATOR_* variables are parsed; overrides win; bad values are named."""
     env = {

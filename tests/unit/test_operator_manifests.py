@@ -90,10 +90,15 @@ def test_dask_controller_rules_cover_its_own_charts_rules() -> None:
 
 
 def test_install_has_one_namespace_and_both_controllers() -> None:
-    """One install: CRDs of both APIs, both controllers' RBAC and Deployments."""
+    """One install: CRDs of both APIs, both controllers' RBAC and Deployments, the operator's
+    two replicas with their PodDisruptionBudget."""
     install = build_install(namespace="ops", image="img:2")
-    deployments = {d["metadata"]["name"]: d for d in install["deployments.yaml"]}
+    workloads = install["deployments.yaml"]
+    deployments = {d["metadata"]["name"]: d for d in workloads if d["kind"] == "Deployment"}
     assert set(deployments) == {"pulse-operator", "dask-kubernetes-operator"}
+    (budget,) = [d for d in workloads if d["kind"] == "PodDisruptionBudget"]
+    operator = deployments["pulse-operator"]["spec"]
+    assert budget["spec"]["selector"] == operator["selector"] and operator["replicas"] == 2
     for deployment in deployments.values():
         assert deployment["metadata"]["namespace"] == "ops"
         container = deployment["spec"]["template"]["spec"]["containers"][0]

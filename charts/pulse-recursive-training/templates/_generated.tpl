@@ -122,6 +122,24 @@
   - get
 {{- end }}
 
+{{- define "pulse-recursive-training.operatorLeaseRules" -}}
+- apiGroups:
+  - coordination.k8s.io
+  resources:
+  - leases
+  verbs:
+  - create
+- apiGroups:
+  - coordination.k8s.io
+  resources:
+  - leases
+  verbs:
+  - get
+  - update
+  resourceNames:
+  - pulse-trainingrun-operator
+{{- end }}
+
 {{- define "pulse-recursive-training.daskControllerRules" -}}
 - apiGroups:
   - apiextensions.k8s.io
