@@ -470,7 +470,7 @@ def referenced_files(data: bytes, results_path: str) -> dict[str, str] | None:
 
 def check_output_free(config: TrainingConfig) -> None:
     """Refuse to replace an earlier run's results unless --overwrite was given."""
-    if not config.overwrite and storage.exists(config.results_path, config.s3_settings):
+    if not config.overwrite and storage.exists(config.results_path, config.output_s3_settings):
         raise OutputError(
             f"{config.results_path} already holds the results of an earlier run; "
             "pass --overwrite to replace them or choose another --output-dir"
@@ -591,7 +591,7 @@ def write_outputs(
             storage.write_bytes(
                 location,
                 data,
-                config.s3_settings,
+                config.output_s3_settings,
                 content_type=content_type,
                 metadata=metadata,
                 consume=True,  # the spool: moved into place when it is on the same disk
@@ -601,7 +601,7 @@ def write_outputs(
                 storage.write_bytes(
                     config.results_path,
                     json.dumps(document, indent=2, allow_nan=False).encode(),
-                    config.s3_settings,
+                    config.output_s3_settings,
                     content_type="application/json",
                     metadata=metadata,
                 )
@@ -626,10 +626,10 @@ def write_outputs(
 
 def _earlier_files(config: TrainingConfig) -> list[str]:
     """The data files of the run whose results this one replaces (deleted after the commit)."""
-    if not config.overwrite or not storage.exists(config.results_path, config.s3_settings):
+    if not config.overwrite or not storage.exists(config.results_path, config.output_s3_settings):
         return []
     try:
-        data = storage.read_bytes(config.results_path, config.s3_settings)
+        data = storage.read_bytes(config.results_path, config.output_s3_settings)
     except StateError:
         return []
     return list((referenced_files(data, config.results_path) or {}).values())
@@ -639,7 +639,7 @@ def _landed_anyway(config: TrainingConfig, run_id: str) -> bool:
     """True when a results write that reported an error stored them all the same (an S3
     PUT whose answer was lost); the data files must then stay."""
     try:
-        data = storage.read_bytes(config.results_path, config.s3_settings)
+        data = storage.read_bytes(config.results_path, config.output_s3_settings)
         return bool(json.loads(data).get("run_id") == run_id)
     except (StateError, ValueError, AttributeError):
         return False
@@ -648,7 +648,7 @@ def _landed_anyway(config: TrainingConfig, run_id: str) -> bool:
 def _remove_leftover(location: str, config: TrainingConfig, whose: str) -> None:
     """Delete a file no results document names; if that fails, say so and carry on."""
     try:
-        storage.remove(location, config.s3_settings)
+        storage.remove(location, config.output_s3_settings)
     except (OSError, OutputError) as e:
         log.warning("could not remove %s %s (%s); delete it by hand", location, whose, e)
 

@@ -184,6 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s3.add_argument("--s3-endpoint-url", metavar="URL", help=_field_help("s3_endpoint_url"))
     s3.add_argument("--s3-region", metavar="REGION", help=_field_help("s3_region"))
+    s3.add_argument("--s3-profile", metavar="NAME", help=_field_help("s3_profile"))
+    s3.add_argument(
+        "--s3-credentials-env", metavar="PREFIX", help=_field_help("s3_credentials_env")
+    )
+    for name, metavar in (
+        ("endpoint_url", "URL"), ("region", "REGION"), ("profile", "NAME"),
+        ("credentials_env", "PREFIX"),
+    ):  # fmt: skip
+        field = f"s3_output_{name}"
+        s3.add_argument(f"--{field.replace('_', '-')}", metavar=metavar, help=_field_help(field))
     s3.add_argument("--s3-data-bucket", metavar="BUCKET", help=_field_help("s3_data_bucket"))
     s3.add_argument("--s3-data-prefix", metavar="KEY", help=_field_help("s3_data_prefix"))
     s3.add_argument("--s3-results-bucket", metavar="BUCKET", help=_field_help("s3_results_bucket"))

@@ -40,7 +40,7 @@ def run(
     outcome = outcome or Outcome()
     check_output_free(config)
     for folder in {config.output_dir, config.results_path.rpartition("/")[0] or "."}:
-        storage.check_writable(folder, config.s3_settings)
+        storage.check_writable(folder, config.output_s3_settings)
     if config.report_dir:
         storage.check_writable(config.report_dir)
     state = load_resume_state(config.resume_from, config) if config.resume_from else None
@@ -84,11 +84,11 @@ def run(
 
 def load_resume_state(location: str, config: TrainingConfig) -> TrainingState:
     """The state named by ``--resume-from``: a state file, or a results JSON naming one."""
-    data = storage.read_bytes(location, config.s3_settings)
+    data = storage.read_bytes(location, config.output_s3_settings)
     files = None if data.startswith(b"PK") else referenced_files(data, location)
     if files is not None and "state" in files:
         location = files["state"]
-        data = storage.read_bytes(location, config.s3_settings)
+        data = storage.read_bytes(location, config.output_s3_settings)
     return TrainingState.from_bytes(data, location)
 
 

@@ -1,7 +1,9 @@
 """S3 access for data, results and state: URIs, one client factory, and error translation.
 
-Credentials come only from boto3's default chain (environment, shared profile, web
-identity / IRSA, instance metadata); nothing here reads or logs them. The endpoint and
+Credentials come from boto3's default chain (environment, shared profile, web identity /
+IRSA, instance metadata), unless the settings name a profile or an environment-variable
+prefix of their own (outputs written to another store than the data is read from); nothing
+here logs them. The endpoint and
 region come from the run's config, else from boto3's own environment handling
 (``AWS_ENDPOINT_URL``, ``AWS_REGION``), so MinIO, R2 and other S3-compatible stores work.
 Every call retries a bounded number of times with backoff and connect/read timeouts, so an
@@ -35,7 +37,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from recursive_training.exceptions import OutputError, TrainingError
+from recursive_training.exceptions import ConfigError, OutputError, TrainingError
 from recursive_training.s3_location import S3Location, S3Settings
 
 _THROTTLING_CODES: Final = frozenset({"SlowDown", "Throttling", "RequestTimeout"})
@@ -59,6 +61,29 @@ def client(settings: S3Settings) -> Any:
     return _client(settings, os.getpid())
 
 
+ENV_CREDENTIAL_KEYS: Final = ("ACCESS_KEY_ID", "SECRET_ACCESS_KEY", "SESSION_TOKEN")
+
+
+def session(settings: S3Settings) -> boto3.session.Session:
+    """A boto3 session with the credentials the settings name (default: the AWS chain)."""
+    if settings.credentials_env:
+        prefix = settings.credentials_env
+        values = {key: os.environ.get(prefix + key) for key in ENV_CREDENTIAL_KEYS}
+        key_id, secret, token = values.values()
+        missing = [prefix + key for key in ENV_CREDENTIAL_KEYS[:2] if not values[key]]
+        if missing:
+            raise ConfigError(
+                f"credentials for {settings.describe_endpoint()} come from the environment "
+                f"variables {prefix}*, but {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not set; set them or remove the "
+                "credentials-env setting"
+            )
+        return boto3.session.Session(
+            aws_access_key_id=key_id, aws_secret_access_key=secret, aws_session_token=token
+        )
+    return boto3.session.Session(profile_name=settings.profile)
+
+
 @lru_cache(maxsize=8)
 def _client(settings: S3Settings, pid: int) -> Any:
     """Build the client; ``pid`` in the key keeps a forked worker from reusing the parent's."""
@@ -68,7 +93,7 @@ def _client(settings: S3Settings, pid: int) -> Any:
         read_timeout=settings.read_timeout,
         region_name=settings.region,
     )
-    return boto3.session.Session().client("s3", endpoint_url=settings.endpoint_url, config=config)
+    return session(settings).client("s3", endpoint_url=settings.endpoint_url, config=config)
 
 
 def describe_error(
@@ -214,8 +239,8 @@ def list_folder(
 
 
 def arrow_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
-    """A pyarrow S3 filesystem with the same endpoint, region, retries and timeouts as
-    ``client`` (credentials from the AWS SDK's default chain, as boto3's)."""
+    """A pyarrow S3 filesystem with the same endpoint, region, credentials, retries and
+    timeouts as ``client``."""
     endpoint = settings.describe_endpoint()
     options: dict[str, Any] = {}
     if endpoint != "AWS S3":
@@ -227,6 +252,15 @@ def arrow_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
     region = settings.region or os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION"))
     if region:
         options["region"] = region
+    if settings.profile or settings.credentials_env:
+        # pyarrow reads only the default chain: hand it the keys the settings name.
+        credentials = session(settings).get_credentials()
+        if credentials is None:
+            raise NoCredentialsError()
+        frozen = credentials.get_frozen_credentials()
+        options.update(
+            access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token
+        )
     return pafs.S3FileSystem(
         connect_timeout=settings.connect_timeout,
         request_timeout=settings.read_timeout,

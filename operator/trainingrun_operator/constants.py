@@ -76,6 +76,10 @@ CONDITION_KSTATUS_READY: Final = "Ready"
 # Environment of the driver container: where it reports to, where it leaves its last word.
 ENV_RUN_NAME: Final = "PULSE_TRAININGRUN_NAME"
 ENV_RUN_NAMESPACE: Final = "PULSE_TRAININGRUN_NAMESPACE"
+# The driver's environment variables holding spec.output.credentialsSecret's keys: a prefix of
+# their own, so they never clash with the data Secret's AWS_* (the pipeline's
+# --s3-output-credentials-env reads them).
+OUTPUT_CREDENTIALS_PREFIX: Final = "PULSE_OUTPUT_AWS_"
 ENV_TERMINATION_MESSAGE_PATH: Final = "PULSE_TERMINATION_MESSAGE_PATH"
 TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
 # Exit status of a driver whose pipeline failed in a way a retry cannot fix (a bad input:

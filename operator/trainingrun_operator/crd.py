@@ -230,7 +230,15 @@ def _output_schema() -> Schema:
                 maxLength=URI_MAX,
             ),
             "credentialsSecret": _string(
-                "Secret whose AWS_* keys are used to write the output.", maxLength=NAME_MAX
+                "Secret whose AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) "
+                "write the output; only the driver gets them, apart from the data's.",
+                maxLength=NAME_MAX,
+            ),
+            "endpoint": _string(
+                "S3-compatible endpoint URL of the output when it is another store than the "
+                "data's; default: data.endpoint.",
+                pattern="^https?://",
+                maxLength=URI_MAX,
             ),
         },
     }

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from trainingrun_operator.constants import DEFAULT_ALPHA_GRID
+from trainingrun_operator.constants import DEFAULT_ALPHA_GRID, OUTPUT_CREDENTIALS_PREFIX
 from trainingrun_operator.exceptions import InvalidSpecError
 
 CHECKPOINT_FOLDER = "checkpoints"
@@ -30,6 +30,7 @@ class RunSpec:
     data_secret: str | None = None
     data_endpoint: str | None = None
     output_secret: str | None = None
+    output_endpoint: str | None = None
     variables: tuple[str, ...] = ()
     start_date: str | None = None
     end_date: str | None = None
@@ -87,6 +88,7 @@ class RunSpec:
             data_secret=data.get("credentialsSecret"),
             data_endpoint=data.get("endpoint"),
             output_secret=output.get("credentialsSecret"),
+            output_endpoint=output.get("endpoint"),
             variables=tuple(spec.get("variables", ())),
             start_date=spec.get("startDate"),
             end_date=spec.get("endDate"),
@@ -132,12 +134,6 @@ class RunSpec:
         """Where finished batches are saved, so a retried driver skips them."""
         return f"{self.output_uri.rstrip('/')}/{CHECKPOINT_FOLDER}"
 
-    @property
-    def credential_secrets(self) -> tuple[str, ...]:
-        """Names of the Secrets whose keys the pods get, each once, in spec order."""
-        names = (self.data_secret, self.output_secret)
-        return tuple(dict.fromkeys(name for name in names if name))
-
 
 def cli_arguments(run: RunSpec, scheduler_address: str) -> list[str]:
     """The ``pulse-train`` flags that run `run` on the Dask scheduler at `scheduler_address`."""
@@ -173,6 +169,8 @@ def cli_arguments(run: RunSpec, scheduler_address: str) -> list[str]:
         "--max-memory": run.max_memory,
         "--resume-from": run.resume_from,
         "--s3-endpoint-url": run.data_endpoint,
+        "--s3-output-endpoint-url": run.output_endpoint,
+        "--s3-output-credentials-env": OUTPUT_CREDENTIALS_PREFIX if run.output_secret else None,
     }
     args += [f"{flag}={value}" for flag, value in optional.items() if value not in (None, "")]
     return args

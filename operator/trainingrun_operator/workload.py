@@ -26,6 +26,7 @@ from trainingrun_operator.constants import (
     LABEL_MANAGED_BY,
     LABEL_RUN,
     MANAGER,
+    OUTPUT_CREDENTIALS_PREFIX,
     RUN_AS_USER,
     SCHEDULER_PORT,
 )
@@ -135,9 +136,29 @@ def pod_security_context() -> dict[str, Any]:
     }
 
 
-def _credentials_env_from(run: RunSpec) -> list[dict[str, Any]]:
-    """AWS_* keys of the run's credential Secrets, by reference only."""
-    return [{"secretRef": {"name": name}} for name in run.credential_secrets]
+def _data_credentials(run: RunSpec) -> list[dict[str, Any]]:
+    """envFrom: the data Secret's AWS_* keys, by reference only (every pod reads data)."""
+    return [{"secretRef": {"name": run.data_secret}}] if run.data_secret else []
+
+
+def _output_credentials(run: RunSpec) -> list[dict[str, Any]]:
+    """env: the output Secret's AWS_* keys under OUTPUT_CREDENTIALS_PREFIX, by reference.
+
+    Only the driver writes outputs. Its own prefix keeps them apart from the data Secret's
+    AWS_* (with envFrom one would silently override the other).
+    """
+    if not run.output_secret:
+        return []
+    return [
+        {
+            "name": f"{OUTPUT_CREDENTIALS_PREFIX}{key}",
+            "valueFrom": {"secretKeyRef": {"name": run.output_secret, "key": f"AWS_{key}",
+                                           "optional": optional}},
+        }
+        for key, optional in (
+            ("ACCESS_KEY_ID", False), ("SECRET_ACCESS_KEY", False), ("SESSION_TOKEN", True),
+        )
+    ]  # fmt: skip
 
 
 def _pod_spec(
@@ -186,7 +207,7 @@ def _dask_container(
         "env": [{"name": "DASK_DISTRIBUTED__WORKER__DAEMON", "value": "False"}],
         "resources": dict(run.dask_resources or settings.default_resources),
     }
-    env_from = _credentials_env_from(run)
+    env_from = _data_credentials(run)
     if env_from:
         container["envFrom"] = env_from
     return container
@@ -350,13 +371,14 @@ def build_driver_job(run: RunSpec, settings: OperatorSettings) -> Manifest:
                 "name": ENV_RUN_NAMESPACE,
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
+            *_output_credentials(run),
         ],
         "resources": settings.default_resources,
         # The driver leaves the pipeline's one-line error in the default termination message
         # file; should it die before it can, the end of its log is the message instead.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    env_from = _credentials_env_from(run)
+    env_from = _data_credentials(run)
     if env_from:
         container["envFrom"] = env_from
     pod = _pod_spec(

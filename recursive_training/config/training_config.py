@@ -8,6 +8,7 @@ README reference are built from the same words).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -190,7 +191,8 @@ class TrainingConfig(BaseModel):
 
     # --- s3 ---------------------------------------------------------------------------
     # Credentials are never settings: they come from the AWS chain (environment, profile,
-    # IRSA web identity, instance metadata), so no secret is ever echoed in the results.
+    # IRSA web identity, instance metadata) or from a profile or environment variables the
+    # settings *name*, so no secret is ever echoed in the results.
     s3_endpoint_url: str | None = Field(
         None,
         description="S3-compatible endpoint (MinIO, R2, ...) for every s3:// location; "
@@ -198,6 +200,36 @@ class TrainingConfig(BaseModel):
     )
     s3_region: str | None = Field(
         None, description="Region of the S3 buckets; default: from the AWS chain (AWS_REGION)."
+    )
+    s3_profile: str | None = Field(
+        None,
+        description="AWS profile (shared config and credentials files) to reach S3 with; "
+        "default: the AWS chain.",
+    )
+    s3_credentials_env: str | None = Field(
+        None,
+        description="Read the S3 credentials from PREFIX + ACCESS_KEY_ID, SECRET_ACCESS_KEY "
+        "(and SESSION_TOKEN) instead of the AWS chain, e.g. DATA_AWS_.",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+    )
+    # The outputs (results, state, predictions, checkpoints, and --resume-from, an output of
+    # an earlier run) may live in another store than the data: each falls back to the above.
+    s3_output_endpoint_url: str | None = Field(
+        None,
+        description="S3-compatible endpoint of the outputs (results, state, predictions, "
+        "checkpoints, resume_from); default: s3_endpoint_url.",
+    )
+    s3_output_region: str | None = Field(
+        None, description="Region of the outputs' bucket; default: s3_region."
+    )
+    s3_output_profile: str | None = Field(
+        None, description="AWS profile to write the outputs with; default: as the data."
+    )
+    s3_output_credentials_env: str | None = Field(
+        None,
+        description="Read the outputs' S3 credentials from PREFIX + ACCESS_KEY_ID, "
+        "SECRET_ACCESS_KEY (and SESSION_TOKEN), e.g. OUTPUT_AWS_; default: as the data.",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
     )
     s3_data_bucket: str | None = Field(
         None, description="Read the data from this bucket: input_data = s3://BUCKET/PREFIX."
@@ -405,19 +437,43 @@ class TrainingConfig(BaseModel):
         for name in ("report_dir", "log_dir"):
             if is_s3_uri(getattr(self, name) or ""):
                 raise ValueError(f"{name} ({cli_flag(name)}) must be a local folder, not S3")
-        if self.s3_endpoint_url and not self.s3_endpoint_url.startswith(("http://", "https://")):
-            raise ValueError(
-                f"s3_endpoint_url (--s3-endpoint-url) must start with http:// or https://, "
-                f"got {self.s3_endpoint_url!r}"
-            )
+        for name in ("s3_endpoint_url", "s3_output_endpoint_url"):
+            value = getattr(self, name)
+            if value and not value.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"{name} ({cli_flag(name)}) must start with http:// or https://, got {value!r}"
+                )
+        for prefix in ("s3", "s3_output"):
+            if getattr(self, f"{prefix}_profile") and getattr(self, f"{prefix}_credentials_env"):
+                raise ValueError(
+                    f"{prefix}_profile ({cli_flag(prefix + '_profile')}) and "
+                    f"{prefix}_credentials_env ({cli_flag(prefix + '_credentials_env')}) both "
+                    "name the credentials; keep one"
+                )
         return self
 
     @property
+    def output_s3_settings(self) -> S3Settings:
+        """How the driver reaches the outputs' store: its own settings, else the data's."""
+        own_credentials = self.s3_output_profile or self.s3_output_credentials_env
+        data = self.s3_settings
+        return dataclasses.replace(
+            data,
+            endpoint_url=self.s3_output_endpoint_url or data.endpoint_url,
+            region=self.s3_output_region or data.region,
+            profile=self.s3_output_profile if own_credentials else data.profile,
+            credentials_env=self.s3_output_credentials_env if own_credentials
+            else data.credentials_env,
+        )  # fmt: skip
+
+    @property
     def s3_settings(self) -> S3Settings:
-        """How to reach S3: what the driver and every worker build their client from."""
+        """How to reach the data's store: what the driver and every worker read it with."""
         return S3Settings(
             endpoint_url=self.s3_endpoint_url,
             region=self.s3_region,
+            profile=self.s3_profile,
+            credentials_env=self.s3_credentials_env,
             max_attempts=self.s3_max_attempts,
             connect_timeout=self.s3_connect_timeout,
             read_timeout=self.s3_read_timeout,

@@ -502,7 +502,9 @@ class TrainingPipeline:
         """The map, scan and map stages on the engine (started here unless one was given)."""
         engine = self.engine or create_engine(config, plan.batches, began)
         checkpoint = (
-            Checkpoint(config.checkpoint_dir, config.s3_settings) if config.checkpoint_dir else None
+            Checkpoint(config.checkpoint_dir, config.output_s3_settings)
+            if config.checkpoint_dir
+            else None
         )
         with nullcontext(engine) if self.engine else engine:  # close only what we started
             log.info("Running on %s", engine.description)

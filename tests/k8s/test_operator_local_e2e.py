@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,32 @@ pytestmark = pytest.mark.k8s
 RUN_TIMEOUT_S = 240.0
 
 
-def container_env(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
-    """The container's environment as a kubelet resolves it (values and downward API)."""
+SecretReader = Callable[[str], dict[str, str]]
+
+
+def container_env(
+    pod: dict[str, Any], container: dict[str, Any], secret: SecretReader | None = None
+) -> dict[str, str]:
+    """The container's environment as a kubelet resolves it (envFrom Secrets, values, the
+    downward API, secretKeyRef); `secret(name)` reads a Secret's decoded data."""
     env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if secret is None or "secretRef" not in source:
+            raise AssertionError(f"the test does not resolve {source}")
+        env.update(secret(source["secretRef"]["name"]))
     for item in container.get("env", []):
+        reference = item.get("valueFrom", {})
         if "value" in item:
             env[item["name"]] = expand(item["value"], env)
-        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+        elif reference.get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
             env[item["name"]] = pod["metadata"]["namespace"]
+        elif secret is not None and "secretKeyRef" in reference:
+            key = reference["secretKeyRef"]
+            data = secret(key["name"])
+            if key["key"] in data:
+                env[item["name"]] = data[key["key"]]
+            elif not key.get("optional"):
+                raise AssertionError(f"a kubelet would not start the pod: {item} is missing")
         else:
             raise AssertionError(f"the test does not resolve {item}")
     return env
@@ -78,6 +96,11 @@ class LocalPods:
             text = text.replace(mount_path, folder)
         return text
 
+    def _secret(self, name: str) -> dict[str, str]:
+        """The Secret `name`'s data, decoded, as a kubelet hands it to a container."""
+        found = self.plane.kubectl_json("get", "secret", name, f"--namespace={self.namespace}")
+        return {key: base64.b64decode(value).decode() for key, value in found["data"].items()}
+
     def _mount_secrets(self, pod: dict[str, Any], container: dict[str, Any]) -> None:
         """Write the pod's Secret volumes to local folders, as the kubelet would mount them."""
         volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
@@ -100,7 +123,8 @@ class LocalPods:
         """Start the pod's only container with its exact command, args and environment."""
         (container,) = pod["spec"]["containers"]
         self._mount_secrets(pod, container)
-        env = {key: self._local(value) for key, value in container_env(pod, container).items()}
+        resolved = container_env(pod, container, self._secret)
+        env = {key: self._local(value) for key, value in resolved.items()}
         argv = [expand(part, env) for part in [*container["command"], *container.get("args", [])]]
         argv = [args_map.get(part, self._local(part)) for part in argv]
         # The image's init (tini) is not on this host; what it runs is the container's work.

@@ -140,11 +140,39 @@ def test_every_pod_is_hardened_and_gets_credentials_only_by_reference() -> None:
                 "capabilities": {"drop": ["ALL"]},
             }
             assert container["volumeMounts"][0] == {"name": "tmp", "mountPath": "/tmp"}
-            assert container["envFrom"] == [
-                {"secretRef": {"name": "s3-read"}},
-                {"secretRef": {"name": "s3-write"}},
-            ]
+            assert container["envFrom"] == [{"secretRef": {"name": "s3-read"}}]
             assert container["command"], "never rely on the image's ENTRYPOINT"
+
+
+def test_output_credentials_reach_only_the_driver_under_their_own_prefix() -> None:
+    """Data keys as AWS_* on every pod; the output Secret's keys on the driver only, as
+    PULSE_OUTPUT_AWS_*, named to the pipeline with the output endpoint."""
+    run = RunSpec.from_body(
+        body(
+            data={"credentialsSecret": "s3-read", "endpoint": "http://data:9000"},
+            output={"uri": "s3://r/x", "credentialsSecret": "s3-write",
+                    "endpoint": "https://results.example"},
+        )
+    )  # fmt: skip
+    (driver,) = pods(build_driver_job(run, SETTINGS))
+    env = {item["name"]: item.get("valueFrom") for item in driver["containers"][0]["env"]}
+    assert env["PULSE_OUTPUT_AWS_ACCESS_KEY_ID"] == {
+        "secretKeyRef": {"name": "s3-write", "key": "AWS_ACCESS_KEY_ID", "optional": False}
+    }
+    assert env["PULSE_OUTPUT_AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["key"] == (
+        "AWS_SECRET_ACCESS_KEY"
+    )
+    assert env["PULSE_OUTPUT_AWS_SESSION_TOKEN"]["secretKeyRef"]["optional"] is True
+    args = driver["containers"][0]["args"]
+    assert "--s3-endpoint-url=http://data:9000" in args
+    assert "--s3-output-endpoint-url=https://results.example" in args
+    assert "--s3-output-credentials-env=PULSE_OUTPUT_AWS_" in args
+    for pod in pods(build_dask_cluster(run, SETTINGS)):
+        names = [item["name"] for item in pod["containers"][0].get("env", [])]
+        assert not [name for name in names if name.startswith("PULSE_OUTPUT_AWS_")]
+    plain = RunSpec.from_body(body(output={"uri": "s3://r/x"}))
+    assert not [a for a in build_driver_job(plain, SETTINGS)["spec"]["template"]["spec"][
+        "containers"][0]["args"] if a.startswith("--s3-output")]  # fmt: skip
 
 
 def test_driver_job_carries_retry_deadline_suspend_and_scheduling() -> None:

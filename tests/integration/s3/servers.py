@@ -10,6 +10,7 @@ the middle of a run while the server itself (and what the run left in it) stays 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -54,7 +55,9 @@ class MotoServer:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [str(MOTO_SERVER), "-H", self.host, "-p", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.environment},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.environment},
             )
         deadline = time.monotonic() + READY_SECONDS
         while not self._answers():
@@ -88,16 +91,32 @@ class MotoServer:
     def enforce_auth(self) -> None:
         """From now on check every request's signature and IAM policies (moto's reset-auth)."""
         request = urllib.request.Request(
-            f"{self.endpoint}/moto-api/reset-auth", data=b"0",
+            f"{self.endpoint}/moto-api/reset-auth",
+            data=b"0",
             headers={"Content-Type": "text/plain"},  # a form body would hide the count
         )
         with urllib.request.urlopen(request, timeout=10) as answer:
             assert answer.status == 200
 
+    def add_user(self, name: str, actions: list[str]) -> dict[str, str]:
+        """An IAM user allowed `actions` on every S3 resource; its keys ({key, secret}).
+
+        Create users before ``enforce_auth``: the test's own keys are not a user of moto's.
+        """
+        iam = self.client("iam")
+        iam.create_user(UserName=name)
+        statement = {"Effect": "Allow", "Action": actions, "Resource": "*"}
+        policy = {"Version": "2012-10-17", "Statement": [statement]}
+        iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return {"key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+
     def client(self, service: str = "s3", **credentials: str) -> Any:
         """A boto3 client for this server (test credentials unless others are given)."""
         return boto3.client(
-            service, endpoint_url=self.endpoint, region_name=REGION,
+            service,
+            endpoint_url=self.endpoint,
+            region_name=REGION,
             aws_access_key_id=credentials.get("key", ACCESS_KEY),
             aws_secret_access_key=credentials.get("secret", SECRET_KEY),
         )
@@ -151,11 +170,17 @@ class TcpProxy:
 
 def aws_environment(**overrides: str) -> dict[str, str]:
     """A CLI subprocess's environment: the test credentials, nothing AWS from this host."""
-    environment = {k: v for k, v in os.environ.items()
-                   if not k.startswith("AWS_") and k != "DASK_SCHEDULER_ADDRESS"}
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AWS_") and k != "DASK_SCHEDULER_ADDRESS"
+    }
     environment.update(
-        AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_DEFAULT_REGION=REGION,
-        AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_ACCESS_KEY_ID=ACCESS_KEY,
+        AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+        AWS_DEFAULT_REGION=REGION,
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
         AWS_EC2_METADATA_DISABLED="true",
     )
     environment.update(overrides)
