@@ -54,14 +54,14 @@ class S3Settings:
 
     endpoint_url: str | None = None
     region: str | None = None
+    max_attempts: int = 3
+    connect_timeout: float = 5.0
+    read_timeout: float = 8.0
     # Where the credentials come from when not from the AWS default chain: a named profile
     # of the shared config files, or the prefix of environment variables holding them
     # (PREFIX + ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN). Names only, never secrets.
     profile: str | None = None
     credentials_env: str | None = None
-    max_attempts: int = 3
-    connect_timeout: float = 5.0
-    read_timeout: float = 8.0
 
     def describe_endpoint(self) -> str:
         """The endpoint a client built from these settings talks to, for messages."""

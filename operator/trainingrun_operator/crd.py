@@ -230,8 +230,10 @@ def _output_schema() -> Schema:
                 maxLength=URI_MAX,
             ),
             "credentialsSecret": _string(
-                "Secret whose AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) "
-                "write the output; only the driver gets them, apart from the data's.",
+                "Secret whose AWS_* keys write the output. Alone (or the data's): every pod "
+                "gets it (envFrom). Another than data.credentialsSecret: only its "
+                "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), to the "
+                "driver only, apart from the data's.",
                 maxLength=NAME_MAX,
             ),
             "endpoint": _string(

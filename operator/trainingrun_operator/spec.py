@@ -130,6 +130,22 @@ class RunSpec:
         return min(self.workers, self.min_workers or self.workers)
 
     @property
+    def separate_output_credentials(self) -> bool:
+        """Data and output name two Secrets: the output's keys must not override the data's."""
+        return bool(
+            self.data_secret and self.output_secret and self.data_secret != self.output_secret
+        )
+
+    @property
+    def shared_secrets(self) -> tuple[str, ...]:
+        """The Secrets every pod gets whole (envFrom): the data's, and the output's when it is
+        the only one (then it may carry AWS_ENDPOINT_URL and the region for both, as before)."""
+        names = (self.data_secret,) if self.separate_output_credentials else (
+            self.data_secret, self.output_secret,
+        )  # fmt: skip
+        return tuple(dict.fromkeys(name for name in names if name))
+
+    @property
     def checkpoint_uri(self) -> str:
         """Where finished batches are saved, so a retried driver skips them."""
         return f"{self.output_uri.rstrip('/')}/{CHECKPOINT_FOLDER}"
@@ -170,7 +186,9 @@ def cli_arguments(run: RunSpec, scheduler_address: str) -> list[str]:
         "--resume-from": run.resume_from,
         "--s3-endpoint-url": run.data_endpoint,
         "--s3-output-endpoint-url": run.output_endpoint,
-        "--s3-output-credentials-env": OUTPUT_CREDENTIALS_PREFIX if run.output_secret else None,
+        "--s3-output-credentials-env": (
+            OUTPUT_CREDENTIALS_PREFIX if run.separate_output_credentials else None
+        ),
     }
     args += [f"{flag}={value}" for flag, value in optional.items() if value not in (None, "")]
     return args

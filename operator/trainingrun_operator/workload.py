@@ -136,18 +136,18 @@ def pod_security_context() -> dict[str, Any]:
     }
 
 
-def _data_credentials(run: RunSpec) -> list[dict[str, Any]]:
-    """envFrom: the data Secret's AWS_* keys, by reference only (every pod reads data)."""
-    return [{"secretRef": {"name": run.data_secret}}] if run.data_secret else []
+def _shared_credentials(run: RunSpec) -> list[dict[str, Any]]:
+    """envFrom: the AWS_* keys of the Secrets every pod gets, by reference only."""
+    return [{"secretRef": {"name": name}} for name in run.shared_secrets]
 
 
 def _output_credentials(run: RunSpec) -> list[dict[str, Any]]:
-    """env: the output Secret's AWS_* keys under OUTPUT_CREDENTIALS_PREFIX, by reference.
+    """env: a separate output Secret's keys under OUTPUT_CREDENTIALS_PREFIX, by reference.
 
     Only the driver writes outputs. Its own prefix keeps them apart from the data Secret's
     AWS_* (with envFrom one would silently override the other).
     """
-    if not run.output_secret:
+    if not run.separate_output_credentials:
         return []
     return [
         {
@@ -207,7 +207,7 @@ def _dask_container(
         "env": [{"name": "DASK_DISTRIBUTED__WORKER__DAEMON", "value": "False"}],
         "resources": dict(run.dask_resources or settings.default_resources),
     }
-    env_from = _data_credentials(run)
+    env_from = _shared_credentials(run)
     if env_from:
         container["envFrom"] = env_from
     return container
@@ -378,7 +378,7 @@ def build_driver_job(run: RunSpec, settings: OperatorSettings) -> Manifest:
         # file; should it die before it can, the end of its log is the message instead.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    env_from = _data_credentials(run)
+    env_from = _shared_credentials(run)
     if env_from:
         container["envFrom"] = env_from
     pod = _pod_spec(

@@ -6,7 +6,8 @@ a DaskCluster (real scheduler and worker pods found through a Service and CoreDN
 driver Job; results land in an S3 server (moto) that listens on the node's bridge address.
 Each run's results are compared with the same flags run locally in one process, so the
 cluster must reproduce the laptop's numbers, also after losing a worker pod and the
-operator pod mid-run. Start, run and pod start times are printed for the README.
+active one of the two operator pods mid-run. Start, run and pod start times are printed for
+the README.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from recursive_training.data.panel import PanelSpec, write_panel
 from tests.e2e.cluster import KubeCluster, eventually, pod_start_seconds, timestamp
 from tests.e2e.conftest import BUCKET, RELEASE_NAMESPACE, ROOT, Say
 from tests.integration.s3.servers import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
-from trainingrun_operator.constants import LABEL_RUN
+from trainingrun_operator.constants import LABEL_RUN, LEASE_NAME
 from trainingrun_operator.spec import RunSpec, cli_arguments
 
 # Each test waits for a whole run on a 2-CPU node; its own waits report what hung first.
@@ -264,7 +265,8 @@ def test_run_survives_losing_a_worker_pod_and_the_operator_pod(
     run_namespace: str, pulse_release: KubeCluster, node_s3: MotoServer,
     say: Say, tmp_path: Path,
 ) -> None:  # fmt: skip
-    """Worker and operator pods deleted in a map stage: Succeeded all the same, same numbers."""
+    """A worker pod and the active one of the two operator pods deleted in a map stage: the
+    standby takes the Lease, the run Succeeds all the same with one driver Job, same numbers."""
     cluster = pulse_release
     name = "synthetic-faults"
     stored = apply(cluster, long_run(name, workers=2))
@@ -287,12 +289,17 @@ def test_run_survives_losing_a_worker_pod_and_the_operator_pod(
                                    interval=0.2)  # fmt: skip
     victim = running[0]["metadata"]["name"]
     cluster.kubectl("delete", "pod", victim, f"--namespace={run_namespace}", "--wait=false")
-    operator_selector = "app.kubernetes.io/component=operator"
-    (operator,) = cluster.pods(RELEASE_NAMESPACE, operator_selector)
-    cluster.kubectl("delete", "pod", operator["metadata"]["name"],
-                    f"--namespace={RELEASE_NAMESPACE}", "--wait=false")  # fmt: skip
-    say(f"deleted worker {victim} and operator {operator['metadata']['name']} "
-                   f"at {progress['summary']}")  # fmt: skip
+    # The chart runs two operator replicas; the one holding the Lease (its pod name) is active.
+    operators = [p["metadata"]["name"] for p in cluster.pods(RELEASE_NAMESPACE, OPERATORS)]
+    active = lease_holder(cluster)
+    assert len(operators) == 2 and active in operators, (operators, active)
+    cluster.kubectl("delete", "pod", active, f"--namespace={RELEASE_NAMESPACE}", "--wait=false")
+    deleted = time.monotonic()
+    say(f"deleted worker {victim} and the active operator {active} at {progress['summary']}")
+    (standby,) = set(operators) - {active}
+    eventually(lambda: lease_holder(cluster) == standby, 60, f"{standby} to take the Lease",
+               lambda: cluster.diagnostics(RELEASE_NAMESPACE))  # fmt: skip
+    say(f"standby {standby} took over {time.monotonic() - deleted:.1f} s after the delete")
 
     seen: dict[str, float] = {}
     wait_for_phase(cluster, name, "Succeeded", seen)
@@ -300,9 +307,19 @@ def test_run_survives_losing_a_worker_pod_and_the_operator_pod(
     assert started_workers - {p["metadata"]["name"] for p in running}, (
         f"no replacement worker started after {victim} was deleted: {sorted(seen)}"
     )
-    replacement = cluster.pods(RELEASE_NAMESPACE, operator_selector)
-    assert [p["metadata"]["name"] for p in replacement] != [operator["metadata"]["name"]]
+    assert len(cluster.get("jobs", f"--namespace={run_namespace}",
+                           f"--selector={LABEL_RUN}={name}")["items"]) == 1  # fmt: skip
     assert_same_results(results_from_s3(node_s3, name), local_reference(stored, tmp_path))
+
+
+OPERATORS = "app.kubernetes.io/component=operator"
+
+
+def lease_holder(cluster: KubeCluster) -> str:
+    """The pod name holding the operator's leader-election Lease ('' while none does)."""
+    lease = cluster.get("lease", LEASE_NAME, f"--namespace={RELEASE_NAMESPACE}")
+    holder: str = (lease.get("spec") or {}).get("holderIdentity") or ""
+    return holder
 
 
 def test_deleting_a_running_run_removes_every_pod(

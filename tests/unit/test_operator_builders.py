@@ -142,6 +142,12 @@ def test_every_pod_is_hardened_and_gets_credentials_only_by_reference() -> None:
             assert container["volumeMounts"][0] == {"name": "tmp", "mountPath": "/tmp"}
             assert container["envFrom"] == [{"secretRef": {"name": "s3-read"}}]
             assert container["command"], "never rely on the image's ENTRYPOINT"
+    # One Secret (the shipped examples: output only, with the endpoint and region in it):
+    # every pod gets it whole, as before.
+    alone = RunSpec.from_body(body(output={"uri": "s3://r/x", "credentialsSecret": "s3"}))
+    for manifest in (build_dask_cluster(alone, SETTINGS), build_driver_job(alone, SETTINGS)):
+        for pod in pods(manifest):
+            assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3"}}]
 
 
 def test_output_credentials_reach_only_the_driver_under_their_own_prefix() -> None:

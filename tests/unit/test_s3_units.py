@@ -178,3 +178,25 @@ def test_flags_reach_the_settings_the_workers_use() -> None:
     expected = S3Settings("http://minio:9000", "eu-west-1", 2, 1.5, 9.0)
     assert config.s3_settings == expected
     assert hash(config.s3_settings) == hash(expected)  # open_source caches on it
+    assert config.output_s3_settings == expected  # the outputs default to the data's store
+
+
+def test_output_flags_override_the_data_store_one_by_one() -> None:
+    """Each --s3-output-* setting replaces the data's; the rest, timeouts included, are kept;
+    credentials are named by one source, a profile or a prefix, not both."""
+    base = ["--s3-endpoint-url", "http://data:9000", "--s3-region", "eu-west-1",
+            "--s3-profile", "reader", "--s3-read-timeout", "9"]  # fmt: skip
+    config = create_config_from_args(parse_args([
+        *base, "--s3-output-endpoint-url", "https://results.example",
+        "--s3-output-credentials-env", "OUT_",
+    ]))  # fmt: skip
+    assert config.output_s3_settings == S3Settings(
+        "https://results.example", "eu-west-1", read_timeout=9.0, credentials_env="OUT_"
+    )
+    assert config.s3_settings == S3Settings(
+        "http://data:9000", "eu-west-1", read_timeout=9.0, profile="reader"
+    )
+    with pytest.raises(ConfigError, match=r"s3_output_profile .* and s3_output_credentials_env"):
+        create_config_from_args(parse_args(
+            [*base, "--s3-output-profile", "w", "--s3-output-credentials-env", "OUT_"]
+        ))  # fmt: skip
