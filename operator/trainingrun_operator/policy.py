@@ -76,10 +76,12 @@ def violations(run: RunSpec, policy: RunPolicy) -> list[str]:
                 f"spec.{field} {secret} is not allowed by the run policy "
                 f"(allowedCredentialSecrets: {_shown(policy.credential_secrets)})"
             )
-    endpoint = run.data_endpoint
-    if endpoint and not _listed(endpoint, policy.s3_endpoints):
-        found.append(
-            f"spec.data.endpoint {endpoint} is not allowed by the run policy "
-            f"(allowedS3Endpoints: {_shown(policy.s3_endpoints)})"
-        )
+    for field, endpoint in (
+        ("data.endpoint", run.data_endpoint), ("output.endpoint", run.output_endpoint),
+    ):  # fmt: skip
+        if endpoint and not _listed(endpoint, policy.s3_endpoints):
+            found.append(
+                f"spec.{field} {endpoint} is not allowed by the run policy "
+                f"(allowedS3Endpoints: {_shown(policy.s3_endpoints)})"
+            )
     return found

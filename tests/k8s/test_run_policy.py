@@ -75,6 +75,11 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
         {"data": {"uri": "s3://in/x.csv", "endpoint": "https://attacker.example"}},
         "spec.data.endpoint https://attacker.example",
     ),
+    (
+        "output endpoint",
+        {"output": {"uri": "s3://out/run", "endpoint": "https://attacker.example"}},
+        "spec.output.endpoint https://attacker.example",
+    ),
 ]
 
 

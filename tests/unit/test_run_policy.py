@@ -64,7 +64,8 @@ def test_every_field_is_named_with_its_rule() -> None:
                       policy) == []  # fmt: skip
     found = violations(
         run(dask={"image": "evil:1"}, data={"credentialsSecret": "db", "endpoint": "http://evil"},
-            output={"uri": "s3://o", "credentialsSecret": "admin-keys"}),
+            output={"uri": "s3://o", "credentialsSecret": "admin-keys",
+                    "endpoint": "http://exfil"}),
         policy,
     )  # fmt: skip
     assert found == [
@@ -74,6 +75,8 @@ def test_every_field_is_named_with_its_rule() -> None:
         "spec.output.credentialsSecret admin-keys is not allowed by the run policy "
         "(allowedCredentialSecrets: s3-read)",
         "spec.data.endpoint http://evil is not allowed by the run policy "
+        "(allowedS3Endpoints: https://minio:9000)",
+        "spec.output.endpoint http://exfil is not allowed by the run policy "
         "(allowedS3Endpoints: https://minio:9000)",
     ]
     assert str(PolicyViolationError(found)) == "; ".join(found)
