@@ -158,10 +158,6 @@ def _parse(name: str, raw: str) -> Any:
             return float(raw)
         except ValueError as e:
             raise SettingsError(f"{ENV_PREFIX}{name.upper()}", raw, "a number of seconds") from e
-    if name == "leader_election":
-        if raw.lower() not in ("true", "false"):
-            raise SettingsError(f"{ENV_PREFIX}LEADER_ELECTION", raw, "true or false")
-        return raw.lower() == "true"
     if name == "metrics_port":
         try:
             return int(raw)
@@ -169,7 +165,7 @@ def _parse(name: str, raw: str) -> Any:
             raise SettingsError(f"{ENV_PREFIX}METRICS_PORT", raw, "a port, 0 to 65535") from e
     if name == "log_level":
         return raw.upper()
-    if name in ("dask_tls", "network_policy", "kueue"):
+    if name in ("dask_tls", "network_policy", "kueue", "leader_election"):
         if raw.lower() not in ("true", "false"):
             raise SettingsError(f"{ENV_PREFIX}{name.upper()}", raw, "true or false")
         return raw.lower() == "true"
