@@ -275,7 +275,7 @@ def test_the_run_policy_defaults_to_the_chart_image_and_run_accounts(assets: Pat
 
     def operator_env(objects: list[Manifest]) -> dict[str, str]:
         pod = by_kind(objects, "Deployment")["pulse-pulse-recursive-training"]["spec"]["template"]
-        return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+        return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e}
 
     objects = render(assets)
     assert lists(objects) == {"images": ["pulse-recursive-training:0.1.0"], "accounts": [],

@@ -23,7 +23,7 @@ from trainingrun_operator.spec import RunSpec
 from .conftest import OperatorProcess
 from .controlplane import ControlPlane, KubectlError
 from .kubelet import eventually, get
-from .test_chart import assets, by_kind, render  # noqa: F401 (assets is a fixture)
+from .test_chart import RELEASE_NAMESPACE, assets, by_kind, render  # noqa: F401 (assets is a fixture)
 from .test_operator_crd import training_run
 from .test_operator_lifecycle import events, wait_phase
 
@@ -103,7 +103,12 @@ def operator_settings(objects: list[dict[str, Any]]) -> OperatorSettings:
     """The settings the chart's operator Deployment starts with (its PULSE_OPERATOR_* env)."""
     deployment = by_kind(objects, "Deployment")["pulse-pulse-recursive-training"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    return OperatorSettings.from_env({e["name"]: e["value"] for e in container["env"]})
+    # The downward-API values (the Lease's namespace, the pod name) as a kubelet fills them.
+    downward = {"metadata.namespace": RELEASE_NAMESPACE, "metadata.name": "pulse-operator-0"}
+    return OperatorSettings.from_env({
+        e["name"]: e["value"] if "value" in e else downward[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        for e in container["env"]
+    })  # fmt: skip
 
 
 def test_admission_refuses_what_the_policy_forbids_and_names_the_rule(
