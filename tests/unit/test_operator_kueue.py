@@ -21,6 +21,7 @@ from trainingrun_operator.spec import RunSpec
 from trainingrun_operator.workload import build_dask_cluster, build_driver_job
 
 from .test_operator_reconcile import NOW, WORKING, cluster, job, run_body
+from .test_operator_reconcile import outcome_of as unqueued_outcome_of
 
 pytestmark = pytest.mark.unit
 
@@ -91,15 +92,7 @@ def outcome_of(
     body: dict[str, Any], job_: Any, cluster_: Any, state: kueue.QueueState, pods: Pods = WORKING
 ) -> Any:
     """observe() of a run under Kueue."""
-    run = RunSpec.from_body(body)
-    observed = Observed(
-        Child("Job", "run-driver", job_, run.uid),
-        Child("DaskCluster", "run-dask", cluster_, run.uid),
-        pods,
-        None,
-        state,
-    )
-    return observe(body, run, observed, NOW)
+    return unqueued_outcome_of(body, job_, cluster_, pods, queue=state)
 
 
 def test_the_workload_has_one_pod_set_per_role_with_the_pods_the_run_would_create() -> None:

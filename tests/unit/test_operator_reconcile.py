@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from trainingrun_operator import kueue
 from trainingrun_operator.children import Child, Pods, read_pods
 from trainingrun_operator.driver import pipeline_command, status_patch
 from trainingrun_operator.reconcile import Action, Observed, observe
@@ -64,14 +65,16 @@ def outcome_of(
     pods: Pods = WORKING,
     waiting_for: str | None = None,
     now: datetime.datetime = NOW,
+    queue: kueue.QueueState | None = None,
 ) -> Any:
-    """observe() for `body` at `now`."""
+    """observe() for `body` at `now` (`queue`: its place in Kueue, None when not under it)."""
     run = RunSpec.from_body(body)
     observed = Observed(
         Child("Job", "run-driver", job_, run.uid),
         Child("DaskCluster", "run-dask", cluster_, run.uid),
         pods,
         waiting_for,
+        queue,
     )
     return observe(body, run, observed, now)
 
