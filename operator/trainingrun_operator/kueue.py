@@ -31,8 +31,8 @@ from trainingrun_operator.spec import RunSpec
 from trainingrun_operator.workload import (
     build_dask_cluster,
     build_driver_job,
+    child_metadata,
     labels,
-    owner_reference,
 )
 
 POD_SET_DRIVER = "driver"
@@ -93,12 +93,7 @@ def build_workload(
     return {
         "apiVersion": KUEUE_API_VERSION,
         "kind": "Workload",
-        "metadata": {
-            "name": workload_name(run),
-            "namespace": run.namespace,
-            "labels": labels(run, "workload"),
-            "ownerReferences": [owner_reference(run)],
-        },
+        "metadata": child_metadata(run, workload_name(run), "workload"),
         "spec": spec,
     }
 

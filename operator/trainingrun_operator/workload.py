@@ -89,12 +89,7 @@ def build_tls_secret(run: RunSpec, now: datetime.datetime) -> Manifest:
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "kubernetes.io/tls",
-        "metadata": {
-            "name": tls_secret_name(run),
-            "namespace": run.namespace,
-            "labels": labels(run, "dask-tls"),
-            "ownerReferences": [owner_reference(run)],
-        },
+        "metadata": child_metadata(run, tls_secret_name(run), "dask-tls"),
         "data": tls.secret_data(files),
     }
 
@@ -102,6 +97,16 @@ def build_tls_secret(run: RunSpec, now: datetime.datetime) -> Manifest:
 def labels(run: RunSpec, component: str) -> dict[str, str]:
     """Labels of every object and pod of the run."""
     return {LABEL_RUN: run.name, LABEL_COMPONENT: component, LABEL_MANAGED_BY: MANAGER}
+
+
+def child_metadata(run: RunSpec, name: str, component: str) -> dict[str, Any]:
+    """Metadata of a child named `name`: in the run's namespace, labelled, owned by it."""
+    return {
+        "name": name,
+        "namespace": run.namespace,
+        "labels": labels(run, component),
+        "ownerReferences": [owner_reference(run)],
+    }
 
 
 def owner_reference(run: RunSpec) -> dict[str, Any]:
@@ -250,12 +255,7 @@ def build_dask_cluster(run: RunSpec, settings: OperatorSettings) -> Manifest:
     return {
         "apiVersion": DASK_API_VERSION,
         "kind": "DaskCluster",
-        "metadata": {
-            "name": cluster_name(run),
-            "namespace": run.namespace,
-            "labels": labels(run, "dask"),
-            "ownerReferences": [owner_reference(run)],
-        },
+        "metadata": child_metadata(run, cluster_name(run), "dask"),
         "spec": {
             "idleTimeout": 0,
             "worker": {"replicas": run.workers, "spec": _pod_spec(run, settings, worker)},
@@ -320,12 +320,7 @@ def build_network_policy(run: RunSpec, settings: OperatorSettings) -> Manifest:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {
-            "name": cluster_name(run),
-            "namespace": run.namespace,
-            "labels": labels(run, "dask"),
-            "ownerReferences": [owner_reference(run)],
-        },
+        "metadata": child_metadata(run, cluster_name(run), "dask"),
         "spec": {
             "podSelector": {"matchLabels": {LABEL_RUN: run.name, LABEL_COMPONENT: "dask"}},
             "policyTypes": ["Ingress"],
@@ -401,11 +396,6 @@ def build_driver_job(run: RunSpec, settings: OperatorSettings) -> Manifest:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            "name": job_name(run),
-            "namespace": run.namespace,
-            "labels": labels(run, "driver"),
-            "ownerReferences": [owner_reference(run)],
-        },
+        "metadata": child_metadata(run, job_name(run), "driver"),
         "spec": job_spec,
     }
