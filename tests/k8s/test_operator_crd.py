@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from .controlplane import ControlPlane, KubectlError
 
@@ -192,9 +193,12 @@ def test_example_runs_are_valid(pulse_install: ControlPlane, namespace: str, exa
 
 
 def test_the_controller_deployments_are_accepted(pulse_install: ControlPlane) -> None:
-    """The rest of manifests/base (both Deployments) passes the API server's validation."""
+    """The rest of manifests/base (both Deployments, the operator's PodDisruptionBudget)
+    passes the API server's validation, every object of the file."""
     deployments = MANIFESTS / "base" / "deployments.yaml"
+    objects = [doc for doc in yaml.safe_load_all(deployments.read_text()) if doc]
+    assert {doc["kind"] for doc in objects} >= {"Deployment", "PodDisruptionBudget"}
     result = pulse_install.kubectl(
         "apply", "--dry-run=server", "--server-side", f"--filename={deployments}"
     )
-    assert result.stdout.count("(server dry run)") == 2
+    assert result.stdout.count("(server dry run)") == len(objects)
