@@ -77,7 +77,22 @@ def scheduler_address(run: RunSpec, settings: OperatorSettings) -> str:
 
 def tls_secret_name(run: RunSpec) -> str:
     """Name of the Secret with the run's CA certificate and its pods' key pair."""
-    return f"{cluster_name(run)}-tls"
+    return f"{cluster_name(run)}-tls-{run_instance(run)}"
+
+
+def network_policy_name(run: RunSpec) -> str:
+    """Name of the NetworkPolicy that admits only the run's own pods to its Dask pods."""
+    return f"{cluster_name(run)}-{run_instance(run)}"
+
+
+def run_instance(run: RunSpec) -> str:
+    """The start of the run's UID, for the children it creates without reading them back.
+
+    A run deleted and applied again at once gets a new UID; its Secret and NetworkPolicy
+    must not be the old run's, which the garbage collector is about to delete (a create
+    that meets them would keep them: the operator never reads Secrets).
+    """
+    return run.uid[:8]
 
 
 def build_tls_secret(run: RunSpec, now: datetime.datetime) -> Manifest:
@@ -320,7 +335,7 @@ def build_network_policy(run: RunSpec, settings: OperatorSettings) -> Manifest:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": child_metadata(run, cluster_name(run), "dask"),
+        "metadata": child_metadata(run, network_policy_name(run), "dask"),
         "spec": {
             "podSelector": {"matchLabels": {LABEL_RUN: run.name, LABEL_COMPONENT: "dask"}},
             "policyTypes": ["Ingress"],

@@ -84,7 +84,11 @@ def no_retry_spent(cluster: KubeCluster, namespace: str, name: str) -> None:
     """The run's one driver Job succeeded with no failed pod, and the run counts 1 attempt."""
     job = jobs(cluster, namespace)[name]
     status = phase(cluster, name, namespace)
-    assert job["status"].get("failed", 0) == 0, f"{name}: a retry was spent: {job['status']}"
+    if job["status"].get("failed", 0):
+        logs = cluster.kubectl("logs", f"--namespace={namespace}", "--prefix", "--tail=20",
+                               f"--selector={LABEL_RUN}={name},{LABEL_COMPONENT}=driver",
+                               check=False).stdout  # fmt: skip
+        raise AssertionError(f"{name}: a retry was spent: {job['status']}\n{logs}")
     assert job["status"].get("succeeded") == 1, job["status"]
     assert status["attempts"] == 1, status
 

@@ -251,10 +251,16 @@ def test_every_run_pod_is_admitted_under_pod_security_restricted(
     driver = wait_workload(plane, namespace)
     assert driver["spec"]["securityContext"]["runAsNonRoot"] is True
     # The run's TLS Secret and NetworkPolicy came with its cluster, owned by the run.
-    for kind, name in (("secret", "run-dask-tls"), ("networkpolicy", "run-dask")):
+    from trainingrun_operator.spec import RunSpec
+    from trainingrun_operator.workload import network_policy_name, tls_secret_name
+
+    run = RunSpec.from_body(get(plane, "trainingrun", "run", namespace))
+    named = (("secret", tls_secret_name(run)), ("networkpolicy", network_policy_name(run)))
+    for kind, name in named:
         found = get(plane, kind, name, namespace)
-        assert found and found["metadata"]["ownerReferences"][0]["name"] == "run", kind
-    selector = get(plane, "networkpolicy", "run-dask", namespace)["spec"]["podSelector"]
+        assert found and found["metadata"]["ownerReferences"][0]["uid"] == run.uid, kind
+    policy = get(plane, "networkpolicy", network_policy_name(run), namespace)
+    selector = policy["spec"]["podSelector"]
     for pod in dask_pods(plane, namespace, "scheduler") + dask_pods(plane, namespace, "worker"):
         assert pod["metadata"]["labels"].items() >= selector["matchLabels"].items()
     assert (

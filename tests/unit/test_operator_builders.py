@@ -351,7 +351,7 @@ def test_every_run_pod_speaks_mutual_tls_with_the_runs_own_certificate() -> None
     cluster, job = build_dask_cluster(run, SETTINGS), build_driver_job(run, SETTINGS)
     address = "tls://run-dask-scheduler.team.svc.cluster.local:8786"
     for pod in pods(cluster) + pods(job):
-        assert {"name": "dask-tls", "secret": {"secretName": "run-dask-tls",
+        assert {"name": "dask-tls", "secret": {"secretName": "run-dask-tls-u-1",
                                                "defaultMode": 0o400}} in pod["volumes"]  # fmt: skip
         (container,) = pod["containers"]
         assert {"name": "dask-tls", "mountPath": "/etc/pulse/dask-tls",
