@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.s3.datasets import layout, put_files
+from tests.integration.s3.datasets import fill_two_stores
 from tests.integration.s3.servers import MotoServer
 
 from .conftest import OperatorProcess
@@ -56,14 +56,7 @@ def test_a_run_reads_one_store_and_writes_another(
     the run succeeds, its files are in the results store, status names them there."""
     plane = pulse_install
     data, results = servers
-    data.client().create_bucket(Bucket="market")
-    path, files = layout("wide-csv-object")
-    put_files(data.client(), "market", files)
-    results.client().create_bucket(Bucket="results")
-    reader = data.add_user("reader", ["s3:GetObject", "s3:ListBucket"])
-    writer = results.add_user("writer", ["s3:*"])
-    data.enforce_auth()
-    results.enforce_auth()
+    path, reader, writer = fill_two_stores(data, results)
     _secret(plane, namespace, "market-reader", reader)
     _secret(plane, namespace, "results-writer", writer)
     plane.apply(

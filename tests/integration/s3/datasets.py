@@ -62,6 +62,21 @@ def put_files(s3: Any, bucket: str, files: dict[str, bytes], prefix: str = "") -
         s3.put_object(Bucket=bucket, Key=f"{prefix}{relative}", Body=data)
 
 
+def fill_two_stores(data: Any, results: Any) -> tuple[str, dict[str, str], dict[str, str]]:
+    """Market data in `data` (bucket `market`, read by a `reader`) and an empty bucket
+    `results` in `results` (written by a `writer`), both servers checking credentials;
+    return the data's key and the two users' keys."""
+    path, files = layout("wide-csv-object")
+    data.client().create_bucket(Bucket="market")
+    put_files(data.client(), "market", files)
+    results.client().create_bucket(Bucket="results")
+    reader = data.add_user("reader", ["s3:GetObject", "s3:ListBucket"])
+    writer = results.add_user("writer", ["s3:*"])
+    data.enforce_auth()
+    results.enforce_auth()
+    return path, reader, writer
+
+
 def write_files(root: Path, files: dict[str, bytes]) -> None:
     """Write ``files`` under the local folder ``root``."""
     for relative, data in files.items():

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .datasets import layout, put_files, write_files
+from .datasets import fill_two_stores, layout, write_files
 from .servers import Cli, MotoServer
 from .test_s3_cli import MODEL_ARGS, get, keys, learned, one_line_error
 
@@ -26,13 +26,7 @@ def stores(
     """The data server (bucket `market`, a reader) and the results server (bucket `results`,
     a writer)."""
     data, results = moto_server_factory(), moto_server_factory()
-    data.client().create_bucket(Bucket="market")
-    put_files(data.client(), "market", layout("wide-csv-object")[1])
-    results.client().create_bucket(Bucket="results")
-    reader = data.add_user("reader", ["s3:GetObject", "s3:ListBucket"])
-    writer = results.add_user("writer", ["s3:*"])
-    data.enforce_auth()
-    results.enforce_auth()
+    _, reader, writer = fill_two_stores(data, results)
     return data, reader, results, writer
 
 
