@@ -57,6 +57,11 @@ MEMORY_PATTERN: Final = r"^[0-9]+(\.[0-9]+)?([kKMGT]B|[KMGT]iB?|B)?$"
 # Bounds on strings and lists: every value reaches the driver's command line, whose single
 # arguments the kernel caps at 128 KiB; with these the longest is below 70 KiB.
 URI_MAX: Final = 2048
+# A number strictly between 0 and 1 (a false discovery rate, an interval's level).
+OPEN_UNIT_INTERVAL: Final = {
+    "type": "number", "minimum": 0, "exclusiveMinimum": True,
+    "maximum": 1, "exclusiveMaximum": True,
+}  # fmt: skip
 NAME_MAX: Final = 253
 VARIABLES_MAX: Final = 256
 EXOG_MAX: Final = 64
@@ -356,11 +361,7 @@ def build_spec_schema() -> Schema:
             "maxItems": 64,
         },
         "fdr": {
-            "type": "number",
-            "minimum": 0,
-            "exclusiveMinimum": True,
-            "maximum": 1,
-            "exclusiveMaximum": True,
+            **OPEN_UNIT_INTERVAL,
             "default": 0.1,
             "description": "False discovery rate of rule validation (Benjamini-Hochberg over "
             "all rules of the run).",
@@ -370,13 +371,7 @@ def build_spec_schema() -> Schema:
             "description": "Levels of walk-forward conformal prediction intervals (0.8 for an "
             "80% interval), in increasing order; default: none.",
             "default": [],
-            "items": {
-                "type": "number",
-                "minimum": 0,
-                "exclusiveMinimum": True,
-                "maximum": 1,
-                "exclusiveMaximum": True,
-            },
+            "items": OPEN_UNIT_INTERVAL,
             "maxItems": INTERVALS_MAX,
             "x-kubernetes-list-type": "set",
             "x-kubernetes-validations": [
