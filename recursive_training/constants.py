@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 RESULTS_SCHEMA_VERSION: Final = 3
-STATE_SCHEMA_VERSION: Final = 2
+STATE_SCHEMA_VERSION: Final = 3
 RESULTS_KIND: Final = "pulse.dev/TrainingResults"
 STATE_KIND: Final = "pulse.dev/TrainingState"
 SERIES_METRICS_KIND: Final = "pulse.dev/SeriesMetrics"

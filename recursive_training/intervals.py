@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
@@ -160,6 +160,46 @@ class ResidualSketch:
         """Memory the sketch holds."""
         return int(self.keys.nbytes + self.counts.nbytes + self.totals.nbytes)
 
+    def copy(self) -> ResidualSketch:
+        """An independent sketch with the same counts (``add`` changes counts in place)."""
+        sketch = ResidualSketch(len(self.totals))
+        sketch.keys, sketch.counts, sketch.totals = (
+            self.keys.copy(),
+            self.counts.copy(),
+            self.totals.copy(),
+        )
+        return sketch
+
+    def to_arrays(self) -> dict[str, NDArray[Any]]:
+        """The sketch as compact plain arrays (for the state file): per series the number of
+        occupied buckets, then every occupied bucket (int32) and its count (the narrowest
+        unsigned type that holds the largest), in key order: 5 to 8 bytes per bucket
+        instead of the 16 the driver holds."""
+        series = self.keys // _BUCKETS_PER_SERIES
+        largest = int(self.counts.max()) if len(self.counts) else 0
+        return {
+            "occupied": np.bincount(series, minlength=len(self.totals)).astype(np.int64),
+            "buckets": (self.keys % _BUCKETS_PER_SERIES - _BUCKET_OFFSET).astype(np.int32),
+            "counts": self.counts.astype(np.min_scalar_type(largest)),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, NDArray[Any]]) -> ResidualSketch:
+        """The inverse of ``to_arrays``."""
+        occupied = np.asarray(arrays["occupied"], dtype=np.int64)
+        buckets = np.asarray(arrays["buckets"], dtype=np.int64)
+        counts = np.asarray(arrays["counts"], dtype=np.int64)
+        if occupied.sum() != len(buckets) or len(buckets) != len(counts):
+            raise ValueError("the residual sketch's arrays do not fit together")
+        sketch = cls(len(occupied))
+        series = np.repeat(np.arange(len(occupied), dtype=np.int64), occupied)
+        sketch.keys = series * _BUCKETS_PER_SERIES + buckets + _BUCKET_OFFSET
+        sketch.counts = counts
+        running = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(counts)])
+        ends = np.cumsum(occupied)
+        sketch.totals = running[ends] - running[ends - occupied]
+        return sketch
+
 
 @dataclass(frozen=True)
 class IntervalSums:
@@ -253,7 +293,9 @@ class IntervalScan:
     only from batches before k, so batch k is handled once every earlier evaluated batch
     has been; later batches wait (their tables with them) until then. A batch's residuals
     are counted into the sketch at the start of the first batch after their realization.
-    ``release`` receives each table with its interval columns, in batch order.
+    ``release`` receives each table with its interval columns, in batch order. A resumed
+    run starts from the ``initial`` sketch its state carries (every residual of the runs
+    before, all realized before this run starts).
     """
 
     def __init__(
@@ -263,9 +305,10 @@ class IntervalScan:
         evaluated: Sequence[int],
         n_series: int,
         release: Callable[[pa.Table], None],
+        initial: ResidualSketch | None = None,
     ) -> None:
         self.levels = tuple(levels)
-        self.sketch = ResidualSketch(n_series)
+        self.sketch = ResidualSketch(n_series) if initial is None else initial.copy()
         self.sums: dict[int, IntervalSums] = {}
         self._starts = np.asarray(starts, dtype="datetime64[ns]")
         self._order = list(evaluated)  # evaluated batches' positions, ascending
@@ -293,6 +336,15 @@ class IntervalScan:
     def complete(self) -> bool:
         """True once every evaluated batch has been handled."""
         return self._next == len(self._order)
+
+    def final_sketch(self) -> ResidualSketch:
+        """The sketch of every residual of the run (and of the runs it resumed), for the
+        state: all are realized before the run's end, so a resumed run knows them all."""
+        assert self.complete, "the sketch is final once every batch is handled"
+        pending = [keys for k in sorted(self._known_from) for keys in self._known_from.pop(k)]
+        if pending:
+            self.sketch.add(SketchCounts.of_keys(np.concatenate(pending)))
+        return self.sketch
 
     def _handle(self, position: int, table: pa.Table) -> pa.Table:
         if not self.levels:
@@ -326,6 +378,6 @@ class IntervalScan:
         realized = table.column("realized").to_numpy().astype("datetime64[ns]")
         first_use = np.searchsorted(self._starts, realized, side="right")
         keys = residual_keys(series, np.abs(actual - predicted))
-        for use in np.unique(first_use[first_use < len(self._starts)]):
+        for use in np.unique(first_use):  # len(starts): after the run (for final_sketch)
             self._known_from.setdefault(int(use), []).append(keys[first_use == use])
         return table

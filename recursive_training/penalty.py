@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 from recursive_training.arrays import FloatArray, IntArray
 from recursive_training.constants import FALLBACK_ALPHA
@@ -71,6 +72,20 @@ def fallback_index(grid: Sequence[float]) -> int:
     return int(np.argmin(distance))
 
 
+@dataclass(frozen=True)
+class PenaltyErrors:
+    """What a state carries of ``--ridge-alpha auto``'s choice: each grid value's squared
+    walk-forward errors per target (G x targets) and which targets have any."""
+
+    grid: tuple[float, ...]
+    totals: FloatArray
+    seen: NDArray[np.bool_]
+
+    def fits(self, grid: Sequence[float], n_targets: int) -> bool:
+        """True when these errors are of the same grid and targets."""
+        return self.grid == tuple(grid) and self.totals.shape == (len(grid), n_targets)
+
+
 @dataclass
 class PenaltyPath:
     """The walk-forward choice of the penalty, per target, batch after batch.
@@ -92,6 +107,17 @@ class PenaltyPath:
     def __post_init__(self) -> None:
         self.totals = np.zeros((len(self.grid), len(self.targets)))
         self.seen = np.zeros(len(self.targets), dtype=bool)
+
+    def resume(self, known: PenaltyErrors) -> None:
+        """Start from the errors a state carries (all realized before this run starts)."""
+        self.totals = known.totals.copy()
+        self.seen = known.seen.copy()
+
+    def known(self) -> PenaltyErrors:
+        """Every error of the run (and the runs it resumed), for the state: all are
+        realized before the run's end, so a resumed run knows them all."""
+        self.release_all()
+        return PenaltyErrors(self.grid, self.totals.copy(), self.seen.copy())
 
     @property
     def fallback(self) -> int:

@@ -3,8 +3,16 @@
 A state is the prefix statistics of everything learned so far (referenced at ``end``,
 the exclusive end of the last run's range) plus the rule counts, per horizon. It is an
 ``.npz`` file of plain arrays (``h<horizon>.<name>``) and one JSON header, loaded with
-``allow_pickle=False`` so a state file can never execute code. Version 1 files (one
-horizon, unprefixed arrays) are still read.
+``allow_pickle=False`` so a state file can never execute code.
+
+Version 3 also carries what the walk-forward choices of later batches depend on, so a
+resumed run continues them exactly as one long run would: per horizon the conformal
+residual sketch (``--intervals``; ``sketch_*`` arrays, compact: see
+``ResidualSketch.to_arrays``) and each grid value's walk-forward errors (``--ridge-alpha
+auto``; ``penalty_*``). Each is there only when the run computed it. Older files are still
+read: version 2 (per horizon, no sketch or penalty errors) and version 1 (one horizon,
+unprefixed arrays, no MASE scale either); what a file lacks starts afresh in the resumed
+run.
 """
 
 from __future__ import annotations
@@ -21,12 +29,19 @@ import pandas as pd
 from recursive_training.arrays import FloatArray
 from recursive_training.constants import STATE_KIND, STATE_SCHEMA_VERSION
 from recursive_training.exceptions import StateError
+from recursive_training.intervals import ResidualSketch
+from recursive_training.penalty import PenaltyErrors
 from recursive_training.statistics import MOMENT_ARRAYS, Moments, SufficientStats
 
 # What a state file from before model structures were recorded was trained with.
 LEGACY_STRUCTURE: Final = {"model": "var", "exog": []}
 # The version of one-horizon files with unprefixed arrays, still read.
 ONE_HORIZON_VERSION: Final = 1
+# Versions this module reads: one-horizon files, per-horizon files without the walk-forward
+# choices' sketch and errors, and the current one.
+READABLE_VERSIONS: Final = (ONE_HORIZON_VERSION, 2, STATE_SCHEMA_VERSION)
+SKETCH_PREFIX: Final = "sketch_"
+PENALTY_PREFIX: Final = "penalty_"
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,19 @@ class TrainingState:
     # the MASE scale a resumed run starts from.
     persistence: tuple[FloatArray, ...]
     run_id: str
+    # Per horizon, the conformal residual sketch of every walk-forward prediction so far
+    # (None: the run had no --intervals, or resumed a state without it).
+    sketches: tuple[ResidualSketch | None, ...] = ()
+    # Per horizon, every grid value's walk-forward errors (None: not --ridge-alpha auto).
+    penalty_errors: tuple[PenaltyErrors | None, ...] = ()
+
+    def sketch(self, index: int) -> ResidualSketch | None:
+        """Horizon ``index``'s residual sketch, if the state carries one."""
+        return self.sketches[index] if self.sketches else None
+
+    def penalty(self, index: int) -> PenaltyErrors | None:
+        """Horizon ``index``'s walk-forward errors of the penalty grid, if carried."""
+        return self.penalty_errors[index] if self.penalty_errors else None
 
     def header(self) -> dict[str, Any]:
         """The JSON part of the file: what the arrays mean."""
@@ -64,6 +92,10 @@ class TrainingState:
             "structure": self.structure,
             "n_samples": [stats.n for stats in self.stats],
             "run_id": self.run_id,
+            "interval_sketch": any(s is not None for s in self.sketches),
+            "penalty_grid": next(
+                (list(p.grid) for p in self.penalty_errors if p is not None), None
+            ),
         }
 
     def to_bytes(self) -> bytes:
@@ -71,13 +103,15 @@ class TrainingState:
         shrank by about 13% at four times the cost of the rest of writing them."""
         buffer = io.BytesIO()
         arrays: dict[str, Any] = {"header": np.array(json.dumps(self.header()))}
-        for h, stats, hits, misses, persistence in zip(
-            self.horizons,
-            self.stats,
-            self.model_hits,
-            self.model_misses,
-            self.persistence,
-            strict=True,
+        for index, (h, stats, hits, misses, persistence) in enumerate(
+            zip(
+                self.horizons,
+                self.stats,
+                self.model_hits,
+                self.model_misses,
+                self.persistence,
+                strict=True,
+            )
         ):
             per_horizon = {
                 **stats.moments.to_arrays(),
@@ -87,6 +121,15 @@ class TrainingState:
                 "model_misses": misses,
                 "persistence": persistence,
             }
+            sketch, penalty = self.sketch(index), self.penalty(index)
+            if sketch is not None:
+                per_horizon |= {SKETCH_PREFIX + k: v for k, v in sketch.to_arrays().items()}
+            if penalty is not None:
+                per_horizon |= {
+                    f"{PENALTY_PREFIX}grid": np.asarray(penalty.grid, dtype=np.float64),
+                    f"{PENALTY_PREFIX}totals": penalty.totals,
+                    f"{PENALTY_PREFIX}seen": penalty.seen,
+                }
             arrays |= {f"h{h}.{name}": value for name, value in per_horizon.items()}
         np.savez(buffer, **arrays)
         return buffer.getvalue()
@@ -105,6 +148,8 @@ class TrainingState:
                     horizons = tuple(int(h) for h in header["horizons"])
                     prefixes = [f"h{h}." for h in horizons]
                 stats, model_hits, model_misses, persistence = [], [], [], []
+                sketches: list[ResidualSketch | None] = []
+                penalties: list[PenaltyErrors | None] = []
                 for prefix, n_samples in zip(prefixes, header["n_samples"], strict=True):
                     own = {
                         name[len(prefix) :]: arrays[name]
@@ -124,19 +169,22 @@ class TrainingState:
                     persistence.append(
                         own.get("persistence", np.zeros((2, len(own["model_hits"]))))
                     )
+                    # files before version 3, and runs without --intervals or auto, carry
+                    # neither: the resumed run starts those choices afresh
+                    sketches.append(_sketch(own))
+                    penalties.append(_penalty(own))
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
             raise StateError(
                 f"{source} is not a Pulse training state file ({_why_unreadable(e, data)}); pass "
                 "the state file or results.json that a run wrote to --resume-from"
             ) from e
         if header.get("kind") != STATE_KIND or header.get("schema_version") not in (
-            ONE_HORIZON_VERSION,
-            STATE_SCHEMA_VERSION,
+            READABLE_VERSIONS
         ):
             raise StateError(
                 f"{source} has kind {header.get('kind')!r} version "
                 f"{header.get('schema_version')!r}; this version reads {STATE_KIND} "
-                f"versions {ONE_HORIZON_VERSION} and {STATE_SCHEMA_VERSION}"
+                f"versions {', '.join(map(str, READABLE_VERSIONS))}"
             )
         return cls(
             end=pd.Timestamp(header["end"]),
@@ -152,6 +200,8 @@ class TrainingState:
             model_misses=tuple(model_misses),
             persistence=tuple(persistence),
             run_id=str(header.get("run_id", "")),
+            sketches=tuple(sketches),
+            penalty_errors=tuple(penalties),
         )
 
     def check_compatible(
@@ -189,6 +239,26 @@ class TrainingState:
                     f"{field}={_show(saved.get(field))} but this run has {field}={_show(value)}; "
                     "use the same setting or start afresh"
                 )
+
+
+def _sketch(arrays: dict[str, Any]) -> ResidualSketch | None:
+    """A horizon's residual sketch from its ``sketch_*`` arrays, if it has them."""
+    if f"{SKETCH_PREFIX}occupied" not in arrays:
+        return None
+    return ResidualSketch.from_arrays(
+        {k.removeprefix(SKETCH_PREFIX): v for k, v in arrays.items() if k.startswith(SKETCH_PREFIX)}
+    )
+
+
+def _penalty(arrays: dict[str, Any]) -> PenaltyErrors | None:
+    """A horizon's walk-forward errors of the penalty grid, if it has them."""
+    if f"{PENALTY_PREFIX}grid" not in arrays:
+        return None
+    return PenaltyErrors(
+        tuple(float(a) for a in arrays[f"{PENALTY_PREFIX}grid"]),
+        arrays[f"{PENALTY_PREFIX}totals"],
+        arrays[f"{PENALTY_PREFIX}seen"].astype(bool),
+    )
 
 
 def _why_unreadable(error: Exception, data: bytes) -> str:

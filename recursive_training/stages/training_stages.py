@@ -28,7 +28,12 @@ from recursive_training.data import DataSource, open_source
 from recursive_training.engines import Engine, create_engine
 from recursive_training.exceptions import DataError, StateError
 from recursive_training.guards import check_batch_count, check_coverage
-from recursive_training.intervals import IntervalScan, IntervalSums, interval_columns
+from recursive_training.intervals import (
+    IntervalScan,
+    IntervalSums,
+    ResidualSketch,
+    interval_columns,
+)
 from recursive_training.metrics import ErrorSums
 from recursive_training.models import (
     ModelStructure,
@@ -44,7 +49,7 @@ from recursive_training.parallel_trainer import (
     plan_batches,
     series_shards,
 )
-from recursive_training.penalty import PenaltyPath
+from recursive_training.penalty import PenaltyErrors, PenaltyPath
 from recursive_training.rules import (
     RuleSpec,
     check_rule_variables,
@@ -196,6 +201,10 @@ class RunPlan:
     # The series shards each batch is split into, one task per (batch, shard); (None,): one
     # task per batch (var, and rules crossing series, need all series in one task).
     shards: tuple[SeriesShard | None, ...] = (None,)
+    # Per horizon, what the resume state carries of the walk-forward choices: the residual
+    # sketch intervals start from and the penalty grid's errors (empty: a fresh run).
+    initial_sketches: tuple[ResidualSketch | None, ...] = ()
+    initial_penalties: tuple[PenaltyErrors | None, ...] = ()
 
     @property
     def structure(self) -> ModelStructure:
@@ -252,6 +261,8 @@ class StageOutputs:
     # sink took them, and the interval sums by batch id.
     predictions: tuple[list[pa.Table], ...]
     intervals: tuple[dict[int, IntervalSums], ...]
+    # Per horizon with --intervals, the sketch of every residual so far (for the state).
+    sketches: tuple[ResidualSketch | None, ...]
 
 
 def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPlan:
@@ -325,7 +336,49 @@ def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPl
         ),
         spec=spec,
         shards=shards,
+        initial_sketches=_carried_sketches(resume_state, config),
+        initial_penalties=tuple(
+            _carried_penalty(resume_state, i, config, s) for i, s in enumerate(structures)
+        ),
     )
+
+
+def _carried_sketches(
+    state: TrainingState | None, config: TrainingConfig
+) -> tuple[ResidualSketch | None, ...]:
+    """Per horizon, the residual sketch a resumed run's intervals continue from; a state
+    without one (an older file, or a run without --intervals) starts them afresh."""
+    if state is None or not config.intervals:
+        return ()
+    sketches = tuple(state.sketch(i) for i in range(len(state.horizons)))
+    if any(s is None for s in sketches):
+        log.warning(
+            "The resume state carries no residual sketch (it was written by a run without "
+            "--intervals, or by an older version): intervals start afresh, so the first "
+            "evaluated batch has none"
+        )
+        return ()
+    return sketches
+
+
+def _carried_penalty(
+    state: TrainingState | None, index: int, config: TrainingConfig, structure: ModelStructure
+) -> PenaltyErrors | None:
+    """Horizon ``index``'s penalty-grid errors a resumed --ridge-alpha auto run continues
+    from; without them (an older file, a fixed-penalty run, another grid) the choice starts
+    afresh from the fallback."""
+    if state is None or config.ridge_alpha != "auto":
+        return None
+    known = state.penalty(index)
+    if known is None or not known.fits(config.alpha_grid, len(structure.penalty_targets())):
+        if index == 0:
+            log.warning(
+                "The resume state carries no walk-forward errors for this --alpha-grid (it "
+                "was written with a fixed --ridge-alpha, another grid, or by an older "
+                "version): the penalty choice starts afresh"
+            )
+        return None
+    return known
 
 
 def _task_shards(
@@ -374,6 +427,10 @@ def reduce_run(
         model_misses=tuple(misses for _, misses in counts),
         persistence=tuple(total for _, total in persistence),
         run_id=run_id,
+        sketches=outputs.sketches,
+        penalty_errors=tuple(
+            None if scan.penalties is None else scan.penalties.known() for scan in outputs.scans
+        ),
     )
     seconds = time.perf_counter() - began
     results = tuple(
@@ -509,8 +566,16 @@ class TrainingPipeline:
         with nullcontext(engine) if self.engine else engine:  # close only what we started
             log.info("Running on %s", engine.description)
             scans = tuple(
-                PrefixScan(plan.batches, initial, structure, config)
-                for initial, structure in zip(plan.initial, plan.structures, strict=True)
+                PrefixScan(
+                    plan.batches,
+                    initial,
+                    structure,
+                    config,
+                    plan.initial_penalties[i] if plan.initial_penalties else None,
+                )
+                for i, (initial, structure) in enumerate(
+                    zip(plan.initial, plan.structures, strict=True)
+                )
             )
 
             def fold(task: StatisticsTask) -> StatisticsTask:
@@ -552,6 +617,7 @@ class TrainingPipeline:
                     ],
                     len(plan.variables),
                     self.predictions_sink or mine.append,
+                    plan.initial_sketches[i] if plan.initial_sketches else None,
                 )
                 for i, (scan, mine) in enumerate(zip(scans, kept, strict=True))
             )
@@ -591,6 +657,7 @@ class TrainingPipeline:
                 {plan.batches[k].batch_id: sums for k, sums in scan.sums.items()}
                 for scan in intervals
             ),
+            tuple(scan.final_sketch() if config.intervals else None for scan in intervals),
         )
 
     def _collect(
@@ -707,6 +774,7 @@ class PrefixScan:
         initial: SufficientStats,
         structure: ModelStructure,
         config: TrainingConfig,
+        known_errors: PenaltyErrors | None = None,
     ) -> None:
         self.batches = batches
         self.config = config
@@ -718,6 +786,8 @@ class PrefixScan:
             if config.ridge_alpha == "auto"
             else None
         )
+        if self.penalties is not None and known_errors is not None:
+            self.penalties.resume(known_errors)  # a resumed run's errors of the runs before
         self._position = 0
         self._waiting: dict[int, BatchStatistics] = {}
         self._threshold = config.evaluation_threshold(structure.n_features)

@@ -161,3 +161,119 @@ def test_resuming_from_state_equals_one_long_run(
         second.state.stats[0].rule_hits, whole.state.stats[0].rule_hits, rtol=1e-9
     )
     assert second.state.stats[0].n == whole.state.stats[0].n
+
+
+WALK_FORWARD = {"intervals": (0.8, 0.95), "ridge_alpha": "auto", "alpha_grid": (0.01, 1.0, 100.0)}
+"""Settings whose later batches depend on every earlier batch's walk-forward predictions:
+conformal intervals (residuals) and the penalty chosen on walk-forward errors."""
+
+
+def split_on_batch_edge(
+    panel: pd.DataFrame, size: int, split: float, horizons: tuple[int, ...], fill_limit: int
+) -> tuple[pd.DataFrame, pd.Timestamp]:
+    """A split date on a batch edge of the long run (so both runs plan the same batches
+    after it) and the panel with the rows around it blanked, so that no sample has its
+    origin before the split and its realization after it.
+
+    Such a sample is the one thing a split run cannot match: the long run evaluates it, the
+    first short run cannot (its target lies beyond its data), the second does not (its
+    origin lies before its range). Blanking its realization rows (and the fill margin
+    before them, so forward filling does not bridge them) makes the long run drop it too;
+    every other sample is the same in both.
+    """
+    start = panel.index[0]
+    days = (panel.index[-1] - start).days
+    middle = start + pd.Timedelta(days=size * max(1, round(days * split / size)))
+    first = int(panel.index.searchsorted(middle))
+    blanked = panel.copy()
+    blanked.iloc[max(0, first - fill_limit) : first + max(horizons)] = np.nan
+    return blanked, middle
+
+
+def assert_same_arrays(left: object, right: object) -> None:
+    """Two dataclasses of arrays equal field by field (NaN equal to NaN)."""
+    for name, value in vars(left).items():
+        np.testing.assert_allclose(
+            value, getattr(right, name), rtol=1e-9, atol=1e-12, err_msg=name
+        )
+
+
+@EXAMPLES
+@given(
+    panel=panels,
+    size=st.integers(5, 60),
+    split=st.floats(0.3, 0.7),
+    horizons=st.sampled_from([(1,), (2,), (1, 3)]),
+    half_life=st.sampled_from([None, 30.0]),
+    model=structures,
+)
+def test_resuming_continues_intervals_and_penalty_choice_as_one_long_run(
+    panel: pd.DataFrame,
+    size: int,
+    split: float,
+    horizons: tuple[int, ...],
+    half_life: float | None,
+    model: str,
+) -> None:
+    """A run resumed from its state gives every later batch the intervals, coverage,
+    chosen penalties and metrics one long run gives it: the state carries the residual
+    sketch and the penalty grid's walk-forward errors."""
+    panel, middle = split_on_batch_edge(panel, size, split, horizons, fill_limit=2)
+    if middle >= panel.index[-1]:
+        return
+    path = write(panel)
+    end = panel.index[-1] + pd.Timedelta(days=1)
+    fields = {
+        **structure(model, panel),
+        **WALK_FORWARD,
+        "batch_size_days": size,
+        "half_life_days": half_life,
+        "horizons": horizons,
+    }
+    whole = run(path, end_date=end, **fields)
+    first = run(path, end_date=middle, **fields)
+    state = TrainingState.from_bytes(first.state.to_bytes(), "memory")
+    second = TrainingPipeline().execute(
+        TrainingConfig.build(
+            input_data=path,
+            lags=2,
+            rules=["momentum(3)", "mean_reversion(5)", "cross", "model"],
+            min_train_samples=10,
+            fill_limit=2,
+            end_date=end,
+            resume_from="memory",
+            **fields,
+        ),
+        state,
+    )
+    skipped = len(whole.batches) - len(second.batches)  # the long run's batches before
+    assert [b.start for b in whole.batches[skipped:]] == [b.start for b in second.batches]
+    later = whole.predictions_frame()
+    later = later[later["origin"] >= middle].drop(columns="batch_id").reset_index(drop=True)
+    resumed = second.predictions_frame().drop(columns="batch_id")
+    pd.testing.assert_frame_equal(resumed, later, rtol=1e-9, atol=1e-12)
+    for long, short in zip(whole.by_horizon, second.by_horizon, strict=True):
+        assert short.intervals.keys() == {b - skipped for b in long.intervals if b >= skipped}
+        for batch_id, sums in short.intervals.items():
+            assert_same_arrays(sums, long.intervals[batch_id + skipped])
+        assert short.evaluations.keys() == {
+            b - skipped for b in long.evaluations if b >= skipped
+        }
+        for batch_id, evaluation in short.evaluations.items():
+            assert_same_arrays(evaluation.errors, long.evaluations[batch_id + skipped].errors)
+        assert short.penalties is not None and long.penalties is not None
+        assert short.penalties.chosen.keys() == {
+            b - skipped for b in long.penalties.chosen if b >= skipped
+        }
+        for batch_id, chosen in short.penalties.chosen.items():
+            np.testing.assert_array_equal(chosen, long.penalties.chosen[batch_id + skipped])
+        np.testing.assert_allclose(short.coefficients, long.coefficients, rtol=1e-9, atol=1e-12)
+    for index in range(len(horizons)):
+        long_sketch, short_sketch = whole.state.sketch(index), second.state.sketch(index)
+        assert long_sketch is not None and short_sketch is not None
+        np.testing.assert_array_equal(short_sketch.keys, long_sketch.keys)
+        np.testing.assert_array_equal(short_sketch.counts, long_sketch.counts)
+        long_errors, short_errors = whole.state.penalty(index), second.state.penalty(index)
+        assert long_errors is not None and short_errors is not None
+        np.testing.assert_allclose(short_errors.totals, long_errors.totals, rtol=1e-9)
+        np.testing.assert_array_equal(short_errors.seen, long_errors.seen)
