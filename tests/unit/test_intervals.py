@@ -9,6 +9,7 @@ the sketch behind the quantiles against sorted arrays.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from fractions import Fraction
@@ -30,6 +31,7 @@ from recursive_training.intervals import (
 )
 from recursive_training.run_training import main
 from recursive_training.stages import TrainingPipeline, TrainingResult
+from recursive_training.state import TrainingState
 from tests.unit.test_models import make_panel
 from tests.unit.test_models_pipeline import assert_same_run, split_tasks, write_panel
 
@@ -300,3 +302,121 @@ def test_each_horizon_has_the_intervals_of_a_run_of_it_alone() -> None:
         got = frame[frame["horizon"] == horizon].reset_index(drop=True)
         assert got["lower_95"].notna().sum() > 500
         pd.testing.assert_frame_equal(got, expected, rtol=1e-12)
+
+
+def test_the_sketch_round_trips_through_its_compact_state_arrays() -> None:
+    """The state stores a sketch as occupied buckets per series, int32 buckets and the
+    narrowest unsigned counts: it reads back identical (zeros, empty series and a count
+    past 65,535 included) in about half the bytes the driver holds."""
+    rng = np.random.default_rng(8)
+    series = rng.integers(0, 50, 40_000)
+    series[series == 7] = 8  # a series without residuals
+    residual = np.abs(rng.standard_normal(40_000)) * 10.0 ** rng.uniform(-3, 3, 40_000)
+    residual[::97] = 0.0
+    sketch = ResidualSketch(50)
+    sketch.add(SketchCounts.of(series, residual))
+    sketch.add(SketchCounts.of(np.full(70_000, 3, dtype=np.intp), np.full(70_000, 1.5)))
+    arrays = sketch.to_arrays()
+    assert arrays["buckets"].dtype == np.int32 and arrays["counts"].dtype == np.uint32
+    stored = sum(a.nbytes for a in arrays.values())
+    assert stored <= 0.6 * sketch.nbytes
+    again = ResidualSketch.from_arrays(arrays)
+    np.testing.assert_array_equal(again.keys, sketch.keys)
+    np.testing.assert_array_equal(again.counts, sketch.counts)
+    np.testing.assert_array_equal(again.totals, sketch.totals)
+    assert again.totals[7] == 0 and again.totals[3] >= 70_000
+    np.testing.assert_array_equal(again.quantiles(LEVELS), sketch.quantiles(LEVELS))
+
+
+RESUMED = dict(
+    model="ar", lags=2, horizon=5, batch_size_days=30, min_train_samples=20,
+    rules=["model"], intervals=list(LEVELS),
+)  # fmt: skip
+
+
+def test_a_resumed_run_takes_its_quantiles_from_the_residuals_of_the_runs_before() -> None:
+    """Each bound of a run resumed from a state is the prediction -+ the numpy conformal
+    quantile of the series' residuals of both runs realized before the batch starts (the
+    first run's from its predictions file): its first evaluated batch has intervals."""
+    path = write_panel(make_panel(seed=5, n_series=3, rows=420, n_exog=0, missing=0.02))
+    middle = pd.bdate_range("2010-01-04", periods=420)[200]
+    first = TrainingPipeline().execute(
+        TrainingConfig.build(input_data=path, end_date=middle, **RESUMED)
+    )
+    state = TrainingState.from_bytes(first.state.to_bytes(), "state.npz")
+    second = TrainingPipeline().execute(
+        TrainingConfig.build(input_data=path, resume_from="state.npz", **RESUMED), state
+    )
+    earlier = first.predictions_frame()
+    earlier["residual"] = (earlier["actual"] - earlier["predicted"]).abs()
+    frame = second.predictions_frame()
+    frame["residual"] = (frame["actual"] - frame["predicted"]).abs()
+    starts = {b.batch_id: b.start for b in second.batches}
+    for level in LEVELS:
+        label = f"{level * 100:g}"
+        expected = pd.Series(np.nan, index=frame.index)
+        for (batch_id, name), rows in frame.groupby(["batch_id", "variable"], observed=True):
+            known = np.concatenate(
+                [
+                    earlier.loc[earlier["variable"] == name, "residual"].to_numpy(),
+                    frame.loc[
+                        (frame["variable"] == name) & (frame["realized"] < starts[batch_id]),
+                        "residual",
+                    ].to_numpy(),
+                ]
+            )
+            quantile = conformal_quantile(known, level)
+            expected[rows.index] = bucket_edge(quantile) if not math.isnan(quantile) else np.nan
+        first_batch = frame["batch_id"] == frame["batch_id"].min()
+        assert expected[first_batch].notna().all(), "the first run's residuals are known"
+        np.testing.assert_allclose(frame[f"upper_{label}"] - frame["predicted"], expected)
+        np.testing.assert_allclose(frame["predicted"] - frame[f"lower_{label}"], expected)
+
+
+def test_a_state_without_a_sketch_resumes_with_intervals_afresh(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A version 2 state (written before states carried the sketch), or one of a run without
+    --intervals, still resumes: the intervals start afresh, as a fresh run's, with a
+    warning saying so."""
+    path = write_panel(make_panel(seed=5, n_series=3, rows=420, n_exog=0, missing=0.02))
+    middle = pd.bdate_range("2010-01-04", periods=420)[200]
+    no_intervals = {**RESUMED, "intervals": []}
+    first = TrainingPipeline().execute(
+        TrainingConfig.build(input_data=path, end_date=middle, **no_intervals)
+    )
+    assert first.state.sketch(0) is None
+    with_sketch = TrainingPipeline().execute(
+        TrainingConfig.build(input_data=path, end_date=middle, **RESUMED)
+    )
+    version_2 = version_2_file(with_sketch.state.to_bytes())
+    for data in (first.state.to_bytes(), version_2):
+        state = TrainingState.from_bytes(data, "state.npz")
+        assert state.sketch(0) is None
+        caplog.clear()
+        second = TrainingPipeline().execute(
+            TrainingConfig.build(input_data=path, resume_from="state.npz", **RESUMED), state
+        )
+        assert "carries no residual sketch" in caplog.text
+        frame = second.predictions_frame()
+        first_batch = frame["batch_id"] == frame["batch_id"].min()
+        assert frame.loc[first_batch, "lower_80"].isna().all()
+        assert frame["lower_80"].notna().sum() > 100
+        assert second.state.sketch(0) is not None, "the new state carries one again"
+
+
+def version_2_file(data: bytes) -> bytes:
+    """A state file as version 2 wrote it: the same arrays without the sketch and penalty
+    errors, and a header of version 2 without the keys version 3 added."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+        kept = {
+            name: arrays[name]
+            for name in arrays.files
+            if not name.partition(".")[2].startswith(("sketch_", "penalty_"))
+        }
+    header = json.loads(str(kept["header"]))
+    header = {k: v for k, v in header.items() if k not in ("interval_sketch", "penalty_grid")}
+    kept["header"] = np.array(json.dumps(header | {"schema_version": 2}))
+    buffer = io.BytesIO()
+    np.savez(buffer, **kept)
+    return buffer.getvalue()

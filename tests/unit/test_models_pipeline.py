@@ -277,6 +277,36 @@ def assert_same_run(got: TrainingResult, expected: TrainingResult) -> None:
     pd.testing.assert_frame_equal(
         got.predictions_frame(), expected.predictions_frame(), rtol=1e-9, atol=1e-12
     )
+    assert_same_walk_forward_choices(got, expected)
+
+
+def assert_same_walk_forward_choices(got: TrainingResult, expected: TrainingResult) -> None:
+    """Same interval sums and chosen penalties per batch, and the same residual sketch and
+    penalty-grid errors in the state (what a later resumed run continues from)."""
+    assert got.intervals.keys() == expected.intervals.keys()
+    for batch_id, sums in got.intervals.items():
+        for field in dataclasses.fields(sums):
+            np.testing.assert_allclose(
+                getattr(sums, field.name),
+                getattr(expected.intervals[batch_id], field.name),
+                rtol=1e-9,
+            )
+    assert (got.penalties is None) == (expected.penalties is None)
+    if got.penalties is not None and expected.penalties is not None:
+        assert got.penalties.chosen.keys() == expected.penalties.chosen.keys()
+        for batch_id, alphas in got.penalties.chosen.items():
+            np.testing.assert_array_equal(alphas, expected.penalties.chosen[batch_id])
+    for index in range(len(got.state.horizons)):
+        sketch, other = got.state.sketch(index), expected.state.sketch(index)
+        assert (sketch is None) == (other is None)
+        if sketch is not None and other is not None:
+            np.testing.assert_array_equal(sketch.keys, other.keys)
+            np.testing.assert_array_equal(sketch.counts, other.counts)
+        errors, others = got.state.penalty(index), expected.state.penalty(index)
+        assert (errors is None) == (others is None)
+        if errors is not None and others is not None:
+            np.testing.assert_allclose(errors.totals, others.totals, rtol=1e-9)
+            np.testing.assert_array_equal(errors.seen, others.seen)
 
 
 @pytest.mark.parametrize("model", ["ar", "pooled"])
@@ -310,21 +340,30 @@ def test_batch_by_shard_tasks_equal_one_task_per_batch_and_load_only_their_serie
     assert len(loaded) > statistics_tasks
 
 
+@pytest.mark.parametrize(
+    "walk_forward",
+    [
+        {"ridge_alpha": ALPHA},
+        {"ridge_alpha": "auto", "alpha_grid": [0.01, 1.0, 100.0], "intervals": [0.8, 0.95]},
+    ],
+    ids=["fixed", "auto-intervals"],
+)
 def test_a_run_of_shard_tasks_resumed_from_its_checkpoints_equals_one_run(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, walk_forward: dict[str, object]
 ) -> None:
     """A crash mid-evaluation keeps every finished (batch, shard) task; the restarted run
-    runs only the others and ends where one uninterrupted run ends."""
+    runs only the others and ends where one uninterrupted run ends, its intervals and
+    chosen penalties included (the driver rebuilds them from the restored results)."""
     path = write_panel(make_panel(seed=28, n_series=10, rows=200, n_exog=1, missing=0.02))
     split_tasks(monkeypatch, 4)
-    fields = {"model": "ar", "exog": ["x0"], "checkpoint_dir": str(tmp_path)}
+    fields = {"model": "ar", "exog": ["x0"], "checkpoint_dir": str(tmp_path), **walk_forward}
 
     def crash_in_evaluation(stage: str, done: int, total: int) -> None:
         if stage == "evaluation" and done == 2:
             raise KeyboardInterrupt
 
     settings = {
-        "input_data": path, "lags": LAGS, "horizon": HORIZON, "ridge_alpha": ALPHA,
+        "input_data": path, "lags": LAGS, "horizon": HORIZON,
         "fill_limit": 0, "batch_size_days": 45, "min_train_samples": MIN_SAMPLES,
         "rules": ["momentum(3)", "model"], **fields,
     }  # fmt: skip

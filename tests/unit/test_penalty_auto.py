@@ -17,8 +17,10 @@ from recursive_training.data import open_source
 from recursive_training.penalty import PenaltyPath, ridge_path
 from recursive_training.run_training import main
 from recursive_training.stages import TrainingPipeline, TrainingResult
+from recursive_training.state import TrainingState
 from recursive_training.statistics import Moments, solve_ridge
 from tests.reference import design_frame, ridge_lstsq
+from tests.unit.test_intervals import version_2_file
 from tests.unit.test_models import WINDOW, make_panel, rms_scale
 from tests.unit.test_models_pipeline import split_tasks, write_panel
 
@@ -311,3 +313,40 @@ def test_each_horizon_chooses_as_a_run_of_it_alone() -> None:
         assert sorted(result.penalties.chosen) == sorted(alone.penalties.chosen)
         for batch_id, alphas in alone.penalties.chosen.items():
             np.testing.assert_array_equal(result.penalties.chosen[batch_id], alphas)
+
+
+def test_a_resumed_auto_run_continues_the_choice_and_a_state_without_errors_restarts_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The state carries each grid value's walk-forward errors: a resumed auto run's first
+    batch chooses on the first run's errors (as the first run's final choice did). A state
+    of a fixed-penalty run, of another grid, or of version 2 carries none for this grid:
+    the choice starts at the fallback, with a warning."""
+    start = pd.Timestamp("2003-01-01")
+    auto = {"ridge_alpha": "auto", "alpha_grid": GRID}
+    first = train(end_date=start, **auto)
+    assert first.penalties is not None
+    final = np.asarray(GRID)[first.penalties.final_choice()]
+    assert (final != GRID[0]).any(), "the first run moved off the fallback"
+
+    def resume(data: bytes) -> TrainingResult:
+        state = TrainingState.from_bytes(data, "state.npz")
+        config = TrainingConfig.build(**{**SETTINGS, **auto, "resume_from": "state.npz"})
+        caplog.clear()
+        return TrainingPipeline().execute(config, state)
+
+    continued = resume(first.state.to_bytes())
+    assert continued.penalties is not None and "penalty choice starts afresh" not in caplog.text
+    chosen = continued.penalties.chosen
+    np.testing.assert_array_equal(chosen[min(chosen)], final)
+    for data in (
+        train(end_date=start).state.to_bytes(),
+        train(end_date=start, ridge_alpha="auto").state.to_bytes(),  # the default grid
+        version_2_file(first.state.to_bytes()),
+    ):
+        afresh = resume(data)
+        assert "penalty choice starts afresh" in caplog.text
+        assert afresh.penalties is not None
+        np.testing.assert_array_equal(
+            afresh.penalties.chosen[min(afresh.penalties.chosen)], GRID[0]
+        )
