@@ -21,7 +21,7 @@ import html
 import io
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -73,6 +73,14 @@ class Section:
     path: Path | None = None
 
 
+@dataclass(frozen=True)
+class Panel:
+    """The charts of one horizon (``horizon`` None: the page of a one-horizon run)."""
+
+    horizon: int | None
+    sections: dict[str, list[Section]]
+
+
 Predictions = pd.DataFrame | Path
 """Walk-forward predictions: a frame, or a Parquet file of which only the drawn series are read."""
 
@@ -85,6 +93,63 @@ def render_report(
     ``series`` is the per-series metrics table (metrics.parquet) of the same run.
     """
     folder = _prepare_folder(out_dir)
+    if "by_horizon" not in document:
+        panels = [Panel(None, _horizon_sections(document, series, predictions, folder))]
+        overview: list[Section] = []
+    else:
+        panels = [
+            Panel(
+                int(section["horizon"]),
+                _horizon_sections(
+                    _horizon_view(document, section),
+                    _series_at(series, int(section["horizon"])),
+                    predictions,
+                    _prepare_folder(str(folder / f"horizon-{section['horizon']}")),
+                ),
+            )
+            for section in document["by_horizon"]
+        ]
+        overview = [_horizon_chart(document, folder)]
+    page = folder / "index.html"
+    _write(page, _page(document, overview, panels).encode())
+    charts = [
+        s.path
+        for group in [overview, *(g for p in panels for g in p.sections.values())]
+        for s in group
+        if s.path is not None
+    ]
+    return [*charts, page]
+
+
+def _horizon_view(document: dict[str, Any], section: dict[str, Any]) -> dict[str, Any]:
+    """The document as one horizon's charts read it: its ``by_horizon`` entry's metrics,
+    model, batches and rules in place of the first horizon's, its sample counts in
+    ``data``, and ``horizon`` set."""
+    counts = {
+        f"samples_{what}": sum(b[f"samples_{what}"] for b in section["batches"])
+        for what in ("trained", "evaluated")
+    }
+    dropped = sum(b["dropped_missing"] for b in section["batches"])
+    data = {**document["data"], **counts, "samples_dropped_missing": dropped}
+    return {**document, **section, "data": data}
+
+
+def _series_at(series: pd.DataFrame, horizon: int) -> pd.DataFrame:
+    """The per-series metrics of one horizon (metrics.parquet has a row per horizon)."""
+    if "horizon" not in series.columns:
+        return series
+    return series[series["horizon"] == horizon].reset_index(drop=True)
+
+
+def _labelled(document: dict[str, Any], title: str) -> str:
+    """A chart's title, naming the horizon when the chart is one of several horizons'."""
+    return f"{title}, horizon {document['horizon']}" if "horizon" in document else title
+
+
+def _horizon_sections(
+    document: dict[str, Any], series: pd.DataFrame, predictions: Predictions, folder: Path
+) -> dict[str, list[Section]]:
+    """The charts of one horizon (of the run's only one, or of a view), by heading."""
     if document["series_detail"]["listed"]:
         variables: list[str] = document["data"]["variables"]
         sections = {
@@ -109,7 +174,7 @@ def render_report(
         sections = {
             "Skill across series": [
                 _skill_histogram(document, series, folder),
-                _skill_against_scale(series, folder),
+                _skill_against_scale(document, series, folder),
             ],
             "Walk-forward predictions of the best and worst series": _variable_sections(
                 document, extremes, predictions, folder
@@ -119,14 +184,14 @@ def render_report(
         }
     if "intervals" in document["metrics"]:
         sections["Prediction intervals"] = [_interval_coverage(document, folder)]
-    if "by_horizon" in document:
-        sections = {"Metrics by horizon": [_horizon_chart(document, folder)], **sections}
     if "penalty" in document["model"]:
         sections["Ridge penalty chosen walk-forward"] = [_penalty_path(document, folder)]
-    page = folder / "index.html"
-    _write(page, _page(document, sections).encode())
-    charts = [s.path for group in sections.values() for s in group if s.path is not None]
-    return [*charts, page]
+    return {
+        _labelled(document, heading): [
+            replace(section, title=_labelled(document, section.title)) for section in group
+        ]
+        for heading, group in sections.items()
+    }
 
 
 def _prepare_folder(out_dir: str) -> Path:
@@ -242,7 +307,7 @@ def _variable_sections(
 ) -> list[Section]:
     """One walk-forward chart per series in ``names`` and a note on the ``left_out`` ones
     (the variables after the first few), or why there are none."""
-    horizon = _first_horizon(document)
+    horizon = _horizon_of(document)
     frame = _predictions_of(predictions, names, horizon) if names else pd.DataFrame()
     if frame.empty:
         return [Section("No walk-forward predictions", _why_not_evaluated(document))]
@@ -279,6 +344,11 @@ def _variable_sections(
 def _first_horizon(document: dict[str, Any]) -> int:
     """The horizon the document's top level is about (schema 2 knew only ``horizon``)."""
     return int(document.get("horizons", [document["config"]["horizon"]])[0])
+
+
+def _horizon_of(document: dict[str, Any]) -> int:
+    """The horizon a (view of the) document is about."""
+    return int(document["horizon"]) if "horizon" in document else _first_horizon(document)
 
 
 def _horizon_chart(document: dict[str, Any], folder: Path) -> Section:
@@ -318,8 +388,8 @@ def _horizon_chart(document: dict[str, Any], folder: Path) -> Section:
     return Section(
         "Skill and MASE by horizon",
         "Each horizon has its own walk-forward models, as if run alone. Skill above zero and "
-        "MASE below one beat predicting no change; the charts and tables below are about "
-        f"horizon {horizons[0]}.",
+        "MASE below one beat predicting no change; each horizon's charts and tables are in "
+        "its panel below.",
         path,
     )
 
@@ -463,7 +533,10 @@ def _skill_histogram(document: dict[str, Any], series: pd.DataFrame, folder: Pat
     axes.axvline(0.0, color="#d62728", ls="--", lw=1.2, label="persistence (skill 0)")
     axes.axvline(median, color="black", lw=1.2, label=f"median ({median:.3g})")
     axes.set(xlabel="skill vs persistence (1 - SSE / SSE of no change)", ylabel="series")
-    axes.set_title(f"Skill vs persistence across {_count(skill.size, 'series')}", fontweight="bold")
+    axes.set_title(
+        _labelled(document, f"Skill vs persistence across {_count(skill.size, 'series')}"),
+        fontweight="bold",
+    )
     axes.legend(fontsize=8, loc="upper left")
     path = _save(figure, folder / "skill_histogram.png")
     share = document["metrics"]["across_series"]["skill_vs_persistence"]["share_positive"]
@@ -479,7 +552,7 @@ def _skill_histogram(document: dict[str, Any], series: pd.DataFrame, folder: Pat
     return Section(title, caption, path)
 
 
-def _skill_against_scale(series: pd.DataFrame, folder: Path) -> Section:
+def _skill_against_scale(document: dict[str, Any], series: pd.DataFrame, folder: Path) -> Section:
     """Skill of every series against its scale, with the median skill along the scale."""
     title = "Skill against the series' scale"
     skill = series["skill_vs_persistence"].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -519,7 +592,10 @@ def _skill_against_scale(series: pd.DataFrame, folder: Path) -> Section:
         xlabel="scale: RMS of the actual change (units of the series, log)",
         ylabel="skill vs persistence",
     )
-    axes.set_title(f"Skill against scale, {_count(skill.size, 'series')}", fontweight="bold")
+    axes.set_title(
+        _labelled(document, f"Skill against scale, {_count(skill.size, 'series')}"),
+        fontweight="bold",
+    )
     axes.legend(fontsize=8, loc="lower right")
     path = _save(figure, folder / "skill_vs_scale.png")
     return Section(
@@ -590,7 +666,10 @@ def _skill_heatmap(document: dict[str, Any], folder: Path) -> Section:
     if left_out:
         axes.axhline(len(rows) / 2 - 0.5, color="black", lw=1.5, ls="--")
     axes.set(xlabel="batch start date, samples evaluated", ylabel="variable")
-    axes.set_title("Skill vs persistence (1 - SSE/SSE of no change), by batch", fontweight="bold")
+    axes.set_title(
+        _labelled(document, "Skill vs persistence (1 - SSE/SSE of no change), by batch"),
+        fontweight="bold",
+    )
     path = _save(figure, folder / "skill_heatmap.png")
     caption = (
         "Blue beats persistence (predicting no change), red is worse; grey means undefined. "
@@ -660,7 +739,7 @@ def _skill_by_batch(document: dict[str, Any], folder: Path) -> Section:
         )
     skill.axhline(0.0, color="black", lw=0.6)
     skill.set(ylabel="skill vs persistence")
-    skill.set_title("Skill vs persistence by batch", fontweight="bold")
+    skill.set_title(_labelled(document, "Skill vs persistence by batch"), fontweight="bold")
     skill.legend(fontsize=8, loc="best")
     samples.bar(positions, [b["samples_evaluated"] for b in batches], color=ACTUAL)
     samples.set(ylabel="samples evaluated", xlabel="batch start date")
@@ -715,7 +794,7 @@ def _interval_coverage(document: dict[str, Any], folder: Path) -> Section:
         label="5-95% across series",
     )
     overall.set(xlim=(low, 1), ylim=(low, 1), xlabel="nominal level", ylabel="coverage")
-    overall.set_title("Whole run", fontweight="bold")
+    overall.set_title(_labelled(document, "Whole run"), fontweight="bold")
     overall.legend(fontsize=8, loc="upper left")
     batches = [b for b in document["batches"] if "intervals" in b]
     positions = np.arange(len(batches))
@@ -734,7 +813,7 @@ def _interval_coverage(document: dict[str, Any], folder: Path) -> Section:
     by_batch.set_xticks(
         positions, [_batch_label(b) for b in batches], rotation=45, ha="right", fontsize=8
     )
-    by_batch.set_title("By batch (dashed: nominal)", fontweight="bold")
+    by_batch.set_title(_labelled(document, "By batch (dashed: nominal)"), fontweight="bold")
     by_batch.legend(fontsize=8, loc="lower right", title="level")
     path = _save(figure, folder / "interval_coverage.png")
     summary = "; ".join(
@@ -779,7 +858,10 @@ def _penalty_path(document: dict[str, Any], folder: Path) -> Section:
     if positive:
         axes.set_ylim(min(positive) / 2, max(positive) * 2)
     axes.set(ylabel="ridge alpha (log scale)", xlabel="batch start date")
-    axes.set_title("Penalty with the least walk-forward error so far", fontweight="bold")
+    axes.set_title(
+        _labelled(document, "Penalty with the least walk-forward error so far"),
+        fontweight="bold",
+    )
     axes.legend(fontsize=8, loc="best", ncol=2)
     axes.set_xticks(
         positions, [_batch_label(b) for b in batches], rotation=45, ha="right", fontsize=8
@@ -847,7 +929,7 @@ def _rule_trust(document: dict[str, Any], folder: Path) -> Section:
     heading = "Rule trust"
     if left_out:
         heading += f": the {len(shown) // 2} most and least trusted of {rules_total} rules"
-    axes.set_title(heading, fontweight="bold")
+    axes.set_title(_labelled(document, heading), fontweight="bold")
     axes.legend(handles=_trust_legend(_fdr(document)), fontsize=8, loc="lower right")
     path = _save(figure, folder / "rule_trust.png")
     headline = document["metrics"]["headline"]
@@ -910,6 +992,9 @@ figure { margin: 0 0 2em; }
 img { max-width: 100%; box-sizing: border-box; border: 1px solid #eee; }
 figcaption, .note { color: #555; font-size: 0.9em; }
 .meta { color: #555; }
+details.horizon { border-top: 2px solid #ccc; margin: 1em 0; }
+details.horizon > summary { cursor: pointer; color: #555; }
+details.horizon > summary > h2 { display: inline; color: #222; }
 """
 
 
@@ -918,8 +1003,10 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _page(document: dict[str, Any], sections: dict[str, list[Section]]) -> str:
-    """The self-contained HTML page: run facts, tables, then every chart embedded."""
+def _page(document: dict[str, Any], overview: list[Section], panels: list[Panel]) -> str:
+    """The self-contained HTML page: run facts, tables, then every chart embedded; with
+    several horizons, the charts across horizons and then one folding panel per horizon
+    (the first open), each with that horizon's tables and charts."""
     data = document["data"]
     parts = [
         "<!doctype html>",
@@ -934,13 +1021,48 @@ def _page(document: dict[str, Any], sections: dict[str, list[Section]]) -> str:
         f"{_e(document['created'])}.</p>",
         _headline_table(document),
         _horizon_table(document),
-        _series_tables(document),
     ]
-    for heading, group in sections.items():
+    if overview:
+        parts.append("<h2>Metrics by horizon</h2>")
+        parts.extend(_section(s) for s in overview)
+    for panel in panels:
+        if panel.horizon is None:
+            parts.append(_panel_body(document, panel))
+            continue
+        view = _horizon_view(document, _by_horizon(document, panel.horizon))
+        parts.append(
+            f'<details class="horizon" id="horizon-{panel.horizon}"'
+            f"{' open' if panel is panels[0] else ''}><summary><h2>Horizon {panel.horizon}</h2> "
+            f"{_count(panel.horizon, 'step')} ahead: {_e(_panel_summary(view))}</summary>"
+            f"{_panel_body(view, panel)}</details>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _by_horizon(document: dict[str, Any], horizon: int) -> dict[str, Any]:
+    """The ``by_horizon`` entry of one horizon."""
+    return next(s for s in document["by_horizon"] if int(s["horizon"]) == horizon)
+
+
+def _panel_summary(view: dict[str, Any]) -> str:
+    """One line of a horizon's panel header: its median skill and validated rules."""
+    headline = view["metrics"]["headline"]
+    return (
+        f"median skill {_number(headline['median_skill_vs_persistence'])}, median MASE "
+        f"{_number(headline['median_mase'])}, {headline['rules_validated']} of "
+        f"{headline['rules_total']} rules validated"
+    )
+
+
+def _panel_body(document: dict[str, Any], panel: Panel) -> str:
+    """One horizon's tables and charts (the whole page body of a one-horizon run)."""
+    parts = [_series_tables(document)]
+    for heading, group in panel.sections.items():
         parts.append(f"<h2>{_e(heading)}</h2>")
         parts.extend(_section(s) for s in group)
-    parts.extend([_rule_table(document), "</body></html>"])
-    return "\n".join(parts) + "\n"
+    parts.append(_rule_table(document))
+    return "\n".join(parts)
 
 
 def _headline_table(document: dict[str, Any]) -> str:
@@ -996,7 +1118,8 @@ def _horizon_table(document: dict[str, Any]) -> str:
         rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
     return (
         f"<h2>Per horizon</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
-        f'<p class="note">The rest of the page is about horizon {_first_horizon(document)}; '
+        f'<p class="note">The headline above is about horizon {_first_horizon(document)}; each '
+        "horizon's tables and charts are in its panel below (click a horizon to open it), and "
         "every horizon's rows are in the predictions, metrics and rules files (column "
         "horizon).</p>"
     )

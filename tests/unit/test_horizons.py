@@ -8,6 +8,7 @@ horizons' samples differ at the batch edges and in which samples are complete.
 
 from __future__ import annotations
 
+import base64
 import json
 import tempfile
 from pathlib import Path
@@ -231,16 +232,45 @@ def test_mase_and_smape_equal_a_numpy_computation_from_the_data() -> None:
 
 
 def test_report_shows_each_horizon(tmp_path: Path) -> None:
-    """A per-horizon table with one row per horizon and the by-horizon chart; the
-    walk-forward charts draw the first horizon's predictions only."""
+    """A per-horizon table and the by-horizon chart, then one panel per horizon (the first
+    open) with that horizon's walk-forward, coverage and penalty charts, each titled with
+    its horizon, embedded from the horizon's own folder, captioned with its own numbers."""
     data = write_panel(make_panel(seed=5, n_series=2, rows=400, n_exog=0, missing=0.0))
     report = tmp_path / "report"
-    run_cli(data, "1,5,20", "--report", str(report))
+    out = run_cli(
+        data, "1,5,20", "--intervals", "0.8,0.95", "--ridge-alpha", "auto",
+        "--report", str(report),
+    )  # fmt: skip
+    document = json.loads((out / "results.json").read_text())
     page = (report / "index.html").read_text()
     table = page.split("<h2>Per horizon</h2>")[1].split("</table>")[0]
     assert [row.split("</td>")[0] for row in table.split("<tr><td>")[1:]] == ["1", "5", "20"]
     assert (report / "metrics_by_horizon.png").stat().st_size > 0
     assert "MASE" in page and "sMAPE" in page
+    panels = page.split('<details class="horizon" ')[1:]
+    assert [p.split(">")[0] for p in panels] == ['id="horizon-1" open', 'id="horizon-5"',
+                                                 'id="horizon-20"']  # fmt: skip
+    charts: dict[str, set[bytes]] = {}
+    for horizon, panel, section in zip((1, 5, 20), panels, document["by_horizon"], strict=True):
+        assert f"<summary><h2>Horizon {horizon}</h2>" in panel
+        for heading, title, file in (
+            ("Walk-forward predictions", "s0", "variable_01_s0.png"),
+            ("Prediction intervals", "Coverage against nominal", "interval_coverage.png"),
+            ("Ridge penalty chosen walk-forward", "Chosen ridge penalty by batch",
+             "penalty_by_batch.png"),
+        ):  # fmt: skip
+            assert f"<h2>{heading}, horizon {horizon}</h2>" in panel
+            png = (report / f"horizon-{horizon}" / file).read_bytes()
+            embedded = f'src="data:image/png;base64,{base64.b64encode(png).decode()}" '
+            assert f'{embedded}alt="{title}, horizon {horizon}"' in panel
+            charts.setdefault(file, set()).add(png)
+        coverage = section["metrics"]["intervals"]["levels"]["80"]
+        assert f"0.8: {coverage['coverage']:.1%} of {coverage['n']}," in panel
+        n = section["metrics"]["overall"]["s0"]["n"]
+        assert f"over {n} predictions" in panel.split(f"s0, horizon {horizon}</strong>")[1]
+        other = [h for h in (1, 5, 20) if h != horizon]
+        assert not any(f"horizon {h}<" in panel or f"horizon {h}\"" in panel for h in other)
+    assert all(len(pngs) == 3 for pngs in charts.values()), "each horizon draws its own"
 
 
 def test_horizons_from_a_yaml_file(tmp_path: Path) -> None:
