@@ -4,7 +4,8 @@ Both runs spool their predictions to a Parquet file as the CLI does; runs altern
 (none, intervals, none, ...) and the fastest of each is kept, so load on a shared machine
 hits both alike; wall and CPU seconds of the process are printed (CPU is the steadier
 figure on a loaded machine). Also printed: the residual sketch a run ends with (the driver's memory
-for intervals) against the sorted buffer of every residual that exact quantiles would hold.
+for intervals), its compact form in the state file, and the sorted buffer of every residual
+that exact quantiles would hold.
 
     python benchmarks/bench_intervals.py                 # var 100x30 and ar on 10,000 series
     python benchmarks/bench_intervals.py --repeat 3 --workloads var
@@ -20,7 +21,6 @@ import pyarrow.parquet as pq
 
 from recursive_training.config import TrainingConfig
 from recursive_training.data import open_source
-from recursive_training.intervals import ResidualSketch, SketchCounts
 from recursive_training.results import PredictionsSpool
 from recursive_training.stages import TrainingPipeline
 
@@ -61,23 +61,23 @@ WORKLOADS = (
 )
 
 
-def timed_run(config: TrainingConfig) -> tuple[tuple[float, float], tuple[int, int]]:
+def timed_run(config: TrainingConfig) -> tuple[tuple[float, float], tuple[int, int, int]]:
     """Wall and CPU seconds of a serial run spooling its predictions and, with intervals,
-    the bytes of the sketch of all its residuals and of those residuals as float64 (from
-    its file)."""
+    the bytes of the sketch of all its residuals (in memory and as the state stores it)
+    and of those residuals as float64 (from its file)."""
     with PredictionsSpool() as spool:
         began, cpu = time.perf_counter(), time.process_time()
         result = TrainingPipeline(predictions_sink=spool).execute(config)
         path = spool.finish(result.predictions_frame())
         seconds = (time.perf_counter() - began, time.process_time() - cpu)
         if not config.intervals:
-            return seconds, (0, 0)
-        table = pq.read_table(path, columns=["variable", "predicted", "actual"])
-    series = table.column("variable").combine_chunks().indices.to_numpy(zero_copy_only=False)
+            return seconds, (0, 0, 0)
+        table = pq.read_table(path, columns=["predicted", "actual"])
     residual = abs(table.column("actual").to_numpy() - table.column("predicted").to_numpy())
-    sketch = ResidualSketch(len(result.variables))
-    sketch.add(SketchCounts.of(series, residual))
-    return seconds, (sketch.nbytes, residual.nbytes)
+    sketch = result.state.sketch(0)
+    assert sketch is not None and int(sketch.totals.sum()) == len(residual)
+    stored = sum(array.nbytes for array in sketch.to_arrays().values())
+    return seconds, (sketch.nbytes, stored, residual.nbytes)
 
 
 def main() -> None:
@@ -92,14 +92,14 @@ def main() -> None:
     chosen = args.workloads.split(",")
     print(
         f"{'workload':<56} {'none s':>8} {'intervals s':>11} {'ratio':>6} {'none cpu':>8} "
-        f"{'int. cpu':>8} {'ratio':>6} {'sketch MiB':>10} {'exact MiB':>9}"
+        f"{'int. cpu':>8} {'ratio':>6} {'sketch MiB':>10} {'in state':>8} {'exact MiB':>9}"
     )
     for workload in (w for w in WORKLOADS if w.key in chosen):
         plain = TrainingConfig.build(**workload.settings)
         with_intervals = TrainingConfig.build(**workload.settings, intervals=list(LEVELS))
         open_source(plain.input_data)  # the builtin data are generated once, before timing
         none_times, interval_times = [], []
-        sizes = (0, 0)
+        sizes = (0, 0, 0)
         for _ in range(args.repeat):
             none_times.append(timed_run(plain)[0])
             seconds, sizes = timed_run(with_intervals)
@@ -110,7 +110,7 @@ def main() -> None:
         print(
             f"{workload.name:<56} {none:>8.2f} {intervals:>11.2f} {intervals / none:>6.2f} "
             f"{none_cpu:>8.2f} {interval_cpu:>8.2f} {interval_cpu / none_cpu:>6.2f} "
-            f"{sizes[0] / 2**20:>10.1f} {sizes[1] / 2**20:>9.1f}"
+            f"{sizes[0] / 2**20:>10.1f} {sizes[1] / 2**20:>8.1f} {sizes[2] / 2**20:>9.1f}"
         )
 
 
