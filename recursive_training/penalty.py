@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from numpy.typing import NDArray
 
 from recursive_training.arrays import FloatArray, IntArray
 from recursive_training.constants import FALLBACK_ALPHA
@@ -79,7 +78,7 @@ class PenaltyErrors:
 
     grid: tuple[float, ...]
     totals: FloatArray
-    seen: NDArray[np.bool_]
+    seen: np.ndarray  # bool per target
 
     def fits(self, grid: Sequence[float], n_targets: int) -> bool:
         """True when these errors are of the same grid and targets."""
