@@ -75,9 +75,8 @@ def timed_run(config: TrainingConfig) -> tuple[tuple[float, float], tuple[int, i
         table = pq.read_table(path, columns=["predicted", "actual"])
     residual = abs(table.column("actual").to_numpy() - table.column("predicted").to_numpy())
     sketch = result.state.sketch(0)
-    assert sketch is not None and int(sketch.totals.sum()) == len(residual)
-    stored = sum(array.nbytes for array in sketch.to_arrays().values())
-    return seconds, (sketch.nbytes, stored, residual.nbytes)
+    assert sketch is not None and int(sketch.counts.sum()) == len(residual)
+    return seconds, (sketch.expand().nbytes, sketch.nbytes, residual.nbytes)
 
 
 def main() -> None:

@@ -160,40 +160,47 @@ class ResidualSketch:
         """Memory the sketch holds."""
         return int(self.keys.nbytes + self.counts.nbytes + self.totals.nbytes)
 
-    def copy(self) -> ResidualSketch:
-        """An independent sketch with the same counts (``add`` changes counts in place)."""
-        sketch = ResidualSketch(len(self.totals))
-        sketch.keys, sketch.counts, sketch.totals = (
-            self.keys.copy(),
-            self.counts.copy(),
-            self.totals.copy(),
-        )
-        return sketch
-
-    def to_arrays(self) -> dict[str, NDArray[Any]]:
-        """The sketch as compact plain arrays (for the state file): per series the number of
-        occupied buckets, then every occupied bucket (int32) and its count (the narrowest
-        unsigned type that holds the largest), in key order: 5 to 8 bytes per bucket
-        instead of the 16 the driver holds."""
+    def compact(self) -> CompactSketch:
+        """The same counts in the form the state file keeps (about a third of the bytes)."""
         series = self.keys // _BUCKETS_PER_SERIES
         largest = int(self.counts.max()) if len(self.counts) else 0
-        return {
-            "occupied": np.bincount(series, minlength=len(self.totals)).astype(np.int64),
-            "buckets": (self.keys % _BUCKETS_PER_SERIES - _BUCKET_OFFSET).astype(np.int32),
-            "counts": self.counts.astype(np.min_scalar_type(largest)),
-        }
+        return CompactSketch(
+            occupied=np.bincount(series, minlength=len(self.totals)).astype(np.int32),
+            buckets=(self.keys % _BUCKETS_PER_SERIES - _BUCKET_OFFSET).astype(np.int32),
+            counts=self.counts.astype(np.min_scalar_type(largest)),
+        )
 
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, NDArray[Any]]) -> ResidualSketch:
-        """The inverse of ``to_arrays``."""
-        occupied = np.asarray(arrays["occupied"], dtype=np.int64)
-        buckets = np.asarray(arrays["buckets"], dtype=np.int64)
-        counts = np.asarray(arrays["counts"], dtype=np.int64)
-        if occupied.sum() != len(buckets) or len(buckets) != len(counts):
+
+@dataclass(frozen=True)
+class CompactSketch:
+    """A residual sketch as the state file keeps it: per series the number of occupied
+    buckets, then every occupied bucket (int32) and its count (the narrowest unsigned type
+    that holds the largest), in (series, bucket) order. 5 to 8 bytes per occupied bucket
+    instead of the 16 a ResidualSketch holds, so a resumed run holds the carried sketch
+    beside its own at a third of the cost."""
+
+    occupied: NDArray[np.int32]
+    buckets: NDArray[np.int32]
+    counts: NDArray[np.unsignedinteger[Any]]
+
+    def __post_init__(self) -> None:
+        if int(self.occupied.sum()) != len(self.buckets) or len(self.buckets) != len(
+            self.counts
+        ):
             raise ValueError("the residual sketch's arrays do not fit together")
-        sketch = cls(len(occupied))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays (and so, about, of them in the state file)."""
+        return int(self.occupied.nbytes + self.buckets.nbytes + self.counts.nbytes)
+
+    def expand(self) -> ResidualSketch:
+        """A new ResidualSketch with these counts."""
+        occupied = self.occupied.astype(np.int64)
+        counts = self.counts.astype(np.int64)
+        sketch = ResidualSketch(len(occupied))
         series = np.repeat(np.arange(len(occupied), dtype=np.int64), occupied)
-        sketch.keys = series * _BUCKETS_PER_SERIES + buckets + _BUCKET_OFFSET
+        sketch.keys = series * _BUCKETS_PER_SERIES + self.buckets + _BUCKET_OFFSET
         sketch.counts = counts
         running = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(counts)])
         ends = np.cumsum(occupied)
@@ -305,10 +312,10 @@ class IntervalScan:
         evaluated: Sequence[int],
         n_series: int,
         release: Callable[[pa.Table], None],
-        initial: ResidualSketch | None = None,
+        initial: CompactSketch | None = None,
     ) -> None:
         self.levels = tuple(levels)
-        self.sketch = ResidualSketch(n_series) if initial is None else initial.copy()
+        self.sketch = ResidualSketch(n_series) if initial is None else initial.expand()
         self.sums: dict[int, IntervalSums] = {}
         self._starts = np.asarray(starts, dtype="datetime64[ns]")
         self._order = list(evaluated)  # evaluated batches' positions, ascending

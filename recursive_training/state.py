@@ -7,12 +7,11 @@ the exclusive end of the last run's range) plus the rule counts, per horizon. It
 
 Version 3 also carries what the walk-forward choices of later batches depend on, so a
 resumed run continues them exactly as one long run would: per horizon the conformal
-residual sketch (``--intervals``; ``sketch_*`` arrays, compact: see
-``ResidualSketch.to_arrays``) and each grid value's walk-forward errors (``--ridge-alpha
-auto``; ``penalty_*``). Each is there only when the run computed it. Older files are still
-read: version 2 (per horizon, no sketch or penalty errors) and version 1 (one horizon,
-unprefixed arrays, no MASE scale either); what a file lacks starts afresh in the resumed
-run.
+residual sketch (``--intervals``: ``sketch_*`` arrays, an ``intervals.CompactSketch``) and
+each grid value's walk-forward errors (``--ridge-alpha auto``: ``penalty_*``). Each is
+there only when the run computed it. Older files are still read: version 2 (per horizon,
+no sketch or penalty errors) and version 1 (one horizon, unprefixed arrays, no MASE scale
+either); what a file lacks starts afresh in the resumed run.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import pandas as pd
 from recursive_training.arrays import FloatArray
 from recursive_training.constants import STATE_KIND, STATE_SCHEMA_VERSION
 from recursive_training.exceptions import StateError
-from recursive_training.intervals import ResidualSketch
+from recursive_training.intervals import CompactSketch
 from recursive_training.penalty import PenaltyErrors
 from recursive_training.statistics import MOMENT_ARRAYS, Moments, SufficientStats
 
@@ -65,11 +64,11 @@ class TrainingState:
     run_id: str
     # Per horizon, the conformal residual sketch of every walk-forward prediction so far
     # (None: the run had no --intervals, or resumed a state without it).
-    sketches: tuple[ResidualSketch | None, ...] = ()
+    sketches: tuple[CompactSketch | None, ...] = ()
     # Per horizon, every grid value's walk-forward errors (None: not --ridge-alpha auto).
     penalty_errors: tuple[PenaltyErrors | None, ...] = ()
 
-    def sketch(self, index: int) -> ResidualSketch | None:
+    def sketch(self, index: int) -> CompactSketch | None:
         """Horizon ``index``'s residual sketch, if the state carries one."""
         return self.sketches[index] if self.sketches else None
 
@@ -123,7 +122,11 @@ class TrainingState:
             }
             sketch, penalty = self.sketch(index), self.penalty(index)
             if sketch is not None:
-                per_horizon |= {SKETCH_PREFIX + k: v for k, v in sketch.to_arrays().items()}
+                per_horizon |= {
+                    f"{SKETCH_PREFIX}occupied": sketch.occupied,
+                    f"{SKETCH_PREFIX}buckets": sketch.buckets,
+                    f"{SKETCH_PREFIX}counts": sketch.counts,
+                }
             if penalty is not None:
                 per_horizon |= {
                     f"{PENALTY_PREFIX}grid": np.asarray(penalty.grid, dtype=np.float64),
@@ -148,7 +151,7 @@ class TrainingState:
                     horizons = tuple(int(h) for h in header["horizons"])
                     prefixes = [f"h{h}." for h in horizons]
                 stats, model_hits, model_misses, persistence = [], [], [], []
-                sketches: list[ResidualSketch | None] = []
+                sketches: list[CompactSketch | None] = []
                 penalties: list[PenaltyErrors | None] = []
                 for prefix, n_samples in zip(prefixes, header["n_samples"], strict=True):
                     own = {
@@ -241,12 +244,14 @@ class TrainingState:
                 )
 
 
-def _sketch(arrays: dict[str, Any]) -> ResidualSketch | None:
+def _sketch(arrays: dict[str, Any]) -> CompactSketch | None:
     """A horizon's residual sketch from its ``sketch_*`` arrays, if it has them."""
     if f"{SKETCH_PREFIX}occupied" not in arrays:
         return None
-    return ResidualSketch.from_arrays(
-        {k.removeprefix(SKETCH_PREFIX): v for k, v in arrays.items() if k.startswith(SKETCH_PREFIX)}
+    return CompactSketch(
+        occupied=arrays[f"{SKETCH_PREFIX}occupied"].astype(np.int32),
+        buckets=arrays[f"{SKETCH_PREFIX}buckets"].astype(np.int32),
+        counts=arrays[f"{SKETCH_PREFIX}counts"],
     )
 
 

@@ -29,9 +29,9 @@ from recursive_training.engines import Engine, create_engine
 from recursive_training.exceptions import DataError, StateError
 from recursive_training.guards import check_batch_count, check_coverage
 from recursive_training.intervals import (
+    CompactSketch,
     IntervalScan,
     IntervalSums,
-    ResidualSketch,
     interval_columns,
 )
 from recursive_training.metrics import ErrorSums
@@ -203,7 +203,7 @@ class RunPlan:
     shards: tuple[SeriesShard | None, ...] = (None,)
     # Per horizon, what the resume state carries of the walk-forward choices: the residual
     # sketch intervals start from and the penalty grid's errors (empty: a fresh run).
-    initial_sketches: tuple[ResidualSketch | None, ...] = ()
+    initial_sketches: tuple[CompactSketch | None, ...] = ()
     initial_penalties: tuple[PenaltyErrors | None, ...] = ()
 
     @property
@@ -262,7 +262,7 @@ class StageOutputs:
     predictions: tuple[list[pa.Table], ...]
     intervals: tuple[dict[int, IntervalSums], ...]
     # Per horizon with --intervals, the sketch of every residual so far (for the state).
-    sketches: tuple[ResidualSketch | None, ...]
+    sketches: tuple[CompactSketch | None, ...]
 
 
 def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPlan:
@@ -345,7 +345,7 @@ def prepare(config: TrainingConfig, resume_state: TrainingState | None) -> RunPl
 
 def _carried_sketches(
     state: TrainingState | None, config: TrainingConfig
-) -> tuple[ResidualSketch | None, ...]:
+) -> tuple[CompactSketch | None, ...]:
     """Per horizon, the residual sketch a resumed run's intervals continue from; a state
     without one (an older file, or a run without --intervals) starts them afresh."""
     if state is None or not config.intervals:
@@ -657,7 +657,9 @@ class TrainingPipeline:
                 {plan.batches[k].batch_id: sums for k, sums in scan.sums.items()}
                 for scan in intervals
             ),
-            tuple(scan.final_sketch() if config.intervals else None for scan in intervals),
+            tuple(
+                scan.final_sketch().compact() if config.intervals else None for scan in intervals
+            ),
         )
 
     def _collect(

@@ -9,6 +9,7 @@ the sketch behind the quantiles against sorted arrays.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -25,6 +26,7 @@ from recursive_training.data.builtin import SyntheticSpec, synthetic_process
 from recursive_training.exceptions import ConfigError
 from recursive_training.intervals import (
     BUCKET_GROWTH,
+    CompactSketch,
     ResidualSketch,
     SketchCounts,
     min_residuals,
@@ -305,9 +307,10 @@ def test_each_horizon_has_the_intervals_of_a_run_of_it_alone() -> None:
 
 
 def test_the_sketch_round_trips_through_its_compact_state_arrays() -> None:
-    """The state stores a sketch as occupied buckets per series, int32 buckets and the
-    narrowest unsigned counts: it reads back identical (zeros, empty series and a count
-    past 65,535 included) in about half the bytes the driver holds."""
+    """The state file stores a sketch as occupied buckets per series, int32 buckets and the
+    narrowest unsigned counts: read back from a state file it is identical (zeros, a
+    series without residuals and a count past 65,535 included), in about a third of the
+    bytes the driver holds."""
     rng = np.random.default_rng(8)
     series = rng.integers(0, 50, 40_000)
     series[series == 7] = 8  # a series without residuals
@@ -316,16 +319,26 @@ def test_the_sketch_round_trips_through_its_compact_state_arrays() -> None:
     sketch = ResidualSketch(50)
     sketch.add(SketchCounts.of(series, residual))
     sketch.add(SketchCounts.of(np.full(70_000, 3, dtype=np.intp), np.full(70_000, 1.5)))
-    arrays = sketch.to_arrays()
-    assert arrays["buckets"].dtype == np.int32 and arrays["counts"].dtype == np.uint32
-    stored = sum(a.nbytes for a in arrays.values())
-    assert stored <= 0.6 * sketch.nbytes
-    again = ResidualSketch.from_arrays(arrays)
+    compact = sketch.compact()
+    assert compact.buckets.dtype == np.int32 and compact.counts.dtype == np.uint32
+    assert compact.nbytes <= 0.6 * sketch.nbytes
+    state = TrainingState.from_bytes(state_with(compact), "state.npz").sketch(0)
+    assert state is not None
+    again = state.expand()
     np.testing.assert_array_equal(again.keys, sketch.keys)
     np.testing.assert_array_equal(again.counts, sketch.counts)
     np.testing.assert_array_equal(again.totals, sketch.totals)
     assert again.totals[7] == 0 and again.totals[3] >= 70_000
     np.testing.assert_array_equal(again.quantiles(LEVELS), sketch.quantiles(LEVELS))
+
+
+def state_with(sketch: CompactSketch) -> bytes:
+    """A real run's state file, carrying ``sketch`` for its one horizon."""
+    path = write_panel(make_panel(seed=5, n_series=3, rows=120, n_exog=0, missing=0.0))
+    run = TrainingPipeline().execute(
+        TrainingConfig.build(input_data=path, lags=2, batch_size_days=60, rules=["model"])
+    )
+    return dataclasses.replace(run.state, sketches=(sketch,)).to_bytes()
 
 
 RESUMED = dict(
