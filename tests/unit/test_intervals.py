@@ -433,3 +433,27 @@ def version_2_file(data: bytes) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **kept)
     return buffer.getvalue()
+
+
+def test_the_cli_resumes_intervals_from_the_state_its_results_name(tmp_path: Path) -> None:
+    """Through the CLI and its files: a run resumed with --resume-from results.json gives
+    its first evaluated batch intervals (the state file it wrote carries the sketch), and
+    its state's sketch holds every residual of both runs' predictions files."""
+    flags = ["--input-data", "builtin:synthetic?years=6", "--batch-size-days", "182",
+             "--intervals", "0.8", "--rules", "model"]  # fmt: skip
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main([*flags, "--end-date", "2003-01-01", "--output-dir", str(first)]) == 0
+    resume = ["--resume-from", str(first / "results.json"), "--output-dir", str(second)]
+    assert main([*flags, *resume]) == 0
+    counted = 0
+    for out in (first, second):
+        document = json.loads((out / "results.json").read_text())
+        predictions = pd.read_parquet(out / document["files"]["predictions"])
+        counted += len(predictions)
+    first_batch = next(b for b in document["batches"] if b["evaluated"])
+    in_it = predictions["batch_id"] == first_batch["batch_id"]
+    assert first_batch["intervals"]["80"]["n"] == in_it.sum() > 0
+    assert predictions["lower_80"].notna().all()
+    state = TrainingState.from_bytes((second / document["files"]["state"]).read_bytes(), "s")
+    sketch = state.sketch(0)
+    assert sketch is not None and int(sketch.counts.sum()) == counted
