@@ -17,7 +17,12 @@ from numpy.typing import NDArray
 
 from recursive_training.arrays import FloatArray, IntArray
 from recursive_training.constants import INTERCEPT
-from recursive_training.penalty import ridge_path, squared_errors
+from recursive_training.penalty import (
+    EvaluationSamples,
+    RidgePath,
+    ridge_path,
+    squared_errors,
+)
 from recursive_training.statistics import Moments
 
 ORIGINS = NDArray[np.intp]
@@ -110,32 +115,33 @@ class ModelStructure(ABC):
 
     def solve_path(
         self, moments: Moments, alphas: Sequence[float], min_samples: int
-    ) -> FloatArray | None:
-        """Coefficients for every alpha (G, layout of ``solve``), what ``solve`` gives with
-        that alpha (to rounding); None when no system has ``min_samples`` yet."""
+    ) -> RidgePath | None:
+        """Every alpha's solution (``penalty.RidgePath``), what ``solve`` gives with that
+        alpha (to rounding); None when no system has ``min_samples`` yet."""
         ready = moments.n >= min_samples
         if not ready.any():
             return None
         xtx, xty, _ = self.systems(moments)
-        path = np.full((len(alphas), *xty.shape[:1], xtx.shape[-1], xty.shape[-1]), np.nan)
-        path[:, ready] = ridge_path(xtx[ready], xty[ready], alphas)
-        return self.from_systems(path)
+        return ridge_path(xtx, xty, alphas, ready)
 
-    def path_errors(self, path: FloatArray, moments: Moments) -> FloatArray:
-        """Squared errors (G x targets) of every alpha's coefficients on samples with these
-        moments (in the units the structure fits); NaN for a target with no such sample or
-        no model."""
-        xtx, xty, yty = self.systems(moments)
-        errors = squared_errors(self.to_systems(path), xtx, xty, yty)
-        errors[:, moments.n == 0] = np.nan
-        return errors.reshape(len(path), -1)
+    def evaluation_samples(self, levels: FloatArray, origins: ORIGINS) -> EvaluationSamples:
+        """What grid errors are measured on for these origins' complete samples (unit
+        weights): their moments, as statistics gives them."""
+        moments = self.statistics(levels, origins, np.ones(len(origins)))[0]
+        return EvaluationSamples.of_moments(moments)
 
-    def pick(self, path: FloatArray, choice: NDArray[np.int64]) -> FloatArray:
+    def path_errors(self, path: RidgePath, samples: EvaluationSamples) -> FloatArray:
+        """Squared errors (G x targets) of every alpha's coefficients on these samples (in
+        the units the structure fits); NaN for a target with no such sample or no model."""
+        xtx, xty, yty = self.systems(samples.moments)
+        errors = squared_errors(path.coefficients(), xtx, xty, yty)
+        errors[:, samples.moments.n == 0] = np.nan
+        return errors.reshape(len(errors), -1)
+
+    def pick(self, path: RidgePath, choice: NDArray[np.int64]) -> FloatArray:
         """The coefficients of one alpha per target (``choice``: grid positions)."""
-        stacked = self.to_systems(path)
-        positions = choice.reshape(1, stacked.shape[1], 1, stacked.shape[-1])
-        chosen = np.take_along_axis(stacked, positions, axis=0)[0]
-        return self.from_systems(chosen)
+        systems = len(path.ready)
+        return self.from_systems(path.coefficients(choice.reshape(systems, -1)))
 
     def shard(self, start: int, stop: int) -> ModelStructure:
         """The same structure over the series ``start:stop`` (and the same exog)."""

@@ -18,6 +18,7 @@ from recursive_training import features as feats
 from recursive_training.arrays import FloatArray
 from recursive_training.exceptions import ConfigError
 from recursive_training.models.base import ORIGINS, Forecast, ModelStructure
+from recursive_training.penalty import EvaluationSamples, RidgePath
 from recursive_training.statistics import Moments, solve_ridge
 
 
@@ -63,6 +64,18 @@ class VectorAutoRegressive(ModelStructure):
 
     def from_systems(self, stacked: FloatArray) -> FloatArray:
         return stacked[..., 0, :, :]
+
+    def evaluation_samples(self, levels: FloatArray, origins: ORIGINS) -> EvaluationSamples:
+        """The complete rows themselves (see ``penalty.EvaluationSamples``)."""
+        x, y = feats.design(levels, origins, self.lags, self.horizon)
+        complete = feats.complete_rows(x, y)
+        return EvaluationSamples.of_rows(x[complete], y[complete])
+
+    def path_errors(self, path: RidgePath, samples: EvaluationSamples) -> FloatArray:
+        """Every alpha's squared errors on the rows, from the path's eigenbasis."""
+        if not len(samples.features):
+            return np.full((len(path.solutions), len(self.series)), np.nan)
+        return path.row_errors(samples.features, samples.targets)
 
     def predict(self, coefficients: FloatArray, levels: FloatArray, origins: ORIGINS) -> Forecast:
         x, y = feats.design(levels, origins, self.lags, self.horizon)

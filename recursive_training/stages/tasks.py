@@ -29,6 +29,7 @@ from recursive_training.exceptions import DataError
 from recursive_training.metrics import ErrorSums
 from recursive_training.models import ModelStructure, build_structure
 from recursive_training.parallel_trainer import SeriesShard, TrainingBatch
+from recursive_training.penalty import EvaluationSamples
 from recursive_training.rules import (
     fixed_rule_counts,
     fixed_rules,
@@ -37,7 +38,7 @@ from recursive_training.rules import (
     sign_hits_misses,
 )
 from recursive_training.s3_location import S3Settings
-from recursive_training.statistics import Moments, SufficientStats, forgetting_weights
+from recursive_training.statistics import SufficientStats, forgetting_weights
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,11 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
-class EvaluationMoments:
-    """Moments (unweighted) of some of a batch's evaluation samples, and when the last of
-    them is realized: their errors may steer the penalty only after that."""
+class EvaluationPart:
+    """Some of a batch's evaluation samples (unweighted), and when the last of them is
+    realized: their errors may steer the penalty only after that."""
 
-    moments: Moments
+    samples: EvaluationSamples
     realized_by: pd.Timestamp
 
 
@@ -144,7 +145,7 @@ class BatchStatistics:
     persistence_n: FloatArray
     # With evaluation_moments: the evaluation samples realized inside the batch, then those
     # realized after it (each part present when it holds an origin).
-    evaluation: tuple[EvaluationMoments, ...] = ()
+    evaluation: tuple[EvaluationPart, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,7 @@ def _horizon_statistics(
     int,
     NDArray[np.int64],
     tuple[FloatArray, FloatArray],
-    tuple[EvaluationMoments, ...],
+    tuple[EvaluationPart, ...],
 ]:
     """One horizon's statistics, rule counts, dropped samples, candidates, usable counts
     and persistence error sums of the samples realized in ``rows``, and with
@@ -317,13 +318,13 @@ def _horizon_statistics(
         len(origins),
         feats.usable_by_variable(levels, origins, spec.lags, horizon),
         persistence,
-        _evaluation_moments(batch, spec, structure, eval_rows, stop, levels, stamps)
+        _evaluation_parts(batch, spec, structure, eval_rows, stop, levels, stamps)
         if spec.evaluation_moments
         else (),
     )
 
 
-def _evaluation_moments(
+def _evaluation_parts(
     batch: TrainingBatch,
     spec: TaskSpec,
     structure: ModelStructure,
@@ -331,8 +332,8 @@ def _evaluation_moments(
     batch_stop: int,
     levels: FloatArray,
     stamps: NDArray[np.datetime64],
-) -> tuple[EvaluationMoments, ...]:
-    """Moments of the samples the evaluation stage predicts (the same origins, the same
+) -> tuple[EvaluationPart, ...]:
+    """The samples the evaluation stage predicts (the same origins, the same
     complete samples, unit weights), split by realization before ``batch_stop`` (the
     batch's end row) or after it."""
     horizon = structure.horizon
@@ -342,11 +343,11 @@ def _evaluation_moments(
     for part in (origins[inside], origins[~inside]):
         if len(part):
             pieces = [
-                shard.statistics(window, part, np.ones(len(part)))[0]
+                shard.evaluation_samples(window, part)
                 for _, shard, window in _shards(structure, levels, spec.shard_series)
             ]
             realized_by = pd.Timestamp(stamps[part[-1] + horizon])
-            parts.append(EvaluationMoments(structure.combine_shards(pieces), realized_by))
+            parts.append(EvaluationPart(_combine_samples(structure, pieces), realized_by))
     return tuple(parts)
 
 
@@ -521,8 +522,9 @@ def merge_statistics(
     )
     usable = [p.usable[:w] for p, w in zip(parts, widths, strict=True)]
     evaluation = tuple(
-        EvaluationMoments(
-            structure.combine_shards([piece.moments for piece in pieces]), pieces[0].realized_by
+        EvaluationPart(
+            _combine_samples(structure, [piece.samples for piece in pieces]),
+            pieces[0].realized_by,
         )
         for pieces in zip(*(p.evaluation for p in parts), strict=True)
     )
@@ -588,6 +590,16 @@ def merge_evaluations(
         sum(p.seconds for p in parts),
         _workers(p.worker for p in parts),
     )
+
+
+def _combine_samples(
+    structure: ModelStructure, pieces: Sequence[EvaluationSamples]
+) -> EvaluationSamples:
+    """The evaluation samples of disjoint series shards as those of all their series (only
+    per-series structures, which keep moments, are split into shards)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return EvaluationSamples.of_moments(structure.combine_shards([p.moments for p in pieces]))
 
 
 def _workers(names: Iterable[str]) -> str:

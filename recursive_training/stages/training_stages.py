@@ -827,7 +827,7 @@ class PrefixScan:
         predicted = np.isfinite(self.structure.to_systems(model)).all(axis=-2).ravel()
         self.penalties.record(batch.batch_id, choice, predicted)
         for part in arrived.evaluation:
-            errors = self.structure.path_errors(path, part.moments)
+            errors = self.structure.path_errors(path, part.samples)
             self.penalties.add(batch.batch_id, errors, part.realized_by)
         return model
 

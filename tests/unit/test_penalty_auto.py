@@ -25,6 +25,8 @@ from tests.unit.test_models import WINDOW, make_panel, rms_scale
 from tests.unit.test_models_pipeline import split_tasks, write_panel
 
 SMALL = "builtin:synthetic?n_variables=3&years=5&seed=5"
+# 8 variables x 4 lags: 32 standardized features, a VAR path by tridiagonal reduction.
+WIDE = "builtin:synthetic?n_variables=8&years=5&seed=5"
 GRID = (0.003, 0.1, 3.0, 100.0)
 MIN_SAMPLES = 60
 LAGS, HORIZON = 2, 3
@@ -87,8 +89,9 @@ def scaled_errors(run: TrainingResult, batch_id: int, levels: pd.DataFrame) -> f
         {"model": "pooled", "pooled_scale": "none"},
         {"model": "pooled", "pooled_scale": "rms"},
         {"model": "var", "half_life_days": 200.0},
+        {"model": "var", "input_data": WIDE, "lags": 4, "half_life_days": 200.0},
     ],
-    ids=["var", "ar", "pooled-none", "pooled-rms", "var-forgetting"],
+    ids=["var", "ar", "pooled-none", "pooled-rms", "var-forgetting", "var-tridiagonal"],
 )
 def test_each_grid_values_errors_equal_a_fixed_run_with_that_value(
     monkeypatch: pytest.MonkeyPatch, fields: dict[str, object]
@@ -198,13 +201,47 @@ def test_ridge_path_equals_lstsq_per_alpha_on_ill_scaled_features() -> None:
     y = x @ rng.standard_normal((7, 2)) + rng.standard_normal((150, 2))
     weights = rng.uniform(0.2, 1.0, 150)
     moments = Moments.from_samples(x, y, weights)
-    path = ridge_path(moments.xtx[None], moments.xty[None], (0.0, *GRID))
+    ready = np.array([True])
+    path = ridge_path(moments.xtx[None], moments.xty[None], (0.0, *GRID), ready).coefficients()
     for position, alpha in enumerate((0.0, *GRID)):
         expected = ridge_lstsq(pd.DataFrame(x), pd.DataFrame(y), alpha, weights)
         scale = np.abs(expected).max()
         np.testing.assert_allclose(path[position, 0], expected, rtol=0, atol=1e-8 * scale)
         fixed = solve_ridge(moments.xtx, moments.xty, alpha)
         np.testing.assert_allclose(path[position, 0], fixed, rtol=0, atol=1e-8 * scale)
+
+
+def test_a_wide_system_by_tridiagonal_reduction_gives_each_alphas_fixed_solve() -> None:
+    """40 features four orders of magnitude apart, off-centre: every alpha's coefficients
+    are the fixed solve's, and its errors on sample rows those of predicting them with
+    these coefficients. With 0 in the grid the eigendecomposition route (a pseudo-inverse)
+    is taken instead, and the two routes agree on the shared grid values."""
+    rng = np.random.default_rng(9)
+    x = np.c_[np.ones(300), rng.standard_normal((300, 40)) * rng.choice([0.01, 1, 100], 40) + 2]
+    y = x @ rng.standard_normal((41, 3)) + rng.standard_normal((300, 3))
+    moments = Moments.from_samples(x, y, rng.uniform(0.2, 1.0, 300))
+    rows, realized = x[:50] + rng.standard_normal((50, 41)) * 0.1, y[:50]
+    rows[:, 0] = 1.0
+    ready = np.array([True])
+    routes = {}
+    for grid in (GRID, (0.0, *GRID)):
+        path = ridge_path(moments.xtx[None], moments.xty[None], grid, ready)
+        tridiagonal = grid[0] > 0
+        # A tridiagonal reduction's Q leaves the first feature alone, eigenvectors do not.
+        assert (np.abs(path.basis[0, 0, 1:]).max() == 0.0) == tridiagonal
+        routes[tridiagonal] = path.coefficients()[-len(GRID) :]
+        for position, alpha in enumerate(grid):
+            fixed = solve_ridge(moments.xtx, moments.xty, alpha)
+            scale = np.abs(fixed).max()
+            coefficients = path.coefficients()[position, 0]
+            np.testing.assert_allclose(coefficients, fixed, rtol=0, atol=1e-9 * scale)
+            if tridiagonal:
+                expected = ((rows @ fixed - realized) ** 2).sum(axis=0)
+                np.testing.assert_allclose(
+                    path.row_errors(rows, realized)[position], expected, rtol=1e-9
+                )
+    scale = np.abs(routes[False]).max()
+    np.testing.assert_allclose(routes[True], routes[False], rtol=0, atol=1e-12 * scale)
 
 
 @pytest.mark.parametrize(
