@@ -62,6 +62,97 @@ class EvaluationSamples:
 
 
 @dataclass(frozen=True)
+class Eigendecomposition:
+    """``C = V diag(lambda) V'`` of a stack of R standardized grams: each grid value is a
+    rescale, ``1 / (lambda + alpha)``, zero for a direction at or below the cutoff."""
+
+    vectors: FloatArray  # (R, p, p)
+    shrink: FloatArray  # (G, R, p)
+
+    def solve(self, position: int, x: FloatArray) -> FloatArray:
+        """``(diag(lambda) + alpha I)^-1 x`` for grid value ``position``, x (R, p, m)."""
+        solved: FloatArray = self.shrink[position][..., None] * x
+        return solved
+
+    def solve_chosen(self, choice: IntArray, x: FloatArray) -> FloatArray:
+        """Column t of each system's x (R, p, T) solved with grid value ``choice[r, t]``."""
+        picked = self.shrink[choice, np.arange(len(choice))[:, None]]  # (R, T, p)
+        solved: FloatArray = np.swapaxes(picked, -1, -2) * x
+        return solved
+
+    def apply(self, x: FloatArray) -> FloatArray:
+        """``V x``, x (R, p, m)."""
+        return np.asarray(self.vectors @ x)
+
+    def apply_transposed(self, x: FloatArray) -> FloatArray:
+        """``V' x``, x (R, p, m)."""
+        return np.asarray(np.swapaxes(self.vectors, -1, -2) @ x)
+
+    def rotate_rows(self, rows: FloatArray) -> FloatArray:
+        """``rows V`` of the one system, rows (k, p)."""
+        return np.asarray(rows @ self.vectors[0])
+
+
+@dataclass(frozen=True)
+class TridiagonalReduction:
+    """``C = Q M Q'`` of one standardized gram, M tridiagonal (LAPACK sytrd), Q kept as
+    its Householder reflectors and applied by ormqr: each grid value is one tridiagonal
+    solve (ptsv). ``Q = diag(1, Q~)``, Q~ the reflectors below the subdiagonal."""
+
+    reflectors: FloatArray  # (p - 1, p - 1), Fortran order
+    tau: FloatArray  # (p - 1,)
+    diagonal: FloatArray  # (p,)
+    off_diagonal: FloatArray  # (p - 1,)
+    grid: FloatArray  # (G,)
+
+    def solve(self, position: int, x: FloatArray) -> FloatArray:
+        """``(M + alpha I)^-1 x`` for grid value ``position``, x (1, p, m)."""
+        shifted = self.diagonal + self.grid[position]
+        *_, solved, info = lapack.dptsv(shifted, self.off_diagonal, x[0])
+        assert info == 0, f"alpha {self.grid[position]}: not positive definite"
+        return np.asarray(solved)[None]
+
+    def solve_chosen(self, choice: IntArray, x: FloatArray) -> FloatArray:
+        """Column t of x (1, p, T) solved with grid value ``choice[0, t]``: one solve per
+        grid value chosen."""
+        solved = np.empty_like(x)
+        for position in np.unique(choice[0]):
+            columns = choice[0] == position
+            solved[..., columns] = self.solve(int(position), x[..., columns])
+        return solved
+
+    def _reflect(self, side: str, trans: str, x: FloatArray) -> FloatArray:
+        """ormqr of Q~ on x (k, m) (already without the first feature's row/column)."""
+        work = 64 * max(x.shape)
+        out, _, info = lapack.dormqr(
+            side, trans, self.reflectors, self.tau, np.asfortranarray(x), work
+        )
+        assert info == 0, f"ormqr failed ({info})"
+        return np.asarray(out)
+
+    def apply(self, x: FloatArray) -> FloatArray:
+        """``Q x``, x (1, p, m)."""
+        out = x.copy()
+        out[0, 1:] = self._reflect("L", "N", x[0, 1:])
+        return out
+
+    def apply_transposed(self, x: FloatArray) -> FloatArray:
+        """``Q' x``, x (1, p, m), in Fortran order (what ptsv reads without a copy)."""
+        out = np.asfortranarray(x[0])
+        out[1:] = self._reflect("L", "T", x[0, 1:])
+        return out[None]
+
+    def rotate_rows(self, rows: FloatArray) -> FloatArray:
+        """``rows Q``, rows (k, p)."""
+        out = rows.copy()
+        out[:, 1:] = self._reflect("R", "N", rows[:, 1:])
+        return out
+
+
+Factorization = Eigendecomposition | TridiagonalReduction
+
+
+@dataclass(frozen=True)
 class RidgePath:
     """Every grid value's ridge solution of S systems, from one factorization each.
 
@@ -79,39 +170,58 @@ class RidgePath:
     mean: FloatArray  # (R, p) per solved system, feature means (p = q - 1, no intercept)
     inverse: FloatArray  # (R, p) 1 / spread, 0 for a feature without spread
     base: FloatArray  # (R, T) the weighted mean target: the intercept of zero slopes
-    basis: FloatArray  # (R, p, p) the orthogonal Q
-    solutions: FloatArray  # (G, R, p, T) each grid value's u_g
+    factorization: Factorization
+    rotated: FloatArray  # (R, p, T) Q' z
+    size: int  # G, grid values
 
     def coefficients(self, choice: IntArray | None = None) -> FloatArray:
         """Coefficients (G, S, q, T) of every grid value, or given ``choice`` (S, T grid
         positions) each target's chosen one (S, q, T)."""
         if choice is None:
-            factors = self.solutions
-        else:
-            positions = choice[self.ready][None, :, None, :]
-            factors = np.take_along_axis(self.solutions, positions, axis=0)[0]
-        slopes = (self.basis @ factors) * self.inverse[:, :, None]
-        intercept = self.base - np.einsum("rp,...rpt->...rt", self.mean, slopes)
-        solved = np.concatenate([intercept[..., None, :], slopes], axis=-2)
-        coefficients = np.full((*solved.shape[:-3], len(self.ready), *solved.shape[-2:]), np.nan)
-        coefficients[..., self.ready, :, :] = solved
+            return np.stack([self._coefficients(self._solved(g)) for g in range(self.size)])
+        return self._coefficients(self.factorization.solve_chosen(choice[self.ready], self.rotated))
+
+    def _solved(self, position: int) -> FloatArray:
+        return self.factorization.solve(position, self.rotated)
+
+    def _coefficients(self, solved: FloatArray) -> FloatArray:
+        """(S, q, T) from the solved ``u`` (R, p, T) of the ready systems."""
+        slopes = self.factorization.apply(solved) * self.inverse[:, :, None]
+        intercept = self.base - np.einsum("rp,rpt->rt", self.mean, slopes)
+        coefficients = np.full((len(self.ready), slopes.shape[1] + 1, slopes.shape[2]), np.nan)
+        coefficients[self.ready] = np.concatenate([intercept[:, None, :], slopes], axis=1)
         return coefficients
 
-    def row_errors(self, features: FloatArray, targets: FloatArray) -> FloatArray:
-        """Squared errors (G, T) of every grid value of the one system on these complete
-        sample rows (features k x q with the intercept column, targets k x T): the rows
-        are rotated into the basis once, then each grid value is a k x p x T product."""
+    def row_errors(self, parts: Sequence[tuple[FloatArray, FloatArray]]) -> list[FloatArray]:
+        """Squared errors (G, T) of every grid value of the one system on each part's
+        complete sample rows (features k x q with the intercept column, targets k x T);
+        NaN for a part without rows.
+
+        The rows of all parts are rotated into the basis at once (``Z = X Q``); grid value
+        g predicts ``Z u_g = ((M + alpha_g I)^-1 Z')' Q'z`` (M is symmetric), so each grid
+        value solves for the k rows rather than for the T targets."""
         assert len(self.ready) == 1 and self.ready[0], "one solved system"
-        standardized = (features[:, 1:] - self.mean[0]) * self.inverse[0]
-        predicted = self.base[0] + (standardized @ self.basis[0]) @ self.solutions[:, 0]
-        errors: FloatArray = ((predicted - targets) ** 2).sum(axis=1)
-        return errors
+        features = np.concatenate([f for f, _ in parts])
+        targets = np.concatenate([t for _, t in parts])
+        squared = np.empty((self.size, len(features), self.rotated.shape[-1]))
+        if len(features):
+            standardized = (features[:, 1:] - self.mean[0]) * self.inverse[0]
+            rows = self.factorization.rotate_rows(standardized).T[None]  # (1, p, k)
+            for position in range(self.size):
+                solved = self.factorization.solve(position, rows)[0]
+                squared[position] = (self.base[0] + solved.T @ self.rotated[0] - targets) ** 2
+        ends = np.cumsum([len(f) for f, _ in parts])
+        none = np.full((self.size, self.rotated.shape[-1]), np.nan)
+        return [
+            squared[:, end - len(f) : end].sum(axis=1) if len(f) else none
+            for (f, _), end in zip(parts, ends, strict=True)
+        ]
 
 
 # From this many features, one system is reduced to tridiagonal form rather than
-# diagonalized: about 3x less work at 500 features (no eigenvectors, and Q is applied to
-# the right-hand sides only), while stacks of small per-series systems stay one vectorized
-# eigendecomposition.
+# diagonalized: about 3x less work at 500 features (no eigenvectors; Q is applied to the
+# right-hand sides and the evaluation rows only), while stacks of small per-series systems
+# stay one vectorized eigendecomposition.
 TRIDIAGONAL_FROM: Final = 32
 
 
@@ -124,59 +234,57 @@ def ridge_path(
     A feature without spread (constant, or never seen) gets a zero coefficient; a
     (numerically) zero eigenvalue at alpha 0 is left out, as a pseudo-inverse would.
     """
-    xtx, xty = xtx[ready], xty[ready]
+    if not ready.all():
+        xtx, xty = xtx[ready], xty[ready]
     total = xtx[:, 0, 0]
     divisor = np.where(total > 0, total, 1.0)
     mean = xtx[:, 0, 1:] / divisor[:, None]
     spread = ridge_penalty(xtx, 1.0)[:, 1:]
     inverse = np.divide(1.0, np.sqrt(spread), out=np.zeros_like(spread), where=spread > 0)
-    centered = xtx[:, 1:, 1:] - total[:, None, None] * mean[:, :, None] * mean[:, None, :]
-    gram = centered * inverse[:, :, None] * inverse[:, None, :]
+    gram = xtx[:, 1:, 1:] - (total[:, None] * mean)[:, :, None] * mean[:, None, :]
+    gram *= inverse[:, :, None]
+    gram *= inverse[:, None, :]
     rhs = (xty[:, 1:, :] - mean[:, :, None] * xty[:, :1, :]) * inverse[:, :, None]
     grid = np.asarray(alphas, dtype=np.float64)
     size = gram.shape[-1]
+    factorization: Factorization
     # The standardized gram's eigenvalues are at most its trace, ``size``: a grid value
     # above the eigendecomposition's cutoff at that bound never meets a left-out direction.
     if len(gram) == 1 and size >= TRIDIAGONAL_FROM and grid.min() > size * size * EPSILON:
-        basis, solutions = _tridiagonal_solutions(gram[0], rhs[0], grid)
-        basis, solutions = basis[None], solutions[:, None]
+        factorization = _tridiagonal_reduction(gram[0], grid)
     else:
-        basis, solutions = _eigen_solutions(gram, rhs, grid)
-    return RidgePath(ready, mean, inverse, xty[:, 0, :] / divisor[:, None], basis, solutions)
+        factorization = _eigendecomposition(gram, grid)
+    return RidgePath(
+        ready,
+        mean,
+        inverse,
+        xty[:, 0, :] / divisor[:, None],
+        factorization,
+        factorization.apply_transposed(rhs),
+        len(grid),
+    )
 
 
-def _eigen_solutions(
-    gram: FloatArray, rhs: FloatArray, grid: FloatArray
-) -> tuple[FloatArray, FloatArray]:
-    """Eigenvectors V (R, p, p) of each gram and every alpha's ``diag(1 / (lambda +
-    alpha)) V' z`` (G, R, p, T), directions with ``lambda + alpha`` at or below the cutoff
-    left out."""
+def _eigendecomposition(gram: FloatArray, grid: FloatArray) -> Eigendecomposition:
+    """Eigenvectors of each gram and every alpha's ``1 / (lambda + alpha)``, directions
+    with ``lambda + alpha`` at or below the cutoff left out."""
     eigenvalues, vectors = np.linalg.eigh(gram)
     shifted = eigenvalues[None] + grid[:, None, None]
     cutoff = gram.shape[-1] * EPSILON * np.abs(eigenvalues).max(axis=-1)
     shrink = np.divide(1.0, shifted, out=np.zeros_like(shifted), where=shifted > cutoff[:, None])
-    return vectors, shrink[..., None] * (np.swapaxes(vectors, -1, -2) @ rhs)
+    return Eigendecomposition(vectors, shrink)
 
 
-def _tridiagonal_solutions(
-    gram: FloatArray, rhs: FloatArray, grid: FloatArray
-) -> tuple[FloatArray, FloatArray]:
-    """Q (p, p) of ``gram = Q M Q'`` with M tridiagonal (LAPACK sytrd, Q formed by orgqr)
-    and every alpha's solution of ``(M + alpha I) u = Q' z`` (G, p, T) (LAPACK ptsv)."""
-    size = len(gram)
-    work = int(lapack.dsytrd_lwork(size, lower=1)[0])
-    reduced, diagonal, off_diagonal, tau, info = lapack.dsytrd(gram, lower=1, lwork=work)
+def _tridiagonal_reduction(gram: FloatArray, grid: FloatArray) -> TridiagonalReduction:
+    """``gram = Q M Q'`` by LAPACK sytrd (the gram is symmetric: its transpose is the
+    Fortran-ordered array sytrd reads without a copy)."""
+    work = int(lapack.dsytrd_lwork(len(gram), lower=1)[0])
+    reduced, diagonal, off_diagonal, tau, info = lapack.dsytrd(
+        gram.T, lower=1, lwork=work, overwrite_a=1
+    )
     assert info == 0, f"sytrd failed ({info})"
-    basis = np.eye(size)  # Q = diag(1, Q~), Q~ from the reflectors below the subdiagonal
-    reflectors, _, info = lapack.dorgqr(reduced[1:, :-1], tau, lwork=64 * size)
-    assert info == 0, f"orgqr failed ({info})"
-    basis[1:, 1:] = reflectors
-    rotated = basis.T @ rhs
-    solutions = np.empty((len(grid), *rhs.shape))
-    for position, alpha in enumerate(grid):
-        *_, solutions[position], info = lapack.dptsv(diagonal + alpha, off_diagonal, rotated)
-        assert info == 0, f"alpha {alpha}: the shifted system is not positive definite"
-    return basis, solutions
+    reflectors = np.asfortranarray(reduced[1:, :-1])
+    return TridiagonalReduction(reflectors, tau, diagonal, off_diagonal, grid)
 
 
 def squared_errors(

@@ -130,13 +130,18 @@ class ModelStructure(ABC):
         moments = self.statistics(levels, origins, np.ones(len(origins)))[0]
         return EvaluationSamples.of_moments(moments)
 
-    def path_errors(self, path: RidgePath, samples: EvaluationSamples) -> FloatArray:
-        """Squared errors (G x targets) of every alpha's coefficients on these samples (in
-        the units the structure fits); NaN for a target with no such sample or no model."""
-        xtx, xty, yty = self.systems(samples.moments)
-        errors = squared_errors(path.coefficients(), xtx, xty, yty)
-        errors[:, samples.moments.n == 0] = np.nan
-        return errors.reshape(len(errors), -1)
+    def path_errors(self, path: RidgePath, parts: Sequence[EvaluationSamples]) -> list[FloatArray]:
+        """Squared errors (G x targets) of every alpha's coefficients on each part's
+        samples (in the units the structure fits); NaN for a target with no such sample or
+        no model."""
+        coefficients = self.to_systems(self.from_systems(path.coefficients()))
+        errors = []
+        for samples in parts:
+            xtx, xty, yty = self.systems(samples.moments)
+            part = squared_errors(coefficients, xtx, xty, yty)
+            part[:, samples.moments.n == 0] = np.nan
+            errors.append(part.reshape(len(part), -1))
+        return errors
 
     def pick(self, path: RidgePath, choice: NDArray[np.int64]) -> FloatArray:
         """The coefficients of one alpha per target (``choice``: grid positions)."""

@@ -71,11 +71,9 @@ class VectorAutoRegressive(ModelStructure):
         complete = feats.complete_rows(x, y)
         return EvaluationSamples.of_rows(x[complete], y[complete])
 
-    def path_errors(self, path: RidgePath, samples: EvaluationSamples) -> FloatArray:
-        """Every alpha's squared errors on the rows, from the path's eigenbasis."""
-        if not len(samples.features):
-            return np.full((len(path.solutions), len(self.series)), np.nan)
-        return path.row_errors(samples.features, samples.targets)
+    def path_errors(self, path: RidgePath, parts: Sequence[EvaluationSamples]) -> list[FloatArray]:
+        """Every alpha's squared errors on each part's rows, from the path's basis."""
+        return path.row_errors([(samples.features, samples.targets) for samples in parts])
 
     def predict(self, coefficients: FloatArray, levels: FloatArray, origins: ORIGINS) -> Forecast:
         x, y = feats.design(levels, origins, self.lags, self.horizon)

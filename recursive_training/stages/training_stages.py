@@ -826,9 +826,10 @@ class PrefixScan:
         model = self.structure.pick(path, choice)
         predicted = np.isfinite(self.structure.to_systems(model)).all(axis=-2).ravel()
         self.penalties.record(batch.batch_id, choice, predicted)
-        for part in arrived.evaluation:
-            errors = self.structure.path_errors(path, part.samples)
-            self.penalties.add(batch.batch_id, errors, part.realized_by)
+        parts = arrived.evaluation
+        errors = self.structure.path_errors(path, [part.samples for part in parts])
+        for part, part_errors in zip(parts, errors, strict=True):
+            self.penalties.add(batch.batch_id, part_errors, part.realized_by)
         return model
 
     @property
