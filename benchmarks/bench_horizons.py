@@ -3,10 +3,18 @@
 Times, in-process, a whole walk-forward run (plan, statistics, scan, evaluation,
 reduction) with one horizon, with ``--horizons`` (default 1,5,20,60) in one run, and the
 same horizons as separate one-horizon runs, all on the same data in the same invocation,
-and prints the ratios. The runs are interleaved, ``--repeat`` rounds of all of them, and
+and prints the ratios, and the floor that the prefix solves alone set (below). The runs
+are interleaved, ``--repeat`` rounds of all of them, and
 each keeps its best wall and best CPU seconds (the machine is shared: CPU seconds of the
 process are the steadier figure). Default size: the issue's, 100 variables x 30 years
 daily, lags 5, 90-day batches. Run ``python benchmarks/bench_horizons.py --help``.
+
+The floor: every horizon solves its own prefix systems (each horizon's samples, hence
+its X'X and penalty, differ), so with everything else shared perfectly, H horizons
+would still take ``(H * S + T - S) / T`` times one, S being the CPU seconds one horizon
+spends in the scan's prefix solves (``PrefixScan._model``) and T its whole run.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_horizons.py --repeat 2
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from collections.abc import Callable
 
 from recursive_training.config import TrainingConfig
 from recursive_training.stages import TrainingPipeline
+from recursive_training.stages.training_stages import PrefixScan
 
 
 def interleaved(
@@ -34,6 +43,27 @@ def interleaved(
             old = best.get(name, (wall, cpu))
             best[name] = (min(old[0], wall), min(old[1], cpu))
     return best
+
+
+def solve_share(work: Callable[[], object]) -> tuple[float, float]:
+    """CPU seconds of ``work`` and of the prefix solves inside it."""
+    solving = [0.0]
+    model = PrefixScan._model
+
+    def timed(self: PrefixScan, *args: object) -> object:
+        began = time.process_time()
+        try:
+            return model(self, *args)  # type: ignore[arg-type]
+        finally:
+            solving[0] += time.process_time() - began
+
+    PrefixScan._model = timed  # type: ignore[method-assign]
+    try:
+        began = time.process_time()
+        work()
+        return time.process_time() - began, solving[0]
+    finally:
+        PrefixScan._model = model  # type: ignore[method-assign]
 
 
 def run(data: str, model: str, horizons: tuple[int, ...], args: argparse.Namespace) -> object:
@@ -99,6 +129,12 @@ def compare(data: str, model: str, horizons: tuple[int, ...], args: argparse.Nam
     print(
         f"{model:<7} one run vs separate runs: {separate_wall / all_wall:.2f}x faster "
         f"(cpu {separate_cpu / all_cpu:.2f}x)"
+    )
+    total, solving = solve_share(works["one"])
+    floor = (len(horizons) * solving + total - solving) / total
+    print(
+        f"{model:<7} prefix solves: {solving:.2f} of {total:.2f} s CPU of one horizon; with "
+        f"all else shared, {len(horizons)} horizons would still take {floor:.2f}x"
     )
 
 

@@ -60,9 +60,9 @@ class TaskSpec:
     exog: tuple[str, ...]
     pooled_scale: str
     scale_window: int
-    # With --ridge-alpha auto: also the moments of the evaluation samples, from which the
-    # scan computes every grid value's walk-forward errors.
-    evaluation_moments: bool
+    # With --ridge-alpha auto: also the evaluation samples (their moments, or a VAR's rows),
+    # from which the scan computes every grid value's walk-forward errors.
+    evaluation_samples: bool
     # Series a task processes at once, set by the plan so a shard's derived arrays stay
     # within models.memory.SHARD_BYTES (0: all at once).
     shard_series: int
@@ -84,7 +84,7 @@ class TaskSpec:
             exog=tuple(config.exog),
             pooled_scale=config.pooled_scale,
             scale_window=config.scale_window,
-            evaluation_moments=config.ridge_alpha == "auto",
+            evaluation_samples=config.ridge_alpha == "auto",
             shard_series=0,
             s3=config.s3_settings,
         )
@@ -143,7 +143,7 @@ class BatchStatistics:
     # realized in the batch whose change is known, and their count: MASE's scale.
     persistence_abs: FloatArray
     persistence_n: FloatArray
-    # With evaluation_moments: the evaluation samples realized inside the batch, then those
+    # With evaluation_samples: the evaluation samples realized inside the batch, then those
     # realized after it (each part present when it holds an origin).
     evaluation: tuple[EvaluationPart, ...] = ()
 
@@ -279,7 +279,7 @@ def _horizon_statistics(
 ]:
     """One horizon's statistics, rule counts, dropped samples, candidates, usable counts
     and persistence error sums of the samples realized in ``rows``, and with
-    ``spec.evaluation_moments`` the moments of the samples with origins in ``eval_rows``."""
+    ``spec.evaluation_samples`` the samples with origins in ``eval_rows``."""
     rules = parse_rules(spec.rules)
     n_entries = len(rule_entries(rules, structure.series))
     first, stop = rows
@@ -319,7 +319,7 @@ def _horizon_statistics(
         feats.usable_by_variable(levels, origins, spec.lags, horizon),
         persistence,
         _evaluation_parts(batch, spec, structure, eval_rows, stop, levels, stamps)
-        if spec.evaluation_moments
+        if spec.evaluation_samples
         else (),
     )
 

@@ -28,7 +28,7 @@ CHANGED: dict[str, Any] = {
     "exog": ("spx",),
     "pooled_scale": "none",
     "scale_window": 20,
-    "evaluation_moments": True,
+    "evaluation_samples": True,
     "shard_series": 7,
 }
 
