@@ -207,9 +207,10 @@ class RidgePath:
         if len(features):
             standardized = (features[:, 1:] - self.mean[0]) * self.inverse[0]
             rows = self.factorization.rotate_rows(standardized).T[None]  # (1, p, k)
-            for position in range(self.size):
-                solved = self.factorization.solve(position, rows)[0]
-                squared[position] = (self.base[0] + solved.T @ self.rotated[0] - targets) ** 2
+            solved = np.stack([self.factorization.solve(g, rows)[0].T for g in range(self.size)])
+            predicted = solved.reshape(-1, rows.shape[1]) @ self.rotated[0]  # one GEMM
+            squared[:] = predicted.reshape(squared.shape) + (self.base[0] - targets)
+            squared **= 2
         ends = np.cumsum([len(f) for f, _ in parts])
         none = np.full((self.size, self.rotated.shape[-1]), np.nan)
         return [
