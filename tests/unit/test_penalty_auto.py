@@ -25,8 +25,8 @@ from tests.unit.test_models import WINDOW, make_panel, rms_scale
 from tests.unit.test_models_pipeline import split_tasks, write_panel
 
 SMALL = "builtin:synthetic?n_variables=3&years=5&seed=5"
-# 8 variables x 4 lags: 32 standardized features, a VAR path by tridiagonal reduction.
-WIDE = "builtin:synthetic?n_variables=8&years=5&seed=5"
+# 30 variables x 5 lags: 150 standardized features, a VAR path by tridiagonal reduction.
+WIDE = "builtin:synthetic?n_variables=30&years=5&seed=5"
 GRID = (0.003, 0.1, 3.0, 100.0)
 MIN_SAMPLES = 60
 LAGS, HORIZON = 2, 3
@@ -89,7 +89,7 @@ def scaled_errors(run: TrainingResult, batch_id: int, levels: pd.DataFrame) -> f
         {"model": "pooled", "pooled_scale": "none"},
         {"model": "pooled", "pooled_scale": "rms"},
         {"model": "var", "half_life_days": 200.0},
-        {"model": "var", "input_data": WIDE, "lags": 4, "half_life_days": 200.0},
+        {"model": "var", "input_data": WIDE, "lags": 5, "half_life_days": 200.0},
     ],
     ids=["var", "ar", "pooled-none", "pooled-rms", "var-forgetting", "var-tridiagonal"],
 )
@@ -211,31 +211,35 @@ def test_ridge_path_equals_lstsq_per_alpha_on_ill_scaled_features() -> None:
         np.testing.assert_allclose(path[position, 0], fixed, rtol=0, atol=1e-8 * scale)
 
 
-def test_a_wide_system_by_tridiagonal_reduction_gives_each_alphas_fixed_solve() -> None:
-    """40 features four orders of magnitude apart, off-centre: every alpha's coefficients
-    are the fixed solve's, and its errors on sample rows those of predicting them with
-    these coefficients. With 0 in the grid the eigendecomposition route (a pseudo-inverse)
-    is taken instead, to the same solutions."""
+def test_a_wide_system_by_tridiagonal_reduction_gives_each_alphas_solution() -> None:
+    """160 features four orders of magnitude apart, off-centre: every alpha's coefficients
+    are the augmented least-squares solution's, as accurate as the fixed solve (both about
+    1e-9 away from it here: the moments of this design lose that many digits), and its
+    errors on sample rows those of predicting them with these coefficients. With 0 in the
+    grid the eigendecomposition route (a pseudo-inverse) is taken instead."""
     rng = np.random.default_rng(9)
-    x = np.c_[np.ones(300), rng.standard_normal((300, 40)) * rng.choice([0.01, 1, 100], 40) + 2]
-    y = x @ rng.standard_normal((41, 3)) + rng.standard_normal((300, 3))
-    moments = Moments.from_samples(x, y, rng.uniform(0.2, 1.0, 300))
-    rows, realized = x[:50] + rng.standard_normal((50, 41)) * 0.1, y[:50]
+    spread = rng.choice([0.01, 1, 100], 160)
+    x = np.c_[np.ones(600), rng.standard_normal((600, 160)) * spread + 2]
+    y = x @ rng.standard_normal((161, 3)) + rng.standard_normal((600, 3))
+    weights = rng.uniform(0.2, 1.0, 600)
+    moments = Moments.from_samples(x, y, weights)
+    rows, realized = x[:50] + rng.standard_normal((50, 161)) * 0.1, y[:50]
     rows[:, 0] = 1.0
     ready = np.array([True])
     for grid in (GRID, (0.0, *GRID)):
         path = ridge_path(moments.xtx[None], moments.xty[None], grid, ready)
         tridiagonal = grid[0] > 0
         assert isinstance(path.factorization, TridiagonalReduction) == tridiagonal
+        (errors,) = path.row_errors([(rows, realized)])
         for position, alpha in enumerate(grid):
-            fixed = solve_ridge(moments.xtx, moments.xty, alpha)
-            scale = np.abs(fixed).max()
+            expected = ridge_lstsq(pd.DataFrame(x), pd.DataFrame(y), alpha, weights)
+            scale = np.abs(expected).max()
             coefficients = path.coefficients()[position, 0]
-            np.testing.assert_allclose(coefficients, fixed, rtol=0, atol=1e-9 * scale)
-            if tridiagonal:
-                expected = ((rows @ fixed - realized) ** 2).sum(axis=0)
-                (errors,) = path.row_errors([(rows, realized)])
-                np.testing.assert_allclose(errors[position], expected, rtol=1e-9)
+            np.testing.assert_allclose(coefficients, expected, rtol=0, atol=1e-8 * scale)
+            fixed = solve_ridge(moments.xtx, moments.xty, alpha)
+            np.testing.assert_allclose(coefficients, fixed, rtol=0, atol=1e-8 * scale)
+            predicted = ((rows @ coefficients - realized) ** 2).sum(axis=0)
+            np.testing.assert_allclose(errors[position], predicted, rtol=1e-10)
 
 
 @pytest.mark.parametrize(
