@@ -201,6 +201,8 @@ class RidgePath:
         g predicts ``Z u_g = ((M + alpha_g I)^-1 Z')' Q'z`` (M is symmetric), so each grid
         value solves for the k rows rather than for the T targets."""
         assert len(self.ready) == 1 and self.ready[0], "one solved system"
+        if not parts:
+            return []
         features = np.concatenate([f for f, _ in parts])
         targets = np.concatenate([t for _, t in parts])
         squared = np.empty((self.size, len(features), self.rotated.shape[-1]))
