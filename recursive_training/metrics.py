@@ -58,23 +58,40 @@ class ErrorSums:
         known = np.isfinite(predicted) & np.isfinite(actual)
         if not known.all():
             predicted, actual = np.where(known, predicted, 0.0), np.where(known, actual, 0.0)
+        # Few full-size temporaries, reused through ``out=``: with thousands of series every
+        # one costs a pass over memory (and fresh pages); the values are those of the plain
+        # expressions, operation for operation.
         error = predicted - actual
-        agree = np.sign(predicted) * np.sign(actual)
-        forecast_level, realized_level = origin_levels + predicted, origin_levels + actual
+        abs_error = np.abs(error)
+        square = np.multiply(error, error, out=error)
+        sq_error = square.sum(axis=0)
+        sq_actual = np.multiply(actual, actual, out=square).sum(axis=0)
+        # sign(p) * sign(a) > 0 (< 0) without the products: both rose or both fell
+        # (one rose, one fell); a zero on either side is neither.
+        rose, fell = predicted > 0, predicted < 0
+        hits = (rose & (actual > 0)) | (fell & (actual < 0))
+        misses = (rose & (actual < 0)) | (fell & (actual > 0))
+        forecast_level = np.add(origin_levels, predicted, out=square)
+        realized_level = origin_levels + actual
         positive = known & (origin_levels > 0) & (realized_level > 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            terms = 2 * np.abs(error) / (np.abs(forecast_level) + np.abs(realized_level))
+        denominator = np.abs(forecast_level, out=forecast_level)
+        denominator += np.abs(realized_level, out=realized_level)
+        terms = np.zeros_like(denominator)
+        # 2|e| / (|F| + |A|) where both levels are positive, 0 elsewhere (not computed)
+        np.divide(
+            np.multiply(abs_error, 2, out=realized_level), denominator, out=terms, where=positive
+        )
         zero = np.zeros(predicted.shape[1])
         return cls(
             n=known.sum(axis=0).astype(np.float64),
-            abs_error=np.abs(error).sum(axis=0),
-            sq_error=(error**2).sum(axis=0),
-            sq_actual=(actual**2).sum(axis=0),
-            hits=(agree > 0).sum(axis=0).astype(float),
-            misses=(agree < 0).sum(axis=0).astype(float),
+            abs_error=abs_error.sum(axis=0),
+            sq_error=sq_error,
+            sq_actual=sq_actual,
+            hits=hits.sum(axis=0).astype(float),
+            misses=misses.sum(axis=0).astype(float),
             scaled_abs_error=zero,
             n_scaled=zero,
-            smape=np.where(positive, terms, 0.0).sum(axis=0),
+            smape=terms.sum(axis=0),
             n_smape=positive.sum(axis=0).astype(np.float64),
         )
 

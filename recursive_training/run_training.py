@@ -277,9 +277,11 @@ def main(argv: Sequence[str] | None = None, outcome: interrupts.Outcome | None =
         config = create_config_from_args(args)
         setup_logging(config.log_level, config.log_dir)
         # --help and a bad flag answer at once: the heavy libraries come with the run
+        from recursive_training.allocator import keep_freed_memory
         from recursive_training.results import summary
         from recursive_training.runner import run
 
+        keep_freed_memory()
         document = run(config, getattr(args, "progress_file", None), outcome)
         _print(summary(document))
     except SystemExit as e:  # --help and --version

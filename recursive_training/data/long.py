@@ -453,7 +453,8 @@ class LongParquetSource(DataSource):
         """The shard as a (window timestamps x variables) float64 frame (module docstring)."""
         self.check_variables(variables)
         index = self.timestamps()
-        return self._load(variables, index[index.slice_indexer(first, last)])
+        window = index[index.slice_indexer(first, last)]
+        return pd.DataFrame(self._load(variables, window), index=window, columns=list(variables))
 
     def load_window(
         self,
@@ -464,11 +465,11 @@ class LongParquetSource(DataSource):
     ) -> tuple[FloatArray, NDArray[np.datetime64]]:
         """The planned window at ``stamps`` without the time-index scan (variables were
         checked when the run was planned)."""
-        frame = self._load(variables, pd.DatetimeIndex(stamps))
-        return np.ascontiguousarray(frame.to_numpy(dtype=np.float64)), frame.index.to_numpy()
+        window = pd.DatetimeIndex(stamps)
+        return self._load(variables, window), window.to_numpy()
 
-    def _load(self, variables: Sequence[str], window: pd.DatetimeIndex) -> pd.DataFrame:
-        """The shard over the rows ``window`` of the time index."""
+    def _load(self, variables: Sequence[str], window: pd.DatetimeIndex) -> FloatArray:
+        """The shard over the rows ``window`` of the time index (window rows x variables)."""
         stamps = window.as_unit("ns").asi8
         width = len(variables)
         values = np.full(len(window) * width, np.nan)
@@ -483,9 +484,7 @@ class LongParquetSource(DataSource):
                     else:
                         self._scatter(block, shard, stamps, values, counts, file.name)
         self._refuse_duplicates(counts, window, variables)
-        return pd.DataFrame(
-            values.reshape(len(window), width), index=window, columns=list(variables)
-        )
+        return values.reshape(len(window), width)
 
     def _scatter(
         self,
