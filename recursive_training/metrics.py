@@ -19,6 +19,7 @@ Scale-free metrics, also sums:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 
@@ -150,12 +151,13 @@ def rows(
     arrays: dict[str, FloatArray], variables: list[str], indices: Iterable[int]
 ) -> dict[str, dict[str, float | int | None]]:
     """The document's metrics of the variables at ``indices`` (None where undefined)."""
-    return {
-        variables[j]: {"n": int(arrays["n"][j])}
-        | {name: _defined(arrays[name][j]) for name in TABLE_METRICS}
-        for j in indices
+    at = np.fromiter(indices, dtype=np.intp)
+    # each metric converted to Python numbers at once, not element by element
+    columns = {"n": arrays["n"][at].astype(np.int64).tolist()} | {
+        name: [None if math.isnan(v) else v for v in arrays[name][at].tolist()]
+        for name in TABLE_METRICS
     }
-
-
-def _defined(value: np.float64) -> float | None:
-    return None if np.isnan(value) else float(value)
+    return {
+        variables[j]: {name: column[k] for name, column in columns.items()}
+        for k, j in enumerate(at.tolist())
+    }

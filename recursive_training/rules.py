@@ -143,12 +143,21 @@ def _rolling_mean(levels: FloatArray, origins: NDArray[np.intp], window: int) ->
     time rather than one (origins x window x variables) gather, which cost more than the
     rest of the batch with thousands of series. The order of the additions is the gather's.
     """
-    total = levels[np.maximum(origins - (window - 1), 0)]
+    total = _rows_back(levels, origins, window - 1).copy()
     for back in range(window - 2, -1, -1):
-        total += levels[np.maximum(origins - back, 0)]
+        total += _rows_back(levels, origins, back)
     mean: FloatArray = total / window
     mean[origins < window - 1] = np.nan
     return mean
+
+
+def _rows_back(levels: FloatArray, origins: NDArray[np.intp], rows: int) -> FloatArray:
+    """``levels[max(origin - rows, 0)]`` for each origin: a view when the origins are
+    consecutive and all far enough from the top (the rows of a batch), else a gather."""
+    first = int(origins[0]) - rows if len(origins) else 0
+    if len(origins) and first >= 0 and origins[-1] - origins[0] == len(origins) - 1:
+        return levels[first : first + len(origins)]
+    return levels[np.maximum(origins - rows, 0)]
 
 
 def sign_hits_misses(
@@ -177,12 +186,15 @@ def fixed_rule_counts(
     ``outcome`` its realized change per variable.
     """
     column = {v: j for j, v in enumerate(variables)}
-    now = levels[origins]
+    now = _rows_back(levels, origins, 0)
 
     def back(rows: int) -> FloatArray:
         """Levels ``rows`` before each origin; NaN (abstain) before the first loaded row."""
-        earlier = levels[np.maximum(origins - rows, 0)]
-        earlier[origins < rows] = np.nan
+        earlier = _rows_back(levels, origins, rows)
+        before = origins < rows
+        if before.any():
+            earlier = earlier.copy()  # never write into the levels
+            earlier[before] = np.nan
         return earlier
 
     hits: list[FloatArray] = []

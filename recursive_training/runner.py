@@ -56,7 +56,7 @@ def run(
             pipeline = TrainingPipeline(progress=progress, predictions_sink=spool)
             result = pipeline.execute(config, state)
             document = build_document(result)
-            predictions = spool.finish(result.predictions_frame())
+            predictions = spool.finish(result.predictions_frame)
             report = _StagedReport(config.report_dir) if config.report_dir else None
             try:
                 if report is not None:

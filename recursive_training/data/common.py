@@ -112,7 +112,27 @@ class InMemorySource(DataSource):
     def load_array(
         self, variables: Sequence[str], first: pd.Timestamp, last: pd.Timestamp
     ) -> tuple[FloatArray, NDArray[np.datetime64]]:
-        rows = self._index.slice_indexer(first, last)
+        return self._rows(variables, self._index.slice_indexer(first, last))
+
+    def load_window(
+        self,
+        variables: Sequence[str],
+        first: pd.Timestamp,
+        last: pd.Timestamp,
+        stamps: NDArray[np.datetime64],
+    ) -> tuple[FloatArray, NDArray[np.datetime64]]:
+        """The planned rows found by one binary search (a pandas slice lookup cost more than
+        the arithmetic of a small batch)."""
+        start = int(np.searchsorted(self._stamps, stamps[0])) if len(stamps) else 0
+        rows = slice(start, start + len(stamps))
+        if not np.array_equal(self._stamps[rows], stamps):
+            return self.load_array(variables, first, last)
+        return self._rows(variables, rows)
+
+    def _rows(
+        self, variables: Sequence[str], rows: slice
+    ) -> tuple[FloatArray, NDArray[np.datetime64]]:
+        """``variables`` at the rows ``rows`` of the panel, and their timestamps."""
         if tuple(variables) == self._names:
             return self._values[rows].copy(), self._stamps[rows]  # a copy: callers may fill it
         self.check_variables(variables)

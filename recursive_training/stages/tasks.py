@@ -281,9 +281,9 @@ def _horizon_statistics(
     and persistence error sums of the samples realized in ``rows``, and with
     ``spec.evaluation_samples`` the samples with origins in ``eval_rows``."""
     rules = parse_rules(spec.rules)
-    n_entries = len(rule_entries(rules, structure.series))
     first, stop = rows
     if first >= stop or levels is None or stamps is None:
+        n_entries = len(rule_entries(rules, structure.series))
         empty = SufficientStats(structure.zeros(), np.zeros(n_entries), np.zeros(n_entries))
         none = np.zeros(len(structure.series))
         return empty, 0, 0, np.zeros(len(structure.columns), dtype=np.int64), (none, none), ()
@@ -431,31 +431,46 @@ def _horizon_evaluation(
     )
     n_series = len(structure.series)
     if parts:
-        every_complete = np.concatenate([f.complete for f in parts], axis=1)
+        every_complete = _side_by_side([f.complete for f in parts])
     else:
         every_complete = np.zeros((0, n_series), dtype=bool)
     kept = every_complete.any(axis=1)
-    origins, complete = every_origin[kept], every_complete[kept]
+    every = bool(kept.all())
+    origins = every_origin if every else every_origin[kept]
+    complete = every_complete if every else every_complete[kept]
     if parts:
-        predicted = np.where(
-            complete, np.concatenate([f.predicted[kept] for f in parts], 1), np.nan
+        predicted, actual = (
+            np.where(complete, joined if every else joined[kept], np.nan)
+            for joined in (
+                _side_by_side([f.predicted for f in parts]),
+                _side_by_side([f.actual for f in parts]),
+            )
         )
-        actual = np.where(complete, np.concatenate([f.actual[kept] for f in parts], 1), np.nan)
     else:
         predicted = actual = np.zeros((0, n_series))
     realized = stamps[origins + structure.horizon]
     weights = forgetting_weights(realized, batch.end, spec.half_life_days)
     hits, misses = sign_hits_misses(predicted, actual, weights)  # the model as a sign rule
-    rows_at, columns = np.nonzero(complete)
+    # The table's rows: every (origin, series) with a prediction, origin-major. Where all
+    # are complete (no gap in the data) they are the arrays themselves, flattened.
+    if complete.all():
+        made, at_realized = np.repeat(stamps[origins], n_series), np.repeat(realized, n_series)
+        columns = np.tile(np.arange(n_series), len(origins))
+        chosen_predicted, chosen_actual = predicted.ravel(), actual.ravel()
+    else:
+        flat = np.flatnonzero(complete)
+        rows_at, columns = np.divmod(flat, n_series)
+        made, at_realized = stamps[origins][rows_at], realized[rows_at]
+        chosen_predicted, chosen_actual = predicted.ravel()[flat], actual.ravel()[flat]
     predictions = prediction_table(
-        stamps[origins][rows_at],
-        realized[rows_at],
+        made,
+        at_realized,
         batch.batch_id,
         structure.horizon,
         columns,
         structure.series,
-        predicted[rows_at, columns],
-        actual[rows_at, columns],
+        chosen_predicted,
+        chosen_actual,
     )
     return BatchEvaluation(
         batch.batch_id,
@@ -600,6 +615,11 @@ def _combine_samples(
     if len(pieces) == 1:
         return pieces[0]
     return EvaluationSamples.of_moments(structure.combine_shards([p.moments for p in pieces]))
+
+
+def _side_by_side(arrays: Sequence[NDArray[Any]]) -> NDArray[Any]:
+    """The shards' (origins x series) arrays joined along the series (one: itself)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
 
 
 def _workers(names: Iterable[str]) -> str:

@@ -622,6 +622,14 @@ class TrainingPipeline:
                 for i, (scan, mine) in enumerate(zip(scans, kept, strict=True))
             )
 
+            empty_tables: dict[pa.Schema, pa.Table] = {}
+
+            def emptied(table: pa.Table) -> pa.Table:
+                """An empty table of ``table``'s schema, made once per schema."""
+                if table.schema not in empty_tables:
+                    empty_tables[table.schema] = table.schema.empty_table()
+                return empty_tables[table.schema]
+
             def hand_over(task: EvaluationTask) -> EvaluationTask:
                 """Each horizon's predictions go to its interval scan, which releases them in
                 batch order (to the sink, if any); the result keeps an empty table of their
@@ -632,8 +640,7 @@ class TrainingPipeline:
                 return replace(
                     task,
                     by_horizon=tuple(
-                        replace(e, predictions=e.predictions.schema.empty_table())
-                        for e in task.by_horizon
+                        replace(e, predictions=emptied(e.predictions)) for e in task.by_horizon
                     ),
                 )
 
