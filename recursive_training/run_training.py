@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from recursive_training import __version__, interrupts
+from recursive_training import interrupts
 from recursive_training.exceptions import ConfigError, TrainingError
 
 if TYPE_CHECKING:
@@ -102,6 +102,16 @@ def _rules(text: str) -> list[str]:
     return [p for p in [*parts, current.strip()] if p]
 
 
+class _Version(argparse.Action):
+    """``--version``, with the version looked up only when it is asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from recursive_training import __version__
+
+        print(f"{parser.prog} {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every setting's help comes from TrainingConfig."""
     parser = _Parser(
@@ -112,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="show program's version number and exit"
+    )
     parser.add_argument(
         "--config", metavar="YAML", help="YAML file of settings; flags override it."
     )

@@ -27,7 +27,6 @@ from recursive_training.constants import (
     DEFAULT_SCALE_WINDOW,
 )
 from recursive_training.exceptions import ConfigError
-from recursive_training.rules import parse_rules
 from recursive_training.s3_location import S3Location, S3Settings, is_s3_uri
 from recursive_training.sizes import parse_bytes
 
@@ -392,6 +391,9 @@ class TrainingConfig(BaseModel):
     @field_validator("rules")
     @classmethod
     def _check_rules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # here, not at the top: the rules module brings numpy, which --help does not need
+        from recursive_training.rules import parse_rules
+
         parse_rules(value)  # raises ConfigError with the offending rule named
         return tuple(value)
 
