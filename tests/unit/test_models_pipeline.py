@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -321,13 +322,17 @@ def test_batch_by_shard_tasks_equal_one_task_per_batch_and_load_only_their_serie
         path, model=model, exog=["x0"], rules=["momentum(3)", "mean_reversion(4)", "model"]
     )
     loaded: list[tuple[str, ...]] = []
-    load_array = InMemorySource.load_array
 
-    def recording(self: InMemorySource, variables: object, *window: object) -> object:
-        loaded.append(tuple(variables))  # type: ignore[arg-type]
-        return load_array(self, variables, *window)  # type: ignore[arg-type]
+    def recording(load: Any) -> Any:
+        def recorded(self: InMemorySource, variables: object, *window: object) -> object:
+            loaded.append(tuple(variables))  # type: ignore[arg-type]
+            return load(self, variables, *window)
 
-    monkeypatch.setattr(InMemorySource, "load_array", recording)
+        return recorded
+
+    # the two ways a task reads: a planned window, or a date range
+    for method in ("load_window", "load_array"):
+        monkeypatch.setattr(InMemorySource, method, recording(getattr(InMemorySource, method)))
     split_tasks(monkeypatch, 4)
     split = train(
         path, model=model, exog=["x0"], rules=["momentum(3)", "mean_reversion(4)", "model"]
