@@ -4,7 +4,10 @@ Parts (``--parts``, all by default):
 
 ``universe``  10,000 series x 10 years of business days (the ``builtin:panel`` generator with
               its ``market`` series as ``--exog``), lags 5, 365-day batches, serial, as a
-              user runs it: the whole ``pulse-train`` process, wall time and peak RSS.
+              user runs it: the whole ``pulse-train`` process, wall and CPU time and peak
+              RSS. ``--reference CHECKOUT --repeat N`` runs that checkout's code and this
+              one's alternately, N times each, and prints min / median: a before/after in
+              one invocation on a shared machine.
 ``dask``      100,000 series x 10 years, ``ar``, on a local Dask cluster of 2 single-threaded
               worker processes (started here as ``dask scheduler`` / ``dask worker
               --no-nanny`` so that each worker's peak RSS can be read from /proc): whole
@@ -20,6 +23,8 @@ Parts (``--parts``, all by default):
               peak RSS; then the guard's message for V = 3,000.
 
     python benchmarks/bench_universe.py --parts compare --series 200   # a quick look
+    git -C /work/main worktree add --detach /tmp/pulse-ref main
+    python benchmarks/bench_universe.py --parts universe --reference /tmp/pulse-ref --repeat 3
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,15 +87,18 @@ with open(sys.argv[1], "w") as report:
 """
 
 
-def run_process(command: Sequence[str]) -> Measured:
-    """Run ``command`` and measure it (see MEASURE)."""
+def run_process(command: Sequence[str], checkout: Path | None = None) -> Measured:
+    """Run ``command`` and measure it (see MEASURE), with ``checkout``'s code if given."""
     began = time.perf_counter()
+    code = (
+        {} if checkout is None else {"PYTHONPATH": f"{checkout}{os.pathsep}{checkout / 'operator'}"}
+    )
     with tempfile.TemporaryFile() as errors, tempfile.NamedTemporaryFile("r") as report:
         subprocess.run(
             [sys.executable, "-c", MEASURE, report.name, *command],
             stdout=subprocess.DEVNULL,
             stderr=errors,
-            env=os.environ | SINGLE_THREAD,
+            env=os.environ | SINGLE_THREAD | code,
             check=True,
         )
         seconds = time.perf_counter() - began
@@ -124,27 +133,40 @@ def panel_file(folder: Path, spec: PanelSpec) -> Path:
 
 
 def universe(args: argparse.Namespace) -> None:
-    """``ar`` and ``pooled`` over 10,000 series as whole ``pulse-train`` processes."""
+    """``ar`` and ``pooled`` over 10,000 series as whole ``pulse-train`` processes; with
+    ``--reference``, that checkout's code and this one's alternately, ``--repeat`` times."""
     spec = PanelSpec(n_series=args.universe_series, years=10, seed=1)
     data = panel_file(args.data_dir, spec)
+    checkouts: dict[str, Path | None] = {"this": None}
+    if args.reference is not None:
+        checkouts = {"reference": args.reference.resolve(), "this": None}
     print(
         f"\nuniverse: {spec.n_series:,} series x 10 years of business days (+ market as "
         f"exog), lags {LAGS}, 365-day batches, serial, long Parquet input; load "
-        f"{os.getloadavg()[0]:.1f}"
+        f"{os.getloadavg()[0]:.1f}; {args.repeat} run(s) each, min / median"
     )
-    print(f"{'model':>7} {'seconds':>8} {'CPU s':>6} {'peak RSS':>10}")
-    for model in ("ar", "pooled"):
-        with tempfile.TemporaryDirectory() as out:
-            measured = run_process(
-                pulse_train(
-                    *("--input-data", str(data), "--model", model, "--exog", "market"),
-                    *("--lags", str(LAGS), "--batch-size-days", "365", "--output-dir", out),
-                )
-            )
-        check(measured, f"universe {model}")
+    runs: dict[tuple[str, str], list[Measured]] = {}
+    for _ in range(args.repeat):
+        for label, checkout in checkouts.items():
+            for model in ("ar", "pooled"):
+                with tempfile.TemporaryDirectory() as out:
+                    command = pulse_train(
+                        *("--input-data", str(data), "--model", model, "--exog", "market"),
+                        *("--lags", str(LAGS), "--batch-size-days", "365", "--output-dir", out),
+                    )
+                    measured = run_process(command, checkout)
+                check(measured, f"universe {model} ({label})")
+                runs.setdefault((model, label), []).append(measured)
+    print(f"{'model':>7} {'code':>9} {'seconds':>13} {'CPU s':>13} {'peak RSS':>10}")
+    for (model, label), measured in runs.items():
+        walls = [m.seconds for m in measured]
+        cpus = [m.cpu for m in measured]
         print(
-            f"{model:>7} {measured.seconds:>8.1f} {measured.cpu:>6.1f} {gib(measured.peak_rss):>10}"
+            f"{model:>7} {label:>9} {min(walls):>6.1f} /{statistics.median(walls):>5.1f} "
+            f"{min(cpus):>6.1f} /{statistics.median(cpus):>5.1f} "
+            f"{gib(max(m.peak_rss for m in measured)):>10}"
         )
+    print(f"  load at the end {os.getloadavg()[0]:.1f}")
 
 
 def check(measured: Measured, what: str) -> None:
@@ -447,6 +469,12 @@ def main() -> None:
     )
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "pulse")
     parser.add_argument("--universe-series", type=int, default=10_000)
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="universe: also run this checkout's code (e.g. a worktree of main), alternately",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="universe: runs per model and code")
     parser.add_argument("--dask-series", type=int, default=100_000)
     parser.add_argument("--series", type=int, default=1_000, help="series of the comparison")
     parser.add_argument(
