@@ -7,6 +7,8 @@ page: at 10,000 series that was 250,000 faults and about a third of the run's CP
 (system time). Raising the threshold, and the amount of freed memory kept at the top of
 the heap, lets a batch reuse the pages of the one before. Peak memory is unchanged (pages
 are kept only once they were needed); memory freed after the peak is returned at exit.
+Called by the CLI for its own process; the worker processes of a local Dask cluster get
+a fixed mmap threshold through their environment instead (``engines.WORKER_MALLOC``).
 """
 
 from __future__ import annotations
