@@ -46,11 +46,20 @@ if [[ "${PULSE_WITH_CLUSTER:-0}" == 1 ]]; then
   hack/envtest.sh node >/dev/null
 fi
 
+# Install the Debian package named like its command, $1, when the command is missing and
+# this is a root Debian machine.
+apt_install_missing() {
+  if ! command -v "$1" >/dev/null && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null; }
+  fi
+}
+# The image's init: tests/integration/dask/test_worker_shutdown.py starts a worker pod's
+# command with it (and fails without it when CI=true).
+apt_install_missing tini
+
 echo "== lint" >&2
-if ! command -v shellcheck >/dev/null && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck >/dev/null \
-    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; }
-fi
+apt_install_missing shellcheck
 if command -v shellcheck >/dev/null; then
   shellcheck hack/*.sh .ci/run
 elif [[ "${CI:-}" == true ]]; then

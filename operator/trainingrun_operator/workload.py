@@ -42,6 +42,15 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # The image's init (tini) goes first in every command a pod runs: as PID 1 it passes
 # SIGTERM on, so a deleted run's pods stop at once instead of after the grace period.
 INIT = ("tini", "--")
+# Dask pods: tini passes SIGTERM to the whole process group (-g), so a worker's process
+# gets it together with its nanny and exits at once. Signalled through the nanny alone, it
+# could hang until the nanny kills it 8 s later: a deleted run's scheduler tells the worker
+# to close, the worker asks its nanny to close gracefully, and if the nanny is closing on
+# its own SIGTERM by then it drops that request; the error leaves the worker "closing"
+# forever, so every later close (the nanny's too) waits on it (distributed 2026.8).
+# Mutual TLS widened the window (a new TLS connection to the nanny). The worker process
+# keeps no state worth a graceful close: the scheduler reschedules whatever it held.
+DASK_INIT = ("tini", "-g", "--")
 
 
 def cluster_name(run: RunSpec) -> str:
@@ -222,7 +231,7 @@ def _dask_container(
     container: dict[str, Any] = {
         "name": name,
         "image": run.dask_image or run.image or settings.image,
-        "command": [*INIT, "dask"],
+        "command": [*DASK_INIT, "dask"],
         "args": args,
         "env": [{"name": "DASK_DISTRIBUTED__WORKER__DAEMON", "value": "False"}],
         "resources": dict(run.dask_resources or settings.default_resources),

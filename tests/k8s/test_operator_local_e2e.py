@@ -127,9 +127,10 @@ class LocalPods:
         env = {key: self._local(value) for key, value in resolved.items()}
         argv = [expand(part, env) for part in [*container["command"], *container.get("args", [])]]
         argv = [args_map.get(part, self._local(part)) for part in argv]
-        # The image's init (tini) is not on this host; what it runs is the container's work.
-        if argv[:2] == ["tini", "--"]:
-            argv = argv[2:]
+        # The image's init (tini, with its options) need not be on this host; what it runs
+        # is the container's work.
+        if argv[0] == "tini":
+            argv = argv[argv.index("--") + 1 :]
         venv_bin = str(Path(sys.executable).parent)
         process_env = {
             "PATH": f"{venv_bin}:{os.environ['PATH']}",
