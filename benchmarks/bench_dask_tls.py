@@ -1,13 +1,15 @@
 """Cost of a run's mutual TLS (trainingrun_operator/tls.py) on a run with many batches.
 
-The same pipeline run (many small date batches, so many task round trips: where TLS costs
-most relative to the work) on two clusters of real ``dask scheduler`` + ``dask worker``
-processes started alike, one plain TCP (the reference, measured in the same run) and one
-with the run's certificate and ``require-encryption``. Reported: wall time of the run, and
-CPU seconds of the driver (this process) and of the scheduler and worker processes and
-their children, best of --repeats each, plus the ratios TLS / TCP.
+Two clusters of real ``dask scheduler`` + ``dask worker`` processes run side by side for the
+whole benchmark, started alike: one plain TCP (the reference) and one with the run's
+certificate and ``require-encryption``, the settings the operator gives a run's pods. The
+same pipeline run (many small date batches, so many task round trips: where TLS costs most
+relative to the work) goes to one, then the other, alternating which goes first, so a
+change of machine load hits both alike. Each run is timed for wall seconds and CPU seconds
+of the driver (this process) and of the cluster's processes (scheduler, nanny, worker).
+Printed: every run, the medians, and the medians' ratios TLS / TCP, with the load average.
 
-    python benchmarks/bench_dask_tls.py --repeats 3 --batch-days 30
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_dask_tls.py --repeats 5 --batch-days 30
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import datetime
 import os
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +41,17 @@ from trainingrun_operator import tls  # noqa: E402
 
 DASK = str(Path(sys.executable).parent / "dask")
 DATA = "builtin:synthetic?n_variables=20&years=20&seed=5"
+FIGURES = ("wall s", "driver CPU s", "cluster CPU s")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A running scheduler and worker, and the client settings that reach them."""
+
+    name: str
+    address: str
+    pids: tuple[int, ...]
+    config: dict[str, object]
 
 
 def free_port() -> int:
@@ -59,28 +74,33 @@ def tree_cpu(pid: int) -> float:
     return process_cpu(pid) + sum(tree_cpu(int(child)) for child in children)
 
 
+def tls_settings(folder: Path) -> tuple[dict[str, str], dict[str, object]]:
+    """A run's files written to `folder`: the pods' environment and the driver's config."""
+    folder.mkdir()
+    issued = tls.issue("bench", ["127.0.0.1"], datetime.datetime.now(datetime.UTC))
+    for name, content in issued.items():
+        (folder / name).write_bytes(content)
+    env = {e["name"]: e["value"] for e in tls.dask_env(str(folder))}
+    config: dict[str, object] = {
+        "distributed.comm.require-encryption": True,
+        "distributed.comm.tls.ca-file": str(folder / tls.CA_KEY),
+        "distributed.comm.tls.client.cert": str(folder / tls.CERT_KEY),
+        "distributed.comm.tls.client.key": str(folder / tls.KEY_KEY),
+    }
+    return env, config
+
+
 @contextmanager
-def cluster(
-    folder: Path, secure: bool, port: int
-) -> Iterator[tuple[str, list[int], dict[str, object]]]:
-    """A scheduler and one two-thread worker; TLS with the run's files when `secure`."""
+def cluster(folder: Path, secure: bool) -> Iterator[Cluster]:
+    """A scheduler and one two-thread worker; TLS with a run's files when `secure`."""
     scheme = "tls" if secure else "tcp"
+    port = free_port()
     address = f"{scheme}://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
     config: dict[str, object] = {}
     if secure:
-        files = folder / "tls"
-        files.mkdir()
-        issued = tls.issue("bench", ["127.0.0.1"], datetime.datetime.now(datetime.UTC))
-        for name, content in issued.items():
-            (files / name).write_bytes(content)
-        env.update({e["name"]: e["value"] for e in tls.dask_env(str(files))})
-        config = {
-            "distributed.comm.require-encryption": True,
-            "distributed.comm.tls.ca-file": str(files / tls.CA_KEY),
-            "distributed.comm.tls.client.cert": str(files / tls.CERT_KEY),
-            "distributed.comm.tls.client.key": str(files / tls.KEY_KEY),
-        }
+        tls_env, config = tls_settings(folder / "tls")
+        env.update(tls_env)
     commands = [
         [DASK, "scheduler", f"--protocol={scheme}", "--host=127.0.0.1", f"--port={port}",
          "--dashboard-address=127.0.0.1:0"],
@@ -93,58 +113,83 @@ def cluster(
     try:
         with dask.config.set(config), Client(address, timeout=60, set_as_default=False) as c:
             c.wait_for_workers(1, timeout=60)
-        yield address, [p.pid for p in processes], config
+        yield Cluster(scheme, address, tuple(p.pid for p in processes), config)
     finally:
         for process in processes:
             process.terminate()
             process.wait(30)
 
 
-def one_run(
-    address: str, pids: list[int], config: dict[str, object], batch_days: int
-) -> tuple[float, float, float]:
-    """Wall seconds, driver CPU seconds and cluster CPU seconds of one pipeline run."""
+def tasks_done(target: Cluster) -> int:
+    """How many keys the cluster's scheduler has seen reach memory so far."""
+    with dask.config.set(target.config), Client(target.address, set_as_default=False) as c:
+        done: int = c.run_on_scheduler(
+            lambda dask_scheduler: sum(
+                prefix.state_counts["memory"] for prefix in dask_scheduler.task_prefixes.values()
+            )
+        )
+    return done
+
+
+def one_run(target: Cluster, batch_days: int) -> tuple[tuple[float, float, float], int, int]:
+    """Wall, driver CPU and cluster CPU seconds of one pipeline run; its batches and tasks."""
     settings = TrainingConfig.build(input_data=DATA, batch_size_days=batch_days,
-                                    dask_scheduler_address=address)  # fmt: skip
-    cluster_before = sum(tree_cpu(pid) for pid in pids)
+                                    dask_scheduler_address=target.address)  # fmt: skip
+    tasks_before = tasks_done(target)
+    cluster_before = sum(tree_cpu(pid) for pid in target.pids)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     driver_before = usage.ru_utime + usage.ru_stime
     started = time.perf_counter()
-    with dask.config.set(config):
+    with dask.config.set(target.config):
         result = TrainingPipeline().execute(settings)
     wall = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     driver = usage.ru_utime + usage.ru_stime - driver_before
+    cluster_cpu = sum(tree_cpu(pid) for pid in target.pids) - cluster_before
     assert result.statistics, "no batches ran"
-    return wall, driver, sum(tree_cpu(pid) for pid in pids) - cluster_before
+    return (wall, driver, cluster_cpu), len(result.statistics), tasks_done(target) - tasks_before
 
 
 def main() -> None:
-    """Measure both clusters, print figures and ratios."""
+    """Measure both clusters, interleaved; print every run, medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="runs on each cluster")
     parser.add_argument(
         "--batch-days", type=int, default=30, help="days per batch (smaller: more batches)"
     )
     args = parser.parse_args()
-    figures: dict[str, tuple[float, float, float]] = {}
-    for secure in (False, True):
-        with (
-            tempfile.TemporaryDirectory() as folder,
-            cluster(Path(folder), secure, free_port()) as (address, pids, config),
-        ):
-            runs = [one_run(address, pids, config, args.batch_days) for _ in range(args.repeats)]
-            figures["tls" if secure else "tcp"] = tuple(min(r[i] for r in runs) for i in range(3))  # type: ignore[assignment]
-    settings = TrainingConfig.build(input_data=DATA, batch_size_days=args.batch_days)
-    batches = len(TrainingPipeline().execute(settings).statistics)
-    print(f"{DATA}, {args.batch_days}-day batches ({batches} batches), best of {args.repeats}")
-    print(f"{'':6}{'wall s':>10}{'driver CPU s':>14}{'cluster CPU s':>15}")
-    for name, (wall, driver, cluster_cpu) in figures.items():
-        print(f"{name:6}{wall:10.2f}{driver:14.2f}{cluster_cpu:15.2f}")
-    tcp, secure = figures["tcp"], figures["tls"]
-    print(
-        f"{'ratio':6}{secure[0] / tcp[0]:10.2f}{secure[1] / tcp[1]:14.2f}{secure[2] / tcp[2]:15.2f}"
-    )
+    runs: dict[str, list[tuple[float, float, float]]] = {"tcp": [], "tls": []}
+    loads = [os.getloadavg()[0]]
+    with ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        for name in runs:
+            (folder / name).mkdir()
+        clusters = [stack.enter_context(cluster(folder / name, name == "tls")) for name in runs]
+        one_run(clusters[0], args.batch_days)  # warm-up: imports, first connections
+        one_run(clusters[1], args.batch_days)
+        print(f"{'run':8}{'cluster':8}" + "".join(f"{f:>15}" for f in FIGURES) + f"{'load':>7}")
+        for repeat in range(args.repeats):
+            for target in clusters if repeat % 2 == 0 else clusters[::-1]:
+                figures, batches, tasks = one_run(target, args.batch_days)
+                runs[target.name].append(figures)
+                loads.append(os.getloadavg()[0])
+                print(f"{repeat + 1:<8}{target.name:8}" + "".join(f"{v:15.2f}" for v in figures)
+                      + f"{loads[-1]:7.1f}", flush=True)  # fmt: skip
+    medians = {
+        name: [statistics.median(run[i] for run in figures) for i in range(len(FIGURES))]
+        for name, figures in runs.items()
+    }
+    print(f"\n{DATA}, {args.batch_days}-day batches: {batches} batches, {tasks} Dask keys "
+          f"(tasks and scattered arrays) per run; {args.repeats} runs per cluster, "
+          f"interleaved; 1-min load {min(loads):.1f}-{max(loads):.1f}")  # fmt: skip
+    print(f"{'median':16}" + "".join(f"{f:>15}" for f in FIGURES))
+    for name, values in medians.items():
+        print(f"{name:16}" + "".join(f"{v:15.2f}" for v in values))
+    ratios = [s / t for s, t in zip(medians["tls"], medians["tcp"], strict=True)]
+    print(f"{'ratio TLS/TCP':16}" + "".join(f"{r:15.2f}" for r in ratios))
+    total = {name: values[1] + values[2] for name, values in medians.items()}
+    print(f"CPU of driver + cluster: TCP {total['tcp']:.2f} s, TLS {total['tls']:.2f} s, "
+          f"ratio {total['tls'] / total['tcp']:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
