@@ -13,7 +13,8 @@ import json
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,6 +64,27 @@ class KubeCluster:
     def helm(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """Run helm against the cluster; raise ClusterError on failure."""
         return self._run("helm", args, None, timeout, True)
+
+    @contextmanager
+    def following_logs(self, namespace: str, pods: list[str], folder: Path
+                       ) -> Iterator[dict[str, Path]]:  # fmt: skip
+        """Stream each pod's log to `folder/<pod>.log` while inside (what a pod said while it
+        stopped is gone with the pod); yields the files by pod name."""
+        files = {pod: folder / f"{pod}.log" for pod in pods}
+        followers = []
+        for pod, path in files.items():
+            with path.open("wb") as log:
+                followers.append(subprocess.Popen(
+                    [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", "logs",
+                     "--follow", "--timestamps", pod, f"--namespace={namespace}"],
+                    stdout=log, stderr=subprocess.STDOUT,
+                ))  # fmt: skip
+        try:
+            yield files
+        finally:
+            for follower in followers:
+                follower.terminate()
+                follower.wait(timeout=30)
 
     def get(self, *args: str) -> Any:
         """`kubectl get ARGS -o json`, decoded."""

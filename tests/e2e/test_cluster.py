@@ -323,7 +323,7 @@ def lease_holder(cluster: KubeCluster) -> str:
 
 
 def test_deleting_a_running_run_removes_every_pod(
-    run_namespace: str, pulse_release: KubeCluster, say: Say,
+    run_namespace: str, pulse_release: KubeCluster, say: Say, tmp_path: Path,
 ) -> None:  # fmt: skip
     """Delete the TrainingRun while its pods run: all go, each well inside its grace period.
 
@@ -341,15 +341,34 @@ def test_deleting_a_running_run_removes_every_pod(
                 if p.get("status", {}).get("phase") == "Running"]  # fmt: skip
         return pods if len(pods) == 3 else None  # driver, scheduler, one worker
 
-    eventually(running, RUN_TIMEOUT_S, "driver, scheduler and worker Running",
-               lambda: cluster.diagnostics(run_namespace))  # fmt: skip
-    started = time.monotonic()
-    cluster.kubectl("delete", "trainingrun", name, f"--namespace={run_namespace}", timeout=300)
+    pods = eventually(running, RUN_TIMEOUT_S, "driver, scheduler and worker Running",
+                      lambda: cluster.diagnostics(run_namespace))  # fmt: skip
+    with cluster.following_logs(run_namespace, [p["metadata"]["name"] for p in pods],
+                                tmp_path) as logs:  # fmt: skip
+        started = time.monotonic()
+        cluster.kubectl("delete", "trainingrun", name, f"--namespace={run_namespace}",
+                        timeout=300)  # fmt: skip
+        margins = wait_until_gone(cluster, run_namespace, name)
+    say(f"deleted run: every pod gone {time.monotonic() - started:.1f} s after delete; "
+        "seconds of grace period left when each vanished: "
+        + ", ".join(f"{pod} {margin:.0f}" for pod, margin in margins.items()))  # fmt: skip
+    # A pod killed at the end of its grace period leaves ~0 s; one that stopped on
+    # SIGTERM leaves most of the 30 s. 10 s covers polling and clock granularity.
+    late = {pod: margin for pod, margin in margins.items() if margin < 10}
+    assert not late, (
+        f"pods sat out their termination grace period: {late}; what they logged meanwhile:\n"
+        + "\n".join(f"--- {pod} ---\n{logs[pod].read_text()[-3000:] if pod in logs else ''}"
+                    for pod in late))  # fmt: skip
+
+
+def wait_until_gone(cluster: KubeCluster, namespace: str, run: str) -> dict[str, float]:
+    """Wait until every pod of the deleted `run` is gone; by pod, the seconds of its grace
+    period that were left when it vanished (its deletionTimestamp is the period's end)."""
     deadlines: dict[str, datetime.datetime] = {}
     margins: dict[str, float] = {}
 
     def gone() -> bool | None:
-        pods = cluster.pods(run_namespace, f"{LABEL_RUN}={name}")
+        pods = cluster.pods(namespace, f"{LABEL_RUN}={run}")
         left = {p["metadata"]["name"]: p for p in pods}
         now = datetime.datetime.now(datetime.UTC)
         for pod_name, pod in left.items():
@@ -360,14 +379,8 @@ def test_deleting_a_running_run_removes_every_pod(
         return True if not left else None
 
     eventually(gone, 300, "every pod of the deleted run gone",
-               lambda: cluster.diagnostics(run_namespace), interval=0.5)  # fmt: skip
-    say(f"deleted run: every pod gone {time.monotonic() - started:.1f} s after delete; "
-        "seconds of grace period left when each vanished: "
-        + ", ".join(f"{pod} {margin:.0f}" for pod, margin in margins.items()))  # fmt: skip
-    # A pod killed at the end of its grace period leaves ~0 s; one that stopped on
-    # SIGTERM leaves most of the 30 s. 10 s covers polling and clock granularity.
-    late = {pod: margin for pod, margin in margins.items() if margin < 10}
-    assert not late, f"pods sat out their termination grace period (SIGTERM ignored): {late}"
+               lambda: cluster.diagnostics(namespace), interval=0.5)  # fmt: skip
+    return margins
 
 
 # Run in a pod of another namespace: try the run's scheduler as a stranger would, plain TCP
