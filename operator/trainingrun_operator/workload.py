@@ -48,8 +48,9 @@ INIT = ("tini", "--")
 # to close, the worker asks its nanny to close gracefully, and if the nanny is closing on
 # its own SIGTERM by then it drops that request; the error leaves the worker "closing"
 # forever, so every later close (the nanny's too) waits on it (distributed 2026.8).
-# Mutual TLS widened the window (a new TLS connection to the nanny). The worker process
-# keeps no state worth a graceful close: the scheduler reschedules whatever it held.
+# Plain TCP has the race too; mutual TLS likely made it more frequent (the request opens a
+# new TLS connection to the nanny, a slower handshake). The worker process keeps no state
+# worth a graceful close: the scheduler reschedules whatever it held.
 DASK_INIT = ("tini", "-g", "--")
 
 
