@@ -44,13 +44,12 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 INIT = ("tini", "--")
 # Dask pods: tini passes SIGTERM to the whole process group (-g), so a worker's process
 # gets it together with its nanny and exits at once. Signalled through the nanny alone, it
-# could hang until the nanny kills it 8 s later: a deleted run's scheduler tells the worker
-# to close, the worker asks its nanny to close gracefully, and if the nanny is closing on
-# its own SIGTERM by then it drops that request; the error leaves the worker "closing"
-# forever, so every later close (the nanny's too) waits on it (distributed 2026.8).
-# Plain TCP has the race too; mutual TLS likely made it more frequent (the request opens a
-# new TLS connection to the nanny, a slower handshake). The worker process keeps no state
-# worth a graceful close: the scheduler reschedules whatever it held.
+# took 8 s or more, until the nanny killed it (distributed 2026.8): a busy worker's close
+# waits for its running task; and an idle one could hang for good when the deleted run's
+# scheduler told it to close first: it asks its nanny to close gracefully, a nanny already
+# closing on its own SIGTERM drops the request, and the error leaves the worker "closing"
+# (plain TCP too; mutual TLS likely made it more frequent with a slower handshake to the
+# nanny). The worker keeps nothing worth a graceful close: the scheduler reschedules tasks.
 DASK_INIT = ("tini", "-g", "--")
 
 

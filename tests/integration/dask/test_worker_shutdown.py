@@ -5,12 +5,15 @@ tini, its args and environment: nanny, mutual TLS with the run's files) runs her
 processes against a real ``dask scheduler`` with the run's TLS settings.
 
 What a deleted run does to them: the scheduler and the worker pods get SIGTERM at about the
-same moment. The closing scheduler tells the worker to close; the worker asks its nanny to
-close gracefully while the nanny closes on its own SIGTERM. When the nanny is slower to
-answer than the signal (a loaded node, the TLS handshake of a new connection), distributed
-leaves the worker process "closing" forever and the nanny kills it only 8 s later. A real
-pod then outlived most of its grace period. The test makes that order certain by freezing
-the nanny (SIGSTOP) until both signals are out.
+same moment. Signalled only through its nanny (the old ``tini --``), the worker process
+took 8 s or more to go, until the nanny killed it, in two ways the tests reproduce:
+
+- it was running a task: its close waits for the task's thread (up to the nanny's 8 s);
+- it was idle, and the closing scheduler told it to close first: it asks its nanny to
+  close gracefully; a nanny already closing on its own SIGTERM drops that request, and
+  distributed leaves the worker "closing" for good. That order depends on timing (a loaded
+  node, the TLS handshake of a new connection to the nanny); the test makes it certain by
+  freezing the nanny (SIGSTOP) until both signals are out.
 
 tini is the image's init; the test needs it on the host (Debian: ``apt-get install tini``)
 and fails without it when CI=true, as hack/test.sh installs it.
@@ -25,11 +28,13 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from distributed import Client
+from distributed import Client, fire_and_forget
 
 from tests.integration.dask.conftest import DASK, START_SECONDS, _stop, free_port
 from tests.integration.dask.test_tls import pod_env, run_security, write_files
@@ -94,12 +99,41 @@ def tini() -> str:
     return found
 
 
-@pytest.mark.usefixtures("tini")
-def test_a_deleted_runs_worker_exits_at_once_when_its_scheduler_closes_first(
-    tmp_path: Path,
-) -> None:
-    """The scheduler closes (and tells the worker to close), then the pod's SIGTERM comes
-    while the nanny has not yet answered the worker: the worker pod is gone within seconds."""
+@dataclass
+class RunPods:
+    """A run's scheduler and worker pod, as local processes; the worker is the pod's PID 1."""
+
+    folder: Path
+    files: Path
+    address: str
+    scheduler: subprocess.Popen[bytes]
+    worker: subprocess.Popen[bytes]
+    nanny: int
+    signalled: float = 0.0
+
+    def client(self) -> Client:
+        """A client with the run's certificate (the driver's)."""
+        return Client(self.address, security=run_security(self.files), timeout=START_SECONDS,
+                      set_as_default=False)  # fmt: skip
+
+    def sigterm_worker_pod(self) -> None:
+        """The kubelet's SIGTERM to the worker container's PID 1."""
+        self.signalled = time.monotonic()
+        self.worker.terminate()
+
+    def assert_worker_pod_gone(self) -> None:
+        """The worker container's PID 1 exits within EXIT_WITHIN_S of its SIGTERM."""
+        try:
+            self.worker.wait(timeout=EXIT_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the worker pod outlived its SIGTERM by {EXIT_WITHIN_S} s; "
+                        f"log: {self.folder / 'worker.log'}")  # fmt: skip
+        print(f"worker pod gone {time.monotonic() - self.signalled:.1f} s after SIGTERM")
+
+
+@pytest.fixture
+def run_pods(tini: str, tmp_path: Path) -> Iterator[RunPods]:
+    """A TLS scheduler and one worker pod's processes, registered; all stopped at the end."""
     files = write_files(tmp_path / "tls", "run")
     port = free_port()
     address = f"tls://127.0.0.1:{port}"
@@ -112,31 +146,46 @@ def test_a_deleted_runs_worker_exits_at_once_when_its_scheduler_closes_first(
             env=scheduler_env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
         )  # fmt: skip
     worker = start_worker(address, files, tmp_path)
-    nanny = None
-    worker_process: list[int] = []
+    nanny, left = None, []
     try:
         with Client(address, security=run_security(files), timeout=START_SECONDS,
                     set_as_default=False) as client:  # fmt: skip
             client.wait_for_workers(1, timeout=START_SECONDS)
         (nanny,) = children(worker.pid)  # tini's one child: `dask worker`, the nanny
-        worker_process = children(nanny)  # the worker process (and multiprocessing's helper)
-        os.kill(nanny, signal.SIGSTOP)
-        scheduler.terminate()
-        wait_for_line(tmp_path / "worker.log", "Reason: scheduler-close", START_SECONDS)
-        signalled = time.monotonic()
-        worker.terminate()  # the kubelet's SIGTERM to the container's PID 1
-        os.kill(nanny, signal.SIGCONT)
-        try:
-            worker.wait(timeout=EXIT_WITHIN_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the worker pod's processes outlived SIGTERM by {EXIT_WITHIN_S} s; "
-                        f"log: {tmp_path / 'worker.log'}")  # fmt: skip
-        print(f"worker gone {time.monotonic() - signalled:.1f} s after SIGTERM")
+        left = children(nanny)  # the worker process (and multiprocessing's helper)
+        yield RunPods(tmp_path, files, address, scheduler, worker, nanny)
     finally:
-        if nanny is not None and worker.poll() is None:
-            os.kill(nanny, signal.SIGCONT)
+        if nanny is not None:  # a test that froze it may have failed before thawing it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(nanny, signal.SIGCONT)
         for process in (worker, scheduler):
             _stop(process)
-        for pid in worker_process:  # outside a pod nothing kills what PID 1 leaves behind
+        for pid in left:  # outside a pod nothing kills what PID 1 leaves behind
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_deleted_runs_busy_worker_exits_at_once(run_pods: RunPods) -> None:
+    """The worker is running a task when the scheduler and the worker pod get SIGTERM."""
+    with run_pods.client() as client:
+        fire_and_forget(client.submit(time.sleep, 600, pure=False))  # runs on without us
+        deadline = time.monotonic() + START_SECONDS
+        while not any(client.run(lambda dask_worker: bool(dask_worker.state.executing)).values()):
+            assert time.monotonic() < deadline, "the task never started"
+            time.sleep(0.05)
+    run_pods.scheduler.terminate()
+    run_pods.sigterm_worker_pod()
+    run_pods.assert_worker_pod_gone()
+
+
+def test_a_deleted_runs_idle_worker_exits_at_once_when_its_scheduler_closes_first(
+    run_pods: RunPods,
+) -> None:
+    """The closing scheduler has told the worker to close, and the pod's SIGTERM comes
+    before the nanny has answered the worker."""
+    os.kill(run_pods.nanny, signal.SIGSTOP)
+    run_pods.scheduler.terminate()
+    wait_for_line(run_pods.folder / "worker.log", "Reason: scheduler-close", START_SECONDS)
+    run_pods.sigterm_worker_pod()
+    os.kill(run_pods.nanny, signal.SIGCONT)
+    run_pods.assert_worker_pod_gone()
