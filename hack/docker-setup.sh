@@ -18,6 +18,8 @@
 #   PULSE_BASE_IMAGE     tag of the base image (default: local/bookworm:min)
 #   PULSE_DEBIAN_MIRROR  mirror for debootstrap (default: the one apt uses on this machine)
 set -euo pipefail
+# shellcheck source=hack/daemon.sh
+source "$(dirname "${BASH_SOURCE[0]}")/daemon.sh"
 
 readonly CACHE_HOME="${PULSE_DOCKER_HOME:-${HOME}/.cache/pulse-docker}"
 readonly DATA_ROOT="${CACHE_HOME}/data-root"
@@ -71,10 +73,15 @@ start_dockerd() {
   fi
   mkdir -p "${DATA_ROOT}"
   log "starting dockerd (data root ${DATA_ROOT}, log ${DOCKERD_LOG})"
-  # Started directly (no `cd X &&` in the same list, see shared/machine-notes.md), so $!
-  # is dockerd's own PID; setsid keeps it alive after this script's session ends.
-  setsid nohup dockerd --data-root "${DATA_ROOT}" --pidfile "${DOCKERD_PID}" \
-    >>"${DOCKERD_LOG}" 2>&1 </dev/null &
+  # The subshell execs it (no `cd X &&` in the list, see shared/machine-notes.md), so $! is
+  # dockerd's own PID; setsid keeps it alive after this script's session ends. It keeps
+  # none of the caller's descriptors: under `flock /tmp/pulse-cluster.lock` a dockerd
+  # holding the lock's descriptor blocked every later user of the lock for its lifetime.
+  (
+    close_inherited_fds
+    exec setsid nohup dockerd --data-root "${DATA_ROOT}" --pidfile "${DOCKERD_PID}" \
+      >>"${DOCKERD_LOG}" 2>&1 </dev/null
+  ) &
   local pid=$! waited=0
   until engine_answers; do
     if ! kill -0 "${pid}" 2>/dev/null; then

@@ -62,6 +62,8 @@ readonly ETCD_PEER_PORT=23800
 readonly START_TIMEOUT_S=120
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=hack/daemon.sh
+source "${script_dir}/daemon.sh"
 readonly CACHE_HOME="${PULSE_CLUSTER_HOME:-${HOME}/.cache/pulse-cluster}"
 # Kept across `down`: the node's image store, so a warm start imports nothing.
 readonly CONTAINERD_ROOT="${CACHE_HOME}/containerd"
@@ -136,10 +138,7 @@ start() {
   local name="$1"
   shift
   (
-    for fd in "/proc/${BASHPID}/fd"/*; do
-      fd="${fd##*/}"
-      if ((fd > 2)); then eval "exec ${fd}>&-" 2>/dev/null || true; fi
-    done
+    close_inherited_fds
     exec setsid nohup "$@" >"${LOGS}/${name}.log" 2>&1 </dev/null
   ) &
   printf '%s\n' "$!" >"${RUN_DIR}/${name}.pid"
