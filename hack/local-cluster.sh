@@ -4,6 +4,7 @@
 #   sudo hack/local-cluster.sh up            # start it (idempotent); prints the KUBECONFIG export
 #   sudo hack/local-cluster.sh load IMAGE..  # copy Docker images into the node (no registry)
 #   sudo hack/local-cluster.sh restart-apiserver [SECONDS]  # an API server outage, for fault tests
+#   sudo hack/local-cluster.sh network-policies on|off  # NetworkPolicy enforcement (on after up)
 #   sudo hack/local-cluster.sh down          # stop it, remove every pod and all cluster state
 #
 # What kind gives users on a laptop, built from parts these machines can have: the control
@@ -11,8 +12,10 @@
 # (kubelet, kube-proxy in iptables mode) run as host processes, compiled from Go modules by
 # hack/envtest.sh; containers run in Debian's containerd and runc, networked by Debian's CNI
 # plugins on a bridge of their own; CoreDNS (also from Go modules) serves cluster DNS; the
-# pause and CoreDNS images are made locally from those binaries. Everything listens on the
-# bridge address or loopback, so nothing is reachable from outside this machine.
+# pause and CoreDNS images are made locally from those binaries; kube-network-policies (also
+# from Go modules, hack/kube-network-policies.sh) enforces NetworkPolicy, which the bridge
+# plugin does not. Everything listens on the bridge address or loopback, so nothing is
+# reachable from outside this machine.
 # Why this instead of a kind node image, and the measured start times: docs/local-cluster.md.
 set -euo pipefail
 
@@ -21,9 +24,10 @@ usage() {
 Usage: hack/local-cluster.sh COMMAND [ARGS]
 
 A single-node Kubernetes (control plane + kubelet + kube-proxy + CoreDNS) running as
-processes on this Linux machine, with containerd for containers. Needs root, Docker (for
-the images) and, on Debian or Ubuntu, installs containerd, runc, CNI plugins, iptables
-and conntrack with apt when missing.
+processes on this Linux machine, with containerd for containers and kube-network-policies
+enforcing NetworkPolicy. Needs root, Docker (for the images) and, on Debian or Ubuntu,
+installs containerd, runc, CNI plugins, iptables, nftables and conntrack with apt when
+missing.
 
 Commands:
   up           start the cluster, or report it running; prints `export KUBECONFIG=...`
@@ -35,6 +39,10 @@ Commands:
   restart-apiserver [SECONDS]
                stop the API server, keep it down SECONDS (default 0), start it again
                with the same flags and wait until it is ready (everything else runs on)
+  network-policies on|off
+               start (as `up` does) or stop enforcing NetworkPolicy: the enforcer's
+               DaemonSet and the rules that queue new connections to it; off, every
+               policy is ignored again, as by the bridge plugin alone
   kubeconfig   print the admin kubeconfig's path
   -h, --help   show this help
 
@@ -78,6 +86,11 @@ readonly CONTAINERD_SOCK="${RUN_DIR}/containerd.sock"
 readonly ADMIN_KUBECONFIG="${STATE}/admin.kubeconfig"
 readonly PAUSE_IMAGE_REPO="local/pause"
 readonly COREDNS_IMAGE_REPO="local/coredns"
+readonly NETPOL_IMAGE_REPO="local/kube-network-policies"
+# The netfilter queue the enforcer reads (its --nfqueue-id), and the iptables chain that
+# feeds it on kernels without nftables' queue statement (steer_to_enforcer).
+readonly NETPOL_QUEUE=100
+readonly NETPOL_CHAIN="PULSE-NETWORK-POLICIES"
 # Every component, as `status` lists them.
 readonly COMPONENTS=(kube-controller-manager kube-scheduler kubelet kube-proxy kube-apiserver etcd containerd)
 
@@ -101,6 +114,7 @@ install_packages() {
   [[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
   command -v iptables >/dev/null || missing+=(iptables)
   command -v conntrack >/dev/null || missing+=(conntrack)
+  command -v nft >/dev/null || missing+=(nftables)
   command -v openssl >/dev/null || missing+=(openssl)
   command -v ip >/dev/null || missing+=(iproute2)
   ((${#missing[@]} == 0)) && return 0
@@ -111,11 +125,14 @@ install_packages() {
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Sets CONTROL_BIN and NODE_BIN; builds the binaries on first use (hack/envtest.sh).
+# Sets CONTROL_BIN, NODE_BIN, NETPOL_BIN and NETPOL_IMAGE; builds the binaries on first use
+# (hack/envtest.sh, hack/kube-network-policies.sh).
 find_binaries() {
   eval "$("${script_dir}/envtest.sh")"
   CONTROL_BIN="${KUBEBUILDER_ASSETS}"
   NODE_BIN="$("${script_dir}/envtest.sh" node)"
+  NETPOL_BIN="$("${script_dir}/kube-network-policies.sh")"
+  NETPOL_IMAGE="${NETPOL_IMAGE_REPO}:$("${script_dir}/kube-network-policies.sh" version | tr -d v)"
 }
 
 kubectl() { "${CONTROL_BIN}/kubectl" --kubeconfig="${ADMIN_KUBECONFIG}" "$@"; }
@@ -315,6 +332,7 @@ remove_kube_chains() {
 
 teardown_network() {
   remove_kube_chains
+  unsteer_from_enforcer
   local direction
   for direction in -i -o; do
     while iptables -D FORWARD "${direction}" "${BRIDGE}" -j ACCEPT 2>/dev/null; do :; done
@@ -506,6 +524,74 @@ start_coredns() {
   kubectl --namespace kube-system rollout status deployment/coredns --timeout="${START_TIMEOUT_S}s" >&2
 }
 
+# --- NetworkPolicy enforcement -------------------------------------------------------
+
+# kube-network-policies queues the first packet of every new connection to itself with an
+# nftables `queue` rule. A kernel built without CONFIG_NFT_QUEUE (these machines': `nft`
+# answers "Could not process rule: No such file or directory") refuses that rule and with it
+# the enforcer's whole table, so nothing would reach it. Such kernels may still have the
+# xtables NFQUEUE target; kernel_has_nft_queue asks the kernel (a checked, never committed
+# transaction) which is the case.
+kernel_has_nft_queue() {
+  nft --check -f - >/dev/null 2>&1 <<EOF
+table inet pulse_queue_probe {
+  chain postrouting { type filter hook postrouting priority 0; queue num ${NETPOL_QUEUE} bypass; }
+}
+EOF
+}
+
+# Where nftables cannot queue, queue with iptables what the enforcer's own table would:
+# new TCP/UDP/SCTP connections from or to a pod, after kube-proxy's DNAT (POSTROUTING, which
+# bridged pod-to-pod packets pass through br_netfilter too), except those of the node's root
+# processes (the kubelet's probes; the enforcer skips them the same way). Unlike the
+# enforcer's own rules this queues every pod's connections, not only those of pods that a
+# policy selects: the enforcer admits a connection no policy covers, at the cost of one
+# round trip to it per new connection. --queue-bypass: while no enforcer reads the queue,
+# packets pass (policies are not enforced then, as with `network-policies off`).
+steer_to_enforcer() {
+  kernel_has_nft_queue && return 0
+  iptables -t mangle -N "${NETPOL_CHAIN}" 2>/dev/null || iptables -t mangle -F "${NETPOL_CHAIN}"
+  iptables -t mangle -A "${NETPOL_CHAIN}" -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+  iptables -t mangle -A "${NETPOL_CHAIN}" -m owner --uid-owner 0 -j RETURN
+  local protocol direction
+  for protocol in tcp udp sctp; do
+    for direction in --source --destination; do
+      iptables -t mangle -A "${NETPOL_CHAIN}" -p "${protocol}" "${direction}" "${POD_CIDR}" \
+        -j NFQUEUE --queue-num "${NETPOL_QUEUE}" --queue-bypass
+    done
+  done
+  iptables -t mangle -C POSTROUTING -j "${NETPOL_CHAIN}" 2>/dev/null \
+    || iptables -t mangle -I POSTROUTING 1 -j "${NETPOL_CHAIN}"
+}
+
+unsteer_from_enforcer() {
+  command -v iptables >/dev/null || return 0
+  while iptables -t mangle -D POSTROUTING -j "${NETPOL_CHAIN}" 2>/dev/null; do :; done
+  if iptables -t mangle -F "${NETPOL_CHAIN}" 2>/dev/null; then
+    iptables -t mangle -X "${NETPOL_CHAIN}"
+  fi
+}
+
+# The enforcer's objects, with the image and queue filled in.
+netpol_manifest() {
+  sed -e "s|@IMAGE@|${NETPOL_IMAGE}|g" -e "s|@QUEUE@|${NETPOL_QUEUE}|g" \
+    "${script_dir}/local-cluster/kube-network-policies.yaml"
+}
+
+start_network_policies() {
+  docker_image_from_binary "${NETPOL_IMAGE}" "${NETPOL_BIN}"
+  load_images "${NETPOL_IMAGE}"
+  steer_to_enforcer
+  netpol_manifest | kubectl apply --server-side --field-manager=local-cluster -f - >/dev/null
+  kubectl --namespace kube-system rollout status daemonset/kube-network-policies \
+    --timeout="${START_TIMEOUT_S}s" >&2
+}
+
+stop_network_policies() {
+  netpol_manifest | kubectl delete --ignore-not-found --wait -f - >/dev/null
+  unsteer_from_enforcer
+}
+
 # --- images -------------------------------------------------------------------------
 
 # docker_image_from_binary REPO:TAG BINARY: a one-file image (the static binary at /).
@@ -582,6 +668,7 @@ up() {
   start_proxy
   kubectl wait --for=condition=Ready "node/${NODE_NAME}" --timeout="${START_TIMEOUT_S}s" >/dev/null
   start_coredns
+  start_network_policies
   log "up in $((SECONDS - started)) s ($((SECONDS - built)) s after the binaries were ready);" \
     "logs in ${LOGS}"
   printf 'export KUBECONFIG=%q\n' "${ADMIN_KUBECONFIG}"
@@ -662,6 +749,16 @@ main() {
       load_images "$@"
       ;;
     restart-apiserver) restart_apiserver "$@" ;;
+    network-policies)
+      require_root network-policies
+      running || die "the cluster is not running: hack/local-cluster.sh up"
+      find_binaries
+      case "${1:-}" in
+        on) start_network_policies ;;
+        off) stop_network_policies ;;
+        *) die "network-policies takes on or off, got '${1:-}'" ;;
+      esac
+      ;;
     kubeconfig) printf '%s\n' "${ADMIN_KUBECONFIG}" ;;
     -h | --help) usage ;;
     *)

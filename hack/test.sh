@@ -8,10 +8,10 @@
 # the Kubernetes control-plane binaries for the k8s tier (hack/envtest.sh builds them from
 # Go modules on first use: ~12 min cold, instant warm); a Docker engine and the project
 # image for the image tier when PULSE_WITH_DOCKER=1 (hack/docker-setup.sh); the node
-# binaries of the single-node cluster the e2e tier starts (hack/local-cluster.sh) when
-# PULSE_WITH_CLUSTER=1. With PULSE_REQUIRE_K8S=1 / PULSE_REQUIRE_DOCKER=1 /
-# PULSE_REQUIRE_CLUSTER=1 (CI sets them) a missing component fails its tier instead of
-# skipping it.
+# binaries of the single-node cluster the e2e tier starts (hack/local-cluster.sh) and its
+# NetworkPolicy enforcer (hack/kube-network-policies.sh) when PULSE_WITH_CLUSTER=1. With
+# PULSE_REQUIRE_K8S=1 / PULSE_REQUIRE_DOCKER=1 / PULSE_REQUIRE_CLUSTER=1 (CI sets them) a
+# missing component fails its tier instead of skipping it.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -44,6 +44,8 @@ fi
 # setup step with its own log lines, not a fixture timeout.
 if [[ "${PULSE_WITH_CLUSTER:-0}" == 1 ]]; then
   hack/envtest.sh node >/dev/null
+  # The cluster's NetworkPolicy enforcer (cold build ~3 min, then cached).
+  hack/kube-network-policies.sh >/dev/null
 fi
 
 # Install the Debian package named like its command, $1, when the command is missing and
