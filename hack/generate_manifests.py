@@ -23,6 +23,7 @@ import yaml
 from trainingrun_operator.crd import build_crd
 from trainingrun_operator.deployment import dask_controller_command
 from trainingrun_operator.manifests import build_dask_crds, build_install, render
+from trainingrun_operator.policy import admission_checks
 from trainingrun_operator.rbac import (
     dask_controller_rules,
     kueue_rules,
@@ -43,6 +44,7 @@ CHART_TEMPLATES: dict[str, Callable[[], object]] = {
     "operatorLeaseRules": operator_lease_rules,
     "daskControllerRules": dask_controller_rules,
     "daskControllerCommand": dask_controller_command,
+    "runPolicyChecks": admission_checks,
 }
 
 

@@ -1,9 +1,9 @@
 """Everything one install needs, as a list of manifests: the source of ``manifests/base/``.
 
-The TrainingRun CRD, RBAC and Deployments come from this package's builders; the
-dask-kubernetes CRDs are read from the installed dask-kubernetes wheel, from the copy its
-own Helm chart ships: the ``customresources/*.yaml`` sources with their ``$ref``s
-resolved and their ``*.patch.yaml`` JSON patches applied by its release build.
+The TrainingRun CRD, RBAC, Deployments and the run policy's admission policy come from this
+package's builders; the dask-kubernetes CRDs are read from the installed dask-kubernetes
+wheel, from the copy its own Helm chart ships: the ``customresources/*.yaml`` sources with
+their ``$ref``s resolved and their ``*.patch.yaml`` JSON patches applied by its release build.
 """
 
 from __future__ import annotations
@@ -21,10 +21,14 @@ from trainingrun_operator.deployment import (
     build_operator_disruption_budget,
 )
 from trainingrun_operator.objects import Manifest
+from trainingrun_operator.policy import build_admission_policy
 from trainingrun_operator.rbac import build_dask_controller_rbac, build_operator_rbac
 from trainingrun_operator.settings import OperatorSettings
 
 DASK_RESOURCES = ("daskcluster", "daskworkergroup", "daskjob", "daskautoscaler")
+# The admission policy (and binding) of the run policy with the default lists; the chart's is
+# named after its release.
+RUN_POLICY_NAME = "pulse-run-policy"
 
 
 def dask_crds_dir() -> Path:
@@ -73,6 +77,7 @@ def build_install(
             build_operator_disruption_budget(namespace),
             build_dask_controller_deployment(namespace, image),
         ],
+        "run-policy.yaml": build_admission_policy(RUN_POLICY_NAME, settings.policy),
     }
 
 

@@ -104,7 +104,8 @@ def pytest_runtest_makereport(
 
 @pytest.fixture(scope="session")
 def pulse_install(control_plane: ControlPlane) -> ControlPlane:
-    """The control plane with everything manifests/base installs except the Deployments."""
+    """The control plane with everything manifests/base installs except the Deployments and
+    the run policy (tests/k8s/test_run_policy.py applies that)."""
     from trainingrun_operator.manifests import build_install
 
     install = build_install()

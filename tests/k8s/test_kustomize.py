@@ -1,5 +1,6 @@
 """The kustomize base and overlays in manifests/ render, say what they promise, and are
-accepted by the real API server (server-side dry run), as a GitOps tool would apply them."""
+accepted by the real API server (server-side dry run), as a GitOps tool would apply them; the
+base's run policy is the chart's and refuses at `kubectl apply` what it forbids."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ import pytest
 import yaml
 
 from tests.k8s.controlplane import ControlPlane
+from tests.k8s.test_chart import assets, by_kind  # noqa: F401 (assets is a fixture)
+from tests.k8s.test_chart import render as helm_render
+from tests.k8s.test_operator_crd import rejection, training_run
+from tests.k8s.test_run_policy import DENIED, admission_policy, wait_in_force
+from trainingrun_operator.constants import DEFAULT_IMAGE
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 KUSTOMIZATIONS = ["base", "overlays/release", "overlays/single-namespace"]
@@ -66,3 +72,33 @@ def test_single_namespace_overlay_watches_one_namespace(control_plane: ControlPl
     assert env(operator_container(render(control_plane, "base")))["PULSE_OPERATOR_NAMESPACES"] == ""
     overlay = env(operator_container(render(control_plane, "overlays/single-namespace")))
     assert overlay["PULSE_OPERATOR_NAMESPACES"] == "research"
+
+
+def test_base_run_policy_is_the_charts_with_its_default_values(
+    control_plane: ControlPlane,
+    assets: Path,  # noqa: F811
+) -> None:
+    """manifests/base/run-policy.yaml and the chart's policy are generated from one builder:
+    with the chart's default values they match and check the same, with the same lists."""
+    (chart,) = by_kind(helm_render(assets), "ValidatingAdmissionPolicy").values()
+    (base,) = by_kind(render(control_plane, "base"), "ValidatingAdmissionPolicy").values()
+    assert base["spec"] == chart["spec"]
+    assert {v["name"]: v["expression"] for v in base["spec"]["variables"]}["image_prefixes"] == (
+        f'["{DEFAULT_IMAGE}"]'
+    )
+
+
+def test_base_run_policy_refuses_a_disallowed_image_at_apply(
+    pulse_install: ControlPlane, namespace: str
+) -> None:
+    """The kustomize install's admission policy, as `kubectl kustomize` renders it, refuses a
+    run with another image at `kubectl apply`, naming the rule, and admits the base's image."""
+    with admission_policy(pulse_install, render(pulse_install, "base")):
+        wait_in_force(pulse_install, namespace)
+        other = training_run(namespace, "other-image", image="registry.example/miner:1")
+        message = rejection(pulse_install, other)
+        assert (
+            f"{DENIED}spec.image registry.example/miner:1 is not allowed by the run policy "
+            f"(allowedImagePrefixes: {DEFAULT_IMAGE})"
+        ) in message, message
+        pulse_install.apply(training_run(namespace, "base-image", image=DEFAULT_IMAGE))

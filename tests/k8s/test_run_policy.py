@@ -9,6 +9,7 @@ every case.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,20 +84,29 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
 ]
 
 
+@contextlib.contextmanager
+def admission_policy(plane: ControlPlane, objects: list[dict[str, Any]]) -> Iterator[None]:
+    """The ValidatingAdmissionPolicy and binding among `objects` applied to the API server
+    (removed afterwards: the control plane is shared by the session)."""
+    kinds = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    policy = [o for o in objects if o["kind"] in kinds]
+    assert len(policy) == 2, [o["kind"] for o in objects]
+    for manifest in policy:
+        plane.apply(manifest)
+    try:
+        yield
+    finally:
+        for manifest in policy:
+            plane.kubectl("delete", manifest["kind"], manifest["metadata"]["name"],
+                          "--ignore-not-found")  # fmt: skip
+
+
 @pytest.fixture
 def run_policy(pulse_install: ControlPlane, assets: Path) -> Iterator[list[dict[str, Any]]]:  # noqa: F811
-    """The chart's policy objects applied to the API server (removed afterwards: the control
-    plane is shared by the session)."""
+    """The chart's policy objects applied to the API server."""
     objects = render(assets, *VALUES)
-    kinds = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
-    policy = [o for o in objects if o["kind"] in kinds]  # fmt: skip
-    for manifest in policy:
-        pulse_install.apply(manifest)
-    yield objects
-    for manifest in policy:
-        kind, meta = manifest["kind"], manifest["metadata"]
-        where = [f"--namespace={meta['namespace']}"] if "namespace" in meta else []
-        pulse_install.kubectl("delete", kind, meta["name"], *where, "--ignore-not-found")
+    with admission_policy(pulse_install, objects):
+        yield objects
 
 
 def operator_settings(objects: list[dict[str, Any]]) -> OperatorSettings:

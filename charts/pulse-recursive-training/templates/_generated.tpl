@@ -210,3 +210,60 @@
 - -m
 - dask_kubernetes.operator.controller
 {{- end }}
+
+{{- define "pulse-recursive-training.runPolicyChecks" -}}
+failurePolicy: Fail
+matchConstraints:
+  resourceRules:
+  - apiGroups:
+    - pulse.dev
+    apiVersions:
+    - '*'
+    operations:
+    - CREATE
+    resources:
+    - trainingruns
+validations:
+- expression: '!has(object.spec.image) || variables.image_prefixes.exists(p, object.spec.image == p ||
+    (object.spec.image.startsWith(p) && ["/", ":", "@"].exists(e, p.endsWith(e))))'
+  messageExpression: '"spec.image " + object.spec.image + " is not allowed by the run policy (allowedImagePrefixes:
+    " + (variables.image_prefixes.size() == 0 ? "none" : variables.image_prefixes.join(",")) + ")"'
+  reason: Forbidden
+- expression: '!has(object.spec.dask) || !has(object.spec.dask.image) || variables.image_prefixes.exists(p,
+    object.spec.dask.image == p || (object.spec.dask.image.startsWith(p) && ["/", ":", "@"].exists(e,
+    p.endsWith(e))))'
+  messageExpression: '"spec.dask.image " + object.spec.dask.image + " is not allowed by the run policy
+    (allowedImagePrefixes: " + (variables.image_prefixes.size() == 0 ? "none" : variables.image_prefixes.join(","))
+    + ")"'
+  reason: Forbidden
+- expression: '!has(object.spec.serviceAccountName) || variables.service_accounts.exists(a, a == "*" ||
+    a == object.spec.serviceAccountName)'
+  messageExpression: '"spec.serviceAccountName " + object.spec.serviceAccountName + " is not allowed by
+    the run policy (allowedServiceAccountNames: " + (variables.service_accounts.size() == 0 ? "none" :
+    variables.service_accounts.join(",")) + "; leave it unset to use the run''s own)"'
+  reason: Forbidden
+- expression: '!has(object.spec.data) || !has(object.spec.data.credentialsSecret) || variables.credential_secrets.exists(a,
+    a == "*" || a == object.spec.data.credentialsSecret)'
+  messageExpression: '"spec.data.credentialsSecret " + object.spec.data.credentialsSecret + " is not allowed
+    by the run policy (allowedCredentialSecrets: " + (variables.credential_secrets.size() == 0 ? "none"
+    : variables.credential_secrets.join(",")) + ")"'
+  reason: Forbidden
+- expression: '!has(object.spec.output) || !has(object.spec.output.credentialsSecret) || variables.credential_secrets.exists(a,
+    a == "*" || a == object.spec.output.credentialsSecret)'
+  messageExpression: '"spec.output.credentialsSecret " + object.spec.output.credentialsSecret + " is not
+    allowed by the run policy (allowedCredentialSecrets: " + (variables.credential_secrets.size() == 0
+    ? "none" : variables.credential_secrets.join(",")) + ")"'
+  reason: Forbidden
+- expression: '!has(object.spec.data) || !has(object.spec.data.endpoint) || variables.s3_endpoints.exists(a,
+    a == "*" || a == object.spec.data.endpoint)'
+  messageExpression: '"spec.data.endpoint " + object.spec.data.endpoint + " is not allowed by the run
+    policy (allowedS3Endpoints: " + (variables.s3_endpoints.size() == 0 ? "none" : variables.s3_endpoints.join(","))
+    + ")"'
+  reason: Forbidden
+- expression: '!has(object.spec.output) || !has(object.spec.output.endpoint) || variables.s3_endpoints.exists(a,
+    a == "*" || a == object.spec.output.endpoint)'
+  messageExpression: '"spec.output.endpoint " + object.spec.output.endpoint + " is not allowed by the
+    run policy (allowedS3Endpoints: " + (variables.s3_endpoints.size() == 0 ? "none" : variables.s3_endpoints.join(","))
+    + ")"'
+  reason: Forbidden
+{{- end }}
