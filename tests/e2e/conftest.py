@@ -260,12 +260,11 @@ RELEASE, RELEASE_NAMESPACE = "pulse", "pulse-system"
 RUN_CPU, RUN_MEMORY = "300m", "1Gi"
 
 
-@pytest.fixture(scope="module")
-def pulse_release(local_cluster: KubeCluster, image: str, say: Say) -> Iterator[KubeCluster]:
-    """The chart installed with `helm install --wait`, running the image under test."""
+def install_release(cluster: KubeCluster, image: str, *values: str) -> None:
+    """`helm upgrade --install --wait` of the chart running `image`, with extra `values`
+    (`--set` flags) on top of the test defaults; an upgrade without them restores those."""
     repository, tag = image.rsplit(":", 1)
-    started = time.monotonic()
-    local_cluster.helm(
+    cluster.helm(
         "upgrade", "--install", RELEASE, str(CHART), f"--namespace={RELEASE_NAMESPACE}",
         "--create-namespace", "--wait", "--timeout=10m",
         f"--set=image.repository={repository}", f"--set=image.tag={tag}",
@@ -273,7 +272,15 @@ def pulse_release(local_cluster: KubeCluster, image: str, say: Say) -> Iterator[
         "--set=image.pullPolicy=Never",
         f"--set=operator.runDefaults.cpu={RUN_CPU}",
         f"--set=operator.runDefaults.memory={RUN_MEMORY}",
+        *values,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pulse_release(local_cluster: KubeCluster, image: str, say: Say) -> Iterator[KubeCluster]:
+    """The chart installed with `helm install --wait`, running the image under test."""
+    started = time.monotonic()
+    install_release(local_cluster, image)
     say(f"helm install --wait: {time.monotonic() - started:.1f} s")
     yield local_cluster
     local_cluster.helm("uninstall", RELEASE, f"--namespace={RELEASE_NAMESPACE}", "--wait")

@@ -29,7 +29,7 @@ import yaml
 
 from recursive_training.data.panel import PanelSpec, write_panel
 from tests.e2e.cluster import KubeCluster, eventually, pod_start_seconds, timestamp
-from tests.e2e.conftest import BUCKET, RELEASE_NAMESPACE, ROOT, Say
+from tests.e2e.conftest import BUCKET, RELEASE_NAMESPACE, ROOT, Say, install_release
 from tests.integration.s3.servers import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
 from trainingrun_operator.constants import LABEL_RUN, LEASE_NAME
 from trainingrun_operator.spec import RunSpec, cli_arguments
@@ -383,18 +383,26 @@ def wait_until_gone(cluster: KubeCluster, namespace: str, run: str) -> dict[str,
     return margins
 
 
-# Run in a pod of another namespace: try the run's scheduler as a stranger would, plain TCP
-# (a Dask client without TLS) and TLS without the run's certificate; print one word each.
-INTRUDER_SCRIPT = """
+# Run in a pod: what a client without the run's certificate gets from the run's scheduler.
+# A plain TCP connect first (a NetworkPolicy drops it: no answer within the timeout); when it
+# connects, a Dask client over tcp:// and a TLS handshake without a client certificate. One
+# line each: "<check>: <outcome> [exception]".
+PROBE_SCRIPT = """
 import socket, ssl, sys
 from distributed import Client
-address = sys.argv[1]
-host, port = address.rsplit(':', 1)
+host, port = sys.argv[1].rsplit(':', 1)
 try:
-    with Client('tcp://' + address, timeout=15, set_as_default=False):
-        print('tcp: connected')
+    socket.create_connection((host, int(port)), timeout=10).close()
+    print('connect: open')
+except TimeoutError:
+    sys.exit(print('connect: timeout'))
+except OSError as e:
+    sys.exit(print('connect: refused', type(e).__name__))
+try:
+    with Client(f'tcp://{host}:{port}', timeout=15, set_as_default=False):
+        print('dask: connected')
 except Exception as e:
-    print('tcp: refused', type(e).__name__)
+    print('dask: refused', type(e).__name__)
 context = ssl.create_default_context()
 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
 try:
@@ -406,40 +414,109 @@ except (ssl.SSLError, ConnectionResetError) as e:
 except TimeoutError:
     print('tls: connected (kept open)')
 """
+ENFORCER_HINT = ("is NetworkPolicy enforced on this cluster? "
+                 "(hack/local-cluster.sh network-policies on)")  # fmt: skip
 
 
-def test_a_pod_of_another_namespace_cannot_use_a_runs_dask_cluster(
-    run_namespace: str, pulse_release: KubeCluster, image: str, say: Say,
-) -> None:  # fmt: skip
-    """While a run computes, a pod in another namespace reaches its scheduler's Service but
-    gets no Dask connection: plain TCP and TLS without the run's certificate are refused;
-    the run itself goes on to Succeeded."""
-    cluster = pulse_release
-    name = "synthetic-guarded"
-    apply(cluster, long_run(name, workers=1))
-    wait_for_phase(cluster, name, "Running")
-    stranger = "pulse-e2e-stranger"
-    cluster.kubectl("create", "namespace", stranger)
-    try:
-        address = f"{name}-dask-scheduler.{run_namespace}.svc.cluster.local:8786"
-        pod = {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "stranger", "namespace": stranger},
-            "spec": {"restartPolicy": "Never", "containers": [{
-                "name": "stranger", "image": image, "imagePullPolicy": "Never",
-                "command": ["python", "-c", INTRUDER_SCRIPT, address],
-                "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}},
-            }]},
-        }  # fmt: skip
+def probe_pod(name: str, namespace: str, image: str, address: str,
+              labels: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+    """A pod that runs PROBE_SCRIPT against `address` once."""
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "probe", "image": image, "imagePullPolicy": "Never",
+            "command": ["python", "-c", PROBE_SCRIPT, address],
+            "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}},
+        }]},
+    }  # fmt: skip
+
+
+def probe(cluster: KubeCluster, pods: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Run the probe pods at once; each one's outcomes by check, in the order given."""
+    for pod in pods:
         cluster.kubectl("apply", "--filename=-", stdin=json.dumps(pod))
-        eventually(
-            lambda: cluster.get("pod", "stranger", f"--namespace={stranger}")["status"].get(
-                "phase") in ("Succeeded", "Failed") or None,
-            180, "the stranger pod to finish", lambda: cluster.diagnostics(stranger),
-        )  # fmt: skip
-        log = cluster.kubectl("logs", "stranger", f"--namespace={stranger}").stdout
-        say(f"stranger pod: {log.strip()}")
-        assert "tcp: refused" in log and "tls: refused" in log, log
+    return [probe_outcomes(cluster, pod["metadata"]["name"], pod["metadata"]["namespace"])
+            for pod in pods]  # fmt: skip
+
+
+def probe_outcomes(cluster: KubeCluster, name: str, namespace: str) -> dict[str, str]:
+    """Wait for a probe pod to finish; its outcomes by check."""
+
+    def finished() -> bool | None:
+        status = cluster.get("pod", name, f"--namespace={namespace}")["status"]
+        return status.get("phase") in ("Succeeded", "Failed") or None
+
+    eventually(finished, 180, f"the probe pod {namespace}/{name} to finish",
+               lambda: cluster.diagnostics(namespace))  # fmt: skip
+    log = cluster.kubectl("logs", name, f"--namespace={namespace}").stdout
+    return dict(line.split(": ", 1) for line in log.strip().splitlines())
+
+
+@pytest.fixture(params=[True, False], ids=["tls", "plain-tcp"])
+def dask_tls(request: pytest.FixtureRequest, pulse_release: KubeCluster,
+             image: str) -> Iterator[bool]:  # fmt: skip
+    """Mutual TLS inside runs on (as the chart ships) or off (operator.daskTLS=false, as on a
+    cluster whose mesh encrypts pod traffic), for the runs created meanwhile."""
+    if request.param:
+        yield True
+        return
+    install_release(pulse_release, image, "--set=operator.daskTLS=false")
+    try:
+        yield False
     finally:
-        cluster.kubectl("delete", "namespace", stranger, "--wait", timeout=300)
+        install_release(pulse_release, image)
+
+
+def test_only_a_runs_own_pods_reach_its_dask_scheduler(
+    run_namespace: str, pulse_release: KubeCluster, node_s3: MotoServer, image: str,
+    dask_tls: bool, say: Say, tmp_path: Path,
+) -> None:  # fmt: skip
+    """While a run computes, a pod of another namespace cannot even connect to its scheduler:
+    the run's NetworkPolicy drops it (kube-network-policies enforces it on this cluster). A
+    pod of the run's namespace wearing the run's label gets through the network; with mutual
+    TLS on it is still refused (plain Dask client and TLS without the run's certificate),
+    with TLS off it connects (the policy was the only wall). The run itself Succeeds, with
+    the numbers of a local run."""
+    cluster = pulse_release
+    name = "synthetic-guarded" if dask_tls else "synthetic-guarded-plain"
+    stored = apply(cluster, long_run(name, workers=1))
+
+    def computing() -> bool | None:
+        status = phase(cluster, name)
+        if status.get("phase") in ("Succeeded", "Failed"):
+            raise AssertionError(f"{name} ended ({status['phase']}) before it was probed")
+        return status.get("progress", {}).get("batchesCompleted", 0) > 0 or None
+
+    eventually(computing, RUN_TIMEOUT_S, f"{name} computing",
+               lambda: cluster.diagnostics(run_namespace))  # fmt: skip
+    # The driver talks to its scheduler as the operator was told: tls:// or plain tcp://.
+    scheme = "tls://" if dask_tls else "tcp://"
+    job = cluster.get("job", f"{name}-driver", f"--namespace={run_namespace}")
+    driver_args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert any(arg.startswith(f"--dask-scheduler-address={scheme}") for arg in driver_args), (
+        driver_args
+    )
+    address = f"{name}-dask-scheduler.{run_namespace}.svc.cluster.local:8786"
+    stranger_namespace = "pulse-e2e-stranger"
+    cluster.kubectl("create", "namespace", stranger_namespace)
+    try:
+        stranger, insider = probe(cluster, [
+            probe_pod("stranger", stranger_namespace, image, address, {}),
+            probe_pod(f"{name}-insider", run_namespace, image, address, {LABEL_RUN: name}),
+        ])  # fmt: skip
+    finally:
+        cluster.kubectl("delete", "namespace", stranger_namespace, "--wait", timeout=300)
+        cluster.kubectl("delete", "pod", f"{name}-insider", f"--namespace={run_namespace}")
+    say(f"{scheme} scheduler: a pod of another namespace {stranger}; "
+        f"a pod with the run's label in its namespace {insider}")  # fmt: skip
+    assert phase(cluster, name)["phase"] == "Running", "the run ended before the probes did"
+    assert stranger == {"connect": "timeout"}, f"{stranger}: {ENFORCER_HINT}"
+    assert insider["connect"] == "open", insider
+    if dask_tls:
+        refused = insider["dask"].startswith("refused") and insider["tls"].startswith("refused")
+        assert refused, insider
+    else:
+        assert insider["dask"] == "connected", insider
     wait_for_phase(cluster, name, "Succeeded")
+    assert_same_results(results_from_s3(node_s3, name), local_reference(stored, tmp_path))

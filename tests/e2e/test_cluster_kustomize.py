@@ -2,7 +2,8 @@
 
 The overlay a GitOps user would keep: the generated base, plus the run defaults lowered so
 a run's pods fit on this 2-CPU node. The operator it installs runs the shipped example to
-Succeeded with the same checks as the Helm install (tests/e2e/test_cluster.py).
+Succeeded with the same checks as the Helm install (tests/e2e/test_cluster.py), and the
+base's run policy refuses a run with another image at `kubectl apply`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.cluster import KubeCluster
+from tests.e2e.cluster import ClusterError, KubeCluster, eventually
 from tests.e2e.conftest import ROOT, RUN_CPU, RUN_MEMORY, Say
-from tests.e2e.test_cluster import namespace_with_credentials, run_example_and_check
+from tests.e2e.test_cluster import EXAMPLE, namespace_with_credentials, run_example_and_check
 from tests.integration.s3.servers import MotoServer
 
 pytestmark = pytest.mark.timeout(900)
@@ -73,3 +74,31 @@ def test_kubectl_apply_k_runs_the_example(
     """The example run reaches Succeeded under the kustomize-installed operator."""
     with namespace_with_credentials(kustomize_install, node_s3):
         run_example_and_check(kustomize_install, node_s3, say, tmp_path)
+
+
+def test_kubectl_apply_k_refuses_a_run_with_another_image(kustomize_install: KubeCluster) -> None:
+    """The base's run policy is in force: the example with another image is refused at
+    `kubectl apply`, by a message that names the field and the rule."""
+    cluster, namespace = kustomize_install, "pulse-e2e-policy"
+    run = yaml.safe_load(EXAMPLE.read_text())
+    run["metadata"].update(name="other-image", namespace=namespace)
+    run["spec"]["image"] = "registry.example/miner:1"
+    cluster.kubectl("create", "namespace", namespace)
+    try:
+
+        def refusal() -> str | None:
+            try:
+                cluster.kubectl("apply", "--filename=-", stdin=yaml.safe_dump(run))
+            except ClusterError as e:
+                return str(e)
+            # Admitted before the API server had the policy: take it back, try again.
+            cluster.kubectl("delete", "trainingrun", "other-image", f"--namespace={namespace}")
+            return None
+
+        message = eventually(refusal, 30, "the run policy to refuse the run")
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait", timeout=300)
+    assert (
+        "denied request: spec.image registry.example/miner:1 is not allowed by the run policy "
+        "(allowedImagePrefixes: "
+    ) in message, message
