@@ -62,10 +62,16 @@ def test_kustomization_is_accepted_by_the_api_server(
 
 
 def test_release_overlay_pins_the_image_everywhere(control_plane: ControlPlane) -> None:
-    container = operator_container(render(control_plane, "overlays/release"))
+    objects = render(control_plane, "overlays/release")
+    container = operator_container(objects)
     wanted = "registry.example.com/pulse/pulse-recursive-training:0.1.0"
     assert container["image"] == wanted
     assert env(container)["PULSE_OPERATOR_IMAGE"] == wanted  # stamped into the run's pods
+    # Runs may name it: the operator's run policy and the admission policy list it alone.
+    assert env(container)["PULSE_OPERATOR_ALLOWED_IMAGE_PREFIXES"] == wanted
+    (policy,) = by_kind(objects, "ValidatingAdmissionPolicy").values()
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert variables["image_prefixes"] == f'["{wanted}"]'
 
 
 def test_single_namespace_overlay_watches_one_namespace(control_plane: ControlPlane) -> None:
