@@ -270,16 +270,16 @@ def test_the_run_policy_defaults_to_the_chart_image_and_run_accounts(assets: Pat
 
     def lists(objects: list[Manifest]) -> dict[str, list[str]]:
         policy = by_kind(objects, "ValidatingAdmissionPolicy")[POLICY]
-        return {v["name"]: json.loads(v["expression"]) for v in policy["spec"]["variables"]
-                if v["name"] != "prefixEnds"}  # fmt: skip
+        return {v["name"]: json.loads(v["expression"]) for v in policy["spec"]["variables"]}
 
     def operator_env(objects: list[Manifest]) -> dict[str, str]:
         pod = by_kind(objects, "Deployment")["pulse-pulse-recursive-training"]["spec"]["template"]
         return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e}
 
     objects = render(assets)
-    assert lists(objects) == {"images": ["pulse-recursive-training:0.1.0"], "accounts": [],
-                              "secrets": ["*"], "endpoints": ["*"]}  # fmt: skip
+    assert lists(objects) == {"image_prefixes": ["pulse-recursive-training:0.1.0"],
+                              "service_accounts": [], "credential_secrets": ["*"],
+                              "s3_endpoints": ["*"]}  # fmt: skip
     binding = by_kind(objects, "ValidatingAdmissionPolicyBinding")[POLICY]
     assert binding["spec"] == {"policyName": POLICY, "validationActions": ["Deny"]}
     env = operator_env(objects)
@@ -287,7 +287,7 @@ def test_the_run_policy_defaults_to_the_chart_image_and_run_accounts(assets: Pat
     irsa = render(
         assets, f"--values={IRSA_VALUES}", "--set=runPolicy.allowedServiceAccountNames={x}"
     )
-    assert lists(irsa)["accounts"] == ["x", "pulse-runs"]
+    assert lists(irsa)["service_accounts"] == ["x", "pulse-runs"]
     assert operator_env(irsa)["PULSE_OPERATOR_ALLOWED_SERVICE_ACCOUNTS"] == "x,pulse-runs"
     off = render(assets, "--set=runPolicy.enabled=false")
     assert not by_kind(off, "ValidatingAdmissionPolicy")
