@@ -18,6 +18,8 @@ from typing import NoReturn
 
 import pytest
 
+from tests.kueue import KueueManager
+
 from .controlplane import ControlPlane
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +99,7 @@ def pytest_runtest_makereport(
         report.sections.append(("control plane logs", plane.log_tails()))
     for name in ("pulse_operator", "dask_controller", "kueue_operator", "kueue_controller"):
         process = funcargs.get(name)
-        if report.failed and isinstance(process, OperatorProcess):
+        if report.failed and isinstance(process, OperatorProcess | KueueManager):
             report.sections.append((f"{name} log", process.log_tail()))
     return report
 

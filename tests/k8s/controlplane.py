@@ -81,13 +81,13 @@ def free_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: get SIGTERM when the test process dies, so no server outlives it."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class _Pki:
+class Pki:
     """A throwaway CA, the certificates signed by it and the service-account key pair."""
 
     def __init__(self, directory: Path) -> None:
@@ -217,7 +217,7 @@ class ControlPlane:
         self.admin_kubeconfig = work_dir / "admin.kubeconfig"
         self.has_controller_manager = (assets_dir / "kube-controller-manager").is_file()
         self.server = ""
-        self._pki: _Pki | None = None
+        self._pki: Pki | None = None
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._log_files: list[IO[bytes]] = []
 
@@ -239,7 +239,7 @@ class ControlPlane:
         """Start etcd, kube-apiserver, kube-controller-manager in turn; wait until each works."""
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._pki = _Pki(self.work_dir / "pki")
+            self._pki = Pki(self.work_dir / "pki")
             etcd_url = self._start_etcd()
             self._start_apiserver(etcd_url)
             if self.has_controller_manager:
@@ -376,7 +376,7 @@ class ControlPlane:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=self.work_dir,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self._processes[name] = process
         return process

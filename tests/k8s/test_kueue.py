@@ -2,8 +2,8 @@
 
 Kueue v0.17.0's manager (built by hack/kueue.sh from the Go module proxy) runs as a host
 process against the test's kube-apiserver, with its CRDs applied and no webhooks
-registered (the Workload route needs none; its webhook server still serves a certificate
-signed by the control plane's CA so the manager starts). The operator runs with
+registered (tests/kueue.py says why, and how the manager gets the metrics certificate it
+insists on without writing to this machine's /etc). The operator runs with
 ``--kueue``, the real dask-kubernetes controller makes the pods, and the test plays
 kubelet (tests/k8s/kubelet.py). The preemption test runs the real pipeline in local
 processes from the exact pod specs (test_operator_local_e2e.LocalPods).
@@ -12,16 +12,12 @@ processes from the exact pod specs (test_operator_local_e2e.LocalPods).
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +25,10 @@ from typing import Any
 import psutil
 import pytest
 
-from .conftest import REPO_ROOT, OperatorProcess, operator_process, unavailable
+from tests import kueue
+from tests.kueue import KueueManager
+
+from .conftest import OperatorProcess, operator_process, unavailable
 from .controlplane import ControlPlane, free_port
 from .kubelet import eventually, get, items, job_pods, set_phase
 from .test_operator_crd import training_run
@@ -39,105 +38,35 @@ from .test_operator_metrics import scrape
 
 pytestmark = pytest.mark.k8s
 
-KUEUE = "kueue.x-k8s.io/v1beta2"
-KUEUE_SCRIPT = REPO_ROOT / "hack" / "kueue.sh"
 QUEUE_WAIT_S = 90.0
 # Every pod of a run here requests the operator's defaults: 1 CPU and 2Gi (conftest).
 POD_CPU, POD_MEMORY_GI = 1, 2
 
 
 @pytest.fixture(scope="session")
-def kueue_assets() -> Path:
-    """Kueue's manager binary and CRDs, as hack/kueue.sh caches them (it never builds here)."""
-    result = subprocess.run(
-        ["bash", str(KUEUE_SCRIPT), "find"], capture_output=True, text=True, check=False,
-        timeout=60,
-    )  # fmt: skip
-    if result.returncode != 0:
-        unavailable("no Kueue controller: run hack/kueue.sh (builds it once, a few minutes)")
-    return Path(result.stdout.strip())
-
-
-# Kueue v0.17 reads its metrics serving certificate from this fixed path whenever internal
-# certificate management is off (cmd/kueue/main.go; its Deployment mounts a Secret there),
-# and exits without it. Nothing here scrapes Kueue's metrics: any valid pair will do.
-METRICS_CERTS = Path("/etc/kueue/metrics/certs")
-
-
-def _install_certificate(cert: Path, key: Path, directory: Path) -> None:
-    """Put `cert` and `key` in `directory` as tls.crt and tls.key (replaced atomically)."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        for source, name in ((cert, "tls.crt"), (key, "tls.key")):
-            staged = directory / f".{name}.{os.getpid()}"
-            shutil.copy(source, staged)
-            staged.replace(directory / name)
-    except PermissionError as e:
-        unavailable(f"Kueue needs its certificate in {directory}: {e}")
-
-
-def _ready(url: str) -> bool:
-    """True when `url` answers 200."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
 def kueue_controller(
-    pulse_install: ControlPlane, kueue_assets: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
+    pulse_install: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KueueManager]:
     """Kueue's CRDs applied, the operator's Kueue RBAC bound, Kueue's manager running."""
     from trainingrun_operator.constants import DEFAULT_NAMESPACE
     from trainingrun_operator.rbac import build_kueue_rbac
 
-    plane = pulse_install
-    crds = sorted((kueue_assets / "crds").glob("*.yaml"))
-    # Server-side: the Workload CRD is too large for client-side apply's annotation.
-    plane.kubectl("apply", "--server-side", *(f"--filename={crd}" for crd in crds))
-    plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  *(f"crd/{crd.name.split('_')[1].removesuffix('.yaml')}.kueue.x-k8s.io"
-                    for crd in crds))  # fmt: skip
+    assets = kueue.find_assets()
+    if assets is None:
+        unavailable("no Kueue controller: run hack/kueue.sh (builds it once, a few minutes)")
+    kueue.install_crds(pulse_install, assets)
     for manifest in build_kueue_rbac(DEFAULT_NAMESPACE):
-        plane.apply(manifest)
-    plane.kubectl("create", "namespace", "kueue-system", check=False)
+        pulse_install.apply(manifest)
     work = tmp_path_factory.mktemp("kueue")
-    certs = work / "certs"
-    certs.mkdir()
-    cert, key = plane.serving_certificate("kueue-webhook")
-    for directory in (certs, METRICS_CERTS):
-        _install_certificate(cert, key, directory)
-    health = free_port()
-    config = {
-        "apiVersion": "config.kueue.x-k8s.io/v1beta2", "kind": "Configuration",
-        "namespace": "kueue-system",
-        "health": {"healthProbeBindAddress": f"127.0.0.1:{health}"},
-        "metrics": {"bindAddress": f"127.0.0.1:{free_port()}"},
-        "webhook": {"port": free_port(), "host": "127.0.0.1", "certDir": str(certs)},
-        "leaderElection": {"leaderElect": False},
-        "internalCertManagement": {"enable": False},
-        "integrations": {"frameworks": ["batch/job"]},
-    }  # fmt: skip
-    config_file = work / "config.yaml"
-    config_file.write_text(json.dumps(config))
-    args = [str(kueue_assets / "kueue"), f"--config={config_file}",
-            "--feature-gates=VisibilityOnDemand=false", "--zap-log-level=2"]  # fmt: skip
-    process = OperatorProcess("kueue", args, plane.admin_kubeconfig, work).start()
-    try:
-        eventually(lambda: _ready(f"http://127.0.0.1:{health}/readyz"), 90, "Kueue ready")
-    except AssertionError:
-        process.stop()
-        raise AssertionError(f"Kueue did not become ready:\n{process.log_tail()}") from None
-    yield process
-    process.stop()
+    manager = KueueManager(assets, pulse_install.admin_kubeconfig, work).start()
+    yield manager
+    manager.stop()
 
 
 @pytest.fixture
 def kueue_operator(
     pulse_install: ControlPlane,
-    kueue_controller: OperatorProcess,
+    kueue_controller: KueueManager,
     dask_controller: OperatorProcess,
     namespace: str,
     tmp_path: Path,
@@ -152,46 +81,19 @@ TAINT = {"key": "pulse.dev/batch", "operator": "Exists", "effect": "NoSchedule"}
 
 
 @pytest.fixture
-def queue(pulse_install: ControlPlane, kueue_controller: OperatorProcess,
+def queue(pulse_install: ControlPlane, kueue_controller: KueueManager,
           namespace: str) -> Iterator[str]:  # fmt: skip
     """A ResourceFlavor (node label + toleration), a ClusterQueue with quota for exactly one
     run of 1 scheduler + 1 worker + 1 driver (preemption of lower priorities within it), the
     LocalQueue `team` in the test namespace, and WorkloadPriorityClasses low and high.
     """
-    plane = pulse_install
-    name = f"{namespace}"
     pods = 3
-    objects = [
-        {"apiVersion": KUEUE, "kind": "ResourceFlavor", "metadata": {"name": name},
-         "spec": {"nodeLabels": {"pulse.dev/pool": "batch"}, "tolerations": [TAINT]}},
-        {"apiVersion": KUEUE, "kind": "ClusterQueue", "metadata": {"name": name},
-         "spec": {
-             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-             "preemption": {"withinClusterQueue": "LowerPriority"},
-             "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [
-                 {"name": name, "resources": [
-                     {"name": "cpu", "nominalQuota": pods * POD_CPU},
-                     {"name": "memory", "nominalQuota": f"{pods * POD_MEMORY_GI}Gi"}]}]}],
-         }},
-        {"apiVersion": KUEUE, "kind": "LocalQueue",
-         "metadata": {"name": "team", "namespace": namespace}, "spec": {"clusterQueue": name}},
-        {"apiVersion": KUEUE, "kind": "WorkloadPriorityClass",
-         "metadata": {"name": f"{name}-low"}, "value": 10},
-        {"apiVersion": KUEUE, "kind": "WorkloadPriorityClass",
-         "metadata": {"name": f"{name}-high"}, "value": 1000},
-    ]  # fmt: skip
-    for manifest in objects:
-        plane.apply(manifest)
-    plane.kubectl("wait", "--for=condition=Active", "--timeout=60s", f"clusterqueue/{name}")
-    plane.kubectl("wait", "--for=condition=Active", "--timeout=60s", "localqueue/team",
-                  f"--namespace={namespace}")  # fmt: skip
+    quota = {"cpu": str(pods * POD_CPU), "memory": f"{pods * POD_MEMORY_GI}Gi"}
+    objects = kueue.queue_objects(namespace, namespace, "team", quota,
+                                  {"pulse.dev/pool": "batch"}, [TAINT])  # fmt: skip
+    kueue.create_queue(pulse_install, objects)
     yield "team"
-    for manifest in reversed(objects):
-        kind = manifest["kind"].lower()
-        meta = manifest["metadata"]
-        scope = [f"--namespace={meta['namespace']}"] if "namespace" in meta else []
-        plane.kubectl("delete", kind, meta["name"], *scope, "--wait=false",
-                      "--ignore-not-found")  # fmt: skip
+    kueue.delete_queue(pulse_install, objects, wait=False)
 
 
 def queued_run(namespace: str, name: str, queue_name: str, priority: str | None = None,
@@ -207,13 +109,7 @@ def queued_run(namespace: str, name: str, queue_name: str, priority: str | None 
 
 def workload(plane: ControlPlane, namespace: str, run: str) -> dict[str, Any]:
     """The run's Workload (empty until it exists)."""
-    return get(plane, "workloads.kueue.x-k8s.io", f"trainingrun-{run}", namespace) or {}
-
-
-def is_admitted(found: dict[str, Any]) -> bool:
-    """The Workload's Admitted condition is True."""
-    return any(c["type"] == "Admitted" and c["status"] == "True"
-               for c in found.get("status", {}).get("conditions", []))  # fmt: skip
+    return get(plane, "workloads.kueue.x-k8s.io", kueue.workload_name(run), namespace) or {}
 
 
 def run_pods_to_success(plane: ControlPlane, namespace: str, run: str) -> None:
@@ -232,42 +128,6 @@ def run_pods_to_success(plane: ControlPlane, namespace: str, run: str) -> None:
     wait_phase(plane, namespace, "Succeeded", run)
 
 
-def _seconds(text: str) -> float:
-    """A Kubernetes timestamp as seconds since the epoch."""
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def _since(conditions: list[dict[str, Any]], kind: str) -> float:
-    """When the condition `kind` last changed."""
-    return _seconds(next(c for c in conditions if c["type"] == kind)["lastTransitionTime"])
-
-
-def latency(plane: ControlPlane, namespace: str, order: list[str]) -> dict[str, list[float]]:
-    """Per run, in admission order, from the API server's own timestamps (1 s resolution):
-    waited (created, or the previous run's completion, -> Workload Admitted), and the
-    operator's reaction (Workload created after the run; DaskCluster created after admission).
-    The kubectl calls of the test itself take seconds on a busy machine: not measured here.
-    """
-    figures: dict[str, list[float]] = {"ready -> admitted": [], "run -> Workload": [],
-                                       "admitted -> DaskCluster": []}  # fmt: skip
-    ready_since = 0.0
-    for name in order:
-        run = get(plane, "trainingrun", name, namespace) or {}
-        found = workload(plane, namespace, name)
-        created = _seconds(run["metadata"]["creationTimestamp"])
-        admitted = _since(found["status"]["conditions"], "Admitted")
-        events = plane.kubectl_json("get", "events", f"--namespace={namespace}",
-                                    f"--field-selector=involvedObject.name={name}")  # fmt: skip
-        cluster_made = min(_seconds(e["firstTimestamp"]) for e in events["items"]
-                           if e["reason"] == "CreateCluster")  # fmt: skip
-        figures["ready -> admitted"].append(admitted - max(created, ready_since))
-        made = _seconds(found["metadata"]["creationTimestamp"])
-        figures["run -> Workload"].append(made - created)
-        figures["admitted -> DaskCluster"].append(cluster_made - admitted)
-        ready_since = _seconds(run["status"]["completionTime"])
-    return figures
-
-
 def test_three_runs_under_quota_for_one_run_one_after_another(
     pulse_install: ControlPlane, kueue_operator: OperatorProcess, queue: str, namespace: str
 ) -> None:
@@ -278,7 +138,7 @@ def test_three_runs_under_quota_for_one_run_one_after_another(
     """
     plane = pulse_install
     names = ["first", "second", "third"]
-    eventually(lambda: _ready(kueue_operator.liveness_url), QUEUE_WAIT_S, "the operator up")
+    eventually(lambda: kueue.answers(kueue_operator.liveness_url), QUEUE_WAIT_S, "the operator up")
     for name in names:
         plane.apply(queued_run(namespace, name, queue))
     admitted_order: list[str] = []
@@ -287,7 +147,8 @@ def test_three_runs_under_quota_for_one_run_one_after_another(
 
         def one_admitted(waiting: list[str] = waiting) -> str | None:
             """The one waiting run Kueue admitted, once it did."""
-            found = [n for n in waiting if is_admitted(workload(plane, namespace, n))]
+            found = [n for n in waiting
+                     if kueue.has_condition(workload(plane, namespace, n), "Admitted")]
             assert len(found) <= 1, f"Kueue admitted {found} at once: quota is for one run"
             return found[0] if found else None
 
@@ -311,9 +172,7 @@ def test_three_runs_under_quota_for_one_run_one_after_another(
         run_pods_to_success(plane, namespace, current)
         job = get(plane, "job", f"{current}-driver", namespace) or {}
         assert job["spec"]["template"]["spec"]["nodeSelector"]["pulse.dev/pool"] == "batch"
-        finished = workload(plane, namespace, current)
-        assert any(c["type"] == "Finished" and c["status"] == "True"
-                   for c in finished["status"]["conditions"])  # fmt: skip
+        assert kueue.has_condition(workload(plane, namespace, current), "Finished")
     assert sorted(admitted_order) == sorted(names)
     table = plane.kubectl("get", "trainingruns", f"--namespace={namespace}", "-o", "wide").stdout
     assert table.splitlines()[0].split()[:6] == ["NAME", "PHASE", "PROGRESS", "SKILL", "AGE",
@@ -325,7 +184,7 @@ def test_three_runs_under_quota_for_one_run_one_after_another(
         for (metric, labels), count in scrape(kueue_operator).items()
         if metric == "pulse_operator_api_requests_total"
     }
-    figures = latency(plane, namespace, admitted_order)
+    figures = kueue.latency(plane, namespace, admitted_order)
     print(f"latency (s, from the objects' timestamps): {json.dumps(figures)}")
     print(f"operator API requests for 3 runs, whole test: {json.dumps(requests, sort_keys=True)}")
     workload_writes = sum(n for key, n in requests.items() if key.split()[0] != "GET"
