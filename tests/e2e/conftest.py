@@ -14,6 +14,7 @@ unless PULSE_REQUIRE_CLUSTER=1 (CI), where a missing cluster fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -276,12 +277,23 @@ def install_release(cluster: KubeCluster, image: str, *values: str) -> None:
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def chart_release(cluster: KubeCluster, image: str, say: Say,
+                  *values: str) -> Iterator[KubeCluster]:  # fmt: skip
+    """The chart installed with `helm install --wait`, running the image under test, with
+    `values` (`--set=...`) on top; uninstalled, with its namespace, on exit."""
+    started = time.monotonic()
+    install_release(cluster, image, *values)
+    say(f"helm install --wait: {time.monotonic() - started:.1f} s")
+    try:
+        yield cluster
+    finally:
+        cluster.helm("uninstall", RELEASE, f"--namespace={RELEASE_NAMESPACE}", "--wait")
+        cluster.kubectl("delete", "namespace", RELEASE_NAMESPACE, "--wait", timeout=300)
+
+
 @pytest.fixture(scope="module")
 def pulse_release(local_cluster: KubeCluster, image: str, say: Say) -> Iterator[KubeCluster]:
-    """The chart installed with `helm install --wait`, running the image under test."""
-    started = time.monotonic()
-    install_release(local_cluster, image)
-    say(f"helm install --wait: {time.monotonic() - started:.1f} s")
-    yield local_cluster
-    local_cluster.helm("uninstall", RELEASE, f"--namespace={RELEASE_NAMESPACE}", "--wait")
-    local_cluster.kubectl("delete", "namespace", RELEASE_NAMESPACE, "--wait", timeout=300)
+    """The chart installed with its default values (but small run requests)."""
+    with chart_release(local_cluster, image, say) as release:
+        yield release
