@@ -175,7 +175,9 @@ def route_cost(before: collections.Counter[str], after: collections.Counter[str]
     kueue_kinds = ("workloads", "resourceflavors", "workloadpriorityclasses")
     own = {key: n for key, n in sorted(made.items()) if key.split()[-1].startswith(kueue_kinds)}
     others = sum(n for key, n in made.items() if key != "passes" and key not in own)
-    return f"{json.dumps(own)}; other requests {others}; reconcile passes {made['passes']}"
+    # Every pass that reads a run's children GETs its Job: the count of such passes.
+    return (f"{json.dumps(own)}; other requests {others}, of which GET jobs "
+            f"{made['GET jobs']}; reconcile passes (both replicas) {made['passes']}")
 
 
 def pods_by_run(cluster: KubeCluster, namespace: str) -> dict[str, list[dict[str, Any]]]:
