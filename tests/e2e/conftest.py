@@ -212,6 +212,8 @@ def local_cluster(image: str) -> Iterator[KubeCluster]:
     was_up = _run([str(CLUSTER_SCRIPT), "status"]).returncode == 0
     if not was_up:
         _script("up", timeout=CLUSTER_UP_TIMEOUT_S)
+    else:  # left up by an earlier session, perhaps with enforcement switched off
+        _script("network-policies", "on", timeout=300)
     try:
         _script("load", image, timeout=600)
         kubeconfig = Path(_script("kubeconfig", timeout=10).stdout.strip())
