@@ -8,6 +8,7 @@ business (``stages/``), so this module never imports them.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import os
@@ -60,6 +61,10 @@ MIN_LOCAL_DASK_BATCHES: Final = 4
 # which made batches 1.5x slower on workers than in-process. Large temporaries come from
 # the heap again with this (benchmarks/bench_dask.py, docs/dask.md).
 WORKER_MALLOC: Final = {"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 2**25}
+# Tasks per worker thread submitted ahead of the results the driver has taken: one running
+# and one queued keeps every thread busy across the driver's round trip (17-19 ms here),
+# and bounds the results waiting in a worker's memory (see DaskEngine).
+TASKS_PER_THREAD: Final = 2
 
 
 Limit = tuple[float, str]  # a perf_counter() deadline and the reason to give when it passes
@@ -209,6 +214,13 @@ class DaskEngine(Engine):
     worker dies is rescheduled by the scheduler (``distributed.scheduler.allowed-failures``).
     Workers announce each task as it starts, so the driver can time batches (not queue
     waits) against ``--batch-timeout`` while it waits for results without polling.
+
+    At most ``TASKS_PER_THREAD`` tasks per worker thread are submitted and not yet taken
+    by the driver; the next is submitted as each result is taken. A finished task's result
+    stays in its worker's memory until the driver has fetched it, so without this bound a
+    driver slower than the workers (it receives and writes every prediction) let results
+    pile up on the workers: at 100,000 series, 143 MB per evaluation task, gigabytes per
+    worker. With it a worker holds at most that many results whatever the number of tasks.
     """
 
     def __init__(
@@ -272,25 +284,37 @@ class DaskEngine(Engine):
         events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.client.subscribe_topic(topic, lambda event: events.put(("started", event[1])))
         # Futures by key, each dropped as soon as its result is here: a future the driver
-        # holds keeps its result in a worker's memory (at 100,000 series the predictions of
-        # every finished task, gigabytes per worker, until the stage ended).
+        # holds keeps its result in a worker's memory.
         live: dict[str, Any] = {}
-        try:
+        unsent = iter(zip(labels, self._scatter_arrays(arguments), strict=True))
+        run = partial(_announce_and_run, topic, task)
+
+        def top_up() -> None:
+            """Submit tasks until ``tasks_ahead`` are out (or none is left): re-counted as
+            each result is taken, so workers that join during the stage get work too."""
+            chosen = list(itertools.islice(unsent, max(0, self.tasks_ahead() - len(live))))
+            if not chosen:
+                return
+            keys, args = zip(*chosen, strict=True)
             futures = self.client.map(
-                partial(_announce_and_run, topic, task),
-                *zip(*self._scatter_arrays(arguments), strict=True),
-                key=list(labels),
-                pure=False,
-                retries=0,
+                run, *zip(*args, strict=True), key=list(keys), pure=False, retries=0
             )
-            live = {future.key: future for future in futures}
-            futures.clear()
-            for future in live.values():
+            for future in futures:
+                live[future.key] = future
                 future.add_done_callback(lambda done: events.put(("done", done.key)))
-            yield from self._results(events, labels, live)
+
+        try:
+            top_up()
+            yield from self._results(events, labels, live, top_up)
         finally:
             self.client.unsubscribe_topic(topic)
             self.client.cancel(list(live.values()))
+
+    def tasks_ahead(self) -> int:
+        """How many tasks may be submitted and not yet taken: TASKS_PER_THREAD per worker
+        thread the scheduler knows now (at least TASKS_PER_THREAD)."""
+        threads = sum(self.client.nthreads().values())
+        return TASKS_PER_THREAD * max(1, threads)
 
     def _scatter_arrays(self, arguments: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
         """The arguments, with arrays (batch models) sent to the workers apart from the graph."""
@@ -311,9 +335,10 @@ class DaskEngine(Engine):
         events: queue.SimpleQueue[tuple[str, Any]],
         labels: dict[str, str],
         live: dict[str, Any],
+        taken: Callable[[], None],
     ) -> Iterator[Any]:
         """Yield results as the ``live`` futures finish, releasing each once its result is
-        fetched; fail the run when a deadline passes."""
+        fetched and then calling ``taken``; fail the run when a deadline passes."""
         pending = set(labels)
         running: dict[str, tuple[float, str]] = {}
         idle_since = time.perf_counter()
@@ -342,6 +367,7 @@ class DaskEngine(Engine):
                 result = self._outcome(future, labels[payload], done, len(labels))
                 del live[payload]
                 future.release()
+                taken()
                 yield result
 
     def _outcome(self, future: Any, label: str, done: int, total: int) -> Any:

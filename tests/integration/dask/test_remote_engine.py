@@ -26,7 +26,7 @@ import pytest
 from distributed import Client
 
 from recursive_training.config import TrainingConfig
-from recursive_training.engines import DaskEngine
+from recursive_training.engines import TASKS_PER_THREAD, DaskEngine
 from recursive_training.exceptions import ExecutionError
 from recursive_training.stages import TrainingPipeline, TrainingResult
 from tests.integration.dask.conftest import DaskCluster
@@ -77,8 +77,15 @@ def recorder(calls: Progress) -> Callable[[str, int, int], None]:
 
 
 def signal_a_busy_worker(observer: Client, signum: signal.Signals) -> tuple[str, int, list[str]]:
-    """Send ``signum`` to a worker process that has batches: its address, PID and task keys."""
-    victim, keys = next((w, list(k)) for w, k in observer.processing().items() if k)
+    """Send ``signum`` to a worker process that has batches: its address, PID and task keys.
+
+    Tasks are submitted as the driver takes results (``DaskEngine.tasks_ahead``), so right
+    after a result the workers may have nothing yet: wait (up to 10 s) for one that has."""
+    deadline = time.monotonic() + 10
+    while not (busy := [(w, list(k)) for w, k in observer.processing().items() if k]):
+        assert time.monotonic() < deadline, "no worker got a task within 10 s"
+        time.sleep(0.01)
+    victim, keys = busy[0]
     pid = observer.run(os.getpid, workers=[victim])[victim]
     os.kill(pid, signum)
     return victim, pid, keys
@@ -311,3 +318,29 @@ def test_a_fetched_result_leaves_the_workers_while_the_stage_runs(
     while any(k.startswith("ones-") for k in observer.run_on_scheduler(scheduler_keys)):
         assert time.monotonic() < forgotten, "results stayed on the cluster after the stage"
         time.sleep(0.05)
+
+
+def test_tasks_are_submitted_as_the_driver_takes_results(
+    dask_cluster: DaskCluster, observer: Client
+) -> None:
+    """A driver slower than its workers must not let finished results pile up on them:
+    while it holds on to its first result, at most TASKS_PER_THREAD tasks per worker thread
+    are on the cluster, and the stage still yields every result."""
+
+    def scheduler_keys(dask_scheduler: Any) -> list[str]:
+        """The keys the scheduler holds (run there; defined here so it ships by value)."""
+        return [str(key) for key in dask_scheduler.tasks]
+
+    engine = DaskEngine.remote(dask_cluster.address)
+    ahead = engine.tasks_ahead()
+    assert ahead == TASKS_PER_THREAD * len(dask_cluster.workers)
+    results = engine.map_unordered(np.ones, [(1000,)] * (3 * ahead))
+    try:
+        assert next(results).shape == (1000,)
+        time.sleep(1.0)  # the workers finish everything they were given
+        held = [k for k in observer.run_on_scheduler(scheduler_keys) if k.startswith("ones-")]
+        assert 0 < len(held) <= ahead, held
+        assert sum(len(r) for r in results) == (3 * ahead - 1) * 1000
+    finally:
+        results.close()
+        engine.close()
