@@ -13,7 +13,6 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -579,28 +578,29 @@ def merge_evaluations(
             for t, p in zip(tables, parts, strict=True)
         ]
     )
-
-    def column(name: str) -> NDArray[Any]:
-        return np.concatenate([t.column(name).to_numpy() for t in tables])
-
-    origin = column("origin")
-    order = np.lexsort((variable, origin))
+    origin = np.concatenate(
+        [t.column("origin").combine_chunks().cast(pa.int64()).to_numpy() for t in tables]
+    )
+    # Each part is in (origin, series) order and the parts are in series order, so a stable
+    # sort on the origin alone gives (origin, series); it finds the parts' sorted runs, and
+    # Arrow gathers the other columns from the parts without first joining them.
+    order = np.argsort(origin, kind="stable")
+    others = pa.concat_tables([t.drop_columns(["variable"]) for t in tables]).take(order)
+    predictions = others.add_column(
+        tables[0].schema.get_field_index("variable"),
+        tables[0].schema.field("variable"),
+        pa.DictionaryArray.from_arrays(
+            pa.array(variable[order], type=pa.int32()),
+            pa.array(list(structure.series), type=pa.string()),
+        ),
+    )
     return BatchEvaluation(
         parts[0].batch_id,
         0,
         errors,
         np.concatenate([p.model_hits for p in parts]),
         np.concatenate([p.model_misses for p in parts]),
-        prediction_table(
-            origin[order],
-            column("realized")[order],
-            parts[0].batch_id,
-            structure.horizon,
-            variable[order],
-            structure.series,
-            column("predicted")[order],
-            column("actual")[order],
-        ),
+        predictions,
         sum(p.dropped_missing for p in parts),
         sum(p.seconds for p in parts),
         _workers(p.worker for p in parts),
