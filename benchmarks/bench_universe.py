@@ -30,6 +30,7 @@ Parts (``--parts``, all by default):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -38,13 +39,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 from threadpoolctl import threadpool_limits
 
 from recursive_training.config import TrainingConfig
@@ -178,14 +181,6 @@ def check(measured: Measured, what: str) -> None:
 # --- dask: 100,000 series on 2 workers -----------------------------------------------------
 
 
-def peak_rss_of(pid: int) -> int:
-    """VmHWM (peak resident set) of a live process, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmHWM for process {pid}")
-
-
 def free_port() -> int:
     """A TCP port nobody listens on now."""
     with socket.socket() as probe:
@@ -193,64 +188,187 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+# Phases of a run as its --progress-file shows them: start-up and planning until the first
+# progress line, the statistics stage (the scan folds each batch in as it arrives), the
+# solves and task arguments of the evaluation stage, the evaluation stage (predictions
+# streamed to the driver's spool), then the reduction and the files until the process ends.
+PHASES = ("start", "statistics", "scan", "evaluation", "write")
+
+
+@dataclass
+class PhaseFigures:
+    """One phase: wall seconds, CPU seconds and highest sampled RSS of each process."""
+
+    seconds: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)
+    rss: dict[str, int] = field(default_factory=dict)
+
+
+class Watcher(threading.Thread):
+    """Samples the driver's, scheduler's and workers' RSS and CPU time (psutil, every
+    ``interval`` s) and attributes them to the run's phase, read from its progress file."""
+
+    def __init__(
+        self, processes: dict[str, int], progress: Path, wrapper: int, interval: float = 0.5
+    ) -> None:
+        super().__init__(daemon=True)
+        self.processes = {name: psutil.Process(pid) for name, pid in processes.items()}
+        self.progress, self.wrapper, self.interval = progress, wrapper, interval
+        self.phases = {name: PhaseFigures() for name in PHASES}
+        self.stop = threading.Event()
+        self.log: list[str] = []
+
+    def _driver(self) -> None:
+        """Add the driver (the wrapper's child) once it exists."""
+        if "driver" not in self.processes:
+            with contextlib.suppress(psutil.Error):
+                children = psutil.Process(self.wrapper).children()
+                if children:
+                    self.processes = {"driver": children[0]} | self.processes
+
+    def _phase(self) -> str:
+        """The phase the progress file says the run is in."""
+        with contextlib.suppress(OSError):
+            lines = self.progress.read_text().splitlines()
+            events = [json.loads(line) for line in lines if line.endswith("}")]
+            progress = [e for e in events if e["event"] == "progress"]
+            if progress:
+                last = progress[-1]
+                if last["done"] < last["total"]:
+                    return str(last["stage"])
+                return "scan" if last["stage"] == "statistics" else "write"
+        return "start"
+
+    def _sample(self) -> dict[str, tuple[float, int]]:
+        """CPU seconds and RSS of every process still alive."""
+        figures = {}
+        for name, process in self.processes.items():
+            with contextlib.suppress(psutil.Error):
+                times, memory = process.cpu_times(), process.memory_info()
+                figures[name] = (times.user + times.system, memory.rss)
+        return figures
+
+    def run(self) -> None:
+        phase, began = "start", time.perf_counter()
+        last = self._sample()
+        while not self.stop.is_set():
+            self._driver()
+            now_phase, now = self._phase(), self._sample()
+            figures = self.phases[phase]
+            for name, (cpu, rss) in now.items():
+                figures.cpu[name] = figures.cpu.get(name, 0.0) + cpu - last.get(name, (cpu, 0))[0]
+                figures.rss[name] = max(figures.rss.get(name, 0), rss)
+            if now_phase != phase:
+                figures.seconds = time.perf_counter() - began
+                self.log.append(self.line(phase))
+                print(self.log[-1], flush=True)
+                phase, began = now_phase, time.perf_counter()
+            last = now
+            self.stop.wait(self.interval)
+        self.phases[phase].seconds = time.perf_counter() - began
+        self.log.append(self.line(phase))
+        print(self.log[-1], flush=True)
+
+    def line(self, phase: str) -> str:
+        """One phase's figures as a line of the table."""
+        figures = self.phases[phase]
+        cpu = "  ".join(f"{n} {figures.cpu.get(n, 0):6.1f}" for n in self.processes)
+        rss = "  ".join(f"{n} {gib(figures.rss.get(n, 0))}" for n in self.processes)
+        return (
+            f"  {phase:<10} {figures.seconds:7.1f} s wall; CPU s: {cpu}; peak RSS: {rss}; "
+            f"load {os.getloadavg()[0]:.1f}"
+        )
+
+
 def dask_run(args: argparse.Namespace) -> None:
-    """``ar`` over 100,000 series on a scheduler and 2 worker processes of this machine."""
+    """``ar`` over ``--dask-series`` series on a scheduler and 2 worker processes of this
+    machine: wall, CPU and peak RSS of every process, per phase and whole."""
     spec = PanelSpec(n_series=args.dask_series, years=10, seed=2)
     data = panel_file(args.data_dir, spec)
     address = f"tcp://127.0.0.1:{free_port()}"
     module = [sys.executable, "-m"]
-    started: list[subprocess.Popen[bytes]] = []
+    started: dict[str, subprocess.Popen[bytes]] = {}
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     environment = os.environ | SINGLE_THREAD
+    log_file = args.data_dir / f"dask-{spec.n_series}.log"
     try:
-        started.append(
-            subprocess.Popen(
+        started["scheduler"] = subprocess.Popen(
+            [
+                *module,
+                *("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--no-dashboard"),
+                *("--port", address.rsplit(":", 1)[1]),
+            ],
+            env=environment,
+            **quiet,
+        )
+        for k in range(1, 3):
+            # --no-nanny: the worker is the process whose memory is measured
+            started[f"worker{k}"] = subprocess.Popen(
                 [
                     *module,
-                    *("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--no-dashboard"),
-                    *("--port", address.rsplit(":", 1)[1]),
+                    *("distributed.cli.dask_worker", address, "--nthreads", "1"),
+                    *("--no-nanny", "--no-dashboard", "--memory-limit", "0"),
                 ],
                 env=environment,
                 **quiet,
             )
-        )
-        for _ in range(2):
-            started.append(
-                subprocess.Popen(
-                    [
-                        *module,
-                        *("distributed.cli.dask_worker", address, "--nthreads", "1"),
-                        *("--no-nanny", "--no-dashboard", "--memory-limit", "0"),
-                    ],
-                    env=environment,
-                    **quiet,
-                )
-            )
         time.sleep(3)  # the driver waits for workers anyway; this keeps start-up untimed
         print(
             f"\ndask: {spec.n_series:,} series x 10 years, ar (+ market as exog), lags {LAGS}, "
-            f"365-day batches, 2 worker processes x 1 thread; load {os.getloadavg()[0]:.1f}"
+            f"365-day batches, 2 worker processes x 1 thread; load {os.getloadavg()[0]:.1f}; "
+            f"driver log {log_file}",
+            flush=True,
         )
-        with tempfile.TemporaryDirectory() as out:
-            measured = run_process(
-                pulse_train(
-                    *("--input-data", str(data), "--model", "ar", "--exog", "market"),
-                    *("--lags", str(LAGS), "--batch-size-days", "365", "--output-dir", out),
-                    *("--dask-scheduler-address", address),
-                )
+        with tempfile.TemporaryDirectory() as out, tempfile.NamedTemporaryFile("r") as report:
+            progress = Path(out) / "progress.jsonl"
+            command = pulse_train(
+                *("--input-data", str(data), "--model", "ar", "--exog", "market"),
+                *("--lags", str(LAGS), "--batch-size-days", "365", "--output-dir", out),
+                *("--dask-scheduler-address", address, "--progress-file", str(progress)),
             )
-        check(measured, "dask ar")
-        workers = [peak_rss_of(p.pid) for p in started[1:]]
+            began = time.perf_counter()
+            with log_file.open("wb") as errors:
+                wrapper = subprocess.Popen(
+                    [sys.executable, "-c", MEASURE, report.name, *command],
+                    stdout=subprocess.DEVNULL,
+                    stderr=errors,
+                    env=environment,
+                )
+                watcher = Watcher(
+                    {name: p.pid for name, p in started.items()}, progress, wrapper.pid
+                )
+                watcher.start()
+                wrapper.wait()
+                seconds = time.perf_counter() - began
+                watcher.stop.set()
+                watcher.join()
+            peak, driver_cpu, status = report.read().split()
+            sizes = {p.name: p.stat().st_size for p in Path(out).glob("*.parquet")}
+        lines = log_file.read_text(errors="replace").strip().splitlines()
+        check(Measured(seconds, 0, 0, int(status), lines[-1] if lines else ""), "dask ar")
+        total_cpu = float(driver_cpu) + sum(
+            sum(figures.cpu.get(n, 0.0) for n in started) for figures in watcher.phases.values()
+        )
+        workers = [peak_rss_of(started[f"worker{k}"].pid) for k in (1, 2)]
         print(
-            f"  whole run {measured.seconds:.1f} s ({measured.cpu:.1f} s CPU in the driver); "
-            f"peak RSS: driver {gib(measured.peak_rss)}, "
-            f"workers {', '.join(gib(w) for w in workers)}"
+            f"  whole run {seconds:.1f} s wall, {total_cpu:.1f} s CPU (driver "
+            f"{float(driver_cpu):.1f} s); peak RSS: driver {gib(int(peak) * 1024)}, workers "
+            f"{', '.join(gib(w) for w in workers)}; files "
+            + ", ".join(f"{name.split('-')[0]} {size / 1e6:.0f} MB" for name, size in sizes.items())
         )
     finally:
-        for process in reversed(started):
+        for process in reversed(started.values()):
             process.send_signal(signal.SIGINT)
-        for process in started:
+        for process in started.values():
             process.wait(timeout=30)
+
+
+def peak_rss_of(pid: int) -> int:
+    """VmHWM (peak resident set) of a live process, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
 
 
 # --- compare: 1,000 series against mlforecast and scikit-learn -----------------------------
