@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -570,37 +571,13 @@ def merge_evaluations(
             for f in dataclasses.fields(ErrorSums)
         )
     )
-    tables = [p.predictions for p in parts]
-    variable = np.concatenate(
-        [
-            t.column("variable").combine_chunks().indices.to_numpy(zero_copy_only=False)
-            + p.first_series
-            for t, p in zip(tables, parts, strict=True)
-        ]
-    )
-    origin = np.concatenate(
-        [t.column("origin").combine_chunks().cast(pa.int64()).to_numpy() for t in tables]
-    )
-    # Each part is in (origin, series) order and the parts are in series order, so a stable
-    # sort on the origin alone gives (origin, series); it finds the parts' sorted runs, and
-    # Arrow gathers the other columns from the parts without first joining them.
-    order = np.argsort(origin, kind="stable")
-    others = pa.concat_tables([t.drop_columns(["variable"]) for t in tables]).take(order)
-    predictions = others.add_column(
-        tables[0].schema.get_field_index("variable"),
-        tables[0].schema.field("variable"),
-        pa.DictionaryArray.from_arrays(
-            pa.array(variable[order], type=pa.int32()),
-            pa.array(list(structure.series), type=pa.string()),
-        ),
-    )
     return BatchEvaluation(
         parts[0].batch_id,
         0,
         errors,
         np.concatenate([p.model_hits for p in parts]),
         np.concatenate([p.model_misses for p in parts]),
-        predictions,
+        _interleave(structure, parts),
         sum(p.dropped_missing for p in parts),
         sum(p.seconds for p in parts),
         _workers(p.worker for p in parts),
@@ -620,6 +597,37 @@ def _combine_samples(
 def _side_by_side(arrays: Sequence[NDArray[Any]]) -> NDArray[Any]:
     """The shards' (origins x series) arrays joined along the series (one: itself)."""
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
+
+
+def _interleave(structure: ModelStructure, parts: Sequence[BatchEvaluation]) -> pa.Table:
+    """The shard tasks' predictions (each in (origin, series) order, the parts in series
+    order) as one table in (origin, series) order, labelled with the batch's series.
+
+    Every part holds one contiguous run of rows per origin, so the result is those runs
+    taken origin by origin, part by part: zero-copy slices (a few thousand per batch), not
+    a sort and a gather of every row (26 M rows per batch at 100,000 series)."""
+    dictionary = pa.array(list(structure.series), type=pa.string())
+    field = parts[0].predictions.schema.field("variable")
+    tables, origins = [], []
+    for part in parts:
+        table = part.predictions
+        indices = table.column("variable").combine_chunks().indices.to_numpy(zero_copy_only=False)
+        variable = pa.DictionaryArray.from_arrays(
+            pa.array(indices + part.first_series, type=pa.int32()), dictionary
+        )
+        tables.append(table.set_column(table.schema.get_field_index("variable"), field, variable))
+        origins.append(table.column("origin").combine_chunks().cast(pa.int64()).to_numpy())
+    if not any(len(o) for o in origins):  # a horizon with no model yet predicts nothing
+        return tables[0]
+    every = np.unique(np.concatenate([o[np.r_[True, o[1:] != o[:-1]]] for o in origins if len(o)]))
+    starts = [np.searchsorted(o, every, side="left") for o in origins]
+    stops = [np.searchsorted(o, every, side="right") for o in origins]
+    return pa.concat_tables(
+        table.slice(a, z - a)
+        for k in range(len(every))
+        for table, first, last in zip(tables, starts, stops, strict=True)
+        if (a := int(first[k])) < (z := int(last[k]))
+    )
 
 
 def _workers(names: Iterable[str]) -> str:

@@ -22,10 +22,18 @@ from recursive_training.data.long import LongParquetSource
 from recursive_training.data.panel import PanelSpec
 from recursive_training.data.panel import write_panel as write_long_panel
 from recursive_training.exceptions import ConfigError, DataError, StateError
+from recursive_training.metrics import ErrorSums
+from recursive_training.models import build_structure
 from recursive_training.parallel_trainer import SeriesShard
 from recursive_training.run_training import main
 from recursive_training.stages import TrainingPipeline, TrainingResult, training_stages
-from recursive_training.stages.tasks import compute_batch_statistics, evaluate_batch
+from recursive_training.stages.tasks import (
+    BatchEvaluation,
+    compute_batch_statistics,
+    evaluate_batch,
+    merge_evaluations,
+    prediction_table,
+)
 from recursive_training.stages.training_stages import prepare
 from recursive_training.state import TrainingState
 from tests.reference import ridge_lstsq
@@ -416,3 +424,39 @@ def test_tasks_on_a_long_parquet_panel_never_scan_its_files(
             got.by_horizon[0].stats.rule_hits, known.by_horizon[0].stats.rule_hits
         )
     open_source.cache_clear()
+
+
+def test_shard_predictions_merge_in_origin_then_series_order() -> None:
+    """A batch's shard tasks' predictions, ragged (a series missing at some origins, an
+    origin only some shards predict), merge into the rows one task over all series writes:
+    checked against pandas sorting the concatenated rows by origin and global series."""
+    rng = np.random.default_rng(5)
+    names = [f"s{i}" for i in range(7)]
+    structure = build_structure("ar", names, LAGS, HORIZON, (), "rms", 52)
+    stamps = pd.date_range("2020-01-01", periods=6, freq="D").to_numpy()
+    parts, frames = [], []
+    for first, stop in ((0, 3), (3, 5), (5, 7)):
+        complete = rng.random((len(stamps), stop - first)) > 0.3
+        complete[2] = first == 3  # origin 2: only the middle shard predicts
+        rows, columns = np.nonzero(complete)
+        predicted = rng.normal(size=len(rows))
+        table = prediction_table(
+            stamps[rows], stamps[rows] + 1, 4, HORIZON, columns, names[first:stop],
+            predicted, predicted + 1,
+        )  # fmt: skip
+        zeros = np.zeros(stop - first)
+        errors = ErrorSums(*(zeros for _ in dataclasses.fields(ErrorSums)))
+        parts.append(BatchEvaluation(4, first, errors, zeros, zeros, table, 0, 0.0, "w"))
+        frames.append(table.to_pandas().assign(variable=[names[first + c] for c in columns]))
+    merged = merge_evaluations(structure, parts).predictions.to_pandas()
+    expected = pd.concat(frames).sort_values(
+        ["origin", "variable"], key=lambda c: c.map(names.index) if c.name == "variable" else c
+    )
+    assert list(merged["variable"].cat.categories) == names
+    assert merged["variable"].astype(str).tolist() == expected["variable"].tolist()
+    for column in ("origin", "realized", "predicted", "actual", "batch_id", "horizon"):
+        np.testing.assert_array_equal(merged[column].to_numpy(), expected[column].to_numpy())
+    nothing = [dataclasses.replace(p, predictions=p.predictions.slice(0, 0)) for p in parts]
+    empty = merge_evaluations(structure, nothing).predictions
+    assert empty.num_rows == 0
+    assert empty.schema == parts[0].predictions.schema
