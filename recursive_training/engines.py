@@ -313,7 +313,7 @@ class DaskEngine(Engine):
     def tasks_ahead(self) -> int:
         """How many tasks may be submitted and not yet taken: TASKS_PER_THREAD per worker
         thread the scheduler knows now (at least TASKS_PER_THREAD)."""
-        threads = sum(self.client.nthreads().values())
+        threads = int(sum(self.client.nthreads().values()))
         return TASKS_PER_THREAD * max(1, threads)
 
     def _scatter_arrays(self, arguments: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
