@@ -8,10 +8,12 @@ Parts (``--parts``, all by default):
               RSS. ``--reference CHECKOUT --repeat N`` runs that checkout's code and this
               one's alternately, N times each, and prints min / median: a before/after in
               one invocation on a shared machine.
-``dask``      100,000 series x 10 years, ``ar``, on a local Dask cluster of 2 single-threaded
-              worker processes (started here as ``dask scheduler`` / ``dask worker
-              --no-nanny`` so that each worker's peak RSS can be read from /proc): whole
-              run time, peak RSS of the driver and of each worker.
+``dask``      100,000 series x 10 years (``--dask-series``), ``ar``, on a scheduler and 2
+              single-threaded worker processes started here (``--no-nanny``, so each
+              worker's own RSS is measured): whole-run wall and CPU, and per phase (start,
+              statistics, scan, evaluation, write; read from the run's --progress-file) the
+              CPU seconds and peak RSS of the driver, the scheduler and each worker,
+              sampled with psutil. The driver's log goes to ``<data-dir>/dask-<N>.log``.
 ``compare``   1,000 series x 10 years, in this process, one BLAS thread, same data in memory,
               CPU seconds (the machine is shared; both sides run on one thread):
               Pulse ``pooled`` (``--pooled-scale none``, ``--ridge-alpha 0``) against
