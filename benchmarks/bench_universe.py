@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -359,10 +358,19 @@ def dask_run(args: argparse.Namespace) -> None:
             + ", ".join(f"{name.split('-')[0]} {size / 1e6:.0f} MB" for name, size in sizes.items())
         )
     finally:
-        for process in reversed(started.values()):
-            process.send_signal(signal.SIGINT)
-        for process in started.values():
-            process.wait(timeout=30)
+        for process in reversed(started.values()):  # the workers, then the scheduler
+            stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if the process is still there 30 s later (a worker without a
+    nanny interrupted with SIGINT while the scheduler also stops was seen to hang)."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
 
 
 def peak_rss_of(pid: int) -> int:
