@@ -27,7 +27,7 @@ fi
 echo "lint-dockerfile: hadolint: Dockerfile clean" >&2
 
 if command -v shellcheck >/dev/null 2>&1; then
-  shellcheck hack/docker-setup.sh hack/build-image.sh hack/lint-dockerfile.sh
+  shellcheck hack/docker-setup.sh hack/daemon.sh hack/build-image.sh hack/lint-dockerfile.sh
   echo "lint-dockerfile: shellcheck: scripts clean" >&2
 else
   echo "lint-dockerfile: shellcheck not installed (apt-get install -y shellcheck); skipped" >&2
