@@ -124,11 +124,14 @@ class ModelStructure(ABC):
         xtx, xty, _ = self.systems(moments)
         return ridge_path(xtx, xty, alphas, ready)
 
-    def evaluation_samples(self, levels: FloatArray, origins: ORIGINS) -> EvaluationSamples:
+    def evaluation_samples(
+        self, levels: FloatArray, origins: ORIGINS
+    ) -> tuple[EvaluationSamples, NDArray[np.bool_]]:
         """What grid errors are measured on for these origins' complete samples (unit
-        weights): their moments, as statistics gives them."""
-        moments = self.statistics(levels, origins, np.ones(len(origins)))[0]
-        return EvaluationSamples.of_moments(moments)
+        weights): their moments, as statistics gives them; and which origins have a
+        complete sample in some series."""
+        moments, complete = self.statistics(levels, origins, np.ones(len(origins)))
+        return EvaluationSamples.of_moments(moments), np.asarray(complete.any(axis=1))
 
     def path_errors(self, path: RidgePath, parts: Sequence[EvaluationSamples]) -> list[FloatArray]:
         """Squared errors (G x targets) of every alpha's coefficients on each part's

@@ -65,11 +65,14 @@ class VectorAutoRegressive(ModelStructure):
     def from_systems(self, stacked: FloatArray) -> FloatArray:
         return stacked[..., 0, :, :]
 
-    def evaluation_samples(self, levels: FloatArray, origins: ORIGINS) -> EvaluationSamples:
-        """The complete rows themselves (see ``penalty.EvaluationSamples``)."""
+    def evaluation_samples(
+        self, levels: FloatArray, origins: ORIGINS
+    ) -> tuple[EvaluationSamples, NDArray[np.bool_]]:
+        """The complete rows themselves (see ``penalty.EvaluationSamples``), and which
+        origins they are."""
         x, y = feats.design(levels, origins, self.lags, self.horizon)
         complete = feats.complete_rows(x, y)
-        return EvaluationSamples.of_rows(x[complete], y[complete])
+        return EvaluationSamples.of_rows(x[complete], y[complete]), complete
 
     def path_errors(self, path: RidgePath, parts: Sequence[EvaluationSamples]) -> list[FloatArray]:
         """Every alpha's squared errors on each part's rows, from the path's basis."""

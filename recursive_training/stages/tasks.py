@@ -118,7 +118,8 @@ class TaskSpec:
 @dataclass(frozen=True)
 class EvaluationPart:
     """Some of a batch's evaluation samples (unweighted), and when the last of them is
-    realized: their errors may steer the penalty only after that."""
+    realized: their errors may steer the penalty only after that (a part of no sample has
+    no error and is known at once)."""
 
     samples: EvaluationSamples
     realized_by: pd.Timestamp
@@ -335,7 +336,13 @@ def _evaluation_parts(
 ) -> tuple[EvaluationPart, ...]:
     """The samples the evaluation stage predicts (the same origins, the same
     complete samples, unit weights), split by realization before ``batch_stop`` (the
-    batch's end row) or after it."""
+    batch's end row) or after it.
+
+    A part is known when its last complete sample is realized: an origin without one
+    (a missing realization) has no error to wait for. Otherwise a gap after the data a
+    run resumes from would hold the errors before it back in one long run, and not in
+    the run that ended at the gap.
+    """
     horizon = structure.horizon
     origins = np.arange(*eval_rows) - batch.window_rows[0]
     inside = origins + horizon < batch_stop - batch.window_rows[0]
@@ -346,8 +353,10 @@ def _evaluation_parts(
                 shard.evaluation_samples(window, part)
                 for _, shard, window in _shards(structure, levels, spec.shard_series)
             ]
-            realized_by = pd.Timestamp(stamps[part[-1] + horizon])
-            parts.append(EvaluationPart(_combine_samples(structure, pieces), realized_by))
+            scored = part[np.logical_or.reduce([complete for _, complete in pieces])]
+            last = scored[-1] if len(scored) else part[0]  # none: nothing to wait for
+            samples = _combine_samples(structure, [s for s, _ in pieces])
+            parts.append(EvaluationPart(samples, pd.Timestamp(stamps[last + horizon])))
     return tuple(parts)
 
 
@@ -539,7 +548,7 @@ def merge_statistics(
     evaluation = tuple(
         EvaluationPart(
             _combine_samples(structure, [piece.samples for piece in pieces]),
-            pieces[0].realized_by,
+            max(piece.realized_by for piece in pieces),
         )
         for pieces in zip(*(p.evaluation for p in parts), strict=True)
     )

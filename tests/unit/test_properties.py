@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from recursive_training.config import TrainingConfig
@@ -193,9 +193,7 @@ def split_on_batch_edge(
 def assert_same_arrays(left: object, right: object) -> None:
     """Two dataclasses of arrays equal field by field (NaN equal to NaN)."""
     for name, value in vars(left).items():
-        np.testing.assert_allclose(
-            value, getattr(right, name), rtol=1e-9, atol=1e-12, err_msg=name
-        )
+        np.testing.assert_allclose(value, getattr(right, name), rtol=1e-9, atol=1e-12, err_msg=name)
 
 
 @EXAMPLES
@@ -206,6 +204,14 @@ def assert_same_arrays(left: object, right: object) -> None:
     horizons=st.sampled_from([(1,), (2,), (1, 3)]),
     half_life=st.sampled_from([None, 30.0]),
     model=structures,
+)
+@example(  # a gap after the split once held the errors before it back in the long run only
+    panel=random_panel(seed=60, n_variables=1, rows=60, missing=0.0),
+    size=5,
+    split=0.6875,
+    horizons=(1, 3),
+    half_life=30.0,
+    model="pooled+exog",
 )
 def test_resuming_continues_intervals_and_penalty_choice_as_one_long_run(
     panel: pd.DataFrame,
@@ -256,9 +262,7 @@ def test_resuming_continues_intervals_and_penalty_choice_as_one_long_run(
         assert short.intervals.keys() == {b - skipped for b in long.intervals if b >= skipped}
         for batch_id, sums in short.intervals.items():
             assert_same_arrays(sums, long.intervals[batch_id + skipped])
-        assert short.evaluations.keys() == {
-            b - skipped for b in long.evaluations if b >= skipped
-        }
+        assert short.evaluations.keys() == {b - skipped for b in long.evaluations if b >= skipped}
         for batch_id, evaluation in short.evaluations.items():
             assert_same_arrays(evaluation.errors, long.evaluations[batch_id + skipped].errors)
         assert short.penalties is not None and long.penalties is not None
