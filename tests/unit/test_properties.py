@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from recursive_training.config import TrainingConfig
@@ -215,6 +215,15 @@ def split_on_batch_edge(
     return blanked, middle
 
 
+def has_whole_sample(panel: pd.DataFrame, lags: int, horizons: tuple[int, ...]) -> bool:
+    """True when the rows hold, at every horizon, an origin with every variable known
+    (forward-filled as the run fills) at it, its lags and its target: a run whose range
+    has no usable sample of a variable is refused (``guards.check_coverage``)."""
+    known = panel.ffill(limit=2).notna().all(axis=1).to_numpy()
+    lagged = np.convolve(known, np.ones(lags + 1), "valid") == lags + 1  # origin - lags
+    return all((lagged[: len(lagged) - h] & known[lags + h :]).any() for h in horizons)
+
+
 def assert_same_arrays(left: object, right: object) -> None:
     """Two dataclasses of arrays equal field by field (NaN equal to NaN)."""
     for name, value in vars(left).items():
@@ -238,6 +247,14 @@ def assert_same_arrays(left: object, right: object) -> None:
     half_life=30.0,
     model="pooled+exog",
 )
+@example(  # a split so near the end that only blanked rows and no whole sample came after
+    panel=random_panel(seed=0, n_variables=1, rows=60, missing=0.0),
+    size=49,
+    split=0.625,
+    horizons=(1, 3),
+    half_life=None,
+    model="var",
+)
 def test_resuming_continues_intervals_and_penalty_choice_as_one_long_run(
     panel: pd.DataFrame,
     size: int,
@@ -250,8 +267,9 @@ def test_resuming_continues_intervals_and_penalty_choice_as_one_long_run(
     chosen penalties and metrics one long run gives it: the state carries the residual
     sketch and the penalty grid's walk-forward errors."""
     panel, middle = split_on_batch_edge(panel, size, split, horizons, fill_limit=2)
-    if middle >= panel.index[-1]:
-        return
+    # Both runs need a usable sample: a split near the end can leave only blanked rows after.
+    before, after = panel[panel.index < middle], panel[panel.index >= middle]
+    assume(has_whole_sample(before, 2, horizons) and has_whole_sample(after, 2, horizons))
     path = write(panel)
     end = panel.index[-1] + pd.Timedelta(days=1)
     fields = {
