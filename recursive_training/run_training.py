@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None, outcome: interrupts.Outcome | None =
     outcome = outcome or interrupts.Outcome()
     args = None
     try:
-        interrupts.handle_termination()
+        interrupts.handle_interruptions()
         args = parse_args(argv)
         config = create_config_from_args(args)
         setup_logging(config.log_level, config.log_dir)
@@ -303,9 +303,12 @@ def main(argv: Sequence[str] | None = None, outcome: interrupts.Outcome | None =
         log.error("%s", e)
         _record_error(getattr(args, "progress_file", None), e)
         return 1
-    except KeyboardInterrupt as e:
+    except (KeyboardInterrupt, RuntimeError) as e:
+        interruption = interrupts.interruption(e)
+        if interruption is None:
+            raise
         _ensure_logging()
-        terminated = isinstance(e, interrupts.Terminated)
+        terminated = isinstance(interruption, interrupts.Terminated)
         cause = "terminated (SIGTERM)" if terminated else "interrupted"
         if outcome.results is not None:
             log.warning("%s after the results were complete: %s", cause, outcome.results)
