@@ -37,8 +37,8 @@ def write(panel: pd.DataFrame) -> str:
     return str(path)
 
 
-def run(path: str, **fields: object) -> TrainingResult:
-    """Serial run on the file with small, test-friendly defaults."""
+def settings(path: str, **fields: object) -> TrainingConfig:
+    """The file's config with small, test-friendly defaults."""
     settings_ = {
         "lags": 2,
         "rules": ["momentum(3)", "mean_reversion(5)", "cross", "model"],
@@ -46,7 +46,18 @@ def run(path: str, **fields: object) -> TrainingResult:
         "fill_limit": 2,
         **fields,
     }
-    return TrainingPipeline().execute(TrainingConfig.build(input_data=path, **settings_))
+    return TrainingConfig.build(input_data=path, **settings_)
+
+
+def run(path: str, **fields: object) -> TrainingResult:
+    """Serial run on the file with small, test-friendly defaults."""
+    return TrainingPipeline().execute(settings(path, **fields))
+
+
+def resume(path: str, first: TrainingResult, **fields: object) -> TrainingResult:
+    """Continue `first` from its state, read back from bytes as a resumed run reads its file."""
+    state = TrainingState.from_bytes(first.state.to_bytes(), "memory")
+    return TrainingPipeline().execute(settings(path, resume_from="memory", **fields), state)
 
 
 def structure(name: str, panel: pd.DataFrame) -> dict[str, object]:
@@ -164,21 +175,8 @@ def test_resuming_from_state_equals_one_long_run(
     end = panel.index[-1] + pd.Timedelta(days=1)
     whole = run(path, batch_size_days=size, half_life_days=half_life, end_date=end, **fields)
     first = run(path, batch_size_days=size, half_life_days=half_life, end_date=middle, **fields)
-    state = TrainingState.from_bytes(first.state.to_bytes(), "memory")
-    second = TrainingPipeline().execute(
-        TrainingConfig.build(
-            input_data=path,
-            lags=2,
-            rules=["momentum(3)", "mean_reversion(5)", "cross", "model"],
-            min_train_samples=10,
-            fill_limit=2,
-            batch_size_days=size,
-            half_life_days=half_life,
-            end_date=end,
-            resume_from="memory",
-            **fields,
-        ),
-        state,
+    second = resume(
+        path, first, batch_size_days=size, half_life_days=half_life, end_date=end, **fields
     )
     assert second.start == middle
     np.testing.assert_allclose(second.coefficients, whole.coefficients, rtol=1e-9, atol=1e-12)
@@ -281,20 +279,7 @@ def test_resuming_continues_intervals_and_penalty_choice_as_one_long_run(
     }
     whole = run(path, end_date=end, **fields)
     first = run(path, end_date=middle, **fields)
-    state = TrainingState.from_bytes(first.state.to_bytes(), "memory")
-    second = TrainingPipeline().execute(
-        TrainingConfig.build(
-            input_data=path,
-            lags=2,
-            rules=["momentum(3)", "mean_reversion(5)", "cross", "model"],
-            min_train_samples=10,
-            fill_limit=2,
-            end_date=end,
-            resume_from="memory",
-            **fields,
-        ),
-        state,
-    )
+    second = resume(path, first, end_date=end, **fields)
     skipped = len(whole.batches) - len(second.batches)  # the long run's batches before
     assert [b.start for b in whole.batches[skipped:]] == [b.start for b in second.batches]
     later = whole.predictions_frame()
