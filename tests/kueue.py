@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from tests.k8s.controlplane import Pki, die_with_parent, free_port
+from tests.k8s.controlplane import LoggedProcess, Pki, die_with_parent, free_port
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 SCRIPT: Final = ROOT / "hack" / "kueue.sh"
@@ -109,7 +109,7 @@ def in_private_etc(layer: Path, command: Sequence[str]) -> list[str]:
             "sh", "-c", OVERLAY_ETC, "sh", str(layer), *command]  # fmt: skip
 
 
-class KueueManager:
+class KueueManager(LoggedProcess):
     """Kueue's manager as a process on this machine, against the API server of `kubeconfig`."""
 
     def __init__(self, assets: Path, kubeconfig: Path, work: Path) -> None:
@@ -163,24 +163,6 @@ class KueueManager:
                 raise AssertionError(f"Kueue did not become ready:\n{self.log_tail()}")
             time.sleep(0.5)
         return self
-
-    def stop(self) -> None:
-        """Stop the manager by its own PID (SIGTERM, then SIGKILL after 15 s)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The end of the manager's log."""
-        if not self.log_path.is_file():
-            return ""
-        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        return f"--- {self.log_path} ---\n" + "\n".join(tail)
 
 
 def queue_objects(

@@ -20,7 +20,7 @@ import pytest
 
 from tests.kueue import KueueManager
 
-from .controlplane import ControlPlane
+from .controlplane import ControlPlane, LoggedProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENVTEST_SCRIPT = REPO_ROOT / "hack" / "envtest.sh"
@@ -120,7 +120,7 @@ def pulse_install(control_plane: ControlPlane) -> ControlPlane:
     return control_plane
 
 
-class OperatorProcess:
+class OperatorProcess(LoggedProcess):
     """A controller process (ours or dask-kubernetes') run under a ServiceAccount kubeconfig."""
 
     def __init__(
@@ -150,27 +150,6 @@ class OperatorProcess:
                 self.args, stdout=log, stderr=subprocess.STDOUT, env=env
             )
         return self
-
-    def stop(self, kill: bool = False) -> None:
-        """Stop the process by its own PID; SIGKILL when `kill`, as a crash would."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The end of the process's log."""
-        if not self.log_path.is_file():
-            return ""
-        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        return f"--- {self.log_path} ---\n" + "\n".join(tail)
 
 
 def _python() -> str:

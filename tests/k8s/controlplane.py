@@ -87,6 +87,35 @@ def die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+class LoggedProcess:
+    """A long-running helper process whose output goes to `log_path`."""
+
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the process by its own PID; SIGKILL when `kill`, as a crash would (else
+        SIGTERM, then SIGKILL after 15 s)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the process's log."""
+        if not self.log_path.is_file():
+            return ""
+        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return f"--- {self.log_path} ---\n" + "\n".join(tail)
+
+
 class Pki:
     """A throwaway CA, the certificates signed by it and the service-account key pair."""
 
