@@ -9,21 +9,71 @@ refits per candidate, measured in the same run.
 2. The library route: for every batch and every grid value, refit scikit-learn's Ridge
    on the standardized samples realized before the batch and predict the batch (what
    skforecast's ``grid_search_forecaster`` with refit does per candidate), then choose per
-   target as Pulse does. skforecast itself does not install next to pandas 3 (0.26 pins
-   pandas < 3), so scikit-learn is the reference. It is timed on ``--reference-batches``
-   evaluated batches and scaled to all of them (each batch's refits are independent, and
-   later batches are larger, so the scaling is a lower bound of its cost).
+   target as Pulse does. It is timed on ``--reference-batches`` evaluated batches and
+   scaled to all of them (each batch's refits are independent, and later batches are
+   larger, so the scaling is a lower bound of its cost).
+3. skforecast itself (``--skforecast-python``): its ``grid_search_forecaster`` in its
+   backtesting, against Pulse ``--model ar --ridge-alpha auto`` on the same CSV file (the
+   synthetic panel of ``--skforecast-size`` written once), timed in the same invocation,
+   interleaved, best of ``--repeats``. skforecast 0.26 pins pandas < 3, so it runs in its
+   own venv as a subprocess (``benchmarks/skforecast_grid_search.py``, which imports
+   nothing from Pulse and times its own work, data loaded and imports done, as Pulse's side
+   is timed with its data source already open). Create the reference interpreter once::
+
+       python3 -m venv /tmp/venv-skforecast
+       /tmp/venv-skforecast/bin/pip install skforecast "pandas<3" scikit-learn
+
+   (measured with skforecast 0.26.0, pandas 2.3.3, scikit-learn 1.9.1, numpy 2.4.6; the
+   script prints the versions it ran with). The settings are aligned as follows.
+
+   - Model: Pulse's ``ar`` (each series on its own 5 lagged first differences, an
+     unpenalized intercept) is one ``ForecasterRecursive(lags=5, differentiation=1)`` per
+     series. skforecast's multi-series forecaster fits one model for all series (Pulse's
+     ``pooled``), and a VAR would be a ``ForecasterDirectMultiVariate`` per target; the
+     per-series pairing is the one where both fit exactly the same models.
+   - Penalty: ridge on z-scored features with a mean loss (``statistics.ridge_penalty``),
+     i.e. scikit-learn ``Ridge(alpha * n)`` on standardized features; n grows with the
+     expanding window, so the reference's estimator scales the penalty at each fit.
+   - Folds = Pulse's batches: ``TimeSeriesFold(steps=1, refit=<rows per batch>,
+     fixed_train_size=False)``, one-step-ahead predictions, a refit on the expanding window
+     at each batch start. skforecast counts folds in rows and Pulse batches in days, so the
+     batches must hold the same number of rows: on business-day data, a multiple of 7 days
+     (91 by default, 364), not 90 or 365. A refit fold trains through the forecast origin,
+     one sample more than Pulse's batch model (which knows samples realized before the
+     batch): a ``weight_func`` gives that sample weight 0. With that, the sanity check
+     below finds the same predictions (to rounding) at a fixed alpha.
+   - The same 13-value grid (``DEFAULT_ALPHA_GRID``) and metric (squared error of the
+     one-step change).
+   - Not aligned, by design of the two: skforecast picks one alpha per series for the
+     whole backtest (its metric over every fold, later folds included); Pulse picks per
+     batch and target from earlier batches only. The work compared is the same: every grid
+     value refitted at every batch and its predictions scored. Since the predictions are
+     the same, skforecast's pick per series must equal the grid value of least total
+     error in Pulse's auto run; the benchmark checks that too.
+   - Also timed: ``TimeSeriesFold(steps=<rows per batch>, refit=True)``, one fold per
+     batch, the set-up skforecast's user guide starts from. It refits as often, but
+     predicts each batch recursively from its first origin (multi-step, so not Pulse's
+     forecasts, and not checked against them); one predict call per row either way, in a
+     recursive loop instead of a fold each, so it costs skforecast less.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_alpha_auto.py --repeats 3
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_alpha_auto.py --sizes 100x30,20x10 \
         --repeats 3 --reference-batches 0       # the ratios only
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_alpha_auto.py --sizes 20x10 \
+        --reference-batches 0 --skforecast-python /tmp/venv-skforecast/bin/python \
+        --repeats 3                             # against skforecast (a few minutes)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,6 +87,11 @@ from recursive_training.stages import TrainingPipeline, TrainingResult
 
 LAGS = 5
 BATCH_DAYS = 90
+SKFORECAST_SCRIPT = Path(__file__).with_name("skforecast_grid_search.py")
+SKFORECAST_VENV = (
+    "python3 -m venv /tmp/venv-skforecast && /tmp/venv-skforecast/bin/pip install skforecast "
+    '"pandas<3" scikit-learn, then pass --skforecast-python /tmp/venv-skforecast/bin/python'
+)
 
 
 def config(size: Size, alpha: float | str) -> TrainingConfig:
@@ -80,8 +135,8 @@ def design(levels: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DatetimeInd
 def sklearn_grid_search(size: Size, result: TrainingResult, batches: int) -> tuple[float, int]:
     """Seconds of refitting every grid value on the first ``batches`` evaluated batches,
     and how many batches were evaluated in all."""
-    from sklearn.linear_model import Ridge
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.linear_model import Ridge  # type: ignore[import-untyped]
+    from sklearn.preprocessing import StandardScaler  # type: ignore[import-untyped]
 
     levels = open_source(size.uri).load(result.variables, pd.Timestamp.min, pd.Timestamp.max)
     x, y, realized = design(levels)
@@ -112,6 +167,164 @@ def reference_ratio(size: Size, batches: int) -> None:
     )
 
 
+# --- 3. skforecast's grid search in its backtesting, in its own interpreter -----------------
+
+
+def write_csv(size: Size, folder: Path) -> Path:
+    """The synthetic panel as a wide CSV (exact float round trip), read by both sides."""
+    source = open_source(size.uri)
+    path = folder / f"synthetic-{size}.csv"
+    source.load(source.variables(), pd.Timestamp.min, pd.Timestamp.max).rename_axis("date").to_csv(
+        path
+    )
+    return path
+
+
+def run_ar(data: Path, alpha: float | str, batch_days: int) -> TrainingResult:
+    """Pulse ``ar`` on the CSV, as skforecast's ``ForecasterRecursive`` per series fits it."""
+    return TrainingPipeline().execute(
+        TrainingConfig.build(
+            input_data=str(data),
+            model="ar",
+            lags=LAGS,
+            batch_size_days=batch_days,
+            ridge_alpha=alpha,
+            rules=["model"],
+        )
+    )
+
+
+def batch_rows(result: TrainingResult, data: Path) -> int:
+    """Rows per batch, which must be the same for every batch but the last (skforecast's
+    folds count rows), with batch 1 the first evaluated."""
+    stamps = open_source(str(data)).timestamps()
+    starts = stamps.searchsorted(pd.DatetimeIndex([b.start for b in result.batches]))
+    sizes = set(np.diff(starts).tolist())
+    if len(sizes) != 1 or starts[0] != 0 or min(result.evaluations) != 1:
+        raise SystemExit(
+            f"batches of {result.config.batch_size_days} days hold {sorted(sizes)} rows; "
+            "skforecast's folds count rows: use a multiple of 7 days on business-day data"
+        )
+    return int(sizes.pop())
+
+
+def skforecast(python: str, data: Path, rows: int, *options: str) -> dict[str, object]:
+    """One run of the reference script; its JSON report (seconds timed by itself)."""
+    argv = [python, str(SKFORECAST_SCRIPT), str(data), "--lags", str(LAGS)]
+    argv += ["--batch-rows", str(rows), "--initial-train-size", str(rows + 1), *options]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"skforecast reference failed ({python}): {last}")
+    report: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return report
+
+
+def check_reference(python: str) -> None:
+    """One line on how to get the reference interpreter when it cannot import skforecast."""
+    try:
+        done = subprocess.run([python, "-c", "import skforecast"], capture_output=True)
+    except OSError as error:
+        raise SystemExit(
+            f"--skforecast-python {python}: {error.strerror}; {SKFORECAST_VENV}"
+        ) from None
+    if done.returncode:
+        raise SystemExit(f"--skforecast-python {python}: no skforecast; {SKFORECAST_VENV}")
+
+
+def same_predictions(
+    python: str, data: Path, rows: int, fixed: TrainingResult, folder: Path
+) -> None:
+    """skforecast's backtest at the fixed run's alpha against the fixed run's predictions."""
+    path = folder / "skforecast-predictions.csv"
+    alpha = fixed.config.ridge_alpha
+    skforecast(python, data, rows, "--alpha", str(alpha), "--predictions", str(path), "fixed")
+    theirs = pd.read_csv(path, parse_dates=["realized"])
+    ours = fixed.predictions_frame()
+    ours["realized"] = ours["realized"].astype(theirs["realized"].dtype)
+    both = ours.merge(theirs, on=["realized", "variable"], suffixes=("", "_skforecast"))
+    scale = both["variable"].map(ours.groupby("variable")["actual"].std())
+    worst = ((both["predicted"] - both["predicted_skforecast"]).abs() / scale).max()
+    print(
+        f"sanity, alpha {alpha}: {len(both)} predictions in both of {len(ours)} Pulse and "
+        f"{len(theirs)} skforecast; largest difference {worst:.1e} of the series' change "
+        "std (the same models; rounding only)"
+    )
+
+
+def same_choice(auto: TrainingResult, chosen: dict[str, float]) -> None:
+    """skforecast's alpha per series against the grid value of least total error in Pulse's
+    auto run (its errors over every evaluated batch; the larger alpha on a tie, as Pulse)."""
+    assert auto.penalties is not None
+    totals = auto.penalties.known().totals
+    grid = np.asarray(auto.penalties.grid)
+    least = totals == totals.min(axis=0)
+    ours = {t: grid[least[:, k]].max() for k, t in enumerate(auto.penalties.targets)}
+    agree = sum(np.isclose(ours[t], chosen[t]) for t in ours)
+    print(
+        f"choice: skforecast's alpha per series (one for the whole backtest) equals the least "
+        f"total error of Pulse's walk-forward errors for {agree} of {len(ours)} series"
+    )
+
+
+def timed(work: Callable[[], object]) -> tuple[float, float]:
+    """Wall and CPU seconds of ``work`` in this process."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def skforecast_ratio(size: Size, python: str, batch_days: int, repeats: int) -> None:
+    """Pulse ``ar`` auto against skforecast's grid search on the same file, interleaved."""
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as folder:
+        data = write_csv(size, Path(folder))
+        fixed = run_ar(data, 0.01, batch_days)  # also opens (caches) the data source
+        rows = batch_rows(fixed, data)
+        same_predictions(python, data, rows, fixed, Path(folder))
+        grid = ["--alphas", ",".join(map(str, DEFAULT_ALPHA_GRID)), "grid"]
+        reports: dict[str, dict[str, object]] = {}
+
+        def reference(protocol: str) -> Callable[[], tuple[float, float]]:
+            def work() -> tuple[float, float]:
+                report = skforecast(python, data, rows, "--protocol", protocol, *grid)
+                reports[protocol] = report
+                return float(report["wall"]), float(report["cpu"])  # type: ignore[arg-type]
+
+            return work
+
+        works = {
+            "Pulse auto": lambda: timed(lambda: run_ar(data, "auto", batch_days)),
+            "one-step": reference("one-step"),
+            "batch": reference("batch"),
+        }
+        best: dict[str, tuple[float, float]] = {}
+        for _ in range(repeats):
+            for name, work in works.items():
+                wall, cpu = work()
+                old = best.get(name, (wall, cpu))
+                best[name] = (min(old[0], wall), min(old[1], cpu))
+        same_choice(run_ar(data, "auto", batch_days), reports["one-step"]["chosen"])  # type: ignore[arg-type]
+    versions = ", ".join(f"{k} {v}" for k, v in reports["one-step"]["versions"].items())  # type: ignore[attr-defined]
+    pulse_wall, pulse_cpu = best["Pulse auto"]
+    print(
+        f"{size}, ar, lags {LAGS}, {batch_days}-day batches ({rows} rows, "
+        f"{len(fixed.evaluations)} evaluated), {len(DEFAULT_ALPHA_GRID)} grid values; best of "
+        f"{repeats}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
+        f"load average {load:.1f} -> {os.getloadavg()[0]:.1f}; reference: {versions}"
+    )
+    print(f"  Pulse --ridge-alpha auto: {pulse_wall:.3f} s ({pulse_cpu:.3f} s CPU)")
+    for protocol, label in (
+        ("one-step", "TimeSeriesFold(steps=1, refit=rows), Pulse's forecasts"),
+        ("batch", "TimeSeriesFold(steps=rows, refit=True), multi-step"),
+    ):
+        wall, cpu = best[protocol]
+        print(
+            f"  skforecast grid_search_forecaster, {label}: {wall:.1f} s ({cpu:.1f} s CPU): "
+            f"speed-up {wall / pulse_wall:.0f}x wall, {cpu / pulse_cpu:.0f}x CPU"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_sizes_argument(parser, "100x30")
@@ -120,11 +333,31 @@ def main() -> None:
         "--reference-batches", type=int, default=10, help="0: skip the scikit-learn reference"
     )
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--skforecast-python",
+        metavar="PATH",
+        help="a Python with skforecast (pandas < 3): also time skforecast's grid search",
+    )
+    parser.add_argument("--skforecast-size", type=parse_size, default=parse_size("10x5"))
+    parser.add_argument(
+        "--skforecast-batch-days",
+        type=int,
+        default=91,
+        help="batch length; a multiple of 7, so every batch holds the same business days",
+    )
     args = parser.parse_args()
+    if args.skforecast_python:
+        check_reference(args.skforecast_python)
     for size in args.sizes:
         pulse_ratio(size, args.repeats)
     if args.reference_batches:
         reference_ratio(args.reference_size, args.reference_batches)
+    if args.skforecast_python:
+        skforecast_ratio(
+            args.skforecast_size, args.skforecast_python, args.skforecast_batch_days, args.repeats
+        )
+    else:
+        print(f"skforecast's grid search not timed: {SKFORECAST_VENV}")
 
 
 if __name__ == "__main__":
