@@ -1,17 +1,21 @@
 """skforecast's side of ``bench_alpha_auto.py --skforecast-python``: its grid search in its
 backtesting, run by the reference interpreter (skforecast pins pandas < 3, so it lives in
-its own venv and this script imports nothing from Pulse).
+its own venv and this script imports nothing from Pulse). Create that venv with
+``python3 -m venv /tmp/venv-skforecast && /tmp/venv-skforecast/bin/pip install skforecast
+"pandas<3" scikit-learn``.
 
 It reads the wide CSV the benchmark wrote (a ``date`` column, one column per series),
 builds one ``ForecasterRecursive`` per series (Pulse's ``ar``: each series on its own lags
 of its first differences, ``differentiation=1``) with a ridge on z-scored features and a
-mean loss (``StandardizedRidge``), and backtests it with ``TimeSeriesFold(steps=1,
-refit=<rows per batch>, fixed_train_size=False)``: one-step-ahead predictions, refitted on
-the expanding window at the start of every batch. ``grid`` runs ``grid_search_forecaster``
-over ``--alphas`` for every series; ``fixed`` runs ``backtesting_forecaster`` at one alpha
-and writes its predictions (for the benchmark's sanity check against Pulse). It prints one
-JSON line: wall and CPU seconds of that work (data already loaded, imports done), the
-versions, and per series the chosen alpha (grid) or nothing more (fixed).
+mean loss (``StandardizedRidge``), and backtests it refitted on the expanding window at
+the start of every batch: ``--protocol one-step`` (``TimeSeriesFold(steps=1,
+refit=<rows per batch>)``, one-step-ahead forecasts, Pulse's) or ``batch``
+(``TimeSeriesFold(steps=<rows per batch>, refit=True)``, each batch forecast recursively
+from its first origin). ``grid`` runs ``grid_search_forecaster`` over ``--alphas`` for
+every series; ``fixed`` runs ``backtesting_forecaster`` at one alpha and writes its
+forecasts as changes (for the benchmark's check against Pulse). It prints one JSON line:
+wall and CPU seconds of that work (data loaded, imports done), the versions, and with
+``grid`` the alpha skforecast picks per series.
 
     python benchmarks/skforecast_grid_search.py data.csv --batch-rows 65 --lags 5 \
         --initial-train-size 66 --alphas 0.001,0.01,0.1 grid
