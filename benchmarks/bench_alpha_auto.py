@@ -5,7 +5,13 @@ refits per candidate, measured in the same run.
    the default 13-value grid (var, lags 5, 90-day batches, in-process, outputs not
    written), interleaved over ``--repeats`` rounds, each with its best wall and best CPU
    seconds (the machine is shared: CPU seconds are the steadier figure). The issue's
-   target: auto <= 3x fixed at 100 variables x 30 years.
+   target: auto <= 3x fixed at 100 variables x 30 years. Then the floor: the LAPACK
+   kernels that one batch's prefix system needs at the least, timed on a system of the
+   same size (fixed: a Cholesky factorization and a solve for the targets; auto: a
+   tridiagonal reduction, Q applied to the targets, to the batch's rows and to the chosen
+   coefficients, a tridiagonal solve per grid value and one product for the grid's row
+   predictions), and the ratio a run would have if its prefix models cost only those
+   kernels and everything else stayed as measured.
 2. The library route: for every batch and every grid value, refit scikit-learn's Ridge
    on the standardized samples realized before the batch and predict the batch (what
    skforecast's ``grid_search_forecaster`` with refit does per candidate), then choose per
@@ -77,7 +83,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_horizons import interleaved  # script folder on sys.path
+from scipy.linalg import lapack
+from bench_horizons import interleaved, solve_share  # script folder on sys.path
 from bench_pipeline import Size, add_sizes_argument, parse_size
 
 from recursive_training.config import TrainingConfig
@@ -119,6 +126,78 @@ def pulse_ratio(size: Size, repeats: int) -> None:
         f"({len(DEFAULT_ALPHA_GRID)} values) {auto_wall:.2f} s ({auto_cpu:.2f} s CPU): auto / "
         f"fixed = {auto_wall / fixed_wall:.2f}x wall, {auto_cpu / fixed_cpu:.2f}x CPU; best of "
         f"{repeats}, load average {os.getloadavg()[0]:.1f}"
+    )
+
+
+def best_seconds(work: Callable[[], object], repeats: int = 20) -> float:
+    """Best CPU seconds of ``work`` over ``repeats`` calls (after one warm-up call): the
+    runs' ratios are in CPU seconds too."""
+    work()
+    times = []
+    for _ in range(repeats):
+        began = time.process_time()
+        work()
+        times.append(time.process_time() - began)
+    return min(times)
+
+
+def kernel_seconds(features: int, targets: int, rows: int) -> tuple[float, dict[str, float]]:
+    """Seconds of the least LAPACK work one prefix system needs: with a fixed penalty, and
+    with auto (by part), on a random positive definite system of this size."""
+    rng = np.random.default_rng(0)
+    sample = rng.standard_normal((3 * features, features))
+    gram = sample.T @ sample
+    rhs = rng.standard_normal((features, targets))
+    both = np.asfortranarray(rng.standard_normal((features - 1, targets + rows)))
+    grid = np.asarray(DEFAULT_ALPHA_GRID) * features
+    fixed = best_seconds(
+        lambda: lapack.dpotrs(lapack.dpotrf(gram, lower=0, clean=0)[0], rhs, lower=0)
+    )
+    work = int(lapack.dsytrd_lwork(features, lower=1)[0])
+    reduced, diagonal, off_diagonal, tau, _ = lapack.dsytrd(gram.T.copy(), lower=1, lwork=work)
+    reflectors = np.asfortranarray(reduced[1:, :-1])
+    row_block = np.asfortranarray(both[:, :rows])
+    target_block = np.asfortranarray(both[:, :targets])
+    solved = np.empty((len(grid), features - 1, rows))
+
+    def tridiagonal_solves() -> None:
+        for g, alpha in enumerate(grid):
+            solved[g] = lapack.dptsv(diagonal[1:] + alpha, off_diagonal[1:], row_block)[2]
+
+    auto = {
+        "tridiagonal reduction": best_seconds(
+            lambda: lapack.dsytrd(gram.T.copy(), lower=1, lwork=work, overwrite_a=1)
+        ),
+        "rotations": best_seconds(
+            lambda: lapack.dormqr("L", "T", reflectors, tau, both, 64 * features)
+        )
+        + best_seconds(
+            lambda: lapack.dormqr("L", "N", reflectors, tau, target_block, 64 * features)
+        ),
+        "grid solves": best_seconds(tridiagonal_solves),
+        "grid predictions": best_seconds(
+            lambda: solved.transpose(0, 2, 1).reshape(-1, features - 1) @ target_block
+        ),
+    }
+    return fixed, auto
+
+
+def kernel_floor(size: Size) -> None:
+    """The ratio auto would have if its prefix models cost only their LAPACK kernels."""
+    total, models = solve_share(lambda: run(size, 0.01))
+    result = run(size, 0.01)
+    systems = len(result.evaluations)
+    features, targets = 1 + size.variables * LAGS, size.variables
+    rows = round(BATCH_DAYS * 5 / 7)  # business days of one batch: its evaluation rows
+    fixed, auto = kernel_seconds(features - 1, targets, rows)
+    rest = total - models
+    floor = (rest + systems * sum(auto.values())) / (rest + systems * fixed)
+    parts = ", ".join(f"{name} {seconds * 1e3:.2f}" for name, seconds in auto.items())
+    print(
+        f"{size}: per prefix system ({features} features, {targets} targets, {rows} rows a "
+        f"batch): fixed {fixed * 1e3:.2f} ms (Cholesky and solve), auto at least "
+        f"{sum(auto.values()) * 1e3:.2f} ms ({parts}); the rest of a fixed run "
+        f"{rest:.2f} s CPU, {systems} systems: auto would still take {floor:.2f}x fixed"
     )
 
 
@@ -350,6 +429,7 @@ def main() -> None:
         check_reference(args.skforecast_python)
     for size in args.sizes:
         pulse_ratio(size, args.repeats)
+        kernel_floor(size)
     if args.reference_batches:
         reference_ratio(args.reference_size, args.reference_batches)
     if args.skforecast_python:
