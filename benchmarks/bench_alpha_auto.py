@@ -83,9 +83,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.linalg import lapack
 from bench_horizons import interleaved, solve_share  # script folder on sys.path
 from bench_pipeline import Size, add_sizes_argument, parse_size
+from scipy.linalg import lapack
 
 from recursive_training.config import TrainingConfig
 from recursive_training.constants import DEFAULT_ALPHA_GRID
