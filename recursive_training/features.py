@@ -29,14 +29,23 @@ def design(
     Every origin must have ``lags`` rows before it and ``horizon`` rows after it in
     ``levels``; missing values propagate as NaN for the caller to drop.
     """
+    return feature_rows(levels, lags)[origins], levels[origins + horizon] - levels[origins]
+
+
+def feature_rows(levels: FloatArray, lags: int) -> FloatArray:
+    """The features of every row of ``levels`` taken as an origin (rows x (1 + m*lags)),
+    NaN where a lag reaches before the window's first change. Samples of any horizon take
+    their rows of it, so a window's features are built once for all horizons."""
     changes = np.full_like(levels, np.nan)
     changes[1:] = np.diff(levels, axis=0)
-    lagged = np.stack([changes[origins - lag] for lag in range(lags)], axis=2)  # (n, m, L)
-    features = np.empty((len(origins), 1 + lagged.shape[1] * lags))
+    rows, width = levels.shape
+    features = np.full((rows, 1 + width * lags), np.nan)
     features[:, 0] = 1.0
-    features[:, 1:] = lagged.reshape(len(origins), -1)
-    targets = levels[origins + horizon] - levels[origins]
-    return features, targets
+    # variable-major, as feature_names; a view, so writing it fills the features
+    lagged = np.reshape(features[:, 1:], (rows, width, lags), copy=False)
+    for lag in range(min(lags, rows)):
+        lagged[lag:, :, lag] = changes[: rows - lag]
+    return features
 
 
 def complete_rows(features: FloatArray, targets: FloatArray) -> NDArray[np.bool_]:

@@ -20,6 +20,7 @@ from recursive_training.models.base import (
     ORIGINS,
     Forecast,
     ModelStructure,
+    Window,
     own_lag_names,
     predict_columns,
     sample_moments,
@@ -42,7 +43,7 @@ class AutoRegressive(ModelStructure):
         return Moments(np.zeros((v, q, q)), np.zeros((v, q)), np.zeros(v), np.zeros(v, np.int64))
 
     def statistics(
-        self, levels: FloatArray, origins: ORIGINS, weights: FloatArray
+        self, levels: FloatArray | Window, origins: ORIGINS, weights: FloatArray
     ) -> tuple[Moments, NDArray[np.bool_]]:
         samples, _, _ = series_samples(self, levels, origins)
         return Moments(*sample_moments(samples, weights, per_series=True)), samples.complete
@@ -66,7 +67,9 @@ class AutoRegressive(ModelStructure):
     def from_systems(self, stacked: FloatArray) -> FloatArray:
         return stacked[..., 0]
 
-    def predict(self, coefficients: FloatArray, levels: FloatArray, origins: ORIGINS) -> Forecast:
+    def predict(
+        self, coefficients: FloatArray, levels: FloatArray | Window, origins: ORIGINS
+    ) -> Forecast:
         samples, _, _ = series_samples(self, levels, origins)
         predicted = predict_columns(coefficients, samples)
         return Forecast(predicted, samples.target, np.isfinite(predicted))

@@ -10,11 +10,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
+from recursive_training import features as feats
 from recursive_training.arrays import FloatArray, IntArray
 from recursive_training.constants import INTERCEPT
 from recursive_training.penalty import (
@@ -26,6 +28,38 @@ from recursive_training.penalty import (
 from recursive_training.statistics import Moments
 
 ORIGINS = NDArray[np.intp]
+
+
+class Window:
+    """A window of levels (rows x columns: the series, then the exog) and what the samples
+    of every horizon derive from it alike, each computed on first use.
+
+    A task makes one per window (or series shard) and hands it to each horizon's
+    structure, so with several horizons the changes and the features are computed once;
+    only the targets and which samples are complete differ by horizon.
+    """
+
+    def __init__(self, levels: FloatArray, lags: int) -> None:
+        self.levels = levels
+        self.lags = lags
+
+    @classmethod
+    def of(cls, levels: FloatArray | Window, lags: int) -> Window:
+        """``levels`` as a window (itself if it is one)."""
+        return levels if isinstance(levels, Window) else cls(levels, lags)
+
+    @cached_property
+    def changes(self) -> tuple[FloatArray, NDArray[np.bool_]]:
+        """First differences with the unknown ones zeroed, and where they are known."""
+        changes = changes_of(self.levels)
+        return changes, _zero_missing(changes)
+
+    @cached_property
+    def features(self) -> tuple[FloatArray, NDArray[np.bool_]]:
+        """Every row's features as a VAR origin (``features.feature_rows``) and which rows
+        have all of them."""
+        rows = feats.feature_rows(self.levels, self.lags)
+        return rows, np.asarray(np.isfinite(rows).all(axis=1))
 
 
 @dataclass(frozen=True)
@@ -42,8 +76,9 @@ class ModelStructure(ABC):
     """A model structure over a set of series, with optional shared regressors (exog).
 
     Instances are small frozen values, so they travel to workers with each task. Windows
-    of levels hold the ``columns`` (series, then exog) in that order; ``origins`` are row
-    numbers inside the window and ``weights`` the forgetting weight of each origin's sample.
+    of levels hold the ``columns`` (series, then exog) in that order, as an array or as a
+    ``Window`` that horizons share; ``origins`` are row numbers inside the window and
+    ``weights`` the forgetting weight of each origin's sample.
     """
 
     name: ClassVar[str]
@@ -78,7 +113,7 @@ class ModelStructure(ABC):
 
     @abstractmethod
     def statistics(
-        self, levels: FloatArray, origins: ORIGINS, weights: FloatArray
+        self, levels: FloatArray | Window, origins: ORIGINS, weights: FloatArray
     ) -> tuple[Moments, NDArray[np.bool_]]:
         """Statistics of the complete samples with these origins, weighted per origin, and
         which samples were complete (origins x series), for the rules to count the same."""
@@ -92,7 +127,9 @@ class ModelStructure(ABC):
         """
 
     @abstractmethod
-    def predict(self, coefficients: FloatArray, levels: FloatArray, origins: ORIGINS) -> Forecast:
+    def predict(
+        self, coefficients: FloatArray, levels: FloatArray | Window, origins: ORIGINS
+    ) -> Forecast:
         """Predicted changes, in each series' own units, for these origins."""
 
     @abstractmethod
@@ -125,7 +162,7 @@ class ModelStructure(ABC):
         return ridge_path(xtx, xty, alphas, ready)
 
     def evaluation_samples(
-        self, levels: FloatArray, origins: ORIGINS
+        self, levels: FloatArray | Window, origins: ORIGINS
     ) -> tuple[EvaluationSamples, NDArray[np.bool_]]:
         """What grid errors are measured on for these origins' complete samples (unit
         weights): their moments, as statistics gives them; and which origins have a
@@ -229,17 +266,17 @@ def _zero_missing(values: FloatArray) -> NDArray[np.bool_]:
 
 
 def series_samples(
-    structure: ModelStructure, levels: FloatArray, origins: ORIGINS
+    structure: ModelStructure, levels: FloatArray | Window, origins: ORIGINS
 ) -> tuple[SeriesSamples, FloatArray, NDArray[np.bool_]]:
     """Samples of every series at these origins, the window's changes and where those are
     finite. A sample is complete when its own lags, the exog's lags and its target are
     known, so a gap in one series drops that series' sample only."""
     n_series = len(structure.series)
-    changes = changes_of(levels)
-    finite = _zero_missing(changes)
+    window = Window.of(levels, structure.lags)
+    changes, finite = window.changes
     target = (
-        rows_at(levels, origins, structure.horizon)[:, :n_series]
-        - rows_at(levels, origins, 0)[:, :n_series]
+        rows_at(window.levels, origins, structure.horizon)[:, :n_series]
+        - rows_at(window.levels, origins, 0)[:, :n_series]
     )
     complete = _zero_missing(target)
     own = []

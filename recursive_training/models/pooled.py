@@ -33,6 +33,7 @@ from recursive_training.models.base import (
     Forecast,
     ModelStructure,
     SeriesSamples,
+    Window,
     own_lag_names,
     predict_columns,
     rows_at,
@@ -108,7 +109,7 @@ class Pooled(ModelStructure):
         return Moments(np.zeros((q, q)), np.zeros(q), np.zeros(1), np.zeros(1, np.int64))
 
     def scaled_samples(
-        self, levels: FloatArray, origins: ORIGINS
+        self, levels: FloatArray | Window, origins: ORIGINS
     ) -> tuple[SeriesSamples, FloatArray | None]:
         """The samples with the exog columns divided by their scale, incomplete where a
         scale is undefined, and each series' scale at each origin (None when unscaled)."""
@@ -125,7 +126,7 @@ class Pooled(ModelStructure):
         return SeriesSamples(samples.own, shared, samples.target, complete), own
 
     def statistics(
-        self, levels: FloatArray, origins: ORIGINS, weights: FloatArray
+        self, levels: FloatArray | Window, origins: ORIGINS, weights: FloatArray
     ) -> tuple[Moments, NDArray[np.bool_]]:
         samples, scales = self.scaled_samples(levels, origins)
         inverse = (
@@ -159,7 +160,9 @@ class Pooled(ModelStructure):
         scaled units summed over series, so no series weighs in by its size."""
         return ("all series",)
 
-    def predict(self, coefficients: FloatArray, levels: FloatArray, origins: ORIGINS) -> Forecast:
+    def predict(
+        self, coefficients: FloatArray, levels: FloatArray | Window, origins: ORIGINS
+    ) -> Forecast:
         samples, scales = self.scaled_samples(levels, origins)
         predicted = predict_columns(coefficients, samples, scales)
         return Forecast(predicted, samples.target, np.isfinite(predicted))

@@ -11,9 +11,9 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,8 @@ from recursive_training.engines import current_worker
 from recursive_training.exceptions import DataError
 from recursive_training.metrics import ErrorSums
 from recursive_training.models import ModelStructure, build_structure
-from recursive_training.parallel_trainer import SeriesShard, TrainingBatch
+from recursive_training.models.base import Forecast, Window
+from recursive_training.parallel_trainer import SeriesShard, TrainingBatch, series_shards
 from recursive_training.penalty import EvaluationSamples
 from recursive_training.rules import (
     fixed_rule_counts,
@@ -38,7 +39,9 @@ from recursive_training.rules import (
     sign_hits_misses,
 )
 from recursive_training.s3_location import S3Settings
-from recursive_training.statistics import SufficientStats, forgetting_weights
+from recursive_training.statistics import Moments, SufficientStats, forgetting_weights
+
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
@@ -229,134 +232,179 @@ def compute_batch_statistics(
 ) -> StatisticsTask:
     """Model statistics and fixed-rule counts of the samples realized in the batch, at every
     horizon, over its series or, given a shard, over those series only (the only ones
-    loaded). The window is loaded and filled once for all horizons."""
+    loaded). The window is loaded and filled, and each series shard's changes and features
+    derived, once for all horizons."""
     began = time.perf_counter()
     structures = spec.task_structures(batch, shard)
     first_series = 0 if shard is None else shard.start
-    trains = any(a < b for a, b in batch.train_rows)
-    levels, stamps = load_window(batch, spec, structures[0].columns) if trains else (None, None)
-    loaded = (time.perf_counter() - began) / len(structures)
-    parts = []
-    for structure, rows, eval_rows in zip(
-        structures, batch.train_rows, batch.eval_rows, strict=True
-    ):
-        started = time.perf_counter()
-        stats, dropped, candidates, usable, persistence, evaluation = _horizon_statistics(
-            batch, spec, structure, rows, eval_rows, levels, stamps
-        )
-        seconds = loaded + time.perf_counter() - started
-        parts.append(
-            BatchStatistics(
-                batch.batch_id,
-                first_series,
-                stats,
-                dropped,
-                seconds,
-                current_worker(),
-                candidates,
-                usable,
-                *persistence,
-                evaluation,
+    if any(a < b for a, b in batch.train_rows):
+        levels, stamps = load_window(batch, spec, structures[0].columns)
+        samples = [
+            _StatisticsSamples.of(batch, spec, structure, rows, eval_rows, stamps)
+            for structure, rows, eval_rows in zip(
+                structures, batch.train_rows, batch.eval_rows, strict=True
             )
-        )
-    return StatisticsTask(batch.batch_id, first_series, tuple(parts))
+        ]
+
+        def shard_statistics(
+            index: int, structure: ModelStructure, _: tuple[int, int], window: Window
+        ) -> _ShardStatistics | None:
+            mine = samples[index]
+            if mine is None:
+                return None
+            moments, complete = structure.statistics(window, mine.origins, mine.weights)
+            evaluation = tuple(structure.evaluation_samples(window, o) for o in mine.evaluation)
+            return moments, complete, evaluation
+
+        by_shard = _over_shards(structures, levels, spec, shard_statistics)
+        parts = [
+            _no_statistics(batch, spec, structure)
+            if mine is None
+            else _horizon_statistics(batch, spec, mine, shards, levels, stamps)
+            for structure, mine, shards in zip(structures, samples, by_shard, strict=True)
+        ]
+    else:
+        parts = [_no_statistics(batch, spec, structure) for structure in structures]
+    seconds = (time.perf_counter() - began) / len(structures)
+    return StatisticsTask(
+        batch.batch_id,
+        first_series,
+        tuple(replace(p, first_series=first_series, seconds=seconds) for p in parts),
+    )
+
+
+# A horizon's statistics over one series shard: its moments, which samples were complete,
+# and its evaluation samples (each part's, with which origins have a complete sample).
+_ShardStatistics = tuple[
+    Moments, NDArray[np.bool_], tuple[tuple[EvaluationSamples, NDArray[np.bool_]], ...]
+]
+
+
+@dataclass(frozen=True)
+class _StatisticsSamples:
+    """The samples of one horizon in a statistics task: the origins (window rows) of
+    those realized in the batch and their forgetting weights; with
+    ``spec.evaluation_samples`` the origins the evaluation stage predicts, split by
+    realization inside the batch or after it (each part present when not empty)."""
+
+    structure: ModelStructure
+    origins: NDArray[np.intp]
+    weights: FloatArray
+    evaluation: tuple[NDArray[np.intp], ...]
+
+    @classmethod
+    def of(
+        cls,
+        batch: TrainingBatch,
+        spec: TaskSpec,
+        structure: ModelStructure,
+        rows: tuple[int, int],
+        eval_rows: tuple[int, int],
+        stamps: NDArray[np.datetime64],
+    ) -> _StatisticsSamples | None:
+        """The horizon's samples (None when none is realized in the batch)."""
+        first, stop = rows
+        if first >= stop:
+            return None
+        horizon = structure.horizon
+        origins = np.arange(first, stop) - horizon - batch.window_rows[0]
+        weights = forgetting_weights(stamps[origins + horizon], batch.end, spec.half_life_days)
+        evaluation: tuple[NDArray[np.intp], ...] = ()
+        if spec.evaluation_samples:
+            predicted = np.arange(*eval_rows) - batch.window_rows[0]
+            inside = predicted + horizon < stop - batch.window_rows[0]
+            split = (predicted[inside], predicted[~inside])
+            evaluation = tuple(part for part in split if len(part))
+        return cls(structure, origins, weights, evaluation)
+
+
+def _no_statistics(
+    batch: TrainingBatch, spec: TaskSpec, structure: ModelStructure
+) -> BatchStatistics:
+    """The statistics of a horizon with no sample realized in the batch."""
+    n_entries = len(rule_entries(parse_rules(spec.rules), structure.series))
+    none = np.zeros(len(structure.series))
+    return BatchStatistics(
+        batch.batch_id,
+        0,
+        SufficientStats(structure.zeros(), np.zeros(n_entries), np.zeros(n_entries)),
+        0,
+        0.0,
+        current_worker(),
+        0,
+        np.zeros(len(structure.columns), dtype=np.int64),
+        none,
+        none,
+    )
 
 
 def _horizon_statistics(
     batch: TrainingBatch,
     spec: TaskSpec,
-    structure: ModelStructure,
-    rows: tuple[int, int],
-    eval_rows: tuple[int, int],
-    levels: FloatArray | None,
-    stamps: NDArray[np.datetime64] | None,
-) -> tuple[
-    SufficientStats,
-    int,
-    int,
-    NDArray[np.int64],
-    tuple[FloatArray, FloatArray],
-    tuple[EvaluationPart, ...],
-]:
-    """One horizon's statistics, rule counts, dropped samples, candidates, usable counts
-    and persistence error sums of the samples realized in ``rows``, and with
-    ``spec.evaluation_samples`` the samples with origins in ``eval_rows``."""
-    rules = parse_rules(spec.rules)
-    first, stop = rows
-    if first >= stop or levels is None or stamps is None:
-        n_entries = len(rule_entries(rules, structure.series))
-        empty = SufficientStats(structure.zeros(), np.zeros(n_entries), np.zeros(n_entries))
-        none = np.zeros(len(structure.series))
-        return empty, 0, 0, np.zeros(len(structure.columns), dtype=np.int64), (none, none), ()
-    horizon = structure.horizon
-    origins = np.arange(first, stop) - horizon - batch.window_rows[0]
-    weights = forgetting_weights(stamps[origins + horizon], batch.end, spec.half_life_days)
-    parts = [
-        shard.statistics(window, origins, weights)
-        for _, shard, window in _shards(structure, levels, spec.shard_series)
-    ]
-    moments = structure.combine_shards([m for m, _ in parts])
-    complete = np.concatenate([c for _, c in parts], axis=1)
+    samples: _StatisticsSamples,
+    shards: Sequence[_ShardStatistics | None],
+    levels: FloatArray,
+    stamps: NDArray[np.datetime64],
+) -> BatchStatistics:
+    """One horizon's statistics, rule counts, dropped samples, candidates, usable counts,
+    persistence error sums and evaluation parts, from its shards' statistics."""
+    structure, origins, weights = samples.structure, samples.origins, samples.weights
+    parts = [part for part in shards if part is not None]
+    moments = structure.combine_shards([m for m, _, _ in parts])
+    complete = np.concatenate([c for _, c, _ in parts], axis=1)
     # Rules count the samples the model learns from: whole rows for a VAR, series by series
     # for per-series structures (a missing outcome abstains).
     kept = complete.any(axis=1)
+    horizon = structure.horizon
     series = levels[:, : len(structure.series)]
     change = np.abs(series[origins + horizon] - series[origins])
     known = np.isfinite(change)
-    persistence = (np.where(known, change, 0.0).sum(axis=0), known.sum(axis=0).astype(float))
     outcome = series[origins[kept] + horizon] - series[origins[kept]]
     hits, misses = fixed_rule_counts(
         series,
         origins[kept],
         np.where(complete[kept], outcome, np.nan),
         weights[kept],
-        rules,
+        parse_rules(spec.rules),
         structure.series,
     )
-    return (
+    return BatchStatistics(
+        batch.batch_id,
+        0,
         SufficientStats(moments, hits, misses),
         _dropped(structure, len(origins), complete),
+        0.0,
+        current_worker(),
         len(origins),
         feats.usable_by_variable(levels, origins, spec.lags, horizon),
-        persistence,
-        _evaluation_parts(batch, spec, structure, eval_rows, stop, levels, stamps)
-        if spec.evaluation_samples
-        else (),
+        np.where(known, change, 0.0).sum(axis=0),
+        known.sum(axis=0).astype(float),
+        _evaluation_parts(structure, samples.evaluation, [e for _, _, e in parts], stamps),
     )
 
 
 def _evaluation_parts(
-    batch: TrainingBatch,
-    spec: TaskSpec,
     structure: ModelStructure,
-    eval_rows: tuple[int, int],
-    batch_stop: int,
-    levels: FloatArray,
+    origins: Sequence[NDArray[np.intp]],
+    shards: Sequence[tuple[tuple[EvaluationSamples, NDArray[np.bool_]], ...]],
     stamps: NDArray[np.datetime64],
 ) -> tuple[EvaluationPart, ...]:
-    """The samples the evaluation stage predicts (the same origins, the same
-    complete samples, unit weights), split by realization before ``batch_stop`` (the
-    batch's end row) or after it.
+    """The samples the evaluation stage predicts (the same origins, the same complete
+    samples, unit weights), by part (``_StatisticsSamples.evaluation``), each from its
+    shards' samples.
 
     A part is known when its last complete sample is realized: an origin without one
     (a missing realization) has no error to wait for. Otherwise a gap after the data a
     run resumes from would hold the errors before it back in one long run, and not in
     the run that ended at the gap.
     """
-    horizon = structure.horizon
-    origins = np.arange(*eval_rows) - batch.window_rows[0]
-    inside = origins + horizon < batch_stop - batch.window_rows[0]
     parts = []
-    for part in (origins[inside], origins[~inside]):
-        if len(part):
-            pieces = [
-                shard.evaluation_samples(window, part)
-                for _, shard, window in _shards(structure, levels, spec.shard_series)
-            ]
-            scored = part[np.logical_or.reduce([complete for _, complete in pieces])]
-            last = scored[-1] if len(scored) else part[0]  # none: nothing to wait for
-            samples = _combine_samples(structure, [s for s, _ in pieces])
-            parts.append(EvaluationPart(samples, pd.Timestamp(stamps[last + horizon])))
+    for k, part in enumerate(origins):
+        pieces = [shard[k] for shard in shards]
+        scored = part[np.logical_or.reduce([complete for _, complete in pieces])]
+        last = scored[-1] if len(scored) else part[0]  # none: nothing to wait for
+        samples = _combine_samples(structure, [s for s, _ in pieces])
+        parts.append(EvaluationPart(samples, pd.Timestamp(stamps[last + structure.horizon])))
     return tuple(parts)
 
 
@@ -400,44 +448,52 @@ def evaluate_batch(
 ) -> EvaluationTask:
     """Predict the samples whose origin is in the batch with the models known at its start,
     one per horizon (None: that horizon has no model yet, and is not evaluated); given a
-    shard, only its series, with its ``coefficients`` (``shard_coefficients``)."""
+    shard, only its series, with its ``coefficients`` (``shard_coefficients``). The window
+    and each series shard's features are made once for all horizons."""
     began = time.perf_counter()
     structures = spec.task_structures(batch, shard)
     first_series = 0 if shard is None else shard.start
     levels, stamps = load_window(batch, spec, structures[0].columns)
-    loaded = (time.perf_counter() - began) / len(structures)
-    parts = []
-    for structure, rows, model in zip(structures, batch.eval_rows, coefficients, strict=True):
-        started = time.perf_counter()
-        part = _horizon_evaluation(batch, spec, structure, rows, model, levels, stamps)
-        parts.append(
-            replace(part, first_series=first_series, seconds=loaded + time.perf_counter() - started)
+    origins = [
+        np.arange(*rows) - batch.window_rows[0] if model is not None else np.arange(0)
+        for rows, model in zip(batch.eval_rows, coefficients, strict=True)
+    ]
+
+    def shard_forecast(
+        index: int, structure: ModelStructure, span: tuple[int, int], window: Window
+    ) -> Forecast | None:
+        model = coefficients[index]
+        if model is None:
+            return None
+        return structure.predict(
+            structures[index].shard_coefficients(model, *span), window, origins[index]
         )
-    return EvaluationTask(batch.batch_id, first_series, tuple(parts))
+
+    by_shard = _over_shards(structures, levels, spec, shard_forecast)
+    parts = [
+        _horizon_evaluation(batch, spec, structure, mine, forecasts, levels, stamps)
+        for structure, mine, forecasts in zip(structures, origins, by_shard, strict=True)
+    ]
+    seconds = (time.perf_counter() - began) / len(structures)
+    return EvaluationTask(
+        batch.batch_id,
+        first_series,
+        tuple(replace(p, first_series=first_series, seconds=seconds) for p in parts),
+    )
 
 
 def _horizon_evaluation(
     batch: TrainingBatch,
     spec: TaskSpec,
     structure: ModelStructure,
-    rows: tuple[int, int],
-    coefficients: FloatArray | None,
+    every_origin: NDArray[np.intp],
+    forecasts: Sequence[Forecast | None],
     levels: FloatArray,
     stamps: NDArray[np.datetime64],
 ) -> BatchEvaluation:
-    """One horizon's predictions of the origins in ``rows``, its error sums and model-rule
-    counts (all empty without a model)."""
-    every_origin = np.arange(*rows) - batch.window_rows[0]
-    if coefficients is None:
-        every_origin = every_origin[:0]
-    parts = (
-        [
-            shard.predict(structure.shard_coefficients(coefficients, *span), window, every_origin)
-            for span, shard, window in _shards(structure, levels, spec.shard_series)
-        ]
-        if coefficients is not None
-        else []
-    )
+    """One horizon's predictions of ``every_origin`` (window rows) from its shards'
+    forecasts, its error sums and model-rule counts (all empty without a model)."""
+    parts = [f for f in forecasts if f is not None]
     n_series = len(structure.series)
     if parts:
         every_complete = _side_by_side([f.complete for f in parts])
@@ -650,17 +706,25 @@ def _dropped(structure: ModelStructure, n_origins: int, complete: NDArray[np.boo
     return whole - structure.sample_count(complete.sum(axis=0))
 
 
-def _shards(
-    structure: ModelStructure, levels: FloatArray, size: int
-) -> Iterator[tuple[tuple[int, int], ModelStructure, FloatArray]]:
-    """Each shard of ``size`` series: where its series sit, its structure and its window
-    (with the exog columns), so a task holds the derived arrays of one shard at a time;
-    one shard when size is 0."""
-    n = len(structure.series)
-    if size <= 0 or size >= n:
-        yield (0, n), structure, levels
-        return
-    for start in range(0, n, size):
-        stop = min(start + size, n)
-        columns = np.r_[start:stop, n : levels.shape[1]]
-        yield (start, stop), structure.shard(start, stop), levels[:, columns]
+def _over_shards(
+    structures: Sequence[ModelStructure],
+    levels: FloatArray,
+    spec: TaskSpec,
+    work: Callable[[int, ModelStructure, tuple[int, int], Window], _Result],
+) -> list[list[_Result]]:
+    """``work(index, structure, span, window)`` of each horizon's structure (at ``index``)
+    on each series shard of ``spec.shard_series`` series (the shard's structure and
+    window, with the exog columns; ``span``: where its series sit), grouped by horizon,
+    shards in series order. One shard's window, with what samples derive from it, is made
+    at a time and shared by every horizon."""
+    n = len(structures[0].series)
+    by_horizon: list[list[_Result]] = [[] for _ in structures]
+    for shard in series_shards(n, spec.shard_series):
+        span = (shard.start, shard.stop)
+        whole = span == (0, n)
+        columns = np.r_[shard.start : shard.stop, n : levels.shape[1]]
+        window = Window(levels if whole else levels[:, columns], spec.lags)
+        for index, structure in enumerate(structures):
+            mine = structure if whole else structure.shard(*span)
+            by_horizon[index].append(work(index, mine, span, window))
+    return by_horizon
