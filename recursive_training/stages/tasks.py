@@ -139,7 +139,7 @@ class BatchStatistics:
     first_series: int
     stats: SufficientStats
     dropped_missing: int
-    seconds: float
+    seconds: float  # the task's, shared equally by its horizons (they share its work)
     worker: str
     candidates: int  # samples realized in the batch, complete or not
     usable: NDArray[np.int64]  # per variable, the samples with its own values all present
@@ -164,7 +164,7 @@ class BatchEvaluation:
     model_misses: FloatArray
     predictions: pa.Table
     dropped_missing: int
-    seconds: float
+    seconds: float  # as in BatchStatistics
     worker: str
 
 
@@ -722,8 +722,8 @@ def _over_shards(
     for shard in series_shards(n, spec.shard_series):
         span = (shard.start, shard.stop)
         whole = span == (0, n)
-        columns = np.r_[shard.start : shard.stop, n : levels.shape[1]]
-        window = Window(levels if whole else levels[:, columns], spec.lags)
+        columns = None if whole else np.r_[shard.start : shard.stop, n : levels.shape[1]]
+        window = Window(levels if columns is None else levels[:, columns], spec.lags)
         for index, structure in enumerate(structures):
             mine = structure if whole else structure.shard(*span)
             by_horizon[index].append(work(index, mine, span, window))
