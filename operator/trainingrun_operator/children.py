@@ -101,18 +101,15 @@ def _termination_line(pod: Mapping[str, Any]) -> str | None:
 def read_pods(
     pods: list[Manifest], cluster: Mapping[str, Any] | None, job: Mapping[str, Any] | None
 ) -> Pods:
-    """Sum up the run's pods: those of its DaskCluster (made after it) and of its driver Job."""
+    """Sum up the run's pods: those of its DaskCluster and of its driver Job.
+
+    The cluster's name carries the run's UID, so no earlier run's Dask pod has its label.
+    """
     alive = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     dask: list[Manifest] = []
     if cluster is not None:
-        born = cluster["metadata"]["creationTimestamp"]
         name = cluster["metadata"]["name"]
-        dask = [
-            p for p in alive
-            if p["metadata"].get("labels", {}).get(DASK_LABEL_CLUSTER) == name
-            # An earlier cluster of the same name may still have pods on their way out.
-            and p["metadata"]["creationTimestamp"] >= born
-        ]  # fmt: skip
+        dask = [p for p in alive if p["metadata"].get("labels", {}).get(DASK_LABEL_CLUSTER) == name]
 
     def component(pod: Mapping[str, Any]) -> str:
         return str(pod["metadata"].get("labels", {}).get(DASK_LABEL_COMPONENT, ""))

@@ -43,6 +43,9 @@ DASK_CONTROLLER_NAME: Final = "dask-kubernetes-operator"
 
 SCHEDULER_PORT: Final = 8786
 DASHBOARD_PORT: Final = 8787
+# The longest run name: its Dask scheduler Service, `<run>-dask-<first 8 of its UID>-scheduler`
+# (workload.cluster_name), is a DNS label of at most 63 characters.
+RUN_NAME_MAX: Final = 63 - len("-dask-") - 8 - len("-scheduler")
 # Non-root user of the project image (see the Dockerfile).
 RUN_AS_USER: Final = 10001
 

@@ -17,6 +17,7 @@ from trainingrun_operator.constants import (
     GROUP,
     KIND,
     PLURAL,
+    RUN_NAME_MAX,
     SHORT_NAME,
     SINGULAR,
 )
@@ -555,6 +556,14 @@ def build_crd() -> dict[str, Any]:
                 "type": "object",
                 "description": "A retrodiction training run on an ephemeral Dask cluster.",
                 "required": ["spec"],
+                "x-kubernetes-validations": [
+                    {
+                        "rule": f"size(self.metadata.name) <= {RUN_NAME_MAX}",
+                        "message": f"metadata.name: at most {RUN_NAME_MAX} characters (the run's "
+                        "Dask scheduler Service is <name>-dask-<8 characters>-scheduler, a DNS "
+                        "label of at most 63)",
+                    }
+                ],
                 "properties": {
                     "apiVersion": {"type": "string"},
                     "kind": {"type": "string"},

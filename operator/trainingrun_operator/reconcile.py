@@ -75,7 +75,6 @@ class Action(enum.Enum):
     SCALE_CLUSTER = "scale the Dask workers to spec.dask.workers"
     DELETE_CLUSTER = "delete the Dask cluster"
     DELETE_STALE_JOB = "delete the driver Job of an earlier run of this name"
-    DELETE_STALE_CLUSTER = "delete the Dask cluster of an earlier run of this name"
     DELETE_RUN = "delete the run (TTL after finish expired)"
     CREATE_WORKLOAD = "create the Kueue Workload"
     ACTIVATE_WORKLOAD = "set the Kueue Workload's spec.active to the opposite of spec.suspend"
@@ -176,18 +175,14 @@ def _progress(
 ) -> tuple[str, str, str, list[Action]]:
     """Phase, reason, message and actions of a run that has not finished."""
     job, cluster, pods = observed.job.ours, observed.cluster.ours, observed.pods
-    if observed.job.stale or observed.cluster.stale:
-        actions = (
-            [Action.DELETE_STALE_JOB] if observed.job.stale and not observed.job.deleting else []
-        )
-        if observed.cluster.stale and not observed.cluster.deleting:
-            actions.append(Action.DELETE_STALE_CLUSTER)
-        names = [c.name for c in (observed.job, observed.cluster) if c.stale]
+    if observed.job.stale:
+        # The Job's name is the run's alone; the Dask cluster's carries the run's UID
+        # (workload.cluster_name), so an earlier run's never stands in the way.
         return (
             PENDING,
             "DeletingEarlierRun",
-            (f"waiting for {' and '.join(names)} of an earlier run of this name to be deleted"),
-            actions,
+            f"waiting for {observed.job.name} of an earlier run of this name to be deleted",
+            [] if observed.job.deleting else [Action.DELETE_STALE_JOB],
         )
     if observed.job.foreign or observed.cluster.foreign:
         child = observed.job if observed.job.foreign else observed.cluster
@@ -572,7 +567,7 @@ async def _perform(
     elif action is Action.SCALE_CLUSTER:
         scale = {"spec": {"worker": {"replicas": run.workers}}}
         await api.merge_patch(kube.DASK_CLUSTERS, run.namespace, cluster_name(run), scale)
-    elif action in (Action.DELETE_CLUSTER, Action.DELETE_STALE_CLUSTER):
+    elif action is Action.DELETE_CLUSTER:
         await api.delete(
             kube.DASK_CLUSTERS, run.namespace, cluster_name(run), _uid(observed.cluster)
         )

@@ -54,8 +54,15 @@ DASK_INIT = ("tini", "-g", "--")
 
 
 def cluster_name(run: RunSpec) -> str:
-    """Name of the run's DaskCluster (its scheduler Service is `<name>-scheduler`)."""
-    return f"{run.name}-dask"
+    """Name of the run's DaskCluster (its scheduler Service is `<name>-scheduler`).
+
+    It carries the run's instance (`run_instance`), so a run deleted and applied again at
+    once never reuses the scheduler Service's DNS name: cluster DNS keeps answering with
+    the earlier Service's ClusterIP for up to its cache TTL (30 s with kubeadm's CoreDNS)
+    after that Service is gone, and a driver or worker sent there reaches no scheduler, or
+    whatever else answers at that address (docs/operator.md, "Deleting a run").
+    """
+    return f"{run.name}-dask-{run_instance(run)}"
 
 
 def job_name(run: RunSpec) -> str:
@@ -86,20 +93,22 @@ def scheduler_address(run: RunSpec, settings: OperatorSettings) -> str:
 
 def tls_secret_name(run: RunSpec) -> str:
     """Name of the Secret with the run's CA certificate and its pods' key pair."""
-    return f"{cluster_name(run)}-tls-{run_instance(run)}"
+    return f"{cluster_name(run)}-tls"
 
 
 def network_policy_name(run: RunSpec) -> str:
     """Name of the NetworkPolicy that admits only the run's own pods to its Dask pods."""
-    return f"{cluster_name(run)}-{run_instance(run)}"
+    return cluster_name(run)
 
 
 def run_instance(run: RunSpec) -> str:
-    """The start of the run's UID, for the children it creates without reading them back.
+    """The start of the run's UID, in the names of its Dask cluster and what goes with it.
 
-    A run deleted and applied again at once gets a new UID; its Secret and NetworkPolicy
-    must not be the old run's, which the garbage collector is about to delete (a create
-    that meets them would keep them: the operator never reads Secrets).
+    A run deleted and applied again at once gets a new UID, so nothing of its Dask cluster
+    shares a name with the earlier run's, which the garbage collector is about to delete:
+    not the scheduler Service (whose DNS name clients cache), the Deployments the Dask
+    controller creates only if absent, the Secret (a create that met the old one would keep
+    it: the operator never reads Secrets) or the NetworkPolicy.
     """
     return run.uid[:8]
 

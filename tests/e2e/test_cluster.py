@@ -99,6 +99,12 @@ def long_run(name: str, workers: int) -> dict[str, Any]:
     return manifest
 
 
+def dask_cluster(stored_run: dict[str, Any]) -> str:
+    """The run's DaskCluster: `<run>-dask-<first 8 characters of its UID>`."""
+    meta = stored_run["metadata"]
+    return f"{meta['name']}-dask-{meta['uid'][:8]}"
+
+
 def phase(cluster: KubeCluster, name: str, namespace: str = RUN_NAMESPACE) -> dict[str, Any]:
     """The run's status (empty before the operator's first write)."""
     status: dict[str, Any] = cluster.get("trainingrun", name, f"--namespace={namespace}"
@@ -270,7 +276,7 @@ def test_run_survives_losing_a_worker_pod_and_the_operator_pod(
     cluster = pulse_release
     name = "synthetic-faults"
     stored = apply(cluster, long_run(name, workers=2))
-    workers = f"dask.org/cluster-name={name}-dask,dask.org/component=worker"
+    workers = f"dask.org/cluster-name={dask_cluster(stored)},dask.org/component=worker"
 
     def computing() -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """Both workers up and a map stage half done (some batches finished, more to do)."""
@@ -497,7 +503,7 @@ def test_only_a_runs_own_pods_reach_its_dask_scheduler(
     assert any(arg.startswith(f"--dask-scheduler-address={scheme}") for arg in driver_args), (
         driver_args
     )
-    address = f"{name}-dask-scheduler.{run_namespace}.svc.cluster.local:8786"
+    address = f"{dask_cluster(stored)}-scheduler.{run_namespace}.svc.cluster.local:8786"
     stranger_namespace = "pulse-e2e-stranger"
     cluster.kubectl("create", "namespace", stranger_namespace)
     try:

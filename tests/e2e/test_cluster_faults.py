@@ -31,6 +31,7 @@ from tests.e2e.test_cluster import (
     RUN_TIMEOUT_S,
     apply,
     assert_same_results,
+    dask_cluster,
     local_reference,
     long_run,
     namespace_with_credentials,
@@ -331,7 +332,7 @@ def test_evicted_worker_and_driver_pods_cost_no_retry(
     manifest["spec"]["output"]["uri"] = f"s3://{BUCKET}/{namespace}/{name}"
     manifest["spec"]["backoffLimit"] = 0  # any counted failure would fail the run
     stored = apply(cluster, manifest, namespace)
-    workers = f"dask.org/cluster-name={name}-dask,dask.org/component=worker"
+    workers = f"dask.org/cluster-name={dask_cluster(stored)},dask.org/component=worker"
     drivers = f"{LABEL_RUN}={name},{LABEL_COMPONENT}=driver"
 
     def under_way(wanted_worker: str | None = None) -> dict[str, Any] | None:

@@ -48,6 +48,14 @@ def items(plane: ControlPlane, kind: str, namespace: str, selector: str) -> list
     return found
 
 
+def dask_cluster(plane: ControlPlane, namespace: str, run: str = "run") -> str:
+    """The name of the run's DaskCluster, `<run>-dask-<first 8 characters of the run's UID>`
+    (a run applied again under its name gets a cluster of another name)."""
+    body = get(plane, "trainingrun", run, namespace)
+    assert body is not None, f"no TrainingRun {namespace}/{run}"
+    return f"{run}-dask-{body['metadata']['uid'][:8]}"
+
+
 def job_pods(plane: ControlPlane, namespace: str, job: str) -> list[dict[str, Any]]:
     """The pods of a Job, oldest first."""
     pods = items(plane, "pods", namespace, f"batch.kubernetes.io/job-name={job}")

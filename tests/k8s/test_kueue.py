@@ -30,7 +30,7 @@ from tests.kueue import KueueManager
 
 from .conftest import OperatorProcess, operator_process, unavailable
 from .controlplane import ControlPlane, free_port
-from .kubelet import eventually, get, items, job_pods, set_phase
+from .kubelet import dask_cluster, eventually, get, items, job_pods, set_phase
 from .test_operator_crd import training_run
 from .test_operator_lifecycle import status, wait_phase
 from .test_operator_local_e2e import RUN_TIMEOUT_S, LocalPods, synthetic_run
@@ -114,7 +114,7 @@ def workload(plane: ControlPlane, namespace: str, run: str) -> dict[str, Any]:
 
 def run_pods_to_success(plane: ControlPlane, namespace: str, run: str) -> None:
     """Play kubelet for `run`: Dask pods Running, then the driver Running and Succeeded."""
-    cluster = f"dask.org/cluster-name={run}-dask"
+    cluster = f"dask.org/cluster-name={dask_cluster(plane, namespace, run)}"
     for component in ("scheduler", "worker"):
         selector = f"{cluster},dask.org/component={component}"
         pod = eventually(lambda s=selector: items(plane, "pods", namespace, s), QUEUE_WAIT_S,
@@ -162,8 +162,10 @@ def test_three_runs_under_quota_for_one_run_one_after_another(
                 QUEUE_WAIT_S, f"{other} Queued")  # fmt: skip
             assert "queued in LocalQueue team" in queued["message"]
             assert items(plane, "pods", namespace, f"pulse.dev/trainingrun={other}") == []
-            assert get(plane, "daskcluster", f"{other}-dask", namespace) is None
-        cluster = eventually(lambda c=current: get(plane, "daskcluster", f"{c}-dask", namespace),
+            other_cluster = dask_cluster(plane, namespace, other)
+            assert get(plane, "daskcluster", other_cluster, namespace) is None
+        name = dask_cluster(plane, namespace, current)
+        cluster = eventually(lambda n=name: get(plane, "daskcluster", n, namespace),
                              QUEUE_WAIT_S, f"{current}'s DaskCluster")  # fmt: skip
         for role in ("scheduler", "worker"):
             pod_spec = cluster["spec"][role]["spec"]
@@ -201,9 +203,8 @@ def local_incarnation(
     the driver's pod.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
-    host = f"{run}-dask-scheduler.{namespace}.svc.cluster.local"
-    pods = LocalPods(log_dir, host, free_port(), plane, namespace)
-    cluster = f"dask.org/cluster-name={run}-dask"
+    pods = LocalPods(log_dir, run, free_port(), plane, namespace)
+    cluster = f"dask.org/cluster-name={dask_cluster(plane, namespace, run)}"
 
     def pod_of(component: str) -> dict[str, Any]:
         selector = f"{cluster},dask.org/component={component}"
@@ -281,7 +282,8 @@ def test_a_higher_priority_run_preempts_and_the_preempted_run_resumes_from_check
         assert {c["reason"] for c in preempted["conditions"]} == {"Preempted"}, preempted
         assert preempted["message"].startswith("evicted by Kueue: Preempted")
         eventually(lambda: not job_pods(plane, namespace, "low-driver")
-                   and get(plane, "daskcluster", "low-dask", namespace) is None,
+                   and get(plane, "daskcluster", dask_cluster(plane, namespace, "low"),
+                           namespace) is None,
                    QUEUE_WAIT_S, "the low run's pods and Dask cluster gone")  # fmt: skip
         job = get(plane, "job", "low-driver", namespace) or {}
         assert job["spec"]["suspend"] is True

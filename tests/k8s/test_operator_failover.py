@@ -24,7 +24,7 @@ from trainingrun_operator.constants import DEFAULT_NAMESPACE, LABEL_RUN, LEASE_N
 
 from .conftest import OperatorProcess, _python
 from .controlplane import ControlPlane, KubectlError, free_port
-from .kubelet import eventually, get, items, set_phase
+from .kubelet import dask_cluster, eventually, get, items, set_phase
 from .test_operator_crd import training_run
 from .test_operator_lifecycle import WAIT_S, wait_phase, wait_workload
 from .test_operator_metrics import scrape, value
@@ -209,8 +209,9 @@ def test_the_standby_waits_and_takes_over_when_the_leader_is_killed(
     assert children.children("jobs") == {
         "run-driver": {driver["metadata"]["ownerReferences"][0]["uid"]}
     }
-    assert list(children.children("daskclusters")) == ["run-dask"]
-    assert len(children.children("daskclusters")["run-dask"]) == 1
+    cluster = dask_cluster(plane, namespace)
+    assert list(children.children("daskclusters")) == [cluster]
+    assert len(children.children("daskclusters")[cluster]) == 1
 
 
 def test_a_leader_that_exits_hands_over_at_once(replicas: Replicas) -> None:

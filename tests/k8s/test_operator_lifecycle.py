@@ -16,7 +16,7 @@ import pytest
 
 from .conftest import OperatorProcess
 from .controlplane import ControlPlane, KubectlError
-from .kubelet import eventually, get, items, job_pods, set_phase
+from .kubelet import dask_cluster, eventually, get, items, job_pods, set_phase
 from .test_operator_crd import training_run
 
 pytestmark = pytest.mark.k8s
@@ -51,15 +51,17 @@ def condition(run_status: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def dask_pods(plane: ControlPlane, namespace: str, component: str, name: str = "run") -> list[Any]:
     """The live scheduler or worker pods of the run's DaskCluster."""
-    selector = f"dask.org/cluster-name={name}-dask,dask.org/component={component}"
+    cluster = dask_cluster(plane, namespace, name)
+    selector = f"dask.org/cluster-name={cluster},dask.org/component={component}"
     pods = items(plane, "pods", namespace, selector)
     return [pod for pod in pods if not pod["metadata"].get("deletionTimestamp")]
 
 
 def start_dask(plane: ControlPlane, namespace: str, name: str = "run") -> None:
     """Wait for the run's DaskCluster and all its pods, and report them Running."""
+    cluster_name = dask_cluster(plane, namespace, name)
     cluster = eventually(
-        lambda: get(plane, "daskcluster", f"{name}-dask", namespace), WAIT_S, "DaskCluster"
+        lambda: get(plane, "daskcluster", cluster_name, namespace), WAIT_S, "DaskCluster"
     )
     replicas = cluster["spec"]["worker"]["replicas"]
     scheduler = eventually(
@@ -117,9 +119,9 @@ def patch_status_as_driver(plane: ControlPlane, namespace: str, patch: dict[str,
 
 def wait_cluster_deleted(plane: ControlPlane, namespace: str) -> None:
     """Wait until the run's DaskCluster is gone."""
-    eventually(
-        lambda: get(plane, "daskcluster", "run-dask", namespace) is None, WAIT_S, "cluster deletion"
-    )
+    name = dask_cluster(plane, namespace)
+    eventually(lambda: get(plane, "daskcluster", name, namespace) is None, WAIT_S,
+               "cluster deletion")  # fmt: skip
 
 
 def test_happy_path_to_succeeded(
@@ -131,7 +133,7 @@ def test_happy_path_to_succeeded(
                                        endDate="2011-01-01", batchSizeDays=365))  # fmt: skip
     pod = wait_workload(plane, namespace)
 
-    cluster = get(plane, "daskcluster", "run-dask", namespace)
+    cluster = get(plane, "daskcluster", dask_cluster(plane, namespace), namespace)
     job = get(plane, "job", "run-driver", namespace)
     assert cluster is not None and job is not None
     for child in (cluster, job):
@@ -143,7 +145,8 @@ def test_happy_path_to_succeeded(
         )
     driver = job["spec"]["template"]["spec"]["containers"][0]
     assert driver["command"] == ["tini", "--", "python", "-m", "trainingrun_operator.driver"]
-    assert "--dask-scheduler-address=tls://run-dask-scheduler." + namespace in " ".join(
+    scheduler = f"{dask_cluster(plane, namespace)}-scheduler.{namespace}"
+    assert f"--dask-scheduler-address=tls://{scheduler}" in " ".join(
         driver["args"]
     )
     assert "--variables=a,b" in driver["args"]

@@ -28,7 +28,7 @@ import pytest
 
 from .conftest import OperatorProcess
 from .controlplane import ControlPlane, free_port
-from .kubelet import eventually, items, job_pods, set_phase
+from .kubelet import dask_cluster, eventually, items, job_pods, set_phase
 from .test_operator_crd import training_run
 from .test_operator_lifecycle import WAIT_S, status, wait_phase
 
@@ -77,12 +77,14 @@ class LocalPods:
     """Runs pod containers as local processes; stops them by PID."""
 
     def __init__(
-        self, log_dir: Path, service_host: str, port: int, plane: ControlPlane, namespace: str
+        self, log_dir: Path, run: str, port: int, plane: ControlPlane, namespace: str
     ) -> None:
-        """Rewrite `service_host:8786` to 127.0.0.1:`port` in every command and env value;
-        Secret volumes are read from `plane` as a kubelet does and written under `log_dir`."""
+        """Rewrite the scheduler address of `run` (its Service, named after the run and its
+        UID) to 127.0.0.1:`port` in every command and env value; Secret volumes are read
+        from `plane` as a kubelet does and written under `log_dir`."""
         self.log_dir = log_dir
-        self.service = re.compile(re.escape(service_host) + r":8786")
+        host = rf"{re.escape(run)}-dask-[0-9a-f]{{8}}-scheduler\.{re.escape(namespace)}"
+        self.service = re.compile(host + r"\.svc\.cluster\.local:8786")
         self.port = port
         self.plane = plane
         self.namespace = namespace
@@ -163,8 +165,7 @@ class LocalPods:
 @pytest.fixture
 def local_pods(tmp_path: Path, namespace: str, pulse_install: ControlPlane) -> Iterator[LocalPods]:
     """A LocalPods for the run "run" of the test namespace."""
-    host = f"run-dask-scheduler.{namespace}.svc.cluster.local"
-    pods = LocalPods(tmp_path, host, free_port(), pulse_install, namespace)
+    pods = LocalPods(tmp_path, "run", free_port(), pulse_install, namespace)
     yield pods
     pods.stop()
 
@@ -176,7 +177,7 @@ def one_pod(plane: ControlPlane, namespace: str, selector: str) -> dict[str, Any
 
 def start_local_dask(plane: ControlPlane, namespace: str, local_pods: LocalPods) -> None:
     """Run the DaskCluster's scheduler and worker pods here and report them Running."""
-    cluster = "dask.org/cluster-name=run-dask"
+    cluster = f"dask.org/cluster-name={dask_cluster(plane, namespace)}"
     scheduler = one_pod(plane, namespace, f"{cluster},dask.org/component=scheduler")
     worker = one_pod(plane, namespace, f"{cluster},dask.org/component=worker")
     dashboard = {"--dashboard-address=:8787": f"--dashboard-address=127.0.0.1:{free_port()}"}

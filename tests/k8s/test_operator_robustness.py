@@ -17,7 +17,15 @@ import pytest
 
 from .conftest import OperatorProcess
 from .controlplane import ControlPlane
-from .kubelet import eventually, get, items, job_pods, set_phase, set_unschedulable
+from .kubelet import (
+    dask_cluster,
+    eventually,
+    get,
+    items,
+    job_pods,
+    set_phase,
+    set_unschedulable,
+)
 from .test_operator_crd import training_run
 from .test_operator_lifecycle import (
     WAIT_S,
@@ -65,7 +73,8 @@ def test_a_busy_cluster_makes_runs_wait_not_fail(
     assert second
     time.sleep(3)  # several resync passes (1 s): nothing may start meanwhile
     assert get(plane, "job", "first-driver", namespace) is None, "no driver while Dask waits"
-    assert get(plane, "daskcluster", "second-dask", namespace) is None, "one run starts at a time"
+    second_cluster = dask_cluster(plane, namespace, "second")
+    assert get(plane, "daskcluster", second_cluster, namespace) is None, "one starts at a time"
 
     driver = wait_workload(plane, namespace, "first")  # capacity freed: its pods run
     set_phase(plane, driver, "Running")
@@ -154,7 +163,7 @@ def test_the_operator_leaves_the_dask_controllers_finalizer_alone(
     start_dask(plane, namespace)
 
     def finalized_cluster() -> dict[str, Any] | None:
-        found = get(plane, "daskcluster", "run-dask", namespace)
+        found = get(plane, "daskcluster", dask_cluster(plane, namespace), namespace)
         held = found is not None and KOPF_DEFAULT_FINALIZER in found["metadata"].get(
             "finalizers", []
         )
@@ -164,7 +173,7 @@ def test_the_operator_leaves_the_dask_controllers_finalizer_alone(
         finalized_cluster, WAIT_S, "the Dask controller's finalizer on the DaskCluster"
     )
     time.sleep(3)  # several passes of our operator (resync 1 s) over the run and its cluster
-    again = get(plane, "daskcluster", "run-dask", namespace)
+    again = get(plane, "daskcluster", cluster["metadata"]["name"], namespace)
     assert again is not None, "the DaskCluster went away"
     assert KOPF_DEFAULT_FINALIZER in again["metadata"].get("finalizers", []), again["metadata"]
     assert again["metadata"]["uid"] == cluster["metadata"]["uid"], "the DaskCluster was replaced"
@@ -188,6 +197,7 @@ def test_uninstall_deletes_the_runs_and_waits_for_their_dask_clusters(
     plane.apply(training_run(namespace))
     set_phase(plane, wait_workload(plane, namespace), "Running")
     wait_phase(plane, namespace, "Running")
+    cluster = dask_cluster(plane, namespace)
     kubeconfig = plane.kubeconfig_for_service_account(DEFAULT_NAMESPACE, OPERATOR_NAME)
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PULSE_OPERATOR_NAMESPACES": namespace}
     result = subprocess.run(
@@ -196,4 +206,4 @@ def test_uninstall_deletes_the_runs_and_waits_for_their_dask_clusters(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert get(plane, "trainingrun", "run", namespace) is None
-    assert get(plane, "daskcluster", "run-dask", namespace) is None
+    assert get(plane, "daskcluster", cluster, namespace) is None

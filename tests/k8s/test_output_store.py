@@ -69,10 +69,7 @@ def test_a_run_reads_one_store_and_writes_another(
             dask={"workers": 1}, lags=3, batchSizeDays=120,
         )
     )  # fmt: skip
-    pods = LocalPods(
-        tmp_path, f"run-dask-scheduler.{namespace}.svc.cluster.local", free_port(), plane,
-        namespace,
-    )  # fmt: skip
+    pods = LocalPods(tmp_path, "run", free_port(), plane, namespace)
     try:
         start_local_dask(plane, namespace, pods)
         driver = driver_pod(plane, namespace)

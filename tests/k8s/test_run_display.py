@@ -6,7 +6,7 @@ import pytest
 
 from .conftest import OperatorProcess
 from .controlplane import ControlPlane
-from .kubelet import set_phase
+from .kubelet import dask_cluster, set_phase
 from .test_operator_crd import training_run
 from .test_operator_lifecycle import wait_phase, wait_workload
 
@@ -23,9 +23,12 @@ def test_a_running_run_shows_its_dask_dashboard(
     driver = wait_workload(plane, namespace)
     set_phase(plane, driver, "Running")
     running = wait_phase(plane, namespace, "Running")
-    address = f"http://run-dask-scheduler.{namespace}:8787"
-    assert running["daskCluster"] == {"name": "run-dask", "dashboardAddress": address}
-    service = plane.kubectl_json("get", "service", "run-dask-scheduler", f"--namespace={namespace}")
+    cluster = dask_cluster(plane, namespace)
+    address = f"http://{cluster}-scheduler.{namespace}:8787"
+    assert running["daskCluster"] == {"name": cluster, "dashboardAddress": address}
+    service = plane.kubectl_json(
+        "get", "service", f"{cluster}-scheduler", f"--namespace={namespace}"
+    )
     assert {"name": "http-dashboard", "port": 8787} in [
         {"name": p["name"], "port": p["port"]} for p in service["spec"]["ports"]
     ]

@@ -23,7 +23,7 @@ from trainingrun_operator.spec import RunSpec
 
 from .conftest import OperatorProcess
 from .controlplane import ControlPlane, KubectlError
-from .kubelet import eventually, get
+from .kubelet import dask_cluster, eventually, get
 from .test_chart import RELEASE_NAMESPACE, assets, by_kind, render  # noqa: F401 (assets is a fixture)
 from .test_operator_crd import training_run
 from .test_operator_lifecycle import events, wait_phase
@@ -183,7 +183,7 @@ def test_the_operator_fails_a_forbidden_run_before_creating_anything(
     )
     assert {c["type"]: c["reason"] for c in failed["conditions"]}["Failed"] == "PolicyViolation"
     assert "PolicyViolation" in events(plane, namespace)
-    for kind, name in (("daskcluster", "run-dask"), ("job", "run-driver"),
+    for kind, name in (("daskcluster", dask_cluster(plane, namespace)), ("job", "run-driver"),
                        ("role", "run-driver"), ("serviceaccount", "run-driver")):  # fmt: skip
         assert get(plane, kind, name, namespace) is None, kind
 

@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from dask_kubernetes.exceptions import ValidationError
+from dask_kubernetes.operator.validation import validate_cluster_name
 
 from recursive_training.run_training import create_config_from_args, parse_args
+from trainingrun_operator.constants import RUN_NAME_MAX
 from trainingrun_operator.crd import RULE_PATTERN, build_crd
 from trainingrun_operator.exceptions import InvalidSpecError, SettingsError
 from trainingrun_operator.rbac import build_operator_rbac, driver_rules
@@ -71,7 +74,7 @@ def test_driver_arguments_are_a_valid_pulse_train_command_line() -> None:
     assert config.s3_endpoint_url == "http://minio:9000"
     assert config.output_dir == "s3://results/run"
     assert config.checkpoint_dir == "s3://results/run/checkpoints"
-    assert config.dask_scheduler_address == "tls://run-dask-scheduler.team.svc.cluster.local:8786"
+    assert config.dask_scheduler_address == "tls://run-dask-u-1-scheduler.team.svc.cluster.local:8786"
 
 
 @pytest.mark.parametrize(
@@ -222,7 +225,7 @@ def test_dask_cluster_has_scheduler_service_and_sized_workers() -> None:
         )
     )
     cluster = build_dask_cluster(run, SETTINGS)
-    assert cluster["metadata"]["name"] == "run-dask"
+    assert cluster["metadata"]["name"] == "run-dask-u-1"
     assert cluster["spec"]["worker"]["replicas"] == 5
     worker = cluster["spec"]["worker"]["spec"]["containers"][0]
     assert worker["command"] == ["tini", "-g", "--", "dask"] and "--nthreads=2" in worker["args"]
@@ -349,9 +352,9 @@ def test_every_run_pod_speaks_mutual_tls_with_the_runs_own_certificate() -> None
     names. With TLS off nothing of it is there."""
     run = RunSpec.from_body(body())
     cluster, job = build_dask_cluster(run, SETTINGS), build_driver_job(run, SETTINGS)
-    address = "tls://run-dask-scheduler.team.svc.cluster.local:8786"
+    address = "tls://run-dask-u-1-scheduler.team.svc.cluster.local:8786"
     for pod in pods(cluster) + pods(job):
-        assert {"name": "dask-tls", "secret": {"secretName": "run-dask-tls-u-1",
+        assert {"name": "dask-tls", "secret": {"secretName": "run-dask-u-1-tls",
                                                "defaultMode": 0o400}} in pod["volumes"]  # fmt: skip
         (container,) = pod["containers"]
         assert {"name": "dask-tls", "mountPath": "/etc/pulse/dask-tls",
@@ -376,7 +379,8 @@ def test_every_run_pod_speaks_mutual_tls_with_the_runs_own_certificate() -> None
     cert = x509.load_pem_x509_certificate(files["tls.crt"])
     cert.verify_directly_issued_by(ca)
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert "run-dask-scheduler.team.svc.cluster.local" in names.get_values_for_type(x509.DNSName)
+    host = "run-dask-u-1-scheduler.team.svc.cluster.local"
+    assert host in names.get_values_for_type(x509.DNSName)
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     other = build_tls_secret(run, datetime.datetime.now(datetime.UTC))
     assert other["data"]["ca.crt"] != secret["data"]["ca.crt"], "a new CA for every run"
@@ -385,7 +389,7 @@ def test_every_run_pod_speaks_mutual_tls_with_the_runs_own_certificate() -> None
     for pod in pods(build_dask_cluster(run, plain)) + pods(build_driver_job(run, plain)):
         assert [v["name"] for v in pod["volumes"]] == ["tmp"]
         assert "REQUIRE_ENCRYPTION" not in str(pod["containers"][0]["env"])
-    assert "tcp://run-dask-scheduler" in str(build_driver_job(run, plain))
+    assert "tcp://run-dask-u-1-scheduler" in str(build_driver_job(run, plain))
 
 
 def test_the_network_policy_admits_only_the_runs_pods_and_the_dashboard_namespaces() -> None:
@@ -413,6 +417,48 @@ def test_the_network_policy_admits_only_the_runs_pods_and_the_dashboard_namespac
     assert driver_labels["pulse.dev/trainingrun"] == "run"
     only_own = build_network_policy(run, SETTINGS)["spec"]["ingress"]
     assert len(only_own) == 1
+
+
+def test_a_run_applied_again_under_its_name_shares_no_name_of_its_dask_cluster() -> None:
+    """The DaskCluster (so its scheduler Service's DNS name), the TLS Secret and the
+    NetworkPolicy carry the run's UID: a run deleted and applied again at once never reaches
+    a name cluster DNS may still resolve to the earlier run's Service, nor one the Dask
+    controller would find and keep."""
+    earlier, again = (
+        RunSpec.from_body({**body(), "metadata": {**body()["metadata"], "uid": uid}})
+        for uid in ("0c9e4bd1-aaaa", "7f31aa02-bbbb")
+    )
+
+    def names(run: RunSpec) -> set[str]:
+        cluster = build_dask_cluster(run, SETTINGS)
+        address = build_driver_job(run, SETTINGS)["spec"]["template"]["spec"]["containers"][0]
+        return {
+            cluster["metadata"]["name"],
+            cluster["spec"]["scheduler"]["service"]["selector"]["dask.org/cluster-name"],
+            next(a for a in address["args"] if a.startswith("--dask-scheduler-address")),
+            build_tls_secret(run, datetime.datetime.now(datetime.UTC))["metadata"]["name"],
+            build_network_policy(run, SETTINGS)["metadata"]["name"],
+        }
+
+    assert names(earlier).isdisjoint(names(again))
+    assert build_dask_cluster(again, SETTINGS)["metadata"]["name"] == "run-dask-7f31aa02"
+
+
+def test_the_longest_run_name_the_crd_admits_makes_a_valid_dask_cluster_name() -> None:
+    """dask-kubernetes refuses a DaskCluster whose scheduler Service name would pass 63
+    characters: the CRD admits run names up to the longest that fits, and no longer."""
+    (rule,) = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "x-kubernetes-validations"]  # fmt: skip
+    assert rule["rule"] == f"size(self.metadata.name) <= {RUN_NAME_MAX}"
+    for length in (RUN_NAME_MAX, RUN_NAME_MAX + 1):
+        meta = {"name": "r" * length, "namespace": "n", "uid": "0c9e4bd1-aaaa"}
+        run = RunSpec.from_body({"metadata": meta, "spec": {"output": {"uri": "s3://r/x"}}})
+        name = build_dask_cluster(run, SETTINGS)["metadata"]["name"]
+        if length == RUN_NAME_MAX:
+            validate_cluster_name(name)
+        else:
+            with pytest.raises(ValidationError):
+                validate_cluster_name(name)
 
 
 def test_dask_tls_is_on_unless_the_environment_says_false() -> None:

@@ -184,9 +184,9 @@ def test_a_failed_job_fails_the_run_with_the_pipelines_line_and_drops_the_cluste
 
 def test_the_dashboard_address_leaves_status_with_the_cluster() -> None:
     """A finished or suspended run's cluster is deleted: null (merge patch) drops its address."""
-    address = "http://run-dask-scheduler.team:8787"
+    address = "http://run-dask-u-scheduler.team:8787"
     running = outcome_of(run_body({"phase": "Running"}), job(active=1, ready=1), cluster())
-    assert running.status["daskCluster"] == {"name": "run-dask", "dashboardAddress": address}
+    assert running.status["daskCluster"] == {"name": "run-dask-u", "dashboardAddress": address}
     shown = {"phase": "Running", "daskCluster": running.status["daskCluster"]}
     done = job(succeeded=1, conditions={"Complete": "Completed"})
     succeeded = outcome_of(run_body(shown), done, cluster())
@@ -198,9 +198,12 @@ def test_the_dashboard_address_leaves_status_with_the_cluster() -> None:
 def test_children_of_an_earlier_run_of_the_same_name_are_deleted_not_read() -> None:
     """A Succeeded Job of a deleted run with this name never makes the new run Succeeded."""
     old_job = job(owner="old", succeeded=1, conditions={"Complete": "Completed"})
-    outcome = outcome_of(run_body(), old_job, cluster(owner="old"), Pods())
+    outcome = outcome_of(run_body(), old_job, None, Pods())
     assert outcome.status["phase"] == "Pending"
-    assert outcome.actions == (Action.DELETE_STALE_JOB, Action.DELETE_STALE_CLUSTER)
+    assert outcome.status["message"] == (
+        "waiting for run-driver of an earlier run of this name to be deleted"
+    )
+    assert outcome.actions == (Action.DELETE_STALE_JOB,)
     assert "completionTime" not in outcome.status and "startTime" not in outcome.status
     someone_elses = job()
     someone_elses["metadata"]["ownerReferences"] = []
@@ -255,7 +258,8 @@ def pod(name: str, labels: dict[str, str], created: str, **status: Any) -> dict[
 
 
 def test_pods_are_read_only_when_they_belong_to_this_runs_children() -> None:
-    """Dask pods older than the cluster and driver pods of another Job are not this run's."""
+    """Dask pods of another cluster (an earlier run's) and driver pods of another Job are not
+    this run's."""
     ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
     unplaced = {"phase": "Pending", "conditions": [
         {"type": "PodScheduled", "status": "False", "message": "1 Insufficient cpu."}]}  # fmt: skip
@@ -263,15 +267,18 @@ def test_pods_are_read_only_when_they_belong_to_this_runs_children() -> None:
     worker = {"dask.org/cluster-name": "x", "dask.org/component": "worker"}
     failed = {"phase": "Failed", "containerStatuses": [
         {"state": {"terminated": {"message": "Traceback\nValueError: bad\n"}}}]}  # fmt: skip
+    earlier = {**scheduler, "dask.org/cluster-name": "x-earlier"}
     pods = [
-        pod("old-scheduler", scheduler, "2026-01-01T10:00:00Z", **ready),
-        pod("scheduler", scheduler, "2026-01-01T11:00:01Z", **ready),
+        pod("old-scheduler", earlier, "2026-01-01T10:00:00Z", **ready),
+        pod("scheduler", scheduler, "2026-01-01T11:00:01Z"),
         pod("worker", worker, "2026-01-01T11:00:02Z", **unplaced),
         pod("old-driver", {"batch.kubernetes.io/controller-uid": "old"}, "2026-01-01T10:00:00Z",
             **failed),
     ]  # fmt: skip
     seen = read_pods(pods, cluster(), job())
-    assert seen.scheduler_ready and seen.workers_ready == 0
+    assert not seen.scheduler_ready and seen.workers_ready == 0
+    pods[1]["status"] = ready
+    assert read_pods(pods, cluster(), job()).scheduler_ready
     assert seen.dask_unschedulable == "Dask worker pod worker: 1 Insufficient cpu."
     assert seen.driver_failure is None
     pods[-1]["metadata"]["labels"]["batch.kubernetes.io/controller-uid"] = "child-of-u"
