@@ -76,6 +76,8 @@ def render() -> str:
         "with a status subresource.",
         "",
     ]
+    for rule in schema.get("x-kubernetes-validations", []):
+        lines.append(f"- Rule on the run: {_cell(rule.get('message', rule['rule']))}")
     for rule in schema["properties"]["spec"].get("x-kubernetes-validations", []):
         lines.append(f"- Rule on `spec`: {_cell(rule.get('message', rule['rule']))}")
     for section in ("spec", "status"):

@@ -112,6 +112,16 @@ def test_invalid_specs_are_rejected_with_readable_messages(
     assert listed.stdout.strip() == ""
 
 
+def test_a_run_name_longer_than_its_dask_scheduler_service_allows_is_rejected(
+    pulse_install: ControlPlane, namespace: str
+) -> None:
+    """39 characters fit `<name>-dask-<uid8>-scheduler` in a DNS label; 40 are refused at apply."""
+    longest = pulse_install.apply(training_run(namespace, name="r" * 39))
+    assert longest["metadata"]["name"] == "r" * 39
+    message = rejection(pulse_install, training_run(namespace, name="r" * 40))
+    assert "metadata.name: at most 39 characters" in message, message
+
+
 def test_training_fields_are_immutable_but_suspend_is_not(
     pulse_install: ControlPlane, namespace: str
 ) -> None:
