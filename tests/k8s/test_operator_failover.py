@@ -286,8 +286,14 @@ def test_twenty_runs_through_repeated_failovers_get_one_cluster_and_one_job_each
     assert kills >= 3
     for run in runs:
         assert run["status"]["attempts"] == 1, run["metadata"]["name"]
-    for kind, suffix in (("jobs", "driver"), ("daskclusters", "dask")):
+    expected = {
+        "jobs": [f"{run['metadata']['name']}-driver" for run in runs],
+        "daskclusters": [
+            f"{run['metadata']['name']}-dask-{run['metadata']['uid'][:8]}" for run in runs
+        ],
+    }
+    for kind, names_of_kind in expected.items():
         seen = children.children(kind)
-        assert sorted(seen) == sorted(f"{name}-{suffix}" for name in names), kind
+        assert sorted(seen) == sorted(names_of_kind), kind
         duplicated = {name: uids for name, uids in seen.items() if len(uids) != 1}
         assert not duplicated, f"{kind} created more than once: {duplicated}"
