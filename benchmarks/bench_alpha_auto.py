@@ -84,6 +84,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from bench_horizons import interleaved, solve_share  # script folder on sys.path
+from bench_models import best_of
 from bench_pipeline import Size, add_sizes_argument, parse_size
 from scipy.linalg import lapack
 
@@ -129,16 +130,11 @@ def pulse_ratio(size: Size, repeats: int) -> None:
     )
 
 
-def best_seconds(work: Callable[[], object], repeats: int = 20) -> float:
-    """Best CPU seconds of ``work`` over ``repeats`` calls (after one warm-up call): the
-    runs' ratios are in CPU seconds too."""
+def best_seconds(work: Callable[[], object]) -> float:
+    """Best CPU seconds of ``work`` over 20 calls after a warm-up call (the runs' ratios
+    are in CPU seconds too)."""
     work()
-    times = []
-    for _ in range(repeats):
-        began = time.process_time()
-        work()
-        times.append(time.process_time() - began)
-    return min(times)
+    return best_of(20, work, time.process_time)
 
 
 def kernel_seconds(features: int, targets: int, rows: int) -> tuple[float, dict[str, float]]:
