@@ -14,9 +14,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,19 +77,52 @@ def recorder(calls: Progress) -> Callable[[str, int, int], None]:
     return lambda stage, done, total: calls.append((stage, done, total))
 
 
-def signal_a_busy_worker(observer: Client, signum: signal.Signals) -> tuple[str, int, list[str]]:
-    """Send ``signum`` to a worker process that has batches: its address, PID and task keys.
+Signalled = list[tuple[str, int, list[str]]]
 
-    Tasks are submitted as the driver takes results (``DaskEngine.tasks_ahead``), so right
-    after a result the workers may have nothing yet: wait (up to 10 s) for one that has."""
-    deadline = time.monotonic() + 10
-    while not (busy := [(w, list(k)) for w, k in observer.processing().items() if k]):
-        assert time.monotonic() < deadline, "no worker got a task within 10 s"
-        time.sleep(0.01)
-    victim, keys = busy[0]
-    pid = observer.run(os.getpid, workers=[victim])[victim]
-    os.kill(pid, signum)
-    return victim, pid, keys
+
+@contextmanager
+def signalling_a_busy_worker(
+    observer: Client, signum: signal.Signals, armed: threading.Event
+) -> Iterator[Signalled]:
+    """Once ``armed`` is set, send ``signum`` to the first worker process seen with a task;
+    yields what was signalled (its address, PID and task keys).
+
+    It watches from a thread of its own, so the driver keeps taking results and submitting
+    tasks meanwhile: a progress callback that waited for a busy worker would hold the driver,
+    and the few tasks in flight (``DaskEngine.tasks_ahead``) could all finish first, leaving
+    no worker busy and none to come (what made this flaky)."""
+    signalled: Signalled = []
+    finished = threading.Event()
+
+    def watch() -> None:
+        while not finished.is_set():
+            if armed.wait(0.01) and (
+                busy := [(w, list(k)) for w, k in observer.processing().items() if k]
+            ):
+                victim, keys = busy[0]
+                pid = observer.run(os.getpid, workers=[victim])[victim]
+                os.kill(pid, signum)
+                signalled.append((victim, pid, keys))
+                return
+
+    watcher = threading.Thread(target=watch, name="signal-a-busy-worker", daemon=True)
+    watcher.start()
+    try:
+        yield signalled
+    finally:
+        finished.set()
+        watcher.join()
+
+
+def arm_at_first_statistics(armed: threading.Event) -> Callable[[str, int, int], None]:
+    """A ProgressCallback that sets ``armed`` once the statistics stage took a result (the
+    workers have imported and run a batch: the next ones are ordinary)."""
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "statistics" and done >= 1:
+            armed.set()
+
+    return progress
 
 
 def pulse_train(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -147,14 +181,13 @@ def test_a_worker_killed_mid_run_changes_nothing(
 ) -> None:
     config = settings(input_data=LARGE, batch_size_days=1825, rules=["momentum(5)", "model"])
     serial = TrainingPipeline().execute(config)
-    killed: list[tuple[str, int, list[str]]] = []
-    with new_cluster(2) as cluster, Client(cluster.address, set_as_default=False) as observer:
-
-        def kill_a_busy_worker(stage: str, done: int, total: int) -> None:
-            if stage == "statistics" and done == 1:
-                killed.append(signal_a_busy_worker(observer, signal.SIGKILL))
-
-        remote = TrainingPipeline(progress=kill_a_busy_worker).execute(
+    armed = threading.Event()
+    with (
+        new_cluster(2) as cluster,
+        Client(cluster.address, set_as_default=False) as observer,
+        signalling_a_busy_worker(observer, signal.SIGKILL, armed) as killed,
+    ):
+        remote = TrainingPipeline(progress=arm_at_first_statistics(armed)).execute(
             config.model_copy(update={"dask_scheduler_address": cluster.address})
         )
     assert_same(remote, serial)
@@ -245,20 +278,20 @@ def test_data_error_on_a_worker_names_the_batch_and_is_not_retried(
 def test_a_hung_worker_fails_the_run_at_the_batch_timeout(
     new_cluster: Callable[[int], AbstractContextManager[DaskCluster]],
 ) -> None:
-    stopped: list[tuple[str, int, list[str]]] = []
-    with new_cluster(2) as cluster, Client(cluster.address, set_as_default=False) as observer:
-
-        def stop_a_busy_worker(stage: str, done: int, total: int) -> None:
-            if stage == "statistics" and done == 1:
-                stopped.append(signal_a_busy_worker(observer, signal.SIGSTOP))
-
+    armed = threading.Event()
+    with (
+        new_cluster(2) as cluster,
+        Client(cluster.address, set_as_default=False) as observer,
+        signalling_a_busy_worker(observer, signal.SIGSTOP, armed) as stopped,
+    ):
         # Warm the workers (imports) so that only the hung batch can be slower than the limit.
         observer.run(importlib.import_module, "recursive_training.stages")
         config = settings(dask_scheduler_address=cluster.address, batch_timeout=5.0)
         try:
             with pytest.raises(ExecutionError) as failure:
-                TrainingPipeline(progress=stop_a_busy_worker).execute(config)
+                TrainingPipeline(progress=arm_at_first_statistics(armed)).execute(config)
         finally:
+            armed.set()  # a run that failed before its first result: nothing waits in vain
             for _, pid, _ in stopped:
                 os.kill(pid, signal.SIGKILL)
     ((victim, _, _),) = stopped
