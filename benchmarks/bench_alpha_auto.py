@@ -91,6 +91,7 @@ from scipy.linalg import lapack
 from recursive_training.config import TrainingConfig
 from recursive_training.constants import DEFAULT_ALPHA_GRID
 from recursive_training.data import open_source
+from recursive_training.penalty import TRIDIAGONAL_FROM
 from recursive_training.stages import TrainingPipeline, TrainingResult
 
 LAGS = 5
@@ -179,10 +180,14 @@ def kernel_seconds(features: int, targets: int, rows: int) -> tuple[float, dict[
 
 
 def kernel_floor(size: Size) -> None:
-    """The ratio auto would have if its prefix models cost only their LAPACK kernels."""
-    total, models = solve_share(lambda: run(size, 0.01))
-    result = run(size, 0.01)
-    systems = len(result.evaluations)
+    """The ratio auto would have if its prefix models cost only their LAPACK kernels (of
+    the tridiagonal path, which one system takes from ``TRIDIAGONAL_FROM`` features)."""
+    if size.variables * LAGS < TRIDIAGONAL_FROM:
+        print(f"{size}: no kernel floor (below {TRIDIAGONAL_FROM} features auto diagonalizes)")
+        return
+    results: list[TrainingResult] = []
+    total, models = solve_share(lambda: results.append(run(size, 0.01)))
+    systems = len(results[0].evaluations)
     features, targets = 1 + size.variables * LAGS, size.variables
     rows = round(BATCH_DAYS * 5 / 7)  # business days of one batch: its evaluation rows
     fixed, auto = kernel_seconds(features - 1, targets, rows)
