@@ -42,15 +42,21 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # The image's init (tini) goes first in every command a pod runs: as PID 1 it passes
 # SIGTERM on, so a deleted run's pods stop at once instead of after the grace period.
 INIT = ("tini", "--")
-# Dask pods: tini passes SIGTERM to the whole process group (-g), so a worker's process
-# gets it together with its nanny and exits at once. Signalled through the nanny alone, it
-# took 8 s or more, until the nanny killed it (distributed 2026.8): a busy worker's close
-# waits for its running task; and an idle one could hang for good when the deleted run's
-# scheduler told it to close first: it asks its nanny to close gracefully, a nanny already
-# closing on its own SIGTERM drops the request, and the error leaves the worker "closing"
-# (plain TCP too; mutual TLS likely made it more frequent with a slower handshake to the
-# nanny). The worker keeps nothing worth a graceful close: the scheduler reschedules tasks.
-DASK_INIT = ("tini", "-g", "--")
+# Seconds a Dask pod's processes get between SIGTERM and SIGKILL, well inside the pod's
+# 30 s grace period.
+DASK_STOP_SECONDS = 5
+# Dask pods: under tini, coreutils' `timeout` (duration 0: no time limit) puts the Dask
+# command in a process group of its own, sends SIGTERM to the whole group and SIGKILL to it
+# DASK_STOP_SECONDS later if anything is left (distributed 2026.8):
+# - the group, not the nanny alone: a worker process signalled only through its nanny took
+#   8 s or more (a busy worker's close waits for its task), and an idle one could hang for
+#   good when the closing scheduler told it to close first (it asks its nanny to close
+#   gracefully, a nanny already closing drops the request, the worker stays "closing");
+# - SIGKILL after a bound: a worker process the nanny spawns just after the signal gets
+#   none, and a nanny closing while it starts waits for it to reach the scheduler, which a
+#   deleted run no longer has (in a CI run the pod sat out its whole grace period).
+# A worker keeps nothing worth a longer close: the scheduler reschedules its tasks.
+DASK_INIT = ("tini", "--", "timeout", f"--kill-after={DASK_STOP_SECONDS}s", "0")
 
 
 def cluster_name(run: RunSpec) -> str:

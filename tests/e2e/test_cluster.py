@@ -363,8 +363,15 @@ def test_deleting_a_running_run_removes_every_pod(
     late = {pod: margin for pod, margin in margins.items() if margin < 10}
     assert not late, (
         f"pods sat out their termination grace period: {late}; what they logged meanwhile:\n"
-        + "\n".join(f"--- {pod} ---\n{logs[pod].read_text()[-3000:] if pod in logs else ''}"
+        + "\n".join(f"--- {pod} ---\n{ends_of(logs[pod].read_text()) if pod in logs else ''}"
                     for pod in late))  # fmt: skip
+
+
+def ends_of(log: str, chars: int = 2500) -> str:
+    """The start and the end of `log` (a traceback's last lines hide what began it)."""
+    if len(log) <= 2 * chars:
+        return log
+    return f"{log[:chars]}\n[... {len(log) - 2 * chars} characters ...]\n{log[-chars:]}"
 
 
 def wait_until_gone(cluster: KubeCluster, namespace: str, run: str) -> dict[str, float]:

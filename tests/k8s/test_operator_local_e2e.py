@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from trainingrun_operator.workload import DASK_INIT, INIT
+
 from .conftest import OperatorProcess
 from .controlplane import ControlPlane, free_port
 from .kubelet import dask_cluster, eventually, items, job_pods, set_phase
@@ -129,10 +131,12 @@ class LocalPods:
         env = {key: self._local(value) for key, value in resolved.items()}
         argv = [expand(part, env) for part in [*container["command"], *container.get("args", [])]]
         argv = [args_map.get(part, self._local(part)) for part in argv]
-        # The image's init (tini, with its options) need not be on this host; what it runs
-        # is the container's work.
-        if argv[0] == "tini":
-            argv = argv[argv.index("--") + 1 :]
+        # The image's init (tini, and the Dask pods' `timeout`) need not be on this host, and
+        # a stopped `timeout` would leave its group behind: what it runs is the container's work.
+        for init in (DASK_INIT, INIT):
+            if tuple(argv[: len(init)]) == init:
+                argv = argv[len(init) :]
+                break
         venv_bin = str(Path(sys.executable).parent)
         process_env = {
             "PATH": f"{venv_bin}:{os.environ['PATH']}",

@@ -228,7 +228,8 @@ def test_dask_cluster_has_scheduler_service_and_sized_workers() -> None:
     assert cluster["metadata"]["name"] == "run-dask-u-1"
     assert cluster["spec"]["worker"]["replicas"] == 5
     worker = cluster["spec"]["worker"]["spec"]["containers"][0]
-    assert worker["command"] == ["tini", "-g", "--", "dask"] and "--nthreads=2" in worker["args"]
+    assert worker["command"] == ["tini", "--", "timeout", "--kill-after=5s", "0", "dask"]
+    assert "--nthreads=2" in worker["args"]
     assert worker["image"] == "dask:1" and worker["resources"] == {"limits": {"cpu": "2"}}
     ports = {
         port["name"]: port["port"] for port in cluster["spec"]["scheduler"]["service"]["ports"]

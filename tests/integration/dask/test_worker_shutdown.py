@@ -6,14 +6,20 @@ processes against a real ``dask scheduler`` with the run's TLS settings.
 
 What a deleted run does to them: the scheduler and the worker pods get SIGTERM at about the
 same moment. Signalled only through its nanny (the old ``tini --``), the worker process
-took 8 s or more to go, until the nanny killed it, in two ways the tests reproduce:
+took 8 s or more to go, until the nanny killed it, in two ways the tests reproduce; a third
+outlived the pod's whole grace period even with the signal sent to the process group:
 
 - it was running a task: its close waits for the task's thread (up to the nanny's 8 s);
 - it was idle, and the closing scheduler told it to close first: it asks its nanny to
   close gracefully; a nanny already closing on its own SIGTERM drops that request, and
   distributed leaves the worker "closing" for good. That order depends on timing (a loaded
   node, the TLS handshake of a new connection to the nanny); the test makes it certain by
-  freezing the nanny (SIGSTOP) until both signals are out.
+  freezing the nanny (SIGSTOP) until both signals are out;
+- the nanny was still starting: it forks the worker process just after the group got the
+  signal, so that process gets none, and the closing nanny waits for it to reach the
+  scheduler, which is gone. A CI run hit it by chance; the test makes it certain with a
+  nanny preload that forks the worker process 1 s late. The pod's ``timeout
+  --kill-after`` ends it.
 
 tini is the image's init; the test needs it on the host (Debian: ``apt-get install tini``)
 and fails without it when CI=true, as hack/test.sh installs it.
@@ -33,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from distributed import Client, fire_and_forget
 
@@ -60,14 +67,32 @@ def worker_container() -> dict[str, Any]:
     return container
 
 
-def start_worker(address: str, files: Path, home: Path) -> subprocess.Popen[bytes]:
+def start_scheduler(files: Path, folder: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """A scheduler with the run's TLS settings; its address and process."""
+    port = free_port()
+    address = f"tls://127.0.0.1:{port}"
+    env = {**{k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"},
+           **pod_env(files)}  # fmt: skip
+    with (folder / "scheduler.log").open("wb") as log:
+        scheduler = subprocess.Popen(
+            [DASK, "scheduler", "--protocol=tls", "--host=127.0.0.1", f"--port={port}",
+             "--dashboard-address=127.0.0.1:0"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder,
+        )  # fmt: skip
+    return address, scheduler
+
+
+def start_worker(
+    address: str, files: Path, home: Path, *extra_args: str
+) -> subprocess.Popen[bytes]:
     """The worker container's command, args and environment, with the Secret's files at
-    `files` and the scheduler at `address` (what the Dask controller and kubelet provide)."""
+    `files` and the scheduler at `address` (what the Dask controller and kubelet provide),
+    and `extra_args` after the container's."""
     container = worker_container()
     env = {e["name"]: e["value"].replace(tls.MOUNT_PATH, str(files)) for e in container["env"]}
     env |= {"DASK_SCHEDULER_ADDRESS": address, "DASK_WORKER_NAME": "run-dask-default-worker-0"}
     argv = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], part)
-            for part in [*container["command"], *container["args"]]]  # fmt: skip
+            for part in [*container["command"], *container["args"], *extra_args]]  # fmt: skip
     argv[argv.index("dask")] = DASK
     process_env = {**os.environ, "DASK_TEMPORARY_DIRECTORY": str(home), **env}
     with (home / "worker.log").open("wb") as log:
@@ -75,9 +100,30 @@ def start_worker(address: str, files: Path, home: Path) -> subprocess.Popen[byte
                                 cwd=home)  # fmt: skip
 
 
-def children(pid: int) -> list[int]:
-    """The PIDs of `pid`'s children."""
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+def nanny_of(pod: subprocess.Popen[bytes]) -> psutil.Process:
+    """The worker pod's nanny: the `dask worker` process (`python .../dask worker ...`)."""
+    (nanny,) = [p for p in psutil.Process(pod.pid).children(recursive=True)
+                if p.cmdline()[1:2] == [DASK]]  # fmt: skip
+    return nanny
+
+
+def process_group(pod: subprocess.Popen[bytes]) -> int:
+    """The process group of the worker pod's command: its `timeout` makes one of its own."""
+    deadline = time.monotonic() + START_SECONDS
+    while True:
+        with contextlib.suppress(psutil.NoSuchProcess, IndexError):
+            group = os.getpgid(psutil.Process(pod.pid).children()[0].pid)
+            if group != os.getpgrp():
+                return group
+        assert time.monotonic() < deadline, "the pod's command got no process group of its own"
+        time.sleep(0.01)
+
+
+def kill_group(group: int) -> None:
+    """SIGKILL what the worker pod's processes left behind: in a pod, the kernel does it
+    when PID 1 exits; here nothing would."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
 
 
 def wait_for_line(log: Path, text: str, timeout: float) -> None:
@@ -135,34 +181,18 @@ class RunPods:
 def run_pods(tini: str, tmp_path: Path) -> Iterator[RunPods]:
     """A TLS scheduler and one worker pod's processes, registered; all stopped at the end."""
     files = write_files(tmp_path / "tls", "run")
-    port = free_port()
-    address = f"tls://127.0.0.1:{port}"
-    scheduler_env = {**{k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"},
-                     **pod_env(files)}  # fmt: skip
-    with (tmp_path / "scheduler.log").open("wb") as log:
-        scheduler = subprocess.Popen(
-            [DASK, "scheduler", "--protocol=tls", "--host=127.0.0.1", f"--port={port}",
-             "--dashboard-address=127.0.0.1:0"],
-            env=scheduler_env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-        )  # fmt: skip
+    address, scheduler = start_scheduler(files, tmp_path)
     worker = start_worker(address, files, tmp_path)
-    nanny, left = None, []
+    group = process_group(worker)
     try:
         with Client(address, security=run_security(files), timeout=START_SECONDS,
                     set_as_default=False) as client:  # fmt: skip
             client.wait_for_workers(1, timeout=START_SECONDS)
-        (nanny,) = children(worker.pid)  # tini's one child: `dask worker`, the nanny
-        left = children(nanny)  # the worker process (and multiprocessing's helper)
-        yield RunPods(tmp_path, files, address, scheduler, worker, nanny)
+        yield RunPods(tmp_path, files, address, scheduler, worker, nanny_of(worker).pid)
     finally:
-        if nanny is not None:  # a test that froze it may have failed before thawing it
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(nanny, signal.SIGCONT)
         for process in (worker, scheduler):
             _stop(process)
-        for pid in left:  # outside a pod nothing kills what PID 1 leaves behind
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_group(group)  # a frozen nanny too, if a test failed before thawing it
 
 
 def test_a_deleted_runs_busy_worker_exits_at_once(run_pods: RunPods) -> None:
@@ -189,3 +219,49 @@ def test_a_deleted_runs_idle_worker_exits_at_once_when_its_scheduler_closes_firs
     run_pods.sigterm_worker_pod()
     os.kill(run_pods.nanny, signal.SIGCONT)
     run_pods.assert_worker_pod_gone()
+
+
+# A nanny preload (test instrumentation, in the nanny's process only): the thread that forks
+# the worker process waits 1 s first, so the pod's SIGTERM certainly comes before the fork.
+LATE_FORK_PRELOAD = """
+import multiprocessing.context
+import time
+
+_start = multiprocessing.context.SpawnProcess.start
+
+
+def late_start(process):
+    time.sleep(1)
+    return _start(process)
+
+
+def dask_setup(nanny):
+    multiprocessing.context.SpawnProcess.start = late_start
+"""
+
+
+def test_a_run_deleted_while_its_worker_starts_loses_the_worker_pod_at_once(
+    tini: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The scheduler and the worker pod get SIGTERM while the nanny is about to fork the
+    worker process: that process gets no signal and waits for a scheduler that is gone."""
+    files = write_files(tmp_path / "tls", "run")
+    address, scheduler = start_scheduler(files, tmp_path)
+    preload = tmp_path / "late_fork.py"
+    preload.write_text(LATE_FORK_PRELOAD)
+    with Client(address, security=run_security(files), timeout=START_SECONDS,
+                set_as_default=False):  # fmt: skip
+        pass  # the scheduler is up
+    worker = start_worker(address, files, tmp_path, f"--preload-nanny={preload}")
+    group = process_group(worker)
+    try:
+        # Printed as the nanny asks for its worker process, before the fork.
+        wait_for_line(tmp_path / "worker.log", "Start Nanny at", START_SECONDS)
+        scheduler.terminate()
+        pod = RunPods(tmp_path, files, address, scheduler, worker, nanny_of(worker).pid)
+        pod.sigterm_worker_pod()
+        pod.assert_worker_pod_gone()
+    finally:
+        for process in (worker, scheduler):
+            _stop(process)
+        kill_group(group)
