@@ -31,6 +31,7 @@ missing.
 
 Commands:
   up           start the cluster, or report it running; prints `export KUBECONFIG=...`
+               (the cluster before it keeps its logs in logs/previous)
   down         delete every pod, stop every component, remove the cluster's state
                (the binaries, the node's image store and the logs of the last run stay)
   status       print each component's PID and health; exit 1 unless all run
@@ -653,7 +654,10 @@ up() {
   COREDNS_IMAGE="${COREDNS_IMAGE_REPO}:$("${NODE_BIN}/coredns" -version | awk -F- 'NR==1{print $2}')"
   down_quietly
   mkdir -p "${STATE}" "${LOGS}" "${RUN_DIR}"
-  rm -f "${LOGS}"/*.log
+  # The last cluster's logs stay for one more start, in logs/previous: a failed test
+  # run's API server and kubelet logs outlive the next `up`.
+  rm -rf "${LOGS}/previous" && mkdir -p "${LOGS}/previous"
+  find "${LOGS}" -maxdepth 1 -name '*.log' -exec mv -t "${LOGS}/previous" {} +
   make_pki
   setup_network
   start_containerd
