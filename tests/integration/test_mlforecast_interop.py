@@ -15,8 +15,13 @@ import pytest
 from recursive_training.data import open_source
 from recursive_training.data.panel import PanelSpec, write_panel
 
-mlforecast = pytest.importorskip("mlforecast", reason="mlforecast is not installed")
-linear_model = pytest.importorskip("sklearn.linear_model", reason="scikit-learn is not installed")
+INSTALL_BENCH = "pip install -e '.[bench]'"
+mlforecast = pytest.importorskip(
+    "mlforecast", reason=f"mlforecast is not installed: {INSTALL_BENCH}"
+)
+linear_model = pytest.importorskip(
+    "sklearn.linear_model", reason=f"scikit-learn is not installed: {INSTALL_BENCH}"
+)
 
 pytestmark = pytest.mark.integration
 
